@@ -1,0 +1,2 @@
+//! `clipctl`: the command-line entry point; all logic lives in `clip::cli`.
+fn main() {}

@@ -1,0 +1,1 @@
+//! TODO(cache): module being written.

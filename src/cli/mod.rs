@@ -1,0 +1,1 @@
+//! TODO(cli): module being written.

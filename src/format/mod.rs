@@ -1,0 +1,3 @@
+//! The `.clip` index file (normative spec: `docs/format.md`).
+mod model;
+pub use model::*;

@@ -1,0 +1,1 @@
+//! TODO(fuse): module being written.

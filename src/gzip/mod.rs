@@ -1,0 +1,1 @@
+//! TODO(gzip): module being written.

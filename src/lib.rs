@@ -1,0 +1,31 @@
+//! clip: a lazy-loading, read-only filesystem for OCI container images.
+//!
+//! Data flows one way: a [`source::BlobSource`] (registry or OCI layout, see
+//! [`oci`]) feeds [`index`], which streams every layer once through [`gzip`]
+//! (zran checkpoints) and [`tar`], merges the layers and writes a metadata-only
+//! `.clip` file ([`format`], spec in `docs/format.md`). At mount time [`cache`]
+//! serves `(layer, uncompressed range)` reads by fetching only the compressed
+//! bytes it needs and inflating from the nearest checkpoint; [`fuse`] exposes
+//! the merged tree to the kernel and [`mount`] runs the daemon, the FUSE
+//! session and the per-container overlays. [`metrics`] records latencies on
+//! every hop. [`cli`] is the only place that prints or uses `anyhow`.
+
+pub mod cache;
+pub mod cli;
+pub mod digest;
+pub mod error;
+pub mod format;
+pub mod fuse;
+pub mod gzip;
+pub mod index;
+pub mod metrics;
+pub mod mount;
+pub mod oci;
+pub mod source;
+pub mod tar;
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;
+
+pub use digest::Digest;
+pub use error::{Error, Result};
+pub use source::BlobSource;

@@ -1,0 +1,1 @@
+//! TODO(mount): module being written.

@@ -1,0 +1,1 @@
+//! TODO(oci): module being written.

@@ -1,0 +1,1 @@
+//! TODO(tar): module being written.
