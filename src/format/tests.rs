@@ -1,0 +1,121 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::digest::Digest;
+
+fn sample() -> IndexData {
+    let mut tree = Tree::default();
+    let mut file = Node::new(NodeKind::File);
+    file.size = 5;
+    file.perm = 0o4755;
+    file.uid = 1000;
+    file.mtime = 1_700_000_000;
+    file.mtime_nsec = 123;
+    file.data = Some(DataRef { layer: 0, offset: 512 });
+    file.xattrs = vec![(b"user.a".to_vec(), b"1".to_vec()), (b"user.b".to_vec(), b"two".to_vec())];
+    tree.nodes.push(file); // 1 -> ino 2
+    let mut link = Node::new(NodeKind::Symlink);
+    link.link_target = b"hello".to_vec();
+    link.size = 5;
+    tree.nodes.push(link); // ino 3
+    let mut sub = Node::new(NodeKind::Dir);
+    sub.children = BTreeMap::from([(b"hard".to_vec(), 1u32)]);
+    tree.nodes.push(sub); // ino 4
+    let mut dev = Node::new(NodeKind::CharDev);
+    dev.rdev_major = 1;
+    dev.rdev_minor = 3;
+    tree.nodes.push(dev); // ino 5
+    tree.nodes[0].children = BTreeMap::from([
+        (b"hello".to_vec(), 1),
+        (b"link".to_vec(), 2),
+        (b"sub".to_vec(), 3),
+        ("ünï".as_bytes().to_vec(), 4),
+    ]);
+    IndexData {
+        meta: ImageMeta {
+            reference: Some("127.0.0.1:5000/clip/tiny:latest".into()),
+            platform: "linux/amd64".into(),
+            ..Default::default()
+        },
+        layers: vec![Layer {
+            digest: Digest::of(b"blob"),
+            diff_id: Digest::of(b"tar"),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            kind: LayerKind::Gzip,
+            compressed_size: 100,
+            uncompressed_size: 4096,
+            chunk_size: 1024,
+            checkpoints: vec![
+                Checkpoint { in_offset: 10, bits: 0, out_offset: 0, window: vec![], window_len: 0, first_chunk: 0 },
+                Checkpoint { in_offset: 50, bits: 3, out_offset: 2048, window: vec![1, 2, 3], window_len: 2048, first_chunk: 2 },
+            ],
+            chunks: (0..4).map(|i| Chunk { digest: [i as u8; 32], in_end: 20 + i * 20 }).collect(),
+        }],
+        tree,
+    }
+}
+
+fn roundtrip(compress: bool) {
+    let bytes = write_index(&sample(), WriteOptions { compress }).unwrap();
+    let idx = Index::from_bytes(bytes).unwrap();
+    assert_eq!(idx.meta().platform, "linux/amd64");
+    assert_eq!(idx.inode_count(), 5);
+    let root = idx.inode(ROOT_INO).unwrap();
+    assert_eq!(root.kind(), Some(NodeKind::Dir));
+    assert_eq!(root.nlink(), 3);
+    let f = idx.resolve(b"/sub/hard").unwrap().unwrap();
+    assert_eq!(f, idx.lookup(1, b"hello").unwrap().unwrap());
+    let fi = idx.inode(f).unwrap();
+    assert_eq!(fi.nlink(), 2);
+    assert_eq!(fi.mode(), 0o104755);
+    assert_eq!(fi.data(), Some((0, 512)));
+    assert_eq!(fi.mtime(), (1_700_000_000, 123));
+    assert_eq!(fi.xattrs().unwrap()[1], (&b"user.b"[..], &b"two"[..]));
+    let l = idx.inode(idx.resolve(b"link").unwrap().unwrap()).unwrap();
+    assert_eq!(l.link_target().unwrap(), b"hello");
+    let d = idx.inode(idx.resolve("ünï".as_bytes()).unwrap().unwrap()).unwrap();
+    assert_eq!(d.rdev(), (1, 3));
+    assert_eq!(idx.lookup(1, b"nope").unwrap(), None);
+    let names: Vec<_> = idx.read_dir(1, 0).unwrap().map(|e| e.unwrap().name.to_vec()).collect();
+    assert_eq!(names, vec![b"hello".to_vec(), b"link".to_vec(), b"sub".to_vec(), "ünï".as_bytes().to_vec()]);
+    assert_eq!(idx.read_dir(1, 3).unwrap().count(), 1);
+    let layer = idx.layer(0).unwrap();
+    assert_eq!(layer.checkpoint_count(), 2);
+    assert_eq!(layer.checkpoint_for(2047), Some(0));
+    assert_eq!(layer.checkpoint_for(5000), Some(1));
+    assert_eq!(layer.span_range(1), Some(2048..4096));
+    assert_eq!(layer.checkpoint(1).unwrap(), sample().layers[0].checkpoints[1]);
+    assert_eq!(layer.chunk(3).unwrap().in_end, 80);
+    assert_eq!(layer.media_type().unwrap(), "application/vnd.oci.image.layer.v1.tar+gzip");
+}
+
+#[test]
+fn roundtrip_plain_and_compressed() {
+    roundtrip(false);
+    roundtrip(true);
+}
+
+#[test]
+fn every_truncation_and_bit_flip_is_an_error() {
+    let bytes = write_index(&sample(), WriteOptions { compress: true }).unwrap();
+    for len in 0..bytes.len() {
+        assert!(Index::from_bytes(bytes[..len].to_vec()).is_err(), "truncated at {len}");
+    }
+    for i in 0..bytes.len() {
+        for bit in [0, 3, 7] {
+            let mut b = bytes.clone();
+            b[i] ^= 1 << bit;
+            // Padding bytes are not covered by a checksum; everything else is.
+            if let Ok(idx) = Index::from_bytes(b) {
+                let _ = idx.resolve(b"sub/hard");
+            }
+        }
+    }
+}
+
+#[test]
+fn newer_major_is_refused_by_name() {
+    let mut bytes = write_index(&sample(), WriteOptions::default()).unwrap();
+    bytes[8] = 3;
+    assert!(matches!(Index::from_bytes(bytes), Err(FormatError::UnsupportedVersion { major: 3, .. })));
+}
