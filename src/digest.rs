@@ -134,6 +134,10 @@ impl<R: Read> HashingReader<R> {
     pub fn count(&self) -> u64 {
         self.count
     }
+    /// Digest and byte count of everything read so far, without consuming.
+    pub fn peek(&self) -> (Digest, u64) {
+        (self.hasher.clone().finish(), self.count)
+    }
     /// Digest and byte count of everything read.
     pub fn finish(self) -> (Digest, u64) {
         (self.hasher.finish(), self.count)

@@ -1,2 +1,4 @@
 //! `clipctl`: the command-line entry point; all logic lives in `clip::cli`.
-fn main() {}
+fn main() -> std::process::ExitCode {
+    clip::cli::main()
+}

@@ -1,1 +1,94 @@
-//! TODO(cli): module being written.
+//! The `clipctl` command line: argument parsing, progress display, human and
+//! JSON output, exit codes. The only module that prints or uses `anyhow`;
+//! everything else returns typed errors.
+//!
+//! Exit codes: 0 success, 1 error, 2 usage error (clap), 3 the named thing
+//! (container id, daemon) does not exist.
+
+mod index;
+mod inspect;
+mod mount;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for "the named container or daemon does not exist".
+pub const EXIT_NOT_FOUND: u8 = 3;
+
+/// clipctl: lazy-loading container images over FUSE.
+#[derive(Debug, Parser)]
+#[command(name = "clipctl", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a metadata-only .clip index of an OCI image (registry or layout).
+    Index(index::IndexArgs),
+    /// Summarise a .clip index: image, layers, checkpoints, sizes.
+    Inspect(inspect::InspectArgs),
+    /// List the merged file tree of a .clip index, like `ls -l`.
+    Ls(inspect::LsArgs),
+    /// Mount an image: a per-container overlay rootfs, or the read-only tree alone.
+    Mount(mount::MountArgs),
+    /// Remove a container's rootfs; the image mount goes with its last container.
+    Umount(mount::UmountArgs),
+    /// List mounted images and containers.
+    Ps(mount::PsArgs),
+    /// Internal: the long-lived mount daemon (started by `mount`).
+    #[command(name = "__daemon", hide = true)]
+    Daemon(mount::DaemonArgs),
+}
+
+/// An error that carries its own exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CodedError {
+    /// Exit code to use.
+    pub code: u8,
+    /// Message shown to the user.
+    pub message: String,
+}
+
+/// Parses the process arguments, runs the command and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    util::init_logging(matches!(cli.command, Command::Daemon(_)));
+    let result = match cli.command {
+        Command::Index(a) => index::run(a),
+        Command::Inspect(a) => inspect::run_inspect(a),
+        Command::Ls(a) => inspect::run_ls(a),
+        Command::Mount(a) => mount::run_mount(a),
+        Command::Umount(a) => mount::run_umount(a),
+        Command::Ps(a) => mount::run_ps(a),
+        Command::Daemon(a) => mount::run_daemon(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let code = err.downcast_ref::<CodedError>().map_or(1, |c| c.code);
+            // One line naming the cause: the context chain joined.
+            let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+            eprintln!("clipctl: error: {}", dedup_chain(&chain));
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Joins an error chain, skipping causes whose text the previous message already contains.
+fn dedup_chain(chain: &[String]) -> String {
+    let mut out = String::new();
+    for msg in chain {
+        if !out.contains(msg.as_str()) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(msg);
+        }
+    }
+    out
+}

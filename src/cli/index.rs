@@ -1,0 +1,171 @@
+//! `clipctl index`: image (registry or OCI layout) → .clip index file.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::format::{write_index_file, ImageMeta, WriteOptions};
+use crate::index::{build, IndexOptions, Progress, DEFAULT_CHUNK, DEFAULT_SPAN};
+use crate::oci::{open_layout, ImageRef, Platform, RegistryOptions, RegistrySource, ResolvedImage};
+use crate::source::BlobSource;
+
+use super::util::{human, parse_size};
+
+/// Arguments of `clipctl index`.
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// Image reference in a registry, e.g. 127.0.0.1:5000/clip/python:latest.
+    #[arg(long, conflicts_with = "layout", required_unless_present = "layout")]
+    pub image: Option<String>,
+    /// OCI image layout directory, optionally with a tag: DIR[:TAG].
+    #[arg(long)]
+    pub layout: Option<String>,
+    /// Where to write the index.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Platform to pick from a multi-platform image (default: this host), e.g. linux/arm64.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Uncompressed distance between gzip checkpoints (e.g. 4M).
+    #[arg(long, default_value_t = DEFAULT_SPAN.to_string())]
+    pub span: String,
+    /// Verification chunk size (e.g. 256K).
+    #[arg(long, default_value_t = DEFAULT_CHUNK.to_string())]
+    pub chunk_size: String,
+    /// Registry host[:port] allowed over plain HTTP (loopback is always allowed). Repeatable.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registry: Vec<String>,
+    /// Layers indexed in parallel (default: number of CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Do not compress metadata sections.
+    #[arg(long)]
+    pub no_compress: bool,
+}
+
+/// The resolved image, its blob source and where it came from.
+pub struct Opened {
+    /// Manifest, config, layers.
+    pub image: ResolvedImage,
+    /// Serves the layer blobs.
+    pub source: Box<dyn BlobSource>,
+    /// Provenance for the index META.
+    pub meta: ImageMeta,
+}
+
+/// Resolves `--image` or `--layout` into an image and a blob source.
+pub fn open_image(
+    image: Option<&str>,
+    layout: Option<&str>,
+    platform: Option<&str>,
+    insecure: &[String],
+) -> Result<Opened> {
+    let platform: Option<Platform> = platform
+        .map(|p| p.parse().with_context(|| format!("invalid --platform {p:?}")))
+        .transpose()?;
+    if let Some(spec) = layout {
+        let (image, source) = open_layout(spec, platform.as_ref()).with_context(|| format!("OCI layout {spec}"))?;
+        let meta = ImageMeta {
+            layout: Some(spec.to_string()),
+            ..Default::default()
+        };
+        return Ok(Opened {
+            image,
+            source: Box::new(source),
+            meta,
+        });
+    }
+    let reference = image.context("give --image REF or --layout DIR[:TAG]")?;
+    let r: ImageRef = reference
+        .parse()
+        .with_context(|| format!("invalid image reference {reference:?}"))?;
+    let opts = RegistryOptions {
+        insecure_registries: insecure.to_vec(),
+        platform,
+        ..Default::default()
+    };
+    let source = RegistrySource::connect(&r, &opts).with_context(|| format!("registry for {reference}"))?;
+    let image = source.resolve().with_context(|| format!("resolving {reference}"))?;
+    let pinned = ImageRef {
+        tag: None,
+        digest: Some(image.manifest_digest),
+        ..r.clone()
+    };
+    let meta = ImageMeta {
+        reference: Some(reference.to_string()),
+        pinned_reference: Some(pinned.to_string()),
+        ..Default::default()
+    };
+    Ok(Opened {
+        image,
+        source: Box::new(source),
+        meta,
+    })
+}
+
+/// Runs `clipctl index`.
+pub fn run(args: IndexArgs) -> Result<()> {
+    let span = parse_size(&args.span).context("--span")?;
+    let chunk = parse_size(&args.chunk_size).context("--chunk-size")?;
+    anyhow::ensure!(span >= 64 << 10, "--span must be at least 64K");
+    anyhow::ensure!((4 << 10..=16 << 20).contains(&chunk), "--chunk-size must be between 4K and 16M");
+    let opened = open_image(
+        args.image.as_deref(),
+        args.layout.as_deref(),
+        args.platform.as_deref(),
+        &args.insecure_registry,
+    )?;
+    let mut opts = IndexOptions {
+        span,
+        chunk_size: chunk as u32,
+        ..Default::default()
+    };
+    if let Some(t) = args.threads {
+        opts.threads = t.max(1);
+    }
+    let total: u64 = opened.image.layers.iter().map(|l| l.size).sum();
+    let progress = Progress::default();
+    let done = AtomicBool::new(false);
+    let started = Instant::now();
+    let data = std::thread::scope(|s| {
+        if std::io::stderr().is_terminal() {
+            s.spawn(|| show_progress(&progress, &done, total));
+        }
+        let r = build(&opened.image, opened.source.as_ref(), opened.meta.clone(), &opts, &progress);
+        done.store(true, Ordering::Relaxed);
+        r
+    })
+    .context("indexing failed; no index written")?;
+    let size = write_index_file(&data, &args.out, WriteOptions { compress: !args.no_compress })
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let files = data.tree.nodes.len();
+    println!(
+        "indexed {} ({} layers, {} compressed, {} entries) in {:.2}s -> {} ({}, {:.2}% of the compressed image)",
+        data.meta.manifest_digest.map(|d| d.to_string()).unwrap_or_default(),
+        data.layers.len(),
+        human(total),
+        files,
+        started.elapsed().as_secs_f64(),
+        args.out.display(),
+        human(size),
+        if total > 0 { size as f64 * 100.0 / total as f64 } else { 0.0 },
+    );
+    Ok(())
+}
+
+fn show_progress(progress: &Progress, done: &AtomicBool, total: u64) {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} indexing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    while !done.load(Ordering::Relaxed) {
+        bar.set_position(progress.bytes_read.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+}

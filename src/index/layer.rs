@@ -1,0 +1,217 @@
+//! One layer: stream the blob once, hashing the compressed bytes, inflating
+//! (zran for gzip), hashing the tar, cutting it into verification chunks and
+//! collecting the tar entries.
+
+use std::io::{self, Read};
+use std::sync::atomic::Ordering;
+
+use crate::digest::{Digest, Hasher, HashingReader};
+use crate::format::{Checkpoint, Chunk, Layer, LayerKind};
+use crate::gzip::{IndexerConfig, ZranReader};
+use crate::oci::LayerDesc;
+use crate::source::BlobSource;
+use crate::tar::{self, Entry, TarError};
+
+use super::{IndexError, IndexOptions, Progress};
+
+/// A layer's index records and its tar entries (merged later, in order).
+#[derive(Debug)]
+pub struct IndexedLayer {
+    /// Records for the index file.
+    pub layer: Layer,
+    /// Tar entries in stream order.
+    pub entries: Vec<Entry>,
+}
+
+/// How a layer media type is served, or `None` if unsupported.
+pub fn layer_kind(media_type: &str) -> Option<LayerKind> {
+    Some(match media_type {
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => LayerKind::Gzip,
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => LayerKind::Tar,
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => LayerKind::ZstdWhole,
+        _ => return None,
+    })
+}
+
+/// Counts compressed bytes into the shared progress counter.
+struct Counting<'a, R> {
+    inner: R,
+    progress: &'a Progress,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Cuts an uncompressed stream into `chunk_size` pieces and hashes each.
+/// Used for layers without gzip checkpoints (one span from offset 0).
+struct Chunker<R> {
+    inner: R,
+    chunk_size: u64,
+    hasher: Hasher,
+    in_chunk: u64,
+    chunks: Vec<Chunk>,
+    /// Fetch hint for every chunk (the blob offset needed to decode it).
+    in_end: fn(u64) -> u64,
+    out: u64,
+}
+
+impl<R: Read> Chunker<R> {
+    fn new(inner: R, chunk_size: u32, in_end: fn(u64) -> u64) -> Self {
+        Chunker {
+            inner,
+            chunk_size: u64::from(chunk_size.max(1)),
+            hasher: Hasher::new(),
+            in_chunk: 0,
+            chunks: Vec::new(),
+            in_end,
+            out: 0,
+        }
+    }
+
+    fn finish(mut self) -> Vec<Chunk> {
+        if self.in_chunk > 0 {
+            let h = std::mem::take(&mut self.hasher);
+            self.chunks.push(Chunk {
+                digest: *h.finish().as_bytes(),
+                in_end: (self.in_end)(self.out),
+            });
+        }
+        self.chunks
+    }
+}
+
+impl<R: Read> Read for Chunker<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let take = rest.len().min((self.chunk_size - self.in_chunk) as usize);
+            self.hasher.update(&rest[..take]);
+            self.in_chunk += take as u64;
+            self.out += take as u64;
+            rest = &rest[take..];
+            if self.in_chunk == self.chunk_size {
+                let h = std::mem::take(&mut self.hasher);
+                self.chunks.push(Chunk {
+                    digest: *h.finish().as_bytes(),
+                    in_end: (self.in_end)(self.out),
+                });
+                self.in_chunk = 0;
+            }
+        }
+        Ok(n)
+    }
+}
+
+pub(super) fn index_layer(
+    desc: &LayerDesc,
+    diff_id: Digest,
+    source: &dyn BlobSource,
+    opts: &IndexOptions,
+    progress: &Progress,
+) -> Result<IndexedLayer, IndexError> {
+    let digest = desc.digest;
+    let kind = layer_kind(&desc.media_type).ok_or_else(|| IndexError::UnsupportedMediaType {
+        digest,
+        media_type: desc.media_type.clone(),
+    })?;
+    let stream = source
+        .open(&digest)
+        .map_err(|source| IndexError::Source { digest, source })?;
+    let mut compressed = HashingReader::new(Counting { inner: stream, progress });
+    let tar_err = |source: TarError| IndexError::Tar { digest, source };
+    let mut entries = Vec::new();
+    let mut collect = |e: Entry| {
+        entries.push(e);
+        Ok(())
+    };
+
+    let (checkpoints, mut chunks, tar_digest, tar_size) = match kind {
+        LayerKind::Gzip => {
+            let cfg = IndexerConfig {
+                span: opts.span,
+                chunk_size: opts.chunk_size,
+            };
+            let mut zran = ZranReader::new(&mut compressed, cfg);
+            let mut tar_in = HashingReader::new(&mut zran);
+            tar::read_entries(&mut tar_in, &mut collect).map_err(tar_err)?;
+            let (tar_digest, tar_size) = tar_in.finish();
+            let zran = zran.finish().map_err(|source| IndexError::Gzip { digest, source })?;
+            (zran.checkpoints, zran.chunks, tar_digest, tar_size)
+        }
+        LayerKind::Tar => {
+            let mut chunker = Chunker::new(&mut compressed, opts.chunk_size, |out| out);
+            tar::read_entries(&mut chunker, &mut collect).map_err(tar_err)?;
+            let chunks = chunker.finish();
+            let (tar_digest, tar_size) = compressed.peek();
+            (vec![Checkpoint::default()], chunks, tar_digest, tar_size)
+        }
+        LayerKind::ZstdFrames | LayerKind::ZstdWhole => {
+            let zerr = |source| IndexError::Zstd { digest, source };
+            let decoder = zstd::stream::read::Decoder::new(&mut compressed).map_err(zerr)?;
+            // The whole blob is needed to decode any byte: the hint is patched below.
+            let mut chunker = Chunker::new(decoder, opts.chunk_size, |_| 0);
+            let mut tar_in = HashingReader::new(&mut chunker);
+            tar::read_entries(&mut tar_in, &mut collect).map_err(tar_err)?;
+            let (tar_digest, tar_size) = tar_in.finish();
+            (vec![Checkpoint::default()], chunker.finish(), tar_digest, tar_size)
+        }
+    };
+    // Hash any bytes the decoders did not need (gzip trailer padding, zstd skippable frames).
+    io::copy(&mut compressed, &mut io::sink()).map_err(|e| IndexError::Source {
+        digest,
+        source: crate::source::SourceError::Io {
+            context: "reading layer".into(),
+            source: e,
+        },
+    })?;
+    let (blob_digest, blob_size) = compressed.finish();
+    if blob_digest != digest {
+        return Err(IndexError::DigestMismatch {
+            digest,
+            actual: blob_digest,
+        });
+    }
+    if blob_size != desc.size {
+        return Err(IndexError::SizeMismatch {
+            digest,
+            expected: desc.size,
+            actual: blob_size,
+        });
+    }
+    if tar_digest != diff_id {
+        return Err(IndexError::DiffIdMismatch {
+            digest,
+            expected: diff_id,
+            actual: tar_digest,
+        });
+    }
+    if matches!(kind, LayerKind::ZstdWhole | LayerKind::ZstdFrames) {
+        chunks.iter_mut().for_each(|c| c.in_end = blob_size);
+    }
+    Ok(IndexedLayer {
+        layer: Layer {
+            digest,
+            diff_id,
+            media_type: desc.media_type.clone(),
+            kind: if kind == LayerKind::ZstdFrames { LayerKind::ZstdWhole } else { kind },
+            compressed_size: blob_size,
+            uncompressed_size: tar_size,
+            chunk_size: opts.chunk_size,
+            checkpoints,
+            chunks,
+        },
+        entries,
+    })
+}

@@ -1,0 +1,129 @@
+//! clipctl as a subprocess: index/inspect/ls on OCI layouts made here, and
+//! bad input: one line naming the cause, a non-zero exit, no partial output.
+
+use crate::common::{self, gzip_layer, run, small_tar, stderr, write_layout};
+use crate::require;
+
+fn assert_fails_cleanly(args: &[&str], needle: &str) -> String {
+    let out = run(args);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: expected {needle:?} in {err:?}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn index_inspect_ls_from_layout() {
+    let tmp = common::tempdir();
+    let layout = tmp.path().join("img");
+    write_layout(&layout, &[gzip_layer(&small_tar())], None);
+    let out = tmp.path().join("img.clip");
+    let spec = format!("{}:latest", layout.display());
+    let o = run(&["index", "--layout", &spec, "--out", out.to_str().unwrap(), "--span", "64K"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["inspect", out.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["layers"].as_array().unwrap().len(), 1);
+    assert_eq!(doc["regular_files"], 3);
+    assert!(doc["layers"][0]["checkpoints"].as_u64().unwrap() >= 2);
+    let o = run(&["ls", out.to_str().unwrap(), "/"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("link -> hello.txt"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("-rw-r--r--   2") && l.ends_with("hello.txt")), "{text}");
+    let o = run(&["ls", out.to_str().unwrap(), "/nope"]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn digest_mismatch_truncated_blob_and_bad_manifest_write_nothing() {
+    let tmp = common::tempdir();
+    let out = tmp.path().join("out.clip");
+    let out_s = out.to_str().unwrap();
+
+    // A layer blob whose bytes do not match its digest.
+    let layout = tmp.path().join("flipped");
+    let layer = gzip_layer(&small_tar());
+    write_layout(&layout, std::slice::from_ref(&layer), None);
+    let digest = common::put_blob(&tmp.path().join("scratch"), &layer.blob);
+    let blob_path = layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&blob_path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&blob_path, &bytes).unwrap();
+    let spec = format!("{}:latest", layout.display());
+    assert_fails_cleanly(&["index", "--layout", &spec, "--out", out_s], "layer");
+    assert!(!out.exists());
+
+    // A truncated layer blob.
+    bytes[mid] ^= 0x40;
+    bytes.truncate(mid);
+    std::fs::write(&blob_path, &bytes).unwrap();
+    assert_fails_cleanly(&["index", "--layout", &spec, "--out", out_s], "layer");
+    assert!(!out.exists());
+
+    // A manifest that is not a manifest.
+    let layout = tmp.path().join("badmanifest");
+    write_layout(&layout, &[gzip_layer(&small_tar())], Some(b"{\"schemaVersion\": 2, \"layers\": 7}"));
+    let spec = format!("{}:latest", layout.display());
+    assert_fails_cleanly(&["index", "--layout", &spec, "--out", out_s], "manifest");
+    assert!(!out.exists());
+
+    // An unsupported layer media type.
+    let layout = tmp.path().join("mediatype");
+    let mut l = gzip_layer(&small_tar());
+    l.media_type = "application/vnd.example.layer.v1.tar+lz4".into();
+    write_layout(&layout, &[l], None);
+    let spec = format!("{}:latest", layout.display());
+    assert_fails_cleanly(&["index", "--layout", &spec, "--out", out_s], "media type");
+    assert!(!out.exists());
+    // Nothing at all was left in the output directory (no temp files either).
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("clip"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn corrupt_index_files_are_named_errors() {
+    let tmp = common::tempdir();
+    let layout = tmp.path().join("img");
+    write_layout(&layout, &[gzip_layer(&small_tar())], None);
+    let good = tmp.path().join("good.clip");
+    let spec = format!("{}:latest", layout.display());
+    assert!(run(&["index", "--layout", &spec, "--out", good.to_str().unwrap()]).status.success());
+    let bytes = std::fs::read(&good).unwrap();
+
+    let bad = tmp.path().join("bad.clip");
+    let bad_s = bad.to_str().unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    assert_fails_cleanly(&["inspect", bad_s], "truncated");
+    let mut flipped = bytes.clone();
+    flipped[100] ^= 1;
+    std::fs::write(&bad, &flipped).unwrap();
+    assert_fails_cleanly(&["inspect", bad_s], "corrupt");
+    std::fs::write(&bad, b"not an index at all, just text").unwrap();
+    assert_fails_cleanly(&["ls", bad_s], "not a clip index");
+    assert_fails_cleanly(&["inspect", "/nonexistent/x.clip"], "/nonexistent/x.clip");
+}
+
+#[test]
+fn unreachable_registry_and_unknown_images() {
+    let tmp = common::tempdir();
+    let out = tmp.path().join("o.clip");
+    let out_s = out.to_str().unwrap();
+    // Nothing listens on port 1.
+    assert_fails_cleanly(&["index", "--image", "127.0.0.1:1/clip/tiny:latest", "--out", out_s], "127.0.0.1:1");
+    assert_fails_cleanly(&["index", "--image", "not a reference!", "--out", out_s], "reference");
+    let reg = require!(common::registry(), "CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
+    let unknown_repo = format!("{reg}/clip/does-not-exist:latest");
+    assert_fails_cleanly(&["index", "--image", &unknown_repo, "--out", out_s], "not found");
+    let unknown_tag = format!("{reg}/clip/tiny:no-such-tag");
+    assert_fails_cleanly(&["index", "--image", &unknown_tag, "--out", out_s], "not found");
+    assert!(!out.exists());
+}

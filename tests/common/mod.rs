@@ -1,0 +1,173 @@
+//! Helpers shared by the integration tests: the clipctl binary, the test
+//! registry and test bed set up by `scripts/test.sh`, skip rules.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// `clipctl` as built for this test run.
+pub fn clipctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_clipctl"))
+}
+
+/// Runs clipctl with `args`, returning its output.
+pub fn run(args: &[&str]) -> Output {
+    clipctl().args(args).output().expect("spawn clipctl")
+}
+
+/// The loopback registry (`CLIP_TEST_REGISTRY`, e.g. 127.0.0.1:5000), if the
+/// test bed is up.
+pub fn registry() -> Option<String> {
+    std::env::var("CLIP_TEST_REGISTRY").ok().filter(|s| !s.is_empty())
+}
+
+/// The test bed directory (`CLIP_TESTBED`): OCI layouts and umoci-unpacked
+/// ground truth of the test images.
+pub fn testbed() -> Option<PathBuf> {
+    std::env::var_os("CLIP_TESTBED").map(PathBuf::from).filter(|p| p.is_dir())
+}
+
+/// Whether privileged tests (FUSE, overlay, runc) can run here.
+pub fn privileged() -> Result<(), &'static str> {
+    // SAFETY-free check: uid 0 owns /proc/self.
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    if uid.ok() != Some(0) {
+        return Err("not root");
+    }
+    if !std::path::Path::new("/dev/fuse").exists() {
+        return Err("no /dev/fuse");
+    }
+    Ok(())
+}
+
+/// Skips the calling test (with a printed reason) unless `$cond` is `Some`/`Ok`.
+#[macro_export]
+macro_rules! require {
+    ($e:expr, $why:expr) => {
+        match $e {
+            Some(v) => v,
+            None => {
+                eprintln!("skipped: {}", $why);
+                return;
+            }
+        }
+    };
+}
+
+/// Image reference of test image `name` in the test registry.
+pub fn image_ref(registry: &str, name: &str) -> String {
+    format!("{registry}/clip/{name}:latest")
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("clip-test-").tempdir().expect("tempdir")
+}
+
+/// One layer for [`write_layout`].
+pub struct TestLayer {
+    /// Layer media type.
+    pub media_type: String,
+    /// Blob bytes as stored.
+    pub blob: Vec<u8>,
+    /// sha256 of the uncompressed tar.
+    pub diff_id: String,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Stores `data` as a blob of the layout at `dir`; returns `sha256:…`.
+pub fn put_blob(dir: &std::path::Path, data: &[u8]) -> String {
+    let hex = sha256_hex(data);
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(&hex), data).unwrap();
+    format!("sha256:{hex}")
+}
+
+/// A gzip'ed layer from an uncompressed tar.
+pub fn gzip_layer(tar: &[u8]) -> TestLayer {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    enc.write_all(tar).unwrap();
+    TestLayer {
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        blob: enc.finish().unwrap(),
+        diff_id: format!("sha256:{}", sha256_hex(tar)),
+    }
+}
+
+/// Writes an OCI image layout with tag `latest` holding `layers` (bottom first).
+/// `manifest_override` replaces the manifest bytes (for malformed-input tests).
+pub fn write_layout(dir: &std::path::Path, layers: &[TestLayer], manifest_override: Option<&[u8]>) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let diff_ids: Vec<_> = layers.iter().map(|l| l.diff_id.clone()).collect();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_digest = put_blob(dir, &config);
+    let descs: Vec<_> = layers
+        .iter()
+        .map(|l| {
+            let d = put_blob(dir, &l.blob);
+            serde_json::json!({"mediaType": l.media_type, "digest": d, "size": l.blob.len()})
+        })
+        .collect();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": descs,
+    }))
+    .unwrap();
+    let manifest = manifest_override.map(<[u8]>::to_vec).unwrap_or(manifest);
+    let md = put_blob(dir, &manifest);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": md, "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "latest"},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// A small tar: a few files, a dir, a symlink, a hard link.
+pub fn small_tar() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8], mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    add("etc/hostname", b"clip\n", 0o644);
+    let big: Vec<u8> = (0..600_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+    add("usr/lib/big.bin", &big, 0o755);
+    add("hello.txt", b"hello world\n", 0o644);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    b.append_link(&mut h, "link", "hello.txt").unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_size(0);
+    h.set_mode(0o644);
+    b.append_link(&mut h, "hard", "hello.txt").unwrap();
+    b.into_inner().unwrap()
+}

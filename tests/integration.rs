@@ -1,0 +1,5 @@
+//! The one integration-test binary (see tests/common for helpers).
+mod cli;
+mod common;
+mod differential;
+mod mount;
