@@ -798,4 +798,54 @@ mod tests {
         assert_eq!(find(&t, "a/y"), Some(4));
         assert_eq!(find(&t, "b/z"), Some(5));
     }
+
+    #[test]
+    fn random_layers_keep_invariants() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let names = ["a", "b", "c", ".wh.a", ".wh.b", ".wh..wh..opq", "."];
+        let mut random_path = |rng: &mut rand::rngs::StdRng| {
+            let n = rng.gen_range(1..4);
+            (0..n)
+                .map(|_| names[rng.gen_range(0..names.len())])
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        let mut applied = 0;
+        for _ in 0..300 {
+            let mut m = Merger::new();
+            for layer in 0..4 {
+                let entries: Vec<Entry> = (0..rng.gen_range(0..12))
+                    .map(|_| {
+                        let p = random_path(&mut rng);
+                        let t = random_path(&mut rng);
+                        match rng.gen_range(0..6) {
+                            0 => d(&p),
+                            1 => sl(&p, &t),
+                            2 => sl(&p, &format!("/{t}")),
+                            3 => hl(&p, &t),
+                            4 => entry(&p, EntryKind::Fifo),
+                            _ => f(&p),
+                        }
+                    })
+                    .collect();
+                // A failed layer leaves a partial state that must still
+                // finish into a consistent tree.
+                if m.apply_layer(layer, entries).is_ok() {
+                    applied += 1;
+                }
+            }
+            let t = m.finish();
+            listing(&t);
+            // Whiteout entries are never added. (A directory named `.wh.x`
+            // can still be implied as the parent of `.wh.x/y`, as umoci would.)
+            for n in &t.nodes {
+                for (name, &c) in &n.children {
+                    let is_dir = t.nodes[c as usize].kind == NodeKind::Dir;
+                    assert!(is_dir || !name.starts_with(WHITEOUT));
+                }
+            }
+        }
+        assert!(applied > 300, "only {applied} layers applied cleanly");
+    }
 }
