@@ -1,0 +1,685 @@
+//! The HTTP layer: one keep-alive hyper client per registry, request
+//! exchange with auth and redirects, stall-bounded body reads, and the retry
+//! loop. Everything here is async and runs on the source's runtime.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Deserialize;
+
+use super::auth::{self, Credentials};
+use super::{OciError, RegistryOptions};
+
+const USER_AGENT: &str = concat!("clip/", env!("CARGO_PKG_VERSION"));
+const MAX_REDIRECTS: usize = 5;
+const MAX_TOKEN_BYTES: u64 = 1 << 20;
+
+/// A failed attempt: worth retrying or not.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Transient: connect error, reset, stall, 5xx, short body.
+    Retry(OciError),
+    /// Permanent: 404, auth refused, malformed data, …
+    Fatal(OciError),
+}
+
+impl From<OciError> for Failure {
+    fn from(e: OciError) -> Self {
+        Failure::Fatal(e)
+    }
+}
+
+type Http = HyperClient<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The HTTP client for one repository on one registry.
+pub(crate) struct Client {
+    http: Http,
+    registry: String,
+    scheme: &'static str,
+    repository: String,
+    timeout: Duration,
+    retries: u32,
+    insecure: Vec<String>,
+    /// The `Authorization` value for registry requests (Bearer or Basic).
+    auth: RwLock<Option<HeaderValue>>,
+    /// Stored credentials, looked up on the first 401.
+    creds: tokio::sync::OnceCell<Option<Credentials>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("registry", &self.registry)
+            .field("scheme", &self.scheme)
+            .field("repository", &self.repository)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `host[:port]` → host without brackets or port.
+fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
+/// Whether `authority` is a loopback host.
+pub(crate) fn is_loopback(authority: &str) -> bool {
+    let h = host_of(authority);
+    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A URL for messages: no query string (presigned URLs carry secrets there).
+pub(crate) fn show(uri: &Uri) -> String {
+    format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("?"),
+        uri.authority().map(|a| a.as_str()).unwrap_or(""),
+        uri.path()
+    )
+}
+
+/// An error and its sources on one line.
+fn chain(e: &dyn StdError) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(2))
+}
+
+#[derive(Deserialize)]
+struct TokenReply {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+impl Client {
+    /// A client for `registry`/`repository`. Needs no runtime context.
+    pub fn new(registry: &str, repository: &str, opts: &RegistryOptions) -> Result<Self, OciError> {
+        let allowed = |a: &str| is_loopback(a) || opts.insecure_registries.iter().any(|r| r == a || r == host_of(a));
+        let scheme = if allowed(registry) { "http" } else { "https" };
+        let provider = rustls::crypto::ring::default_provider();
+        let builder = match hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider)
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "no system root certificates; HTTPS will fail");
+                let cfg = rustls::ClientConfig::builder_with_provider(
+                    rustls::crypto::ring::default_provider().into(),
+                )
+                .with_safe_default_protocol_versions()
+                .map_err(|e| OciError::Setup(e.to_string()))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg)
+            }
+        };
+        let connector = builder.https_or_http().enable_http1().enable_http2().build();
+        let http = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(32)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(Client {
+            http,
+            registry: registry.to_string(),
+            scheme,
+            repository: repository.to_string(),
+            timeout: opts.timeout,
+            retries: opts.retries,
+            insecure: opts.insecure_registries.clone(),
+            auth: RwLock::new(None),
+            creds: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The registry `host[:port]`.
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// The repository path.
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    /// `…/v2/<repository>/<tail>`.
+    pub fn v2_url(&self, tail: &str) -> Result<Uri, OciError> {
+        let s = format!("{}://{}/v2/{}/{}", self.scheme, self.registry, self.repository, tail);
+        s.parse().map_err(|_| OciError::BadReference {
+            input: format!("{}/{}", self.registry, self.repository),
+            reason: "does not form a valid URL".into(),
+        })
+    }
+
+    fn http_allowed(&self, authority: &str) -> bool {
+        is_loopback(authority)
+            || self
+                .insecure
+                .iter()
+                .any(|r| r == authority || r == host_of(authority))
+    }
+
+    fn is_registry(&self, uri: &Uri) -> bool {
+        uri.scheme_str() == Some(self.scheme)
+            && uri
+                .authority()
+                .is_some_and(|a| a.as_str().eq_ignore_ascii_case(&self.registry))
+    }
+
+    fn no_creds_hint(&self) -> String {
+        format!(
+            "no credentials for {}; run `docker login {}` (or set REGISTRY_AUTH_FILE)",
+            self.registry, self.registry
+        )
+    }
+
+    async fn credentials(&self) -> Result<Option<Credentials>, OciError> {
+        let registry = self.registry.clone();
+        self.creds
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || auth::lookup(&registry))
+                    .await
+                    .map_err(|e| OciError::Setup(format!("credential lookup: {e}")))?
+            })
+            .await
+            .cloned()
+    }
+
+    fn set_auth(&self, value: String) -> Result<(), OciError> {
+        let mut v = HeaderValue::from_str(&value).map_err(|_| OciError::Unauthorized {
+            registry: self.registry.clone(),
+            hint: "token or credentials contain characters not allowed in a header".into(),
+        })?;
+        v.set_sensitive(true);
+        if let Ok(mut g) = self.auth.write() {
+            *g = Some(v);
+        }
+        Ok(())
+    }
+
+    fn current_auth(&self) -> Option<HeaderValue> {
+        self.auth.read().ok().and_then(|g| g.clone())
+    }
+
+    /// Sends one GET, following redirects and answering one auth challenge.
+    /// 5xx/429 and transport errors are [`Failure::Retry`]; any other status
+    /// is returned for the caller to interpret.
+    pub async fn exchange(
+        &self,
+        url: &Uri,
+        accept: Option<&str>,
+        range: Option<&str>,
+    ) -> Result<Response<Incoming>, Failure> {
+        let mut url = url.clone();
+        let mut authed = false;
+        let mut hops = 0;
+        loop {
+            let same = self.is_registry(&url);
+            let sent = if same { self.current_auth() } else { None };
+            let mut b = Request::get(url.clone()).header(header::USER_AGENT, USER_AGENT);
+            if let Some(a) = accept {
+                b = b.header(header::ACCEPT, a);
+            }
+            if let Some(r) = range {
+                b = b.header(header::RANGE, r);
+            }
+            if let Some(v) = &sent {
+                b = b.header(header::AUTHORIZATION, v.clone());
+            }
+            let req = b.body(Empty::new()).map_err(|e| {
+                Failure::Fatal(OciError::Protocol {
+                    url: show(&url),
+                    reason: format!("cannot build request: {e}"),
+                })
+            })?;
+            let resp = self.send(req, &url).await?;
+            let status = resp.status();
+            match status {
+                StatusCode::UNAUTHORIZED if same => {
+                    let headers = resp.headers().clone();
+                    self.drain(resp).await;
+                    if authed {
+                        let hint = match self.creds.get() {
+                            Some(Some(_)) => format!(
+                                "credentials for {} were rejected or lack pull access to {}",
+                                self.registry, self.repository
+                            ),
+                            _ => self.no_creds_hint(),
+                        };
+                        return Err(Failure::Fatal(OciError::Unauthorized {
+                            registry: self.registry.clone(),
+                            hint,
+                        }));
+                    }
+                    self.authenticate(&headers, sent).await?;
+                    authed = true;
+                }
+                StatusCode::MOVED_PERMANENTLY
+                | StatusCode::FOUND
+                | StatusCode::SEE_OTHER
+                | StatusCode::TEMPORARY_REDIRECT
+                | StatusCode::PERMANENT_REDIRECT => {
+                    hops += 1;
+                    let next = self.redirect_target(&url, resp.headers())?;
+                    self.drain(resp).await;
+                    if hops > MAX_REDIRECTS {
+                        return Err(Failure::Fatal(OciError::Protocol {
+                            url: show(&url),
+                            reason: format!("more than {MAX_REDIRECTS} redirects"),
+                        }));
+                    }
+                    tracing::debug!(from = %show(&url), to = %show(&next), "following redirect");
+                    url = next;
+                }
+                s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                    let e = self.status_error(resp, &url).await;
+                    return Err(Failure::Retry(e));
+                }
+                _ => return Ok(resp),
+            }
+        }
+    }
+
+    async fn send(&self, req: Request<Empty<Bytes>>, url: &Uri) -> Result<Response<Incoming>, Failure> {
+        let host = url.authority().map(|a| a.to_string()).unwrap_or_default();
+        match tokio::time::timeout(self.timeout, self.http.request(req)).await {
+            Err(_) => Err(Failure::Retry(OciError::Timeout {
+                url: show(url),
+                after: self.timeout,
+            })),
+            Ok(Err(e)) => {
+                let msg = chain(&e);
+                let err = if e.is_connect() && msg.contains("dns error") {
+                    OciError::UnknownRegistry { host, err: msg }
+                } else if e.is_connect() {
+                    OciError::Connect { host, err: msg }
+                } else {
+                    OciError::Protocol {
+                        url: show(url),
+                        reason: msg,
+                    }
+                };
+                Err(Failure::Retry(err))
+            }
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    fn redirect_target(&self, from: &Uri, headers: &HeaderMap) -> Result<Uri, Failure> {
+        let bad = |reason: &str| {
+            Failure::Fatal(OciError::Protocol {
+                url: show(from),
+                reason: reason.to_string(),
+            })
+        };
+        let loc = headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| bad("redirect without a usable Location"))?;
+        let target = if loc.starts_with("http://") || loc.starts_with("https://") {
+            loc.to_string()
+        } else if loc.starts_with('/') && !loc.starts_with("//") {
+            format!(
+                "{}://{}{}",
+                from.scheme_str().unwrap_or("https"),
+                from.authority().map(|a| a.as_str()).unwrap_or(""),
+                loc
+            )
+        } else {
+            return Err(bad("relative redirect Location is not supported"));
+        };
+        let uri: Uri = target.parse().map_err(|_| bad("redirect Location is not a URL"))?;
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+        if uri.scheme_str() == Some("http") && !self.http_allowed(authority) {
+            return Err(Failure::Fatal(OciError::InsecureNotAllowed {
+                host: authority.to_string(),
+            }));
+        }
+        Ok(uri)
+    }
+
+    async fn authenticate(&self, headers: &HeaderMap, sent: Option<HeaderValue>) -> Result<(), Failure> {
+        // Another request may have refreshed the token meanwhile.
+        let cur = self.current_auth();
+        if cur.is_some() && cur != sent {
+            return Ok(());
+        }
+        let challenges: Vec<auth::Challenge> = headers
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(auth::parse_challenges)
+            .collect();
+        let creds = self.credentials().await?;
+        let unauthorized = |hint: String| {
+            Failure::Fatal(OciError::Unauthorized {
+                registry: self.registry.clone(),
+                hint,
+            })
+        };
+        if let Some(c) = challenges.iter().find(|c| c.scheme == "bearer") {
+            let realm = c
+                .params
+                .get("realm")
+                .ok_or_else(|| unauthorized("Bearer challenge without a realm".into()))?;
+            let scope = c
+                .params
+                .get("scope")
+                .cloned()
+                .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+            let token = self
+                .fetch_token(realm, c.params.get("service").map(String::as_str), &scope, creds.as_ref())
+                .await?;
+            self.set_auth(format!("Bearer {token}"))?;
+            Ok(())
+        } else if challenges.iter().any(|c| c.scheme == "basic") {
+            match creds {
+                Some(c) => Ok(self.set_auth(c.basic_header())?),
+                None => Err(unauthorized(self.no_creds_hint())),
+            }
+        } else {
+            Err(unauthorized(
+                "the registry sent no Bearer or Basic WWW-Authenticate challenge".into(),
+            ))
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        creds: Option<&Credentials>,
+    ) -> Result<String, Failure> {
+        let unauthorized = |hint: String| {
+            Failure::Fatal(OciError::Unauthorized {
+                registry: self.registry.clone(),
+                hint,
+            })
+        };
+        let mut s = realm.to_string();
+        s.push(if s.contains('?') { '&' } else { '?' });
+        if let Some(svc) = service {
+            s.push_str(&format!("service={}&", auth::query_escape(svc)));
+        }
+        s.push_str(&format!("scope={}", auth::query_escape(scope)));
+        let uri: Uri = s
+            .parse()
+            .map_err(|_| unauthorized("the token realm is not a URL".into()))?;
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or("").to_string();
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if self.http_allowed(&authority) => {}
+            _ => return Err(Failure::Fatal(OciError::InsecureNotAllowed { host: authority })),
+        }
+        let mut b = Request::get(uri.clone()).header(header::USER_AGENT, USER_AGENT);
+        if let Some(c) = creds {
+            let mut v = HeaderValue::from_str(&c.basic_header())
+                .map_err(|_| unauthorized("credentials contain invalid characters".into()))?;
+            v.set_sensitive(true);
+            b = b.header(header::AUTHORIZATION, v);
+        }
+        let req = b.body(Empty::new()).map_err(|e| {
+            Failure::Fatal(OciError::Protocol {
+                url: show(&uri),
+                reason: e.to_string(),
+            })
+        })?;
+        let resp = self.send(req, &uri).await?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            self.drain(resp).await;
+            let hint = match creds {
+                Some(_) => format!("the token service rejected the credentials for {}", self.registry),
+                None => self.no_creds_hint(),
+            };
+            return Err(unauthorized(hint));
+        }
+        if status.is_server_error() {
+            return Err(Failure::Retry(self.status_error(resp, &uri).await));
+        }
+        if status != StatusCode::OK {
+            return Err(Failure::Fatal(self.status_error(resp, &uri).await));
+        }
+        let body = self.read_capped(resp, &uri, "token response", MAX_TOKEN_BYTES).await?;
+        let reply: TokenReply = serde_json::from_slice(&body)
+            .map_err(|_| unauthorized("the token service answered something that is not token JSON".into()))?;
+        reply
+            .token
+            .or(reply.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthorized("the token service answered without a token".into()))
+    }
+
+    /// The next non-empty body chunk, or `None` at the end; a stall longer
+    /// than the timeout is a retryable error.
+    pub async fn next_chunk(&self, body: &mut Incoming, url: &Uri) -> Result<Option<Bytes>, Failure> {
+        loop {
+            match tokio::time::timeout(self.timeout, body.frame()).await {
+                Err(_) => {
+                    return Err(Failure::Retry(OciError::Timeout {
+                        url: show(url),
+                        after: self.timeout,
+                    }))
+                }
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => {
+                    return Err(Failure::Retry(OciError::Protocol {
+                        url: show(url),
+                        reason: format!("body: {}", chain(&e)),
+                    }))
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(d) = frame.into_data() {
+                        if !d.is_empty() {
+                            return Ok(Some(d));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads a whole body of at most `limit` bytes.
+    pub async fn read_capped(
+        &self,
+        resp: Response<Incoming>,
+        url: &Uri,
+        what: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, Failure> {
+        let too_large = || {
+            Failure::Fatal(OciError::TooLarge {
+                what: format!("{what} from {}", show(url)),
+                limit,
+            })
+        };
+        let declared = content_length(resp.headers());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut out = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+        let mut body = resp.into_body();
+        while let Some(chunk) = self.next_chunk(&mut body, url).await? {
+            if out.len() as u64 + chunk.len() as u64 > limit {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// An [`OciError::Http`] for an unexpected response, with the start of
+    /// its body as detail.
+    pub async fn status_error(&self, resp: Response<Incoming>, url: &Uri) -> OciError {
+        let status = resp.status().as_u16();
+        let mut detail = String::new();
+        let mut body = resp.into_body();
+        let read = async {
+            let mut buf = Vec::new();
+            while buf.len() < 4096 {
+                match body.frame().await {
+                    Some(Ok(f)) => {
+                        if let Ok(d) = f.into_data() {
+                            buf.extend_from_slice(&d);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            buf
+        };
+        if let Ok(buf) = tokio::time::timeout(self.timeout.min(Duration::from_secs(2)), read).await {
+            detail = String::from_utf8_lossy(&buf)
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(300)
+                .collect();
+        }
+        OciError::Http {
+            status,
+            url: show(url),
+            detail,
+        }
+    }
+
+    /// Reads and drops a small body so the connection can be reused.
+    async fn drain(&self, resp: Response<Incoming>) {
+        if content_length(resp.headers()).is_some_and(|n| n > 65536) {
+            return;
+        }
+        let mut body = resp.into_body();
+        let _ = tokio::time::timeout(Duration::from_secs(1).min(self.timeout), async {
+            while let Some(Ok(_)) = body.frame().await {}
+        })
+        .await;
+    }
+
+    /// Runs `op` until it succeeds, fails fatally, or retries run out
+    /// (`retries` extra attempts, exponential backoff, overall deadline of
+    /// `timeout × (retries + 1)`).
+    pub async fn retry<T>(&self, mut op: impl AsyncFnMut() -> Result<T, Failure>) -> Result<T, OciError> {
+        let start = Instant::now();
+        let budget = self.timeout.saturating_mul(self.retries.saturating_add(1));
+        let mut attempt = 0u32;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Retry(e)) => {
+                    let wait = backoff(attempt);
+                    if attempt >= self.retries || start.elapsed().saturating_add(wait) > budget {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, attempt, "retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Retry count.
+    pub fn retries(&self) -> u32 {
+        self.retries
+    }
+}
+
+/// The `Content-Length` header, if present and numeric.
+pub(crate) fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// A parsed `Content-Range: bytes a-b/total` (`total` may be `*`), or
+/// `bytes */total` (first two `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ContentRange {
+    pub first: Option<u64>,
+    pub last: Option<u64>,
+    pub total: Option<u64>,
+}
+
+/// Parses a `Content-Range` header value.
+pub(crate) fn parse_content_range(v: &str) -> Option<ContentRange> {
+    let rest = v.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    if range.trim() == "*" {
+        return Some(ContentRange {
+            first: None,
+            last: None,
+            total,
+        });
+    }
+    let (a, b) = range.trim().split_once('-')?;
+    let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+    if b < a || total.is_some_and(|t| b >= t) {
+        return None;
+    }
+    Some(ContentRange {
+        first: Some(a),
+        last: Some(b),
+        total,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_and_ranges() {
+        assert!(is_loopback("127.0.0.1:5000"));
+        assert!(is_loopback("127.3.4.5"));
+        assert!(is_loopback("localhost:80"));
+        assert!(is_loopback("[::1]:5000"));
+        assert!(!is_loopback("example.com:5000"));
+        assert!(!is_loopback("10.0.0.1"));
+        let r = parse_content_range("bytes 0-4095/44673554").unwrap();
+        assert_eq!((r.first, r.last, r.total), (Some(0), Some(4095), Some(44673554)));
+        let r = parse_content_range("bytes */100").unwrap();
+        assert_eq!((r.first, r.total), (None, Some(100)));
+        assert!(parse_content_range("bytes 5-4/10").is_none());
+        assert!(parse_content_range("bytes 5-10/10").is_none());
+        assert!(parse_content_range("items 0-1/2").is_none());
+        assert_eq!(parse_content_range("bytes 0-1/*").unwrap().total, None);
+        assert!(backoff(40) <= Duration::from_secs(2));
+    }
+}
