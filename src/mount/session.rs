@@ -17,11 +17,14 @@ pub struct ServeOptions {
     /// Worker threads reading `/dev/fuse` (2 is the sweet spot on 2 vCPUs;
     /// more gave nothing in the measurements).
     pub threads: usize,
-    /// Let other uids use the mount. Needed for containers: processes in
-    /// the container run as other uids, and without `allow_other` the kernel
-    /// refuses every access by a uid other than the mounter's (EACCES),
-    /// even through an overlay for some paths. Permission bits are still
-    /// enforced by the kernel (`default_permissions`).
+    /// Let other uids use the mount (default on). Measured here
+    /// (`privileged_allow_other_is_needed`): without it uid 65534 gets
+    /// EACCES reading the FUSE mount directly, while reads through an
+    /// overlay on top still work (overlayfs accesses its lower layer with
+    /// the mounter's credentials). It is on so that `--mount-point` use,
+    /// tools inspecting `images/<hex>/mnt`, and any path that reaches the
+    /// lower without overlay's credential switch keep working; permission
+    /// bits are still enforced by the kernel (`default_permissions`).
     pub allow_other: bool,
     /// Read-ahead of the mount's bdi in KiB (`None` keeps the kernel's
     /// 128). FUSE can only lower `max_readahead` in INIT, so larger values

@@ -551,3 +551,108 @@ fn privileged_killed_daemon_is_cleaned_up() {
     assert!(out.daemon_stopped && out.daemon_was_dead);
     assert!(!is_mounted(&rootfs) && !is_mounted(&image_dir.join("mnt")) && !image_dir.exists());
 }
+
+/// Documents why `allow_other` is on: without it, a non-root uid cannot
+/// read the FUSE mount (EACCES from the kernel's FUSE permission gate),
+/// directly or through an overlay.
+#[test]
+fn privileged_allow_other_is_needed() {
+    if skip_unless_privileged("privileged_allow_other_is_needed") {
+        return;
+    }
+    if std::process::Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIP privileged_allow_other_is_needed: no setpriv");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let clip = write_image(tmp.path(), "ao");
+    let as_nobody = |p: &Path| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "head", "-c", "5"])
+            .arg(p)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let mut results = Vec::new();
+    for allow_other in [false, true] {
+        let mnt = tmp.path().join(format!("mnt-{allow_other}"));
+        let (upper, work, root) = (
+            tmp.path().join(format!("u-{allow_other}")),
+            tmp.path().join(format!("w-{allow_other}")),
+            tmp.path().join(format!("r-{allow_other}")),
+        );
+        for d in [&mnt, &upper, &work, &root] {
+            fs::create_dir(d).unwrap();
+        }
+        let opts = ServeOptions {
+            threads: 1,
+            allow_other,
+            read_ahead_kb: None,
+        };
+        let h = serve_with(&mnt, clipfs(&clip, ReadPath::Direct), &opts).unwrap();
+        mount_overlay(&mnt, &upper, &work, &root).unwrap();
+        let g = OverlayGuard(root.clone());
+        results.push((allow_other, as_nobody(&mnt.join("hello")), as_nobody(&root.join("hello"))));
+        drop(g);
+        h.unmount().unwrap();
+    }
+    eprintln!("(allow_other, direct read ok, overlay read ok) = {results:?}");
+    assert_eq!(results[1], (true, true, true));
+    assert!(!results[0].1, "without allow_other a non-root uid must be refused on the FUSE mount");
+}
+
+/// Throughput of `dd` through the mount from an in-memory reader; run with
+/// `cargo test --lib privileged_bench -- --ignored --nocapture` (optionally
+/// with `GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=4194304`).
+#[test]
+#[ignore = "benchmark"]
+fn privileged_bench_read_throughput() {
+    if skip_unless_privileged("privileged_bench_read_throughput") {
+        return;
+    }
+    const SIZE: usize = 512 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut data = image("bench");
+    data.layers[0].uncompressed_size = SIZE as u64 + 4096;
+    let mut big = Node::new(NodeKind::File);
+    big.size = SIZE as u64;
+    big.data = Some(DataRef { layer: 0, offset: 512 });
+    data.tree.nodes.push(big);
+    let ino = (data.tree.nodes.len() - 1) as u32;
+    data.tree.nodes[0].children.insert(b"huge".to_vec(), ino);
+    let clip = tmp.path().join("bench.clip");
+    write_index_file(&data, &clip, WriteOptions::default()).unwrap();
+    let layer: Arc<Vec<u8>> = Arc::new((0..SIZE + 4096).map(|i| (i * 7 + i / 4093) as u8).collect());
+    eprintln!("GLIBC_TUNABLES={:?}", std::env::var("GLIBC_TUNABLES").ok());
+    for (path, threads, ra) in [
+        (ReadPath::Direct, 2, Some(128)),
+        (ReadPath::Bounce, 2, Some(128)),
+        (ReadPath::Direct, 2, Some(4096)),
+        (ReadPath::Bounce, 2, Some(4096)),
+        (ReadPath::Direct, 1, Some(4096)),
+    ] {
+        let mut mbs = Vec::new();
+        for run in 0..3 {
+            let mnt = tmp.path().join(format!("m-{path:?}-{threads}-{ra:?}-{run}"));
+            fs::create_dir(&mnt).unwrap();
+            let index = Arc::new(crate::format::Index::open(&clip).unwrap());
+            let content = Arc::new(MemContent(vec![(*layer).clone()]));
+            let fs_ = ClipFs::new(index, content, FsConfig { read_path: path, ..FsConfig::default() }).unwrap();
+            let h = serve_with(&mnt, fs_, &ServeOptions { threads, allow_other: false, read_ahead_kb: ra }).unwrap();
+            let t = std::time::Instant::now();
+            let out = std::process::Command::new("dd")
+                .arg(format!("if={}", mnt.join("huge").display()))
+                .args(["of=/dev/null", "bs=1M"])
+                .output()
+                .unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            assert!(out.status.success());
+            mbs.push(SIZE as f64 / secs / 1e6);
+            h.unmount().unwrap();
+        }
+        eprintln!("{path:?} threads={threads} ra={ra:?}KiB: {:.0} / {:.0} / {:.0} MB/s", mbs[0], mbs[1], mbs[2]);
+    }
+}
