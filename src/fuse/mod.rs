@@ -1,1 +1,300 @@
-//! TODO(fuse): module being written.
+//! The read-only filesystem over a `.clip` index, served with fuse-backend-rs.
+//!
+//! State lives here; `impl FileSystem` alone is in [`ops`] (STYLE 16), the
+//! records → `stat64`/`Entry` mapping in [`attr`], and the one unsafe room
+//! (the content reader writing straight into the kernel reply buffer) in
+//! `zerocopy.rs`. Inode numbers are the index's (stable, `1..=inode_count`,
+//! root = 1), so `forget` is a no-op and every TTL is long: the image is
+//! immutable. File bytes come only from the [`ContentReader`].
+//!
+//! FUSE types never leave `fuse/` and `mount/`.
+
+mod attr;
+mod ops;
+mod zerocopy;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::{CacheError, ContentReader};
+use crate::format::{FormatError, Index, NodeKind, ROOT_INO};
+
+pub use attr::{dirent_type, stat_of};
+
+/// How file bytes get from the [`ContentReader`] into the kernel reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadPath {
+    /// The reader writes straight into the reply buffer (one copy).
+    #[default]
+    Direct,
+    /// The reader fills a 64-byte-aligned scratch buffer that is then copied
+    /// into the reply (two copies; kept for measurements).
+    Bounce,
+}
+
+/// Knobs of the filesystem (not of the mount).
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Attribute and entry cache lifetime handed to the kernel.
+    pub ttl: Duration,
+    /// Ask for FUSE_NO_OPEN/NO_OPENDIR: after the first open the kernel sends
+    /// no more OPEN/RELEASE (and keeps the page cache across opens).
+    pub no_open: bool,
+    /// See [`ReadPath`].
+    pub read_path: ReadPath,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            // The image never changes under a mount: a day is "forever" for
+            // the kernel caches and still fits every timeout field.
+            ttl: Duration::from_secs(86_400),
+            no_open: true,
+            read_path: ReadPath::Direct,
+        }
+    }
+}
+
+/// Why a filesystem request failed. [`FsError::errno`] is the only place
+/// that decides an errno.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// No such name, inode or attribute owner.
+    #[error("no such entry")]
+    NotFound,
+    /// A directory operation on a non-directory.
+    #[error("inode {0} is not a directory")]
+    NotADirectory(u64),
+    /// A file operation on a directory.
+    #[error("inode {0} is a directory")]
+    IsADirectory(u64),
+    /// readlink on a non-symlink, or a bad argument.
+    #[error("invalid argument")]
+    Invalid,
+    /// The extended attribute does not exist.
+    #[error("no such extended attribute")]
+    NoXattr,
+    /// The caller's buffer is too small (xattrs).
+    #[error("buffer too small: need {0} bytes")]
+    Range(usize),
+    /// A mutating operation on the read-only image.
+    #[error("read-only filesystem")]
+    ReadOnly,
+    /// The index is corrupt or inconsistent.
+    #[error("index: {0}")]
+    Index(#[from] FormatError),
+    /// The content reader failed; never serve wrong bytes.
+    #[error("ino {ino}: layer {layer} at {offset}: {source}")]
+    Content {
+        /// Inode being read.
+        ino: u64,
+        /// Layer.
+        layer: u32,
+        /// Offset in the layer's uncompressed stream.
+        offset: u64,
+        /// The error.
+        source: CacheError,
+    },
+    /// The layer ended before the file did.
+    #[error("ino {ino}: layer {layer} ends before offset {offset}")]
+    ShortLayer {
+        /// Inode being read.
+        ino: u64,
+        /// Layer.
+        layer: u32,
+        /// Offset in the layer's uncompressed stream.
+        offset: u64,
+    },
+    /// The reply buffer rejected the data.
+    #[error("reply: {0}")]
+    Reply(io::Error),
+}
+
+impl FsError {
+    /// The errno the kernel sees for this error (the only such mapping).
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotADirectory(_) => libc::ENOTDIR,
+            FsError::IsADirectory(_) => libc::EISDIR,
+            FsError::Invalid => libc::EINVAL,
+            FsError::NoXattr => libc::ENODATA,
+            FsError::Range(_) => libc::ERANGE,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::Index(FormatError::NoSuchInode(_)) => libc::ENOENT,
+            FsError::Index(FormatError::NotADirectory(_)) => libc::ENOTDIR,
+            FsError::Index(_) => libc::EIO,
+            FsError::Content { .. } | FsError::ShortLayer { .. } => libc::EIO,
+            FsError::Reply(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
+impl From<FsError> for io::Error {
+    fn from(e: FsError) -> io::Error {
+        io::Error::from_raw_os_error(e.errno())
+    }
+}
+
+/// Counters the filesystem keeps (cheap relaxed atomics).
+#[derive(Debug, Default)]
+pub struct FsStats {
+    /// READ requests served.
+    pub reads: AtomicU64,
+    /// Bytes returned by READ.
+    pub read_bytes: AtomicU64,
+    /// READs that failed with EIO.
+    pub read_errors: AtomicU64,
+    /// LOOKUP requests.
+    pub lookups: AtomicU64,
+}
+
+/// The filesystem: an index, a content reader and a parent map for "..".
+#[derive(Debug)]
+pub struct ClipFs {
+    index: Arc<Index>,
+    content: Arc<dyn ContentReader>,
+    cfg: FsConfig,
+    /// `parents[ino]` = parent directory of directory `ino` (0 for non-dirs).
+    parents: Vec<u32>,
+    /// Whether the kernel agreed to no-open / no-opendir.
+    no_open: AtomicBool,
+    no_opendir: AtomicBool,
+    stats: Arc<FsStats>,
+}
+
+impl ClipFs {
+    /// Builds the filesystem; walks the directories once to learn every
+    /// directory's parent (the index stores only downward edges).
+    pub fn new(index: Arc<Index>, content: Arc<dyn ContentReader>, cfg: FsConfig) -> Result<Self, FsError> {
+        let n = index.inode_count();
+        let mut parents = vec![0u32; n as usize + 1];
+        if n >= ROOT_INO {
+            parents[ROOT_INO as usize] = ROOT_INO as u32;
+        }
+        for ino in 1..=n {
+            if index.inode(ino)?.kind() != Some(NodeKind::Dir) {
+                continue;
+            }
+            for e in index.read_dir(ino, 0)? {
+                let e = e?;
+                if e.kind == Some(NodeKind::Dir) && e.ino != ROOT_INO {
+                    if let Some(p) = parents.get_mut(e.ino as usize) {
+                        *p = ino as u32;
+                    }
+                }
+            }
+        }
+        Ok(ClipFs {
+            index,
+            content,
+            cfg,
+            parents,
+            no_open: AtomicBool::new(false),
+            no_opendir: AtomicBool::new(false),
+            stats: Arc::new(FsStats::default()),
+        })
+    }
+
+    /// The index being served.
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<FsStats> {
+        self.stats.clone()
+    }
+
+    fn parent_of(&self, dir: u64) -> u64 {
+        match self.parents.get(dir as usize) {
+            Some(&p) if p != 0 => p as u64,
+            _ => ROOT_INO,
+        }
+    }
+
+    /// Walks directory `dir` from readdir cookie `offset`: position 0 is ".",
+    /// 1 is "..", then the index entries in name order; each entry's cookie is
+    /// its position + 1. `emit` returns `false` when the reply is full.
+    fn walk_dir(
+        &self,
+        dir: u64,
+        offset: u64,
+        emit: &mut dyn FnMut(u64, &[u8], u64, Option<NodeKind>) -> Result<bool, FsError>,
+    ) -> Result<(), FsError> {
+        let node = self.index.inode(dir)?;
+        if node.kind() != Some(NodeKind::Dir) {
+            return Err(FsError::NotADirectory(dir));
+        }
+        let mut pos = offset;
+        if pos == 0 {
+            if !emit(1, b".", dir, Some(NodeKind::Dir))? {
+                return Ok(());
+            }
+            pos = 1;
+        }
+        if pos == 1 {
+            if !emit(2, b"..", self.parent_of(dir), Some(NodeKind::Dir))? {
+                return Ok(());
+            }
+            pos = 2;
+        }
+        let start = usize::try_from(pos - 2).map_err(|_| FsError::Invalid)?;
+        for e in self.index.read_dir(dir, start)? {
+            let e = e?;
+            // `e.next` is the index position after this entry; +2 for "." and "..".
+            if !emit(e.next as u64 + 2, e.name, e.ino, e.kind)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads file bytes `[offset, offset+size)` of `ino` (clamped to the file
+    /// size) into `w`; returns the count.
+    fn read_file(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        w: &mut dyn fuse_backend_rs::api::filesystem::ZeroCopyWriter,
+    ) -> Result<usize, FsError> {
+        let node = self.index.inode(ino)?;
+        match node.kind() {
+            Some(NodeKind::File) => {}
+            Some(NodeKind::Dir) => return Err(FsError::IsADirectory(ino)),
+            _ => return Err(FsError::Invalid),
+        }
+        let file_size = node.size();
+        if offset >= file_size || size == 0 {
+            return Ok(0);
+        }
+        let len = (file_size - offset).min(size as u64) as usize;
+        let Some((layer, data_offset)) = node.data() else {
+            return Err(FsError::Index(FormatError::Corrupt("regular file with bytes but no data reference")));
+        };
+        let start = data_offset + offset;
+        let res = match self.cfg.read_path {
+            ReadPath::Direct => zerocopy::copy_direct(&*self.content, ino, layer, start, len, w),
+            ReadPath::Bounce => zerocopy::copy_bounce(&*self.content, ino, layer, start, len, w),
+        };
+        match res {
+            Ok(()) => {
+                self.stats.reads.fetch_add(1, Ordering::Relaxed);
+                self.stats.read_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                Ok(len)
+            }
+            Err(e) => {
+                self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(ino, layer, offset = start, len, error = %e, "read failed; returning EIO");
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,152 @@
-//! TODO(mount): module being written.
+//! Mounting: the FUSE session and its worker threads ([`serve`]), the
+//! per-container overlay rootfs ([`mount_overlay`]), the long-lived detached
+//! per-image daemon ([`run_daemon`], [`start_daemon`]) and the container
+//! bookkeeping the CLI drives ([`attach_container`], [`detach_container`],
+//! [`list`]).
+//!
+//! Layout under the run dir (default `/run/clip`):
+//!
+//! ```text
+//! images/<manifest-hex>/mnt            shared read-only FUSE mount of the image
+//! images/<manifest-hex>/daemon.pid     the daemon's pid
+//! images/<manifest-hex>/daemon.log     its stdout/stderr
+//! images/<manifest-hex>/containers     cids using the image, one per line
+//! images/<manifest-hex>/control.sock   line protocol: ping | stats | shutdown (0600)
+//! images/<manifest-hex>.lock           flock serialising attach/detach per image
+//! <cid>/rootfs                         the container's overlay
+//! <cid>/container.json                 what detach needs to undo the attach
+//! ```
+//!
+//! and under the node dir (default `/var/lib/clip`):
+//! `containers/<cid>/{upper,work}`.
+//!
+//! Unsafe lives in `sys.rs` (mount/umount/geteuid/kill) and `spawn.rs`
+//! (`setsid` in `pre_exec`).
+
+mod container;
+mod control;
+mod daemon;
+mod mountinfo;
+mod session;
+mod spawn;
+mod sys;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use container::{attach_container, detach_container, list, ContainerInfo, DetachOutcome, MountRequest};
+pub use control::{control_request, ControlReply};
+pub use daemon::{run_daemon, ContentFactory, DaemonArgs, DaemonConfig, StatsFn};
+pub use mountinfo::{is_mounted, mount_fstype};
+pub use session::{serve, serve_with, MountHandle, ServeOptions};
+pub use spawn::{start_daemon, Launcher};
+pub use sys::{mount_overlay, unmount};
+
+/// Default base of the run-time state.
+pub const DEFAULT_RUN_DIR: &str = "/run/clip";
+/// Default base of the per-container writable layers.
+pub const DEFAULT_NODE_DIR: &str = "/var/lib/clip";
+
+/// Why a mount operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The container id is already attached.
+    #[error("container id {0:?} is already in use")]
+    CidInUse(String),
+    /// No container with this id is attached.
+    #[error("unknown container id {0:?}")]
+    UnknownCid(String),
+    /// The container id does not match `[A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}`.
+    #[error("invalid container id {0:?}: must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}} and not be \"images\"")]
+    InvalidCid(String),
+    /// Something is already mounted there, or it cannot be unmounted.
+    #[error("mount point {} is busy", .0.display())]
+    MountBusy(PathBuf),
+    /// The daemon did not become ready.
+    #[error("clip daemon failed to start: {reason}\n--- tail of {} ---\n{log_tail}", log.display())]
+    DaemonFailed {
+        /// What was observed.
+        reason: String,
+        /// Its log file.
+        log: PathBuf,
+        /// The last lines of the log.
+        log_tail: String,
+    },
+    /// `/dev/fuse` is missing or unusable.
+    #[error("/dev/fuse is not available ({0}); load the fuse module or pass --device /dev/fuse")]
+    FuseDeviceMissing(io::Error),
+    /// The operation needs root.
+    #[error("this operation needs root (mount(2) and /dev/fuse)")]
+    NotRoot,
+    /// The FUSE session failed.
+    #[error("FUSE session: {0}")]
+    Session(String),
+    /// The index could not be opened.
+    #[error("index {}: {source}", path.display())]
+    Index {
+        /// The `.clip` file.
+        path: PathBuf,
+        /// The error.
+        source: crate::format::FormatError,
+    },
+    /// The filesystem could not be built, or the content reader factory failed.
+    #[error("filesystem: {0}")]
+    Fs(String),
+    /// The control socket misbehaved.
+    #[error("control socket {}: {message}", path.display())]
+    Control {
+        /// The socket.
+        path: PathBuf,
+        /// What happened.
+        message: String,
+    },
+    /// A system call on a path failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl MountError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> MountError {
+        let path = path.into();
+        move |source| MountError::Io { op, path, source }
+    }
+}
+
+/// Checks a container id: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`, not "images".
+pub fn validate_cid(cid: &str) -> Result<(), MountError> {
+    let b = cid.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && cid != "images";
+    if ok {
+        Ok(())
+    } else {
+        Err(MountError::InvalidCid(cid.to_string()))
+    }
+}
+
+/// Fails with [`MountError::NotRoot`] unless running as root, and with
+/// [`MountError::FuseDeviceMissing`] unless `/dev/fuse` opens.
+pub fn check_privileges() -> Result<(), MountError> {
+    if sys::geteuid() != 0 {
+        return Err(MountError::NotRoot);
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(MountError::FuseDeviceMissing)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::attr::{dirent_type, stat_of, statfs_of};
+use super::*;
+use crate::format::{write_index, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, Tree, WriteOptions};
+
+/// A tiny image: /f (suid, xattrs, nsec mtime), /d/ (with hard link to f),
+/// /l -> f, /c (char 1:3), /p (fifo), /big-dev (block 259:65536).
+pub(super) fn tiny() -> Index {
+    let mut t = Tree::default();
+    let mut f = Node::new(NodeKind::File);
+    f.perm = 0o4755;
+    f.uid = 1000;
+    f.gid = 100;
+    f.size = 10_000;
+    f.mtime = 1_700_000_000;
+    f.mtime_nsec = 987_654_321;
+    f.data = Some(DataRef { layer: 0, offset: 512 });
+    f.xattrs = vec![(b"user.k".to_vec(), b"value".to_vec())];
+    t.nodes.push(f); // ino 2
+    let mut d = Node::new(NodeKind::Dir);
+    d.children = BTreeMap::from([(b"hard".to_vec(), 1u32)]);
+    t.nodes.push(d); // ino 3
+    let mut l = Node::new(NodeKind::Symlink);
+    l.link_target = b"f".to_vec();
+    l.size = 1;
+    t.nodes.push(l); // ino 4
+    let mut c = Node::new(NodeKind::CharDev);
+    c.rdev_major = 1;
+    c.rdev_minor = 3;
+    t.nodes.push(c); // ino 5
+    t.nodes.push(Node::new(NodeKind::Fifo)); // ino 6
+    let mut b = Node::new(NodeKind::BlockDev);
+    b.rdev_major = 259;
+    b.rdev_minor = 65536;
+    t.nodes.push(b); // ino 7
+    t.nodes[0].children = BTreeMap::from([
+        (b"f".to_vec(), 1),
+        (b"d".to_vec(), 2),
+        (b"l".to_vec(), 3),
+        (b"c".to_vec(), 4),
+        (b"p".to_vec(), 5),
+        (b"big-dev".to_vec(), 6),
+    ]);
+    let data = IndexData {
+        meta: ImageMeta::default(),
+        layers: vec![Layer {
+            digest: crate::Digest::of(b"l0"),
+            diff_id: crate::Digest::of(b"l0"),
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            kind: LayerKind::Tar,
+            compressed_size: 1 << 20,
+            uncompressed_size: 1 << 20,
+            chunk_size: 1 << 20,
+            checkpoints: vec![],
+            chunks: vec![],
+        }],
+        tree: t,
+    };
+    Index::from_bytes(write_index(&data, WriteOptions::default()).unwrap()).unwrap()
+}
+
+#[test]
+fn stat_maps_every_field() {
+    let idx = tiny();
+    let st = stat_of(&idx.inode(2).unwrap());
+    assert_eq!(st.st_ino, 2);
+    assert_eq!(st.st_mode, 0o104755);
+    assert_eq!((st.st_uid, st.st_gid), (1000, 100));
+    assert_eq!(st.st_nlink, 2);
+    assert_eq!(st.st_size, 10_000);
+    assert_eq!(st.st_blocks, 20);
+    assert_eq!(st.st_blksize, 4096);
+    assert_eq!((st.st_mtime, st.st_mtime_nsec), (1_700_000_000, 987_654_321));
+    assert_eq!((st.st_ctime, st.st_ctime_nsec), (1_700_000_000, 987_654_321));
+    assert_eq!(st.st_rdev, 0);
+    let c = stat_of(&idx.inode(5).unwrap());
+    assert_eq!(c.st_mode & libc::S_IFMT, libc::S_IFCHR);
+    assert_eq!((libc::major(c.st_rdev), libc::minor(c.st_rdev)), (1, 3));
+    // A large minor survives the 32-bit FUSE attr encoding.
+    let b = stat_of(&idx.inode(7).unwrap());
+    assert_eq!((libc::major(b.st_rdev), libc::minor(b.st_rdev)), (259, 65536));
+    let root = stat_of(&idx.inode(1).unwrap());
+    assert_eq!(root.st_mode, 0o040755);
+    assert_eq!(root.st_nlink, 3);
+}
+
+#[test]
+fn dirent_types() {
+    assert_eq!(dirent_type(Some(NodeKind::Fifo)), libc::DT_FIFO as u32);
+    assert_eq!(dirent_type(Some(NodeKind::Dir)), libc::DT_DIR as u32);
+    assert_eq!(dirent_type(None), libc::DT_UNKNOWN as u32);
+}
+
+#[test]
+fn statfs_counts() {
+    let idx = tiny();
+    let st = statfs_of(&idx);
+    assert_eq!(st.f_blocks, 256);
+    assert_eq!(st.f_files, 7);
+    assert_eq!(st.f_namemax, 255);
+    assert_eq!(st.f_bfree, 0);
+}
+
+#[test]
+fn errno_table() {
+    use crate::cache::CacheError;
+    let cases: Vec<(FsError, i32)> = vec![
+        (FsError::NotFound, libc::ENOENT),
+        (FsError::NotADirectory(3), libc::ENOTDIR),
+        (FsError::IsADirectory(1), libc::EISDIR),
+        (FsError::Invalid, libc::EINVAL),
+        (FsError::NoXattr, libc::ENODATA),
+        (FsError::Range(9), libc::ERANGE),
+        (FsError::ReadOnly, libc::EROFS),
+        (FsError::Index(FormatError::NoSuchInode(99)), libc::ENOENT),
+        (FsError::Index(FormatError::NotADirectory(2)), libc::ENOTDIR),
+        (FsError::Index(FormatError::Corrupt("x")), libc::EIO),
+        (
+            FsError::Content { ino: 2, layer: 0, offset: 5, source: CacheError::Other { layer: 0, message: "boom".into() } },
+            libc::EIO,
+        ),
+        (FsError::ShortLayer { ino: 2, layer: 0, offset: 5 }, libc::EIO),
+    ];
+    for (e, want) in cases {
+        assert_eq!(e.errno(), want, "{e}");
+        assert_eq!(io::Error::from(e).raw_os_error(), Some(want));
+    }
+}
+
+#[derive(Debug)]
+struct Nothing;
+impl ContentReader for Nothing {
+    fn read(&self, _: u32, _: u64, _: &mut [u8]) -> Result<usize, CacheError> {
+        Ok(0)
+    }
+}
+
+#[test]
+fn parents_and_dir_walk() {
+    let fs = ClipFs::new(Arc::new(tiny()), Arc::new(Nothing), FsConfig::default()).unwrap();
+    assert_eq!(fs.parent_of(3), 1);
+    assert_eq!(fs.parent_of(1), 1);
+    let mut seen = Vec::new();
+    fs.walk_dir(1, 0, &mut |c, n, i, _| {
+        seen.push((c, n.to_vec(), i));
+        Ok(true)
+    })
+    .unwrap();
+    let names: Vec<_> = seen.iter().map(|s| String::from_utf8(s.1.clone()).unwrap()).collect();
+    assert_eq!(names, [".", "..", "big-dev", "c", "d", "f", "l", "p"]);
+    let cookies: Vec<_> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(cookies, [1, 2, 3, 4, 5, 6, 7, 8]);
+    // Resuming at every cookie yields exactly the rest.
+    for (k, &(c, _, _)) in seen.iter().enumerate() {
+        let mut rest = Vec::new();
+        fs.walk_dir(1, c, &mut |c2, _, _, _| {
+            rest.push(c2);
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(rest, cookies[k + 1..]);
+    }
+    // Stopping early.
+    let mut n = 0;
+    fs.walk_dir(1, 0, &mut |_, _, _, _| {
+        n += 1;
+        Ok(n < 3)
+    })
+    .unwrap();
+    assert_eq!(n, 3);
+    assert!(matches!(fs.walk_dir(2, 0, &mut |_, _, _, _| Ok(true)), Err(FsError::NotADirectory(2))));
+}

@@ -1,0 +1,156 @@
+//! Starting the per-image daemon detached from the caller, and waiting until
+//! it is ready. `setsid` in `pre_exec` is the one unsafe block here.
+#![allow(unsafe_code)]
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::control::control_request;
+use super::daemon::{DaemonArgs, LOG_FILE, SOCK_FILE};
+use super::MountError;
+
+/// The glibc tunable that moves `rep movsb` out of the 128 KiB – 4 MiB copy
+/// range. On this machine's CPU a `memcpy` whose source and destination
+/// differ in alignment mod 64 is ~10x slower with `rep movsb`, and the FUSE
+/// reply buffer puts read data at +16; the daemon gets this unless the
+/// caller already set `GLIBC_TUNABLES`.
+pub const GLIBC_TUNABLES: &str = "glibc.cpu.x86_rep_movsb_threshold=4194304";
+
+/// How the daemon process is started.
+#[derive(Clone)]
+pub enum Launcher {
+    /// `exe <args…> <DaemonArgs::to_args()…>`, detached (new session), stdio to
+    /// `daemon.log`, with extra environment.
+    Exec {
+        /// The executable (default: the current one).
+        exe: PathBuf,
+        /// Arguments before the daemon's own (default: `["__daemon"]`).
+        args: Vec<OsString>,
+        /// Extra environment variables.
+        env: Vec<(OsString, OsString)>,
+    },
+    /// Runs the daemon on a thread of this process (tests, embedding).
+    InProcess(Arc<dyn Fn(DaemonArgs) + Send + Sync>),
+}
+
+impl std::fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Launcher::Exec { exe, args, env } => f
+                .debug_struct("Exec")
+                .field("exe", exe)
+                .field("args", args)
+                .field("env", env)
+                .finish(),
+            Launcher::InProcess(_) => f.write_str("InProcess"),
+        }
+    }
+}
+
+impl Default for Launcher {
+    /// `current_exe __daemon …`: the CLI dispatches `__daemon` to
+    /// `DaemonArgs::parse` + `run_daemon`.
+    fn default() -> Self {
+        Launcher::Exec {
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            args: vec!["__daemon".into()],
+            env: Vec::new(),
+        }
+    }
+}
+
+/// The last `n` lines of a log file.
+pub(super) fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Starts the daemon for `args` and waits (up to `timeout`) until its mount
+/// shows in `/proc/self/mountinfo` and its control socket answers `ping`.
+pub fn start_daemon(args: &DaemonArgs, launcher: &Launcher, timeout: Duration) -> Result<(), MountError> {
+    let dir = &args.image_dir;
+    std::fs::create_dir_all(dir).map_err(MountError::io("create", dir))?;
+    let log = dir.join(LOG_FILE);
+    let failed = |reason: String| MountError::DaemonFailed {
+        reason,
+        log: log.clone(),
+        log_tail: log_tail(&log, 20),
+    };
+    let mut child = None;
+    match launcher {
+        Launcher::Exec { exe, args: pre, env } => {
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .map_err(MountError::io("open", &log))?;
+            let err = out.try_clone().map_err(MountError::io("dup", &log))?;
+            let mut cmd = Command::new(exe);
+            cmd.args(pre)
+                .args(args.to_args())
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .current_dir("/");
+            if std::env::var_os("GLIBC_TUNABLES").is_none() {
+                cmd.env("GLIBC_TUNABLES", GLIBC_TUNABLES);
+            }
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            // SAFETY: the closure runs in the forked child before exec and
+            // only calls setsid(2), which is async-signal-safe; it touches no
+            // memory of the parent. A new session detaches the daemon from
+            // the caller's terminal and process group (no SIGHUP/SIGINT).
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let c = cmd.spawn().map_err(|e| failed(format!("spawn {}: {e}", exe.display())))?;
+            child = Some(c);
+        }
+        Launcher::InProcess(f) => {
+            let (f, a) = (f.clone(), args.clone());
+            std::thread::Builder::new()
+                .name("clip-daemon".into())
+                .spawn(move || f(a))
+                .map_err(|e| failed(format!("spawn thread: {e}")))?;
+        }
+    }
+    let mnt = args.mnt();
+    let sock = dir.join(SOCK_FILE);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(c) = child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(failed(format!("daemon exited with {status}")));
+            }
+        }
+        if super::is_mounted(&mnt) && control_request(&sock, "ping", Duration::from_secs(2)).is_ok_and(|r| r.0 == "pong") {
+            break;
+        }
+        if Instant::now() > deadline {
+            if let Some(c) = child.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            return Err(failed(format!("not ready after {timeout:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(mut c) = child {
+        // Reap it when it exits so it never lingers as a zombie of a
+        // long-lived caller (the CLI exits first; then init adopts it).
+        let _ = std::thread::Builder::new().name("clip-daemon-reaper".into()).spawn(move || c.wait());
+    }
+    Ok(())
+}
