@@ -1,1 +1,255 @@
-//! TODO(gzip): module being written.
+//! Random access into gzip streams (one or more members), zran style.
+//!
+//! This module owns the deflate-level work: [`ZranReader`] inflates a layer
+//! once, front to back, yielding the uncompressed bytes while it records
+//! resume points ([`Checkpoint`]: a deflate block boundary, its bit offset and
+//! the preceding 32 KiB window) and per-chunk sha256 digests ([`Chunk`]);
+//! [`SpanDecoder`] later resumes inflating at any checkpoint from whatever
+//! compressed bytes it is fed. Its neighbours: `index` builds layer indexes
+//! with the reader, `cache` serves ranges with the decoder. It does no I/O of
+//! its own (it reads from a caller's `Read` or slices) and knows nothing of
+//! the network. All unsafe code (the `libz-rs-sys` calls) lives in `ffi`.
+
+mod build;
+mod ffi;
+mod header;
+mod inflate;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+
+pub use crate::format::{Checkpoint, Chunk};
+pub use build::ZranReader;
+pub use inflate::{read_range, SpanDecoder};
+
+/// Largest deflate window, and so the most a checkpoint window holds.
+pub const WINDOW_SIZE: usize = 32 * 1024;
+
+/// Settings for index building.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexerConfig {
+    /// Minimum uncompressed distance between checkpoints; a checkpoint is
+    /// placed at the first block boundary (or member start) at least this far
+    /// past the previous one. Must be > 0.
+    pub span: u64,
+    /// Uncompressed size of a verification chunk (spans are cut into chunks
+    /// from their start). Must be > 0.
+    pub chunk_size: u32,
+}
+
+impl IndexerConfig {
+    /// Default span between checkpoints (see the module tests/bench for the
+    /// latency / index-size trade-off).
+    pub const DEFAULT_SPAN: u64 = 1024 * 1024;
+    /// Default chunk size.
+    pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
+}
+
+impl Default for IndexerConfig {
+    fn default() -> Self {
+        IndexerConfig {
+            span: Self::DEFAULT_SPAN,
+            chunk_size: Self::DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// Everything one indexing pass learned about a gzip stream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ZranIndex {
+    /// Resume points, ascending by `out_offset`; the first is at 0.
+    pub checkpoints: Vec<Checkpoint>,
+    /// Chunk digests, in uncompressed order.
+    pub chunks: Vec<Chunk>,
+    /// Bytes of compressed input consumed (the blob size, padding included).
+    pub compressed_size: u64,
+    /// Uncompressed size of the whole stream.
+    pub uncompressed_size: u64,
+}
+
+impl ZranIndex {
+    /// Index of the checkpoint to resume from for uncompressed offset `out`:
+    /// the last one at or before it.
+    pub fn checkpoint_for(&self, out: u64) -> usize {
+        self.checkpoints
+            .partition_point(|c| c.out_offset <= out)
+            .saturating_sub(1)
+    }
+}
+
+/// Why a gzip stream could not be indexed or decoded. Offsets name where.
+#[derive(Debug, thiserror::Error)]
+pub enum GzipError {
+    /// A gzip member header is malformed.
+    #[error("bad gzip header at blob offset {in_offset}: {msg}")]
+    BadHeader {
+        /// Blob offset of the offending byte.
+        in_offset: u64,
+        /// What was wrong.
+        msg: &'static str,
+    },
+    /// The deflate data or a member trailer is invalid.
+    #[error(
+        "corrupt gzip data at blob offset {in_offset} (uncompressed offset {out_offset}): {msg}"
+    )]
+    Corrupt {
+        /// Blob offset near the error (next unread byte).
+        in_offset: u64,
+        /// Uncompressed offset reached.
+        out_offset: u64,
+        /// What was wrong.
+        msg: String,
+    },
+    /// The input ended inside a member.
+    #[error("gzip stream truncated at blob offset {in_offset} (uncompressed offset {out_offset})")]
+    Truncated {
+        /// Blob offset where input ended.
+        in_offset: u64,
+        /// Uncompressed offset reached.
+        out_offset: u64,
+    },
+    /// Non-zero bytes follow the last member.
+    #[error("unexpected data after gzip member at blob offset {in_offset}")]
+    TrailingGarbage {
+        /// Blob offset of the first unexpected byte.
+        in_offset: u64,
+    },
+    /// A checkpoint, window or index is unusable.
+    #[error("bad checkpoint at uncompressed offset {out_offset}: {msg}")]
+    BadCheckpoint {
+        /// The checkpoint's uncompressed offset.
+        out_offset: u64,
+        /// What was wrong.
+        msg: String,
+    },
+    /// zlib reported an unexpected condition.
+    #[error("zlib error {code}: {msg}")]
+    Zlib {
+        /// zlib return code.
+        code: i32,
+        /// zlib's message.
+        msg: String,
+    },
+    /// Invalid [`IndexerConfig`].
+    #[error("invalid indexer config: {0}")]
+    Config(&'static str),
+    /// Reading the input failed.
+    #[error("reading gzip input: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl GzipError {
+    /// A copy of this error (an `Io` error keeps its kind and message).
+    pub(crate) fn duplicate(&self) -> GzipError {
+        match self {
+            GzipError::BadHeader { in_offset, msg } => GzipError::BadHeader {
+                in_offset: *in_offset,
+                msg,
+            },
+            GzipError::Corrupt {
+                in_offset,
+                out_offset,
+                msg,
+            } => GzipError::Corrupt {
+                in_offset: *in_offset,
+                out_offset: *out_offset,
+                msg: msg.clone(),
+            },
+            GzipError::Truncated {
+                in_offset,
+                out_offset,
+            } => GzipError::Truncated {
+                in_offset: *in_offset,
+                out_offset: *out_offset,
+            },
+            GzipError::TrailingGarbage { in_offset } => GzipError::TrailingGarbage {
+                in_offset: *in_offset,
+            },
+            GzipError::BadCheckpoint { out_offset, msg } => GzipError::BadCheckpoint {
+                out_offset: *out_offset,
+                msg: msg.clone(),
+            },
+            GzipError::Zlib { code, msg } => GzipError::Zlib {
+                code: *code,
+                msg: msg.clone(),
+            },
+            GzipError::Config(m) => GzipError::Config(m),
+            GzipError::Io(e) => GzipError::Io(io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
+impl From<GzipError> for io::Error {
+    fn from(e: GzipError) -> Self {
+        match e {
+            GzipError::Io(e) => e,
+            GzipError::Truncated { .. } => io::Error::new(io::ErrorKind::UnexpectedEof, e),
+            e @ GzipError::Config(_) => io::Error::new(io::ErrorKind::InvalidInput, e),
+            e => io::Error::new(io::ErrorKind::InvalidData, e),
+        }
+    }
+}
+
+/// Compresses a checkpoint window (at most [`WINDOW_SIZE`] bytes) as raw
+/// deflate at the best ratio.
+pub fn compress_window(window: &[u8]) -> Vec<u8> {
+    let mut c = window_compressor();
+    compress_window_with(&mut c, window)
+}
+
+/// The compressor [`compress_window`] uses (reuse it across windows).
+pub(crate) fn window_compressor() -> libdeflater::Compressor {
+    libdeflater::Compressor::new(libdeflater::CompressionLvl::best())
+}
+
+pub(crate) fn compress_window_with(c: &mut libdeflater::Compressor, window: &[u8]) -> Vec<u8> {
+    if window.is_empty() {
+        return Vec::new();
+    }
+    let mut out = vec![0u8; c.deflate_compress_bound(window.len())];
+    // The buffer is sized by deflate_compress_bound, so this cannot run out of
+    // space; fall back to a stored encoding rather than panic regardless.
+    match c.deflate_compress(window, &mut out) {
+        Ok(n) => out.truncate(n),
+        Err(_) => return stored_deflate(window),
+    }
+    out
+}
+
+/// Raw deflate of `data` as stored blocks (used only as a fallback).
+fn stored_deflate(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 65535 * 5 + 5);
+    let mut pieces = data.chunks(65535).peekable();
+    while let Some(p) = pieces.next() {
+        out.push(u8::from(pieces.peek().is_none()));
+        let len = p.len() as u16; // chunks(65535) bounds the length
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// Inflates a checkpoint window of `window_len` bytes (≤ [`WINDOW_SIZE`]).
+pub fn decompress_window(data: &[u8], window_len: u32) -> Result<Vec<u8>, GzipError> {
+    let len = window_len as usize;
+    let bad = |msg: String| GzipError::BadCheckpoint { out_offset: 0, msg };
+    if len > WINDOW_SIZE {
+        return Err(bad(format!("window length {len} exceeds 32 KiB")));
+    }
+    let mut out = vec![0u8; len];
+    if len == 0 {
+        return if data.is_empty() {
+            Ok(out)
+        } else {
+            Err(bad("non-empty window data for an empty window".into()))
+        };
+    }
+    let mut d = libdeflater::Decompressor::new();
+    match d.deflate_decompress(data, &mut out) {
+        Ok(n) if n == len => Ok(out),
+        Ok(n) => Err(bad(format!("window inflated to {n} bytes, expected {len}"))),
+        Err(e) => Err(bad(format!("window does not inflate: {e}"))),
+    }
+}

@@ -1,0 +1,519 @@
+//! One streaming pass over a gzip blob: [`ZranReader`] yields the
+//! uncompressed bytes and records checkpoints and chunk digests on the way.
+
+use std::io::{self, Read};
+
+use sha2::{Digest as _, Sha256};
+
+use super::ffi::{Step, ZStream, Z_BLOCK, Z_BUF_ERROR, Z_NO_FLUSH, Z_STREAM_END};
+use super::header::{HeaderParser, Trailer};
+use super::{
+    compress_window_with, window_compressor, Checkpoint, Chunk, GzipError, IndexerConfig,
+    ZranIndex, WINDOW_SIZE,
+};
+
+/// Compressed input buffer size.
+const IN_BUF: usize = 256 * 1024;
+/// Staging buffer for callers that read in small pieces.
+const STAGE_BUF: usize = 128 * 1024;
+/// Reads at least this large inflate straight into the caller's buffer.
+const DIRECT_MIN: usize = 32 * 1024;
+/// Consecutive inflate calls without visible progress before giving up.
+const MAX_STALLS: u32 = 8;
+
+/// Where the reader is in the gzip framing.
+#[derive(Debug)]
+enum Phase {
+    /// Inside a member header.
+    Header(HeaderParser),
+    /// Inside a member's deflate data.
+    Deflate,
+    /// Inside a member trailer.
+    Trailer(Trailer),
+    /// Just after a member trailer: another member, zero padding or the end.
+    AfterMember,
+    /// In zero padding after the last member.
+    Padding,
+    /// The stream ended cleanly.
+    Done,
+}
+
+/// A `Read` adaptor: reads a gzip stream (one or more members) from `inner`
+/// and yields the uncompressed bytes, while recording checkpoints and chunk
+/// digests in one pass. Memory stays bounded (about 450 KiB) whatever the
+/// stream size. Errors surface as `io::Error`s wrapping a [`GzipError`];
+/// [`ZranReader::finish`] returns the typed error.
+pub struct ZranReader<R: Read> {
+    inner: R,
+    cfg: IndexerConfig,
+    z: Option<ZStream>,
+    error: Option<GzipError>,
+    inbuf: Box<[u8]>,
+    in_lo: usize,
+    in_hi: usize,
+    in_eof: bool,
+    /// Blob offset of `inbuf[in_lo]`.
+    in_pos: u64,
+    stage: Box<[u8]>,
+    st_lo: usize,
+    st_hi: usize,
+    /// Uncompressed bytes produced so far.
+    out_pos: u64,
+    phase: Phase,
+    members: u64,
+    member_out: u64,
+    crc: crc32fast::Hasher,
+    checkpoints: Vec<Checkpoint>,
+    chunks: Vec<Chunk>,
+    /// Uncompressed bytes since the last checkpoint.
+    span_out: u64,
+    chunk_len: u32,
+    chunk_hash: Sha256,
+    /// Blob offset after the last inflate call that produced output.
+    last_out_in: u64,
+    /// A member-start checkpoint, committed once the member produces output.
+    pending: Option<Checkpoint>,
+    window: Box<[u8; WINDOW_SIZE]>,
+    compressor: libdeflater::Compressor,
+    stalls: u32,
+}
+
+impl<R: Read> std::fmt::Debug for ZranReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZranReader")
+            .field("cfg", &self.cfg)
+            .field("in_pos", &self.in_pos)
+            .field("out_pos", &self.out_pos)
+            .field("phase", &self.phase)
+            .field("checkpoints", &self.checkpoints.len())
+            .field("chunks", &self.chunks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Read> ZranReader<R> {
+    /// Wraps `inner`, which must yield a gzip stream from its start (blob
+    /// offset 0). A zero `span` or `chunk_size` makes every read fail.
+    pub fn new(inner: R, cfg: IndexerConfig) -> Self {
+        let mut error = None;
+        let z = match ZStream::new_raw() {
+            Ok(z) => Some(z),
+            Err((code, msg)) => {
+                error = Some(GzipError::Zlib { code, msg });
+                None
+            }
+        };
+        if cfg.span == 0 {
+            error = Some(GzipError::Config("span must be > 0"));
+        } else if cfg.chunk_size == 0 {
+            error = Some(GzipError::Config("chunk_size must be > 0"));
+        }
+        ZranReader {
+            inner,
+            cfg,
+            z,
+            error,
+            inbuf: vec![0u8; IN_BUF].into_boxed_slice(),
+            in_lo: 0,
+            in_hi: 0,
+            in_eof: false,
+            in_pos: 0,
+            stage: vec![0u8; STAGE_BUF].into_boxed_slice(),
+            st_lo: 0,
+            st_hi: 0,
+            out_pos: 0,
+            phase: Phase::Header(HeaderParser::new()),
+            members: 0,
+            member_out: 0,
+            crc: crc32fast::Hasher::new(),
+            checkpoints: Vec::new(),
+            chunks: Vec::new(),
+            span_out: 0,
+            chunk_len: 0,
+            chunk_hash: Sha256::new(),
+            last_out_in: 0,
+            pending: None,
+            window: Box::new([0u8; WINDOW_SIZE]),
+            compressor: window_compressor(),
+            stalls: 0,
+        }
+    }
+
+    /// Finishes the pass and returns the index. Reads (and hashes) whatever
+    /// uncompressed data the caller left unread, so a consumer that stops at
+    /// the end of its own format (e.g. tar's end-of-archive) still gets a
+    /// complete index. Fails if the stream is corrupt, truncated or followed
+    /// by non-zero garbage.
+    pub fn finish(mut self) -> Result<ZranIndex, GzipError> {
+        let mut scratch = vec![0u8; 64 * 1024];
+        loop {
+            if self.read_inner(&mut scratch)? == 0 {
+                break;
+            }
+        }
+        self.close_chunk(self.last_out_in);
+        Ok(ZranIndex {
+            checkpoints: self.checkpoints,
+            chunks: self.chunks,
+            compressed_size: self.in_pos,
+            uncompressed_size: self.out_pos,
+        })
+    }
+
+    /// Compressed bytes consumed so far.
+    pub fn compressed_pos(&self) -> u64 {
+        self.in_pos
+    }
+
+    /// Uncompressed bytes produced so far.
+    pub fn uncompressed_pos(&self) -> u64 {
+        self.out_pos
+    }
+
+    /// `read` with a typed error. A failure is sticky: later calls (and
+    /// [`ZranReader::finish`]) report the same error again.
+    fn read_inner(&mut self, buf: &mut [u8]) -> Result<usize, GzipError> {
+        if let Some(e) = &self.error {
+            return Err(e.duplicate());
+        }
+        self.read_loop(buf)
+            .inspect_err(|e| self.error = Some(e.duplicate()))
+    }
+
+    fn read_loop(&mut self, buf: &mut [u8]) -> Result<usize, GzipError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.st_lo < self.st_hi {
+                let n = (self.st_hi - self.st_lo).min(buf.len());
+                buf[..n].copy_from_slice(&self.stage[self.st_lo..self.st_lo + n]);
+                self.st_lo += n;
+                return Ok(n);
+            }
+            match &mut self.phase {
+                Phase::Done => return Ok(0),
+                Phase::Deflate => {
+                    if self.in_lo == self.in_hi {
+                        self.fill()?;
+                    }
+                    if buf.len() >= DIRECT_MIN {
+                        let n = self.deflate_step(buf)?;
+                        if n > 0 {
+                            return Ok(n);
+                        }
+                    } else {
+                        let mut stage = std::mem::take(&mut self.stage);
+                        let r = self.deflate_step(&mut stage);
+                        self.stage = stage;
+                        self.st_lo = 0;
+                        self.st_hi = r?;
+                    }
+                }
+                Phase::Header(_) => {
+                    if self.in_lo == self.in_hi && !self.fill()? {
+                        return Err(self.truncated());
+                    }
+                    let Phase::Header(p) = &mut self.phase else {
+                        unreachable!("phase checked above")
+                    };
+                    let input = &self.inbuf[self.in_lo..self.in_hi];
+                    let used = p.feed(input).map_err(|(i, msg)| GzipError::BadHeader {
+                        in_offset: self.in_pos.saturating_add(i as u64),
+                        msg,
+                    })?;
+                    let done = p.is_done();
+                    self.consume(used);
+                    if done {
+                        self.start_member()?;
+                    }
+                }
+                Phase::Trailer(_) => {
+                    if self.in_lo == self.in_hi && !self.fill()? {
+                        return Err(self.truncated());
+                    }
+                    let Phase::Trailer(t) = &mut self.phase else {
+                        unreachable!("phase checked above")
+                    };
+                    let used = t.feed(&self.inbuf[self.in_lo..self.in_hi]);
+                    let got = t.get();
+                    self.consume(used);
+                    if let Some((crc, isize)) = got {
+                        self.check_trailer(crc, isize)?;
+                        self.phase = Phase::AfterMember;
+                    }
+                }
+                Phase::AfterMember => {
+                    if self.in_lo == self.in_hi && !self.fill()? {
+                        self.phase = Phase::Done;
+                        continue;
+                    }
+                    match self.inbuf[self.in_lo] {
+                        0x1f => self.phase = Phase::Header(HeaderParser::new()),
+                        0 => self.phase = Phase::Padding,
+                        _ => {
+                            return Err(GzipError::TrailingGarbage {
+                                in_offset: self.in_pos,
+                            })
+                        }
+                    }
+                }
+                Phase::Padding => {
+                    if self.in_lo == self.in_hi && !self.fill()? {
+                        self.phase = Phase::Done;
+                        continue;
+                    }
+                    let input = &self.inbuf[self.in_lo..self.in_hi];
+                    if let Some(i) = input.iter().position(|&b| b != 0) {
+                        return Err(GzipError::TrailingGarbage {
+                            in_offset: self.in_pos.saturating_add(i as u64),
+                        });
+                    }
+                    self.consume(input.len());
+                }
+            }
+        }
+    }
+
+    fn truncated(&self) -> GzipError {
+        GzipError::Truncated {
+            in_offset: self.in_pos,
+            out_offset: self.out_pos,
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.in_lo += n;
+        self.in_pos = self.in_pos.saturating_add(n as u64);
+    }
+
+    /// Refills the (empty) input buffer; false at end of input.
+    fn fill(&mut self) -> Result<bool, GzipError> {
+        debug_assert_eq!(self.in_lo, self.in_hi);
+        if self.in_eof {
+            return Ok(false);
+        }
+        self.in_lo = 0;
+        self.in_hi = 0;
+        loop {
+            match self.inner.read(&mut self.inbuf) {
+                Ok(0) => {
+                    self.in_eof = true;
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.in_hi = n.min(self.inbuf.len());
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(GzipError::Io(e)),
+            }
+        }
+    }
+
+    /// A member header was parsed: reset the inflater, place the first
+    /// checkpoint or a member-start candidate.
+    fn start_member(&mut self) -> Result<(), GzipError> {
+        let z = self.z.as_mut().ok_or(GzipError::Zlib {
+            code: -2,
+            msg: "no inflate stream".into(),
+        })?;
+        let rc = z.reset_raw();
+        if rc != 0 {
+            return Err(GzipError::Zlib {
+                code: rc,
+                msg: z.msg(),
+            });
+        }
+        let cp = Checkpoint {
+            in_offset: self.in_pos,
+            bits: 0,
+            out_offset: self.out_pos,
+            window: Vec::new(),
+            window_len: 0,
+            first_chunk: 0,
+        };
+        if self.members == 0 {
+            self.push_checkpoint(cp)?;
+        } else if self.span_out >= self.cfg.span {
+            self.pending = Some(cp);
+        }
+        self.members = self.members.saturating_add(1);
+        self.member_out = 0;
+        self.crc = crc32fast::Hasher::new();
+        self.phase = Phase::Deflate;
+        Ok(())
+    }
+
+    fn check_trailer(&mut self, crc: u32, isize: u32) -> Result<(), GzipError> {
+        let have = std::mem::take(&mut self.crc).finalize();
+        let corrupt = |msg: String| GzipError::Corrupt {
+            in_offset: self.in_pos,
+            out_offset: self.out_pos,
+            msg,
+        };
+        if have != crc {
+            return Err(corrupt(format!(
+                "member CRC32 mismatch: trailer {crc:08x}, data {have:08x}"
+            )));
+        }
+        if self.member_out as u32 != isize {
+            return Err(corrupt(format!(
+                "member ISIZE mismatch: trailer {isize}, data {} (mod 2^32)",
+                self.member_out as u32
+            )));
+        }
+        Ok(())
+    }
+
+    /// One inflate call into `out`; returns bytes produced (0 when the call
+    /// only consumed input, hit a block boundary or ended the member).
+    fn deflate_step(&mut self, out: &mut [u8]) -> Result<usize, GzipError> {
+        let chunk_size = self.cfg.chunk_size as usize;
+        let (since, room) = if self.pending.is_some() {
+            (0, chunk_size)
+        } else {
+            (self.span_out, chunk_size - self.chunk_len as usize)
+        };
+        let mut limit = out.len().min(room);
+        let flush = if since >= self.cfg.span {
+            Z_BLOCK
+        } else {
+            let to_span = usize::try_from(self.cfg.span - since).unwrap_or(usize::MAX);
+            limit = limit.min(to_span);
+            Z_NO_FLUSH
+        };
+        let Some(z) = self.z.as_mut() else {
+            return Err(GzipError::Zlib {
+                code: -2,
+                msg: "no inflate stream".into(),
+            });
+        };
+        let step: Step = z.inflate(
+            &self.inbuf[self.in_lo..self.in_hi],
+            &mut out[..limit],
+            flush,
+        );
+        self.consume(step.consumed);
+        if step.produced > 0 {
+            self.last_out_in = self.in_pos;
+            if let Some(cp) = self.pending.take() {
+                self.close_chunk(cp.in_offset);
+                self.push_checkpoint(cp)?;
+            }
+            self.account(&out[..step.produced]);
+        }
+        match step.code {
+            Z_STREAM_END => {
+                self.stalls = 0;
+                self.phase = Phase::Trailer(Trailer::default());
+            }
+            0 | Z_BUF_ERROR => {
+                let dt = step.data_type;
+                if dt & 128 != 0 && dt & 64 == 0 && self.span_out >= self.cfg.span {
+                    self.block_checkpoint((dt & 7) as u8)?;
+                }
+                if step.consumed == 0 && step.produced == 0 {
+                    if self.in_lo == self.in_hi && self.in_eof {
+                        return Err(self.truncated());
+                    }
+                    self.stalls += 1;
+                    if self.stalls > MAX_STALLS {
+                        return Err(GzipError::Zlib {
+                            code: step.code,
+                            msg: "inflate makes no progress".into(),
+                        });
+                    }
+                } else {
+                    self.stalls = 0;
+                }
+            }
+            code => {
+                let msg = self.z.as_ref().map(|z| z.msg()).unwrap_or_default();
+                return Err(if code == -3 || code == 2 {
+                    GzipError::Corrupt {
+                        in_offset: self.in_pos,
+                        out_offset: self.out_pos,
+                        msg: if msg.is_empty() {
+                            "invalid deflate data".into()
+                        } else {
+                            msg
+                        },
+                    }
+                } else {
+                    GzipError::Zlib { code, msg }
+                });
+            }
+        }
+        Ok(step.produced)
+    }
+
+    /// Hashes produced bytes into chunks and advances the counters.
+    fn account(&mut self, data: &[u8]) {
+        self.crc.update(data);
+        let chunk_size = self.cfg.chunk_size as usize;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let take = (chunk_size - self.chunk_len as usize).min(rest.len());
+            self.chunk_hash.update(&rest[..take]);
+            self.chunk_len += take as u32; // take <= chunk_size - chunk_len
+            rest = &rest[take..];
+            if self.chunk_len as usize == chunk_size {
+                self.close_chunk(self.in_pos);
+            }
+        }
+        let n = data.len() as u64;
+        self.span_out = self.span_out.saturating_add(n);
+        self.member_out = self.member_out.saturating_add(n);
+        self.out_pos = self.out_pos.saturating_add(n);
+    }
+
+    /// Ends the current chunk (if it holds any bytes).
+    fn close_chunk(&mut self, in_end: u64) {
+        if self.chunk_len == 0 {
+            return;
+        }
+        let digest = std::mem::take(&mut self.chunk_hash).finalize().into();
+        self.chunks.push(Chunk { digest, in_end });
+        self.chunk_len = 0;
+    }
+
+    fn push_checkpoint(&mut self, mut cp: Checkpoint) -> Result<(), GzipError> {
+        cp.first_chunk = u32::try_from(self.chunks.len())
+            .map_err(|_| GzipError::Config("more than 2^32 chunks: raise chunk_size"))?;
+        self.checkpoints.push(cp);
+        self.span_out = 0;
+        Ok(())
+    }
+
+    /// Places a checkpoint at the block boundary inflate just stopped at.
+    fn block_checkpoint(&mut self, bits: u8) -> Result<(), GzipError> {
+        self.pending = None;
+        let Some(z) = self.z.as_mut() else {
+            return Ok(());
+        };
+        let len = z
+            .get_dictionary(&mut self.window)
+            .map_err(|code| GzipError::Zlib {
+                code,
+                msg: "inflateGetDictionary failed".into(),
+            })?;
+        let window = compress_window_with(&mut self.compressor, &self.window[..len]);
+        let cp = Checkpoint {
+            in_offset: self.in_pos,
+            bits,
+            out_offset: self.out_pos,
+            window,
+            window_len: len as u32, // len <= WINDOW_SIZE
+            first_chunk: 0,
+        };
+        self.close_chunk(self.in_pos);
+        self.push_checkpoint(cp)
+    }
+}
+
+impl<R: Read> Read for ZranReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_inner(buf).map_err(io::Error::from)
+    }
+}

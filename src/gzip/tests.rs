@@ -1,0 +1,476 @@
+//! Unit tests: index building, random access, chunk digests, corruption.
+
+use std::io::{Read, Write};
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use sha2::{Digest as _, Sha256};
+
+use super::*;
+
+/// Deterministic mix of text-like and random bytes.
+fn mixed_data(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "the",
+        "layer",
+        "image",
+        "container",
+        "lazy",
+        "gzip",
+        "block",
+        "window",
+        "span",
+        "checkpoint",
+        "fuse",
+        "inode",
+        "/usr/lib/x86_64-linux-gnu/",
+        "libc.so.6",
+        "0x7f",
+        "\n",
+        "{\"key\": ",
+        "}",
+        "ERROR",
+        "warn",
+        "42",
+        "-",
+        "=",
+        "\t",
+    ];
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let run = rng.gen_range(1_000..60_000);
+        if rng.gen_bool(0.3) {
+            let start = out.len();
+            out.resize(start + run, 0);
+            rng.fill_bytes(&mut out[start..]);
+        } else {
+            let end = out.len() + run;
+            while out.len() < end {
+                out.extend_from_slice(WORDS[rng.gen_range(0..WORDS.len())].as_bytes());
+                out.push(b' ');
+            }
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+fn gzip(data: &[u8], level: u32) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// gzip with sync flushes every `every` bytes (empty stored blocks) and a
+/// header carrying FEXTRA, FNAME and FCOMMENT.
+fn gzip_flushed(data: &[u8], every: usize) -> Vec<u8> {
+    let mut e = flate2::GzBuilder::new()
+        .filename("layer.tar")
+        .comment("a comment")
+        .extra(vec![1, 2, 3, 4])
+        .write(Vec::new(), flate2::Compression::new(6));
+    for piece in data.chunks(every) {
+        e.write_all(piece).unwrap();
+        e.flush().unwrap();
+    }
+    e.finish().unwrap()
+}
+
+fn build(blob: &[u8], span: u64, chunk_size: u32) -> Result<(Vec<u8>, ZranIndex), GzipError> {
+    let mut r = ZranReader::new(blob, IndexerConfig { span, chunk_size });
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 100_000];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return Err(r.finish().expect_err("read failed, finish must too")),
+        }
+    }
+    Ok((out, r.finish()?))
+}
+
+/// The chunk list the index should hold, computed from the ground truth.
+fn check_chunks(data: &[u8], blob_len: u64, idx: &ZranIndex, chunk_size: u32) {
+    let mut want = Vec::new();
+    for (i, cp) in idx.checkpoints.iter().enumerate() {
+        assert_eq!(
+            cp.first_chunk as usize,
+            want.len(),
+            "checkpoint {i} first_chunk"
+        );
+        let end = idx
+            .checkpoints
+            .get(i + 1)
+            .map_or(data.len() as u64, |n| n.out_offset) as usize;
+        for piece in data[cp.out_offset as usize..end].chunks(chunk_size as usize) {
+            want.push(<[u8; 32]>::from(Sha256::digest(piece)));
+        }
+    }
+    let got: Vec<[u8; 32]> = idx.chunks.iter().map(|c| c.digest).collect();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "chunk digests differ");
+    let mut prev = 0;
+    for c in &idx.chunks {
+        assert!(
+            c.in_end >= prev && c.in_end <= blob_len,
+            "in_end {}",
+            c.in_end
+        );
+        prev = c.in_end;
+    }
+}
+
+fn check_index_shape(data: &[u8], blob: &[u8], idx: &ZranIndex, span: u64) {
+    assert_eq!(idx.uncompressed_size, data.len() as u64);
+    assert_eq!(idx.compressed_size, blob.len() as u64);
+    let cps = &idx.checkpoints;
+    assert_eq!(cps[0].out_offset, 0);
+    assert!(cps[0].window.is_empty() && cps[0].bits == 0);
+    for w in cps.windows(2) {
+        assert!(w[1].out_offset >= w[0].out_offset + span);
+        assert!(w[1].in_offset > w[0].in_offset);
+        assert!(w[1].out_offset < data.len() as u64);
+    }
+    for cp in cps {
+        assert!(cp.bits <= 7 && cp.window_len as usize <= WINDOW_SIZE);
+        let w = decompress_window(&cp.window, cp.window_len).unwrap();
+        let o = cp.out_offset as usize;
+        assert_eq!(&data[o - w.len()..o], &w[..], "window at {o}");
+    }
+}
+
+fn random_reads(data: &[u8], blob: &[u8], idx: &ZranIndex, n: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = vec![0u8; 200_000];
+    for _ in 0..n {
+        let start = rng.gen_range(0..data.len() as u64 + 10);
+        let len = rng.gen_range(1..out.len());
+        let got = read_range(blob, idx, start, &mut out[..len]).unwrap();
+        let s = (start as usize).min(data.len());
+        let want = &data[s..(s + len).min(data.len())];
+        assert_eq!(got, want.len(), "read at {start} len {len}");
+        assert!(&out[..got] == want, "read at {start} len {len}");
+    }
+}
+
+/// Drives a SpanDecoder with tiny random input pieces and output sizes.
+fn decoder_reads(data: &[u8], blob: &[u8], idx: &ZranIndex, n: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for _ in 0..n {
+        let ci = rng.gen_range(0..idx.checkpoints.len());
+        let cp = &idx.checkpoints[ci];
+        let mut dec = SpanDecoder::new(cp).unwrap();
+        assert_eq!(dec.input_position(), SpanDecoder::input_start(cp));
+        assert_eq!(dec.output_position(), cp.out_offset);
+        let want_len = rng.gen_range(0..150_000usize);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 70_000];
+        while got.len() < want_len && !dec.is_finished() {
+            let pos = dec.input_position() as usize;
+            let piece = rng.gen_range(1..3_000usize);
+            let input = &blob[pos..(pos + piece).min(blob.len())];
+            let outn = rng.gen_range(0..buf.len());
+            let (used, made) = dec.decode(input, &mut buf[..outn]).unwrap();
+            assert!(used <= input.len() && made <= outn);
+            assert_eq!(dec.input_position(), (pos + used) as u64);
+            got.extend_from_slice(&buf[..made]);
+            assert_eq!(dec.output_position(), cp.out_offset + got.len() as u64);
+        }
+        let s = cp.out_offset as usize;
+        let want = &data[s..(s + got.len()).min(data.len())];
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "decoder from checkpoint {ci}");
+    }
+}
+
+fn full_check(name: &str, data: &[u8], blob: &[u8], span: u64, reads: usize) -> ZranIndex {
+    let chunk = 48 * 1024;
+    let (out, idx) = build(blob, span, chunk).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert!(out == data, "{name}: output differs");
+    check_index_shape(data, blob, &idx, span);
+    check_chunks(data, blob.len() as u64, &idx, chunk);
+    random_reads(data, blob, &idx, reads, 1);
+    decoder_reads(data, blob, &idx, reads / 4, 2);
+    idx
+}
+
+#[test]
+fn levels_1_6_9_many_mid_byte_checkpoints() {
+    let data = mixed_data(3 << 20, 7);
+    for level in [1, 6, 9] {
+        let blob = gzip(&data, level);
+        let idx = full_check(&format!("level {level}"), &data, &blob, 64 * 1024, 300);
+        let mid = idx.checkpoints.iter().filter(|c| c.bits != 0).count();
+        eprintln!(
+            "level {level}: {} checkpoints, {mid} mid-byte",
+            idx.checkpoints.len()
+        );
+        if level == 1 {
+            // zlib-rs level 1 ("quick") emits very long blocks: few boundaries.
+            continue;
+        }
+        assert!(
+            idx.checkpoints.len() > 15,
+            "level {level}: {}",
+            idx.checkpoints.len()
+        );
+        assert!(
+            mid * 2 > idx.checkpoints.len() / 2,
+            "level {level}: {mid} mid-byte"
+        );
+    }
+}
+
+#[test]
+fn stored_blocks_level_0() {
+    let data = mixed_data(1 << 20, 8);
+    let blob = gzip(&data, 0);
+    let idx = full_check("level 0", &data, &blob, 64 * 1024, 300);
+    assert!(idx.checkpoints.len() > 10);
+}
+
+#[test]
+fn sync_flushes_and_header_fields() {
+    let data = mixed_data(1 << 20, 9);
+    let blob = gzip_flushed(&data, 10_000);
+    full_check("flushed", &data, &blob, 32 * 1024, 300);
+}
+
+#[test]
+fn two_members() {
+    let data = mixed_data(2 << 20, 10);
+    let cut = 700_001;
+    let mut blob = gzip(&data[..cut], 6);
+    blob.extend_from_slice(&gzip(&data[cut..], 9));
+    full_check("two members", &data, &blob, 64 * 1024, 400);
+}
+
+#[test]
+fn many_small_members_get_member_start_checkpoints() {
+    let data = mixed_data(1 << 20, 11);
+    let mut blob = Vec::new();
+    let mut starts = Vec::new();
+    for (i, piece) in data.chunks(20_000).enumerate() {
+        starts.push(i as u64 * 20_000);
+        blob.extend_from_slice(&gzip(piece, 6));
+        if i % 7 == 3 {
+            blob.extend_from_slice(&gzip(&[], 6)); // empty member
+        }
+    }
+    let idx = full_check("small members", &data, &blob, 64 * 1024, 300);
+    let at_start = idx
+        .checkpoints
+        .iter()
+        .filter(|c| c.window.is_empty() && starts.contains(&c.out_offset))
+        .count();
+    assert!(at_start > 8, "{at_start} member-start checkpoints");
+}
+
+#[test]
+fn empty_stream_and_padding() {
+    let blob = gzip(&[], 6);
+    let (out, idx) = build(&blob, 1024, 1024).unwrap();
+    assert!(out.is_empty());
+    assert_eq!(idx.checkpoints.len(), 1);
+    assert!(idx.chunks.is_empty());
+    assert_eq!(idx.uncompressed_size, 0);
+
+    let data = mixed_data(100_000, 12);
+    let mut padded = gzip(&data, 6);
+    padded.extend_from_slice(&[0u8; 5000]);
+    let (out, idx) = build(&padded, 16 * 1024, 4096).unwrap();
+    assert!(out == data);
+    assert_eq!(idx.compressed_size, padded.len() as u64);
+    random_reads(&data, &padded, &idx, 50, 3);
+
+    let mut garbage = padded.clone();
+    garbage.push(7);
+    assert!(matches!(
+        build(&garbage, 16 * 1024, 4096),
+        Err(GzipError::TrailingGarbage { .. })
+    ));
+    let mut garbage = gzip(&data, 6);
+    garbage.extend_from_slice(b"PK\x03\x04");
+    assert!(matches!(
+        build(&garbage, 16 * 1024, 4096),
+        Err(GzipError::TrailingGarbage { .. })
+    ));
+    assert!(matches!(
+        build(&[], 1024, 1024),
+        Err(GzipError::Truncated { .. })
+    ));
+}
+
+#[test]
+fn small_reads_give_same_output_and_index() {
+    let data = mixed_data(600_000, 13);
+    let blob = gzip(&data, 6);
+    let cfg = IndexerConfig {
+        span: 50_000,
+        chunk_size: 10_000,
+    };
+    let (_, big) = build(&blob, cfg.span, cfg.chunk_size).unwrap();
+    let mut rng = StdRng::seed_from_u64(4);
+    let mut r = ZranReader::new(&blob[..], cfg);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = rng.gen_range(1..buf.len());
+        match r.read(&mut buf[..n]).unwrap() {
+            0 => break,
+            k => out.extend_from_slice(&buf[..k]),
+        }
+    }
+    assert!(out == data);
+    let small = r.finish().unwrap();
+    // Checkpoint placement does not depend on read sizes.
+    assert_eq!(small.checkpoints, big.checkpoints);
+    let d = |i: &ZranIndex| i.chunks.iter().map(|c| c.digest).collect::<Vec<_>>();
+    assert_eq!(d(&small), d(&big));
+}
+
+#[test]
+fn finish_drains_unread_data() {
+    let data = mixed_data(300_000, 14);
+    let blob = gzip(&data, 6);
+    let mut r = ZranReader::new(&blob[..], IndexerConfig::default());
+    let mut buf = [0u8; 1000];
+    r.read_exact(&mut buf).unwrap();
+    let idx = r.finish().unwrap();
+    assert_eq!(idx.uncompressed_size, data.len() as u64);
+    check_chunks(
+        &data,
+        blob.len() as u64,
+        &idx,
+        IndexerConfig::DEFAULT_CHUNK_SIZE,
+    );
+}
+
+#[test]
+fn truncation_always_errors() {
+    let data = mixed_data(200_000, 15);
+    let blob = gzip(&data, 6);
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut cuts: Vec<usize> = (0..40).chain(blob.len() - 40..blob.len()).collect();
+    cuts.extend((0..150).map(|_| rng.gen_range(0..blob.len())));
+    for cut in cuts {
+        let r = build(&blob[..cut], 16 * 1024, 8192);
+        assert!(r.is_err(), "truncated at {cut} of {} accepted", blob.len());
+    }
+}
+
+#[test]
+fn corruption_errors_or_is_harmless() {
+    let data = mixed_data(200_000, 16);
+    let blob = gzip(&data, 6);
+    let mut rng = StdRng::seed_from_u64(6);
+    let mut detected = 0;
+    for i in 0..300 {
+        let mut bad = blob.clone();
+        let pos = if i < 30 {
+            i
+        } else {
+            rng.gen_range(0..bad.len())
+        };
+        bad[pos] ^= 1 << rng.gen_range(0..8);
+        match build(&bad, 16 * 1024, 8192) {
+            Err(_) => detected += 1,
+            // Only header fields zlib ignores (MTIME, XFL, OS) may change.
+            Ok((out, _)) => {
+                assert!(out == data, "flip at {pos} changed output silently");
+                assert!((4..10).contains(&pos), "flip at {pos} undetected");
+            }
+        }
+    }
+    assert!(detected > 250);
+}
+
+#[test]
+fn span_decoder_on_garbage_and_bad_checkpoints() {
+    let data = mixed_data(400_000, 17);
+    let blob = gzip(&data, 6);
+    let (_, idx) = build(&blob, 32 * 1024, 8192).unwrap();
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut garbage = vec![0u8; 300_000];
+    rng.fill_bytes(&mut garbage);
+    let mut out = vec![0u8; 64 * 1024];
+    let mut errors = 0;
+    for cp in &idx.checkpoints {
+        let mut dec = SpanDecoder::new(cp).unwrap();
+        let mut pos = 0;
+        let res = loop {
+            let input = &garbage[pos..(pos + 4096).min(garbage.len())];
+            match dec.decode(input, &mut out) {
+                Ok((used, made)) => {
+                    pos += used;
+                    if input.is_empty() || dec.is_finished() || (used == 0 && made == 0) {
+                        break Ok(());
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        errors += usize::from(res.is_err());
+    }
+    assert!(errors * 10 >= idx.checkpoints.len() * 9, "{errors} errors");
+
+    let mut cp = idx.checkpoints[1].clone();
+    cp.bits = 9;
+    assert!(SpanDecoder::new(&cp).is_err());
+    let mut cp = idx.checkpoints[1].clone();
+    cp.window_len += 1;
+    assert!(SpanDecoder::new(&cp).is_err());
+    let mut cp = idx.checkpoints[1].clone();
+    cp.window = garbage[..500].to_vec();
+    assert!(SpanDecoder::new(&cp).is_err());
+    let mut cp = idx.checkpoints[1].clone();
+    cp.window_len = 40_000;
+    assert!(SpanDecoder::new(&cp).is_err());
+    // Truncated input inside deflate data.
+    let cp = &idx.checkpoints[1];
+    let mut dec = SpanDecoder::new(cp).unwrap();
+    let s = SpanDecoder::input_start(cp) as usize;
+    let (used, _) = dec.decode(&blob[s..s + 100], &mut out).unwrap();
+    assert_eq!(used, 100);
+    assert!(matches!(
+        dec.decode(&[], &mut out),
+        Err(GzipError::Truncated { .. })
+    ));
+}
+
+#[test]
+fn window_roundtrip_and_bad_config() {
+    let data = mixed_data(WINDOW_SIZE, 18);
+    let c = compress_window(&data);
+    assert!(c.len() < data.len());
+    assert_eq!(decompress_window(&c, WINDOW_SIZE as u32).unwrap(), data);
+    assert!(compress_window(&[]).is_empty());
+    assert!(decompress_window(&[], 0).unwrap().is_empty());
+    assert!(decompress_window(&c, 100).is_err());
+
+    let blob = gzip(b"hello", 6);
+    let cfg = IndexerConfig {
+        span: 0,
+        chunk_size: 1,
+    };
+    let mut r = ZranReader::new(&blob[..], cfg);
+    assert!(r.read(&mut [0u8; 10]).is_err());
+    assert!(matches!(r.finish(), Err(GzipError::Config(_))));
+}
+
+#[test]
+fn io_error_wraps_gzip_error_and_types_are_send() {
+    fn send<T: Send>() {}
+    send::<SpanDecoder>();
+    send::<ZranReader<std::fs::File>>();
+    let mut r = ZranReader::new(&b"not gzip at all"[..], IndexerConfig::default());
+    let e = r.read(&mut [0u8; 100]).unwrap_err();
+    let inner = e.get_ref().and_then(|e| e.downcast_ref::<GzipError>());
+    assert!(matches!(
+        inner,
+        Some(GzipError::BadHeader { in_offset: 0, .. })
+    ));
+    assert!(r.read(&mut [0u8; 100]).is_err());
+}
