@@ -1,11 +1,29 @@
 //! Serves uncompressed layer bytes: `(layer, offset) → bytes`.
 //!
 //! The FUSE layer reads file contents only through [`ContentReader`]; it
-//! never sees HTTP, gzip or checkpoints. Implementations fetch compressed
-//! bytes from a `BlobSource`, inflate from the nearest checkpoint, verify the
-//! chunk digests from the index and keep hot chunks in memory.
+//! never sees HTTP, gzip or checkpoints. [`ContentCache`] fetches compressed
+//! bytes from a `BlobSource`, inflates from the nearest checkpoint, verifies
+//! the chunk digests from the index and keeps hot chunks in memory.
+//!
+//! Layout: `memory` (bounded chunk store), `plan` (per-layer span/chunk
+//! geometry), `decoder` (resumable gzip/zstd decoders), `fill` (the
+//! [`ContentCache`] read path, miss path, single-flight and decoder parking),
+//! `stats` (counters).
 
 use std::fmt;
+
+mod decoder;
+mod gzip_stub;
+mod fill;
+mod memory;
+mod plan;
+mod stats;
+
+#[cfg(test)]
+mod tests;
+
+pub use fill::ContentCache;
+pub use stats::{CacheStats, CacheStatsSnapshot};
 
 /// Why layer bytes could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +46,24 @@ pub enum CacheError {
         /// Chunk number in the layer.
         chunk: u32,
     },
+    /// The compressed stream could not be decoded (corrupt or truncated blob).
+    #[error("layer {layer} ({digest}) span {span}: {message}")]
+    Decode {
+        /// Layer number.
+        layer: u32,
+        /// Layer blob digest.
+        digest: crate::Digest,
+        /// Span (checkpoint number) being decoded.
+        span: u32,
+        /// What went wrong.
+        message: String,
+    },
+    /// The image has no such layer.
+    #[error("no layer {layer} in the image")]
+    NoSuchLayer {
+        /// Layer number asked for.
+        layer: u32,
+    },
     /// Anything else, with its context.
     #[error("layer {layer}: {message}")]
     Other {
@@ -43,4 +79,41 @@ pub trait ContentReader: Send + Sync + fmt::Debug {
     /// Reads up to `buf.len()` bytes of layer `layer`'s uncompressed stream at
     /// `offset`; returns the count, fewer only at the end of the layer.
     fn read(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, CacheError>;
+}
+
+/// Tuning knobs of a [`ContentCache`].
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Bytes of verified chunks kept in memory (default 512 MiB).
+    pub memory_bytes: u64,
+    /// Extra compressed bytes fetched past the last needed chunk's `in_end`,
+    /// on top of `fetch_slack` (default 0).
+    pub fetch_ahead: u64,
+    /// Compressed bytes fetched past a chunk's `in_end` hint so the decoder
+    /// rarely starves right at the end of a chunk (default 64 KiB).
+    pub fetch_slack: u64,
+    /// Minimum size of a follow-up fetch when the decoder ran out of input
+    /// mid-fill; doubles on each further starvation (default 256 KiB).
+    pub min_refetch: u64,
+    /// Minimum fetch when continuing a parked decoder (sequential access
+    /// detected): a readahead (default 1 MiB; 0 disables).
+    pub sequential_fetch: u64,
+    /// At most this many `read_at` calls in flight at once (default 16).
+    pub max_in_flight: usize,
+    /// Live decoders kept parked for resumption (default 32).
+    pub parked_decoders: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            memory_bytes: 512 << 20,
+            fetch_ahead: 0,
+            fetch_slack: 64 << 10,
+            min_refetch: 256 << 10,
+            sequential_fetch: 1 << 20,
+            max_in_flight: 16,
+            parked_decoders: 32,
+        }
+    }
 }

@@ -1,0 +1,438 @@
+//! [`ContentCache`]: the read path (hit → copy out), the miss path (fetch the
+//! compressed bytes a chunk needs, inflate, verify, cache), single-flight per
+//! span and decoder parking.
+//!
+//! Locking, in acquisition order (never the reverse):
+//! 1. a span's single-flight lock (`LayerPlan::locks`), held for a whole fill
+//!    (fetch + inflate); readers of the same span wait on it and then find the
+//!    chunk in memory;
+//! 2. short leaf locks: the parked-decoder pool, a memory shard, the
+//!    in-flight semaphore. None of them is held across I/O or decoding.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::decoder::Decoder;
+use super::memory::{key, MemoryCache};
+use super::plan::LayerPlan;
+use super::stats::{CacheStats, CacheStatsSnapshot};
+use super::{CacheConfig, CacheError, ContentReader};
+use crate::digest::Digest;
+use crate::format::{Index, LayerKind};
+use crate::source::BlobSource;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Largest follow-up fetch when a decoder keeps starving within one fill.
+const MAX_REFETCH: u64 = 8 << 20;
+
+/// A decoder with the compressed bytes already fetched for it:
+/// `input[consumed..]` starts at `dec.input_position()`.
+#[derive(Debug)]
+struct Parked {
+    dec: Decoder,
+    input: Vec<u8>,
+    consumed: usize,
+}
+
+impl Parked {
+    /// Blob offset just past the bytes held.
+    fn have_end(&self) -> u64 {
+        self.dec.input_position() + (self.input.len() - self.consumed) as u64
+    }
+}
+
+/// Live decoders parked after a fill, keyed by `(layer, span of their output
+/// position)`; bounded, least recently parked dropped first.
+#[derive(Debug)]
+struct ParkPool {
+    map: HashMap<(u32, usize), (Parked, u64)>,
+    generation: u64,
+    cap: usize,
+}
+
+impl ParkPool {
+    fn take(&mut self, layer: u32, span: usize) -> Option<Parked> {
+        self.map.remove(&(layer, span)).map(|(p, _)| p)
+    }
+
+    fn put(&mut self, layer: u32, span: usize, p: Parked) {
+        if self.cap == 0 {
+            return;
+        }
+        self.generation += 1;
+        self.map.insert((layer, span), (p, self.generation));
+        if self.map.len() > self.cap {
+            let oldest = self.map.iter().min_by_key(|(_, (_, g))| *g).map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.map.remove(&k);
+            }
+        }
+    }
+}
+
+/// Counting semaphore bounding concurrent source reads.
+#[derive(Debug)]
+struct Semaphore {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+struct Permit<'a>(&'a Semaphore);
+
+impl Semaphore {
+    fn new(n: usize) -> Self {
+        Semaphore { free: Mutex::new(n.max(1)), cv: Condvar::new() }
+    }
+    fn acquire(&self) -> Permit<'_> {
+        let mut free = lock(&self.free);
+        while *free == 0 {
+            free = self.cv.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.free) += 1;
+        self.0.cv.notify_one();
+    }
+}
+
+/// Lazily fetching, verifying, caching reader of an image's layer contents.
+pub struct ContentCache {
+    index: Arc<Index>,
+    source: Arc<dyn BlobSource>,
+    config: CacheConfig,
+    layers: Vec<LayerPlan>,
+    mem: MemoryCache,
+    parked: Mutex<ParkPool>,
+    in_flight: Semaphore,
+    stats: CacheStats,
+}
+
+impl fmt::Debug for ContentCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContentCache")
+            .field("layers", &self.layers.len())
+            .field("config", &self.config)
+            .field("mem", &self.mem)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ContentCache {
+    /// A cache serving the layers of `index` from `source`.
+    pub fn new(index: Arc<Index>, source: Arc<dyn BlobSource>, config: CacheConfig) -> Self {
+        let layers = (0..index.layer_count())
+            .map(|i| match index.layer(i) {
+                Ok(l) => LayerPlan::new(&l),
+                Err(e) => LayerPlan::broken(i, e.to_string()),
+            })
+            .collect();
+        ContentCache {
+            mem: MemoryCache::new(config.memory_bytes),
+            parked: Mutex::new(ParkPool { map: HashMap::new(), generation: 0, cap: config.parked_decoders }),
+            in_flight: Semaphore::new(config.max_in_flight),
+            index,
+            source,
+            config,
+            layers,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// The live counters (for metrics hooks).
+    pub fn counters(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    /// A copy of the counters.
+    pub fn stats(&self) -> CacheStatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Bytes of verified chunks currently held in memory.
+    pub fn memory_used(&self) -> u64 {
+        self.mem.bytes()
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    fn plan(&self, layer: u32) -> Result<&LayerPlan, CacheError> {
+        let plan = self.layers.get(layer as usize).ok_or(CacheError::NoSuchLayer { layer })?;
+        match &plan.broken {
+            Some(why) => Err(CacheError::Other { layer, message: format!("{} ({}): {why}", "unusable index entry", plan.digest) }),
+            None => Ok(plan),
+        }
+    }
+
+    fn read_impl(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, CacheError> {
+        let plan = self.plan(layer)?;
+        if offset >= plan.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = plan.size.min(offset.saturating_add(buf.len() as u64));
+        let mut pos = offset;
+        // Copies the overlap of chunk `data` (at `start`) into `buf`, advancing `pos`.
+        let mut copy = |pos: &mut u64, start: u64, data: &[u8]| {
+            let from = (*pos - start) as usize;
+            let to = ((end - start) as usize).min(data.len());
+            let dst = (*pos - offset) as usize;
+            buf[dst..dst + (to - from)].copy_from_slice(&data[from..to]);
+            *pos += (to - from) as u64;
+        };
+        while pos < end {
+            let (s, c) = plan.chunk_at(pos);
+            let start = plan.chunk_range(s, c).start;
+            if let Some(data) = self.mem.get(key(layer, c)) {
+                CacheStats::add(&self.stats.hits, 1);
+                copy(&mut pos, start, &data);
+                continue;
+            }
+            CacheStats::add(&self.stats.misses, 1);
+            let (_, last) = plan.chunk_at(end.min(plan.spans[s].end) - 1);
+            let chunks = self.fill(plan, s, c, last)?;
+            for (i, data) in chunks.iter().enumerate() {
+                if pos >= end {
+                    break;
+                }
+                let start = plan.chunk_range(s, c + i as u32).start;
+                copy(&mut pos, start, data);
+            }
+        }
+        let n = (end - offset) as usize;
+        CacheStats::add(&self.stats.bytes_served, n as u64);
+        Ok(n)
+    }
+
+    /// Makes chunks `first..=last` of span `s` available; returns them in
+    /// order (or just `first` if another reader produced it meanwhile).
+    fn fill(&self, plan: &LayerPlan, s: usize, first: u32, last: u32) -> Result<Vec<Arc<[u8]>>, CacheError> {
+        let _flight = lock(&plan.locks[plan.lock_for(s)]);
+        if let Some(data) = self.mem.get(key(plan.number, first)) {
+            CacheStats::add(&self.stats.shared_fills, 1);
+            return Ok(vec![data]);
+        }
+        match plan.kind {
+            LayerKind::Tar => self.fill_plain(plan, s, first, last),
+            LayerKind::Gzip | LayerKind::ZstdFrames | LayerKind::ZstdWhole => self.fill_decoded(plan, s, first, last),
+        }
+    }
+
+    /// Uncompressed layer: one ranged read of whole chunks, then verify.
+    fn fill_plain(&self, plan: &LayerPlan, s: usize, first: u32, last: u32) -> Result<Vec<Arc<[u8]>>, CacheError> {
+        let from = plan.chunk_range(s, first).start;
+        let to = plan.chunk_range(s, last).end;
+        let mut buf = vec![0u8; (to - from) as usize];
+        self.fetch(plan, from, &mut buf)?;
+        let mut out = Vec::with_capacity((last - first + 1) as usize);
+        for c in first..=last {
+            let r = plan.chunk_range(s, c);
+            let data = &buf[(r.start - from) as usize..(r.end - from) as usize];
+            out.push(self.admit(plan, c, data)?);
+        }
+        Ok(out)
+    }
+
+    /// Compressed layer: continue a parked decoder or start one at the span's
+    /// checkpoint, fetch only what the target chunks need, inflate, verify
+    /// and cache every chunk produced on the way, park the decoder.
+    fn fill_decoded(&self, plan: &LayerPlan, s: usize, first: u32, last: u32) -> Result<Vec<Arc<[u8]>>, CacheError> {
+        let target = plan.chunk_range(s, first).start;
+        let whole = plan.kind == LayerKind::ZstdWhole;
+        let parked = if whole { None } else { lock(&self.parked).take(plan.number, s) };
+        let (mut st, sequential) = match parked {
+            Some(p) if p.dec.output_position() <= target => {
+                CacheStats::add(&self.stats.decoder_resumes, 1);
+                (p, true)
+            }
+            _ => {
+                CacheStats::add(&self.stats.decoder_starts, 1);
+                (self.start_decoder(plan, s)?, false)
+            }
+        };
+        // Single-frame zstd: decode the whole layer once, caching every chunk.
+        let chunk_count = plan.spans.last().map_or(0, |sp| {
+            sp.first_chunk + (sp.end - sp.start).div_ceil(plan.chunk_size.max(1)) as u32
+        });
+        let stop = if whole { chunk_count - 1 } else { last };
+        let want_end = if whole {
+            plan.compressed_size
+        } else {
+            let hint = self.layer_chunk(plan, stop)?.in_end;
+            let mut want = hint.saturating_add(self.config.fetch_slack).saturating_add(self.config.fetch_ahead);
+            if sequential {
+                want = want.max(st.dec.input_position().saturating_add(self.config.sequential_fetch));
+            }
+            want.min(plan.compressed_size)
+        };
+
+        let mut out = Vec::with_capacity((last - first + 1) as usize);
+        let mut refills = 0u32;
+        loop {
+            let pos = st.dec.output_position();
+            if pos >= plan.size {
+                break;
+            }
+            let (cs, ck) = plan.chunk_at(pos);
+            let r = plan.chunk_range(cs, ck);
+            if r.start != pos {
+                return Err(self.decode_err(plan, s, format!("decoder at {pos} is not on a chunk boundary")));
+            }
+            let mut buf = vec![0u8; (r.end - r.start) as usize];
+            self.inflate_chunk(plan, s, &mut st, &mut buf, want_end, &mut refills)?;
+            let data = self.admit(plan, ck, &buf)?;
+            if (first..=last).contains(&ck) {
+                out.push(data);
+            }
+            if ck >= stop {
+                break;
+            }
+        }
+        if out.len() != (last - first + 1) as usize {
+            return Err(self.decode_err(plan, s, format!("stream ended before chunk {last}")));
+        }
+        let pos = st.dec.output_position();
+        if !whole && pos < plan.size {
+            st.input.drain(..st.consumed);
+            st.consumed = 0;
+            lock(&self.parked).put(plan.number, plan.span_of(pos), st);
+        }
+        Ok(out)
+    }
+
+    /// A decoder positioned at the checkpoint starting span `s` (span 0 for
+    /// single-frame zstd), with no input yet.
+    fn start_decoder(&self, plan: &LayerPlan, s: usize) -> Result<Parked, CacheError> {
+        let s = if plan.kind == LayerKind::ZstdWhole { 0 } else { s };
+        let other = |message: String| CacheError::Other { layer: plan.number, message };
+        let view = self.index.layer(plan.number).map_err(|e| other(e.to_string()))?;
+        let cp = view.checkpoint(s as u32).map_err(|e| other(format!("checkpoint {s}: {e}")))?;
+        let sp = plan.spans[s];
+        if cp.out_offset != sp.start || cp.first_chunk != sp.first_chunk {
+            return Err(other(format!(
+                "checkpoint {s} ({}) disagrees with the chunk table (out {} chunk {}, expected {} {})",
+                plan.digest, cp.out_offset, cp.first_chunk, sp.start, sp.first_chunk
+            )));
+        }
+        let dec = Decoder::new(plan.kind, &cp).map_err(|m| self.decode_err(plan, s, m))?;
+        Ok(Parked { dec, input: Vec::new(), consumed: 0 })
+    }
+
+    /// Inflates exactly `buf.len()` bytes, fetching more input when the
+    /// decoder starves.
+    fn inflate_chunk(
+        &self,
+        plan: &LayerPlan,
+        s: usize,
+        st: &mut Parked,
+        buf: &mut [u8],
+        want_end: u64,
+        refills: &mut u32,
+    ) -> Result<(), CacheError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let (c, p) = self.inflate_step(plan, s, st, &mut buf[filled..])?;
+            filled += p;
+            if c == 0 && p == 0 {
+                self.refill(plan, s, st, want_end, *refills)?;
+                *refills += 1;
+            }
+        }
+        CacheStats::add(&self.stats.bytes_inflated, buf.len() as u64);
+        Ok(())
+    }
+
+    /// One decoder call (the unit to time for inflate latency).
+    fn inflate_step(&self, plan: &LayerPlan, s: usize, st: &mut Parked, out: &mut [u8]) -> Result<(usize, usize), CacheError> {
+        let t = Instant::now();
+        let r = st.dec.decode(&st.input[st.consumed..], out);
+        CacheStats::add(&self.stats.inflate_time_ns, t.elapsed().as_nanos() as u64);
+        let (c, p) = r.map_err(|m| self.decode_err(plan, s, m))?;
+        st.consumed += c;
+        Ok((c, p))
+    }
+
+    /// Appends the next piece of compressed input: up to `want_end` on the
+    /// first starvation of a fill, then growing pieces (never tiny reads).
+    fn refill(&self, plan: &LayerPlan, s: usize, st: &mut Parked, want_end: u64, refills: u32) -> Result<(), CacheError> {
+        let have = st.have_end();
+        if have >= plan.compressed_size {
+            return Err(self.decode_err(
+                plan,
+                s,
+                format!("compressed stream ends at {have} before the needed bytes were produced"),
+            ));
+        }
+        let min_more = if refills == 0 && want_end > have {
+            0
+        } else {
+            (self.config.min_refetch.max(4096) << refills.min(6)).min(MAX_REFETCH)
+        };
+        let end = want_end.max(have + min_more).min(plan.compressed_size);
+        st.input.drain(..st.consumed);
+        st.consumed = 0;
+        let old = st.input.len();
+        st.input.resize(old + (end - have) as usize, 0);
+        self.fetch(plan, have, &mut st.input[old..])
+    }
+
+    /// One ranged read of the layer blob (the unit to time for fetch latency).
+    fn fetch(&self, plan: &LayerPlan, offset: u64, buf: &mut [u8]) -> Result<(), CacheError> {
+        let _permit = self.in_flight.acquire();
+        let t = Instant::now();
+        let r = self.source.read_exact_at(&plan.digest, offset, buf);
+        CacheStats::add(&self.stats.fetch_time_ns, t.elapsed().as_nanos() as u64);
+        CacheStats::add(&self.stats.fetch_count, 1);
+        r.map_err(|source| CacheError::Source { layer: plan.number, digest: plan.digest, source })?;
+        CacheStats::add(&self.stats.bytes_fetched, buf.len() as u64);
+        Ok(())
+    }
+
+    /// Verifies chunk `chunk` against the index and stores it.
+    fn admit(&self, plan: &LayerPlan, chunk: u32, data: &[u8]) -> Result<Arc<[u8]>, CacheError> {
+        let want = self.layer_chunk(plan, chunk)?.digest;
+        if Digest::of(data).as_bytes() != &want {
+            CacheStats::add(&self.stats.digest_mismatches, 1);
+            tracing::error!(
+                layer = plan.number,
+                digest = %plan.digest,
+                chunk,
+                "chunk content digest mismatch; refusing to serve it"
+            );
+            return Err(CacheError::DigestMismatch { layer: plan.number, chunk });
+        }
+        let data: Arc<[u8]> = Arc::from(data);
+        let evicted = self.mem.insert(key(plan.number, chunk), data.clone());
+        CacheStats::add(&self.stats.evictions, evicted);
+        Ok(data)
+    }
+
+    fn layer_chunk(&self, plan: &LayerPlan, chunk: u32) -> Result<crate::format::Chunk, CacheError> {
+        self.index
+            .layer(plan.number)
+            .ok()
+            .and_then(|l| l.chunk(chunk))
+            .ok_or_else(|| CacheError::Other { layer: plan.number, message: format!("no chunk {chunk} in the index") })
+    }
+
+    fn decode_err(&self, plan: &LayerPlan, s: usize, message: String) -> CacheError {
+        CacheError::Decode { layer: plan.number, digest: plan.digest, span: s as u32, message }
+    }
+}
+
+impl ContentReader for ContentCache {
+    fn read(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, CacheError> {
+        self.read_impl(layer, offset, buf)
+    }
+}

@@ -1,0 +1,480 @@
+//! Cache tests: every path agrees with the ground truth, single-flight,
+//! fetch volume, fault injection. No network: blobs live in a `MemSource`
+//! wrapped by [`FaultySource`].
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+
+use super::*;
+use crate::digest::Digest;
+use crate::format::{write_index, Checkpoint, Chunk, Index, IndexData, Layer, LayerKind, WriteOptions};
+use crate::source::{BlobSource, MemSource, SourceError};
+
+// ---------------------------------------------------------------- fakes
+
+/// A `BlobSource` wrapper that counts calls and bytes, and can add latency,
+/// fail, or corrupt one byte of what it returns.
+#[derive(Debug, Default)]
+struct FaultySource {
+    inner: MemSource,
+    calls: AtomicU64,
+    bytes: AtomicU64,
+    latency_ms: AtomicU64,
+    fail: AtomicBool,
+    /// Blob offset whose byte is flipped in every answer covering it.
+    flip_at: Mutex<Option<u64>>,
+    /// Every `(offset, len)` asked for.
+    log: Mutex<Vec<(u64, usize)>>,
+}
+
+impl FaultySource {
+    fn new(inner: MemSource) -> Self {
+        FaultySource { inner, ..Default::default() }
+    }
+    fn calls(&self) -> u64 {
+        self.calls.load(Relaxed)
+    }
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Relaxed)
+    }
+    fn reset_counts(&self) {
+        self.calls.store(0, Relaxed);
+        self.bytes.store(0, Relaxed);
+        self.log.lock().unwrap().clear();
+    }
+}
+
+impl BlobSource for FaultySource {
+    fn read_at(&self, digest: &Digest, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
+        self.calls.fetch_add(1, Relaxed);
+        self.log.lock().unwrap().push((offset, buf.len()));
+        let ms = self.latency_ms.load(Relaxed);
+        if ms > 0 {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        if self.fail.load(Relaxed) {
+            return Err(SourceError::Remote("injected failure".into()));
+        }
+        let n = self.inner.read_at(digest, offset, buf)?;
+        self.bytes.fetch_add(n as u64, Relaxed);
+        if let Some(at) = *self.flip_at.lock().unwrap() {
+            if at >= offset && at < offset + n as u64 {
+                buf[(at - offset) as usize] ^= 0x40;
+            }
+        }
+        Ok(n)
+    }
+
+    fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, SourceError> {
+        self.inner.open(digest)
+    }
+}
+
+// ---------------------------------------------------------------- fixtures
+
+/// Mixed content: text-like runs, zeros and incompressible random runs.
+fn mixed_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let run = rng.gen_range(1..64 << 10).min(len - out.len());
+        match rng.gen_range(0..3) {
+            0 => {
+                let words: [&[u8]; 6] = [b"import ", b"numpy ", b"def f(x):\n", b"    return ", b"self.", b"# comment\n"];
+                let stop = out.len() + run;
+                while out.len() < stop {
+                    out.extend_from_slice(words[rng.gen_range(0..words.len())]);
+                }
+                out.truncate(len);
+            }
+            1 => out.resize(out.len() + run, 0),
+            _ => {
+                let start = out.len();
+                out.resize(start + run, 0);
+                rng.fill_bytes(&mut out[start..]);
+            }
+        }
+    }
+    out
+}
+
+/// A multi-file tar of about `size` bytes of mixed content.
+fn sample_tar(seed: u64, size: usize) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut total = 0;
+    let mut i = 0;
+    while total < size {
+        let len = match i % 4 {
+            0 => rng.gen_range(0..2000),
+            1 => rng.gen_range(0..100_000),
+            2 => rng.gen_range(100_000..1_500_000),
+            _ => rng.gen_range(0..300_000),
+        };
+        let data = mixed_bytes(&mut rng, len);
+        let mut h = tar::Header::new_ustar();
+        h.set_size(len as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, format!("dir{}/file{i}.bin", i % 5), &data[..]).unwrap();
+        total += len + 512;
+        i += 1;
+    }
+    b.into_inner().unwrap()
+}
+
+/// Chunk records for spans starting at `starts`, with `in_end` from `hint`.
+fn chunks_for(data: &[u8], starts: &[u64], chunk: u64, hint: impl Fn(u64) -> u64) -> Vec<Chunk> {
+    let mut out = Vec::new();
+    for (i, &s) in starts.iter().enumerate() {
+        let e = starts.get(i + 1).copied().unwrap_or(data.len() as u64);
+        let mut p = s;
+        while p < e {
+            let q = (p + chunk).min(e);
+            out.push(Chunk { digest: *Digest::of(&data[p as usize..q as usize]).as_bytes(), in_end: hint(q) });
+            p = q;
+        }
+    }
+    out
+}
+
+fn first_chunks(data_len: u64, starts: &[u64], chunk: u64) -> Vec<u32> {
+    let mut n = 0u32;
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| {
+            let e = starts.get(i + 1).copied().unwrap_or(data_len);
+            let f = n;
+            n += (e - s).div_ceil(chunk) as u32;
+            f
+        })
+        .collect()
+}
+
+/// An uncompressed layer: blob == content, a checkpoint every `span`.
+fn tar_layer(data: &[u8], span: u64, chunk: u64) -> (Layer, Vec<u8>) {
+    let starts: Vec<u64> = (0..data.len() as u64).step_by(span as usize).collect();
+    let firsts = first_chunks(data.len() as u64, &starts, chunk);
+    let checkpoints = starts
+        .iter()
+        .zip(&firsts)
+        .map(|(&s, &f)| Checkpoint { in_offset: s, out_offset: s, first_chunk: f, ..Default::default() })
+        .collect();
+    let layer = Layer {
+        digest: Digest::of(data),
+        diff_id: Digest::of(data),
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        kind: LayerKind::Tar,
+        compressed_size: data.len() as u64,
+        uncompressed_size: data.len() as u64,
+        chunk_size: chunk as u32,
+        checkpoints,
+        chunks: chunks_for(data, &starts, chunk, |q| q),
+    };
+    (layer, data.to_vec())
+}
+
+/// A zstd layer: one frame per span (`whole`: a single frame, one checkpoint).
+fn zstd_layer(data: &[u8], span: u64, chunk: u64, whole: bool) -> (Layer, Vec<u8>) {
+    let span = if whole { data.len() as u64 } else { span };
+    let starts: Vec<u64> = (0..data.len() as u64).step_by(span as usize).collect();
+    let firsts = first_chunks(data.len() as u64, &starts, chunk);
+    let mut blob = Vec::new();
+    let mut frame_ends = Vec::new();
+    let mut checkpoints = Vec::new();
+    for (i, &s) in starts.iter().enumerate() {
+        let e = starts.get(i + 1).copied().unwrap_or(data.len() as u64);
+        checkpoints.push(Checkpoint { in_offset: blob.len() as u64, out_offset: s, first_chunk: firsts[i], ..Default::default() });
+        blob.extend(zstd::bulk::compress(&data[s as usize..e as usize], 3).unwrap());
+        frame_ends.push((e, blob.len() as u64));
+    }
+    // Hint: the end of the frame holding the chunk's last byte.
+    let hint = |q: u64| frame_ends.iter().find(|(e, _)| q <= *e).unwrap().1;
+    let chunks = chunks_for(data, &starts, chunk, hint);
+    let layer = Layer {
+        digest: Digest::of(&blob),
+        diff_id: Digest::of(data),
+        media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+        kind: if whole { LayerKind::ZstdWhole } else { LayerKind::ZstdFrames },
+        compressed_size: blob.len() as u64,
+        uncompressed_size: data.len() as u64,
+        chunk_size: chunk as u32,
+        checkpoints,
+        chunks,
+    };
+    (layer, blob)
+}
+
+/// An index over `layers` and a counting source holding their blobs.
+fn image(layers: Vec<(Layer, Vec<u8>)>) -> (Arc<Index>, Arc<FaultySource>) {
+    let mut mem = MemSource::new();
+    let mut data = IndexData::default();
+    for (layer, blob) in layers {
+        assert_eq!(mem.insert(blob), layer.digest);
+        data.layers.push(layer);
+    }
+    let bytes = write_index(&data, WriteOptions::default()).unwrap();
+    (Arc::new(Index::from_bytes(bytes).unwrap()), Arc::new(FaultySource::new(mem)))
+}
+
+fn cache(index: &Arc<Index>, src: &Arc<FaultySource>, config: CacheConfig) -> Arc<ContentCache> {
+    Arc::new(ContentCache::new(index.clone(), src.clone(), config))
+}
+
+fn cfg(memory_bytes: u64) -> CacheConfig {
+    CacheConfig { memory_bytes, ..Default::default() }
+}
+
+fn read_all(c: &ContentCache, layer: u32, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    let n = c.read(layer, offset, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// Random reads (with a bias towards span/chunk boundaries and the layer's
+/// end) compared with the ground truth.
+fn check_random_reads(c: &ContentCache, layer: u32, truth: &[u8], reads: usize, seed: u64, span: u64, chunk: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let len = truth.len() as u64;
+    for i in 0..reads {
+        let off = match rng.gen_range(0..6) {
+            0 => (rng.gen_range(0..=len / span) * span).saturating_sub(rng.gen_range(0..3)),
+            1 => (rng.gen_range(0..=len / chunk) * chunk).saturating_sub(rng.gen_range(0..3)),
+            2 => len.saturating_sub(rng.gen_range(1..3000)),
+            _ => rng.gen_range(0..len + 10),
+        };
+        let n = match rng.gen_range(0..4) {
+            0 => rng.gen_range(1..16),
+            1 => rng.gen_range(1..(chunk as usize * 3)),
+            2 => rng.gen_range(1..(span as usize + chunk as usize)),
+            _ => 4096,
+        };
+        let got = read_all(c, layer, off, n);
+        let lo = off.min(len) as usize;
+        let hi = (off + n as u64).min(len) as usize;
+        assert_eq!(got.len(), hi - lo, "read {i}: length at {off}+{n}");
+        assert!(got == truth[lo..hi], "read {i}: bytes differ at {off}+{n}");
+    }
+    // The very last byte.
+    assert_eq!(read_all(c, layer, len - 1, 10), truth[truth.len() - 1..]);
+    assert!(read_all(c, layer, len, 10).is_empty());
+}
+
+/// Cold, warm, tiny budget and 4 concurrent threads must all agree.
+fn check_every_path(layer: (Layer, Vec<u8>), truth: Vec<u8>, span: u64, chunk: u64, reads: usize, tiny_reads: usize) {
+    let (index, src) = image(vec![layer]);
+    let truth = Arc::new(truth);
+    // Cold then warm on the same cache.
+    let c = cache(&index, &src, cfg(512 << 20));
+    check_random_reads(&c, 0, &truth, reads, 1, span, chunk);
+    let before = c.stats();
+    check_random_reads(&c, 0, &truth, reads, 1, span, chunk);
+    let warm = c.stats();
+    assert_eq!(warm.misses, before.misses, "second identical pass must be all hits");
+    assert_eq!(warm.fetch_count, before.fetch_count);
+    // Tiny budget: constant eviction.
+    let c = cache(&index, &src, cfg(3 * chunk));
+    check_random_reads(&c, 0, &truth, tiny_reads, 2, span, chunk);
+    assert!(c.stats().evictions > 0 || c.memory_used() == 0);
+    assert!(c.memory_used() <= 3 * chunk);
+    // Concurrent readers, modest budget so hits, misses and evictions mix.
+    let c = cache(&index, &src, cfg(truth.len() as u64 / 3));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (c, truth) = (c.clone(), truth.clone());
+            std::thread::spawn(move || check_random_reads(&c, 0, &truth, reads / 4, 10 + t, span, chunk))
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Sequential pass through the whole layer.
+    let c = cache(&index, &src, cfg(512 << 20));
+    let mut off = 0;
+    while off < truth.len() {
+        let got = read_all(&c, 0, off as u64, 100_000);
+        assert!(got == truth[off..(off + 100_000).min(truth.len())], "sequential at {off}");
+        off += got.len();
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn tar_layer_every_path_agrees() {
+    let data = sample_tar(1, 3 << 20);
+    let (span, chunk) = (256 << 10, 64 << 10);
+    check_every_path(tar_layer(&data, span, chunk), data, span, chunk, 1000, 300);
+}
+
+#[test]
+fn zstd_frames_every_path_agrees() {
+    let data = sample_tar(2, 3 << 20);
+    let (span, chunk) = (256 << 10, 64 << 10);
+    check_every_path(zstd_layer(&data, span, chunk, false), data, span, chunk, 600, 200);
+}
+
+#[test]
+fn zstd_whole_every_path_agrees() {
+    let data = sample_tar(3, 1 << 20);
+    let chunk = 64 << 10;
+    check_every_path(zstd_layer(&data, 0, chunk, true), data, 256 << 10, chunk, 300, 20);
+}
+
+#[test]
+fn tar_reads_fetch_whole_chunks_once() {
+    let data = sample_tar(4, 1 << 20);
+    let (index, src) = image(vec![tar_layer(&data, 256 << 10, 64 << 10)]);
+    let c = cache(&index, &src, cfg(64 << 20));
+    assert_eq!(read_all(&c, 0, 70_000, 10), data[70_000..70_010]);
+    assert_eq!(*src.log.lock().unwrap(), vec![(65536, 65536)]);
+    // A read spanning three chunks of one span: one more fetch, of the two missing chunks.
+    assert_eq!(read_all(&c, 0, 70_000, 150_000), data[70_000..220_000]);
+    assert_eq!(src.log.lock().unwrap()[1], (131072, 131072));
+    assert_eq!(src.calls(), 2);
+}
+
+#[test]
+fn single_flight_for_one_cold_chunk() {
+    let data = sample_tar(5, 1 << 20);
+    for layer in [tar_layer(&data, 256 << 10, 64 << 10), zstd_layer(&data, 256 << 10, 64 << 10, false)] {
+        let (index, src) = image(vec![layer]);
+        src.latency_ms.store(100, Relaxed);
+        let c = cache(&index, &src, cfg(64 << 20));
+        let barrier = Arc::new(Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (c, b) = (c.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    b.wait();
+                    read_all(&c, 0, 300_000, 1000)
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), data[300_000..301_000]);
+        }
+        assert_eq!(src.calls(), 1, "8 concurrent cold reads of one chunk must share one fetch");
+        let st = c.stats();
+        assert_eq!(st.fetch_count, 1);
+        assert_eq!(st.shared_fills + st.hits, 7);
+    }
+}
+
+#[test]
+fn flipped_source_byte_is_a_digest_mismatch_never_wrong_data() {
+    let data = sample_tar(6, 1 << 20);
+    let (index, src) = image(vec![tar_layer(&data, 256 << 10, 64 << 10)]);
+    *src.flip_at.lock().unwrap() = Some(200_000);
+    let c = cache(&index, &src, cfg(64 << 20));
+    let mut buf = vec![0u8; 100];
+    for _ in 0..2 {
+        match c.read(0, 199_950, &mut buf) {
+            Err(CacheError::DigestMismatch { layer: 0, chunk: 3 }) => {}
+            other => panic!("expected a digest mismatch, got {other:?}"),
+        }
+    }
+    assert_eq!(c.stats().digest_mismatches, 2);
+    // Other chunks are fine; once the source is healthy the chunk is served.
+    assert_eq!(read_all(&c, 0, 0, 1000), data[..1000]);
+    *src.flip_at.lock().unwrap() = None;
+    assert_eq!(read_all(&c, 0, 199_950, 100), data[199_950..200_050]);
+}
+
+#[test]
+fn flipped_compressed_byte_never_serves_wrong_data() {
+    let data = sample_tar(7, 1 << 20);
+    let (layer, blob) = zstd_layer(&data, 256 << 10, 64 << 10, false);
+    let blob_len = blob.len() as u64;
+    let (index, src) = image(vec![(layer, blob)]);
+    let mut rng = StdRng::seed_from_u64(7);
+    for _ in 0..30 {
+        let at = rng.gen_range(0..blob_len);
+        *src.flip_at.lock().unwrap() = Some(at);
+        let c = cache(&index, &src, cfg(64 << 20));
+        let mut buf = vec![0u8; data.len()];
+        match c.read(0, 0, &mut buf) {
+            Ok(n) => assert!(buf[..n] == data[..n], "wrong bytes served with byte {at} flipped"),
+            Err(CacheError::DigestMismatch { .. } | CacheError::Decode { .. }) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+}
+
+#[test]
+fn source_errors_are_reported_with_the_layer() {
+    let data = sample_tar(8, 512 << 10);
+    let zl = zstd_layer(&data, 128 << 10, 64 << 10, false);
+    let digest = zl.0.digest;
+    let (index, src) = image(vec![tar_layer(&data, 128 << 10, 64 << 10), zl]);
+    src.fail.store(true, Relaxed);
+    let c = cache(&index, &src, cfg(64 << 20));
+    let mut buf = [0u8; 10];
+    assert!(matches!(c.read(0, 5, &mut buf), Err(CacheError::Source { layer: 0, .. })));
+    match c.read(1, 300_000, &mut buf) {
+        Err(CacheError::Source { layer: 1, digest: d, .. }) => assert_eq!(d, digest),
+        other => panic!("{other:?}"),
+    }
+    // Recovers once the source does.
+    src.fail.store(false, Relaxed);
+    assert_eq!(read_all(&c, 1, 300_000, 10), data[300_000..300_010]);
+    assert!(matches!(c.read(2, 0, &mut buf), Err(CacheError::NoSuchLayer { layer: 2 })));
+    assert_eq!(c.read(0, 1 << 40, &mut buf).unwrap(), 0);
+    assert_eq!(c.read(0, 0, &mut []).unwrap(), 0);
+}
+
+#[test]
+fn truncated_blob_is_a_decode_error() {
+    let data = sample_tar(9, 512 << 10);
+    let (mut layer, mut blob) = zstd_layer(&data, 128 << 10, 64 << 10, false);
+    blob.truncate(blob.len() - 100);
+    layer.digest = Digest::of(&blob);
+    layer.compressed_size = blob.len() as u64;
+    let (index, src) = image(vec![(layer, blob)]);
+    let c = cache(&index, &src, cfg(64 << 20));
+    let mut buf = vec![0u8; 1000];
+    let err = c.read(0, data.len() as u64 - 1000, &mut buf).unwrap_err();
+    assert!(matches!(err, CacheError::Decode { layer: 0, .. }), "{err}");
+    // Earlier spans are intact.
+    assert_eq!(read_all(&c, 0, 0, 1000), data[..1000]);
+}
+
+/// Reads the whole layer front to back in `step`-byte reads and checks the
+/// compressed bytes fetched stay close to the blob size (no re-fetching from
+/// checkpoints) and the decoder is continued rather than restarted.
+fn check_sequential_volume(layer: (Layer, Vec<u8>), truth: &[u8], step: usize, config: CacheConfig) -> CacheStatsSnapshot {
+    let compressed = layer.1.len() as u64;
+    let (index, src) = image(vec![layer]);
+    let c = cache(&index, &src, config);
+    src.reset_counts();
+    let mut off = 0;
+    while off < truth.len() {
+        let got = read_all(&c, 0, off as u64, step);
+        assert!(got == truth[off..(off + step).min(truth.len())], "sequential at {off}");
+        off += got.len();
+    }
+    let st = c.stats();
+    assert_eq!(st.bytes_fetched, src.bytes());
+    assert!(
+        src.bytes() as f64 <= 1.1 * compressed as f64,
+        "fetched {} bytes for a {compressed}-byte blob",
+        src.bytes()
+    );
+    assert_eq!(st.decoder_starts, 1, "sequential reads must keep one decoder going: {st:?}");
+    st
+}
+
+#[test]
+fn zstd_frames_sequential_read_fetches_blob_once() {
+    let data = sample_tar(10, 2 << 20);
+    for (step, seq) in [(4096, 0), (64 << 10, 0), (200_000, 1 << 20)] {
+        let config = CacheConfig { sequential_fetch: seq, ..cfg(64 << 20) };
+        check_sequential_volume(zstd_layer(&data, 256 << 10, 64 << 10, false), &data, step, config);
+    }
+}
