@@ -41,7 +41,7 @@ enum Command {
     Ps(mount::PsArgs),
     /// Internal: the long-lived mount daemon (started by `mount`).
     #[command(name = "__daemon", hide = true)]
-    Daemon(mount::DaemonArgs),
+    Daemon(mount::DaemonCliArgs),
 }
 
 /// An error that carries its own exit code.

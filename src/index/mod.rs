@@ -10,7 +10,7 @@ mod layer;
 mod merge;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 pub use layer::{layer_kind, IndexedLayer};
 pub use merge::{MergeError, Merger};

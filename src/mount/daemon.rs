@@ -16,7 +16,7 @@ use crate::fuse::{ClipFs, FsConfig, FsStats};
 
 /// Builds the content reader for an opened index (the CLI wires the
 /// registry source and the cache in here).
-pub type ContentFactory = Box<dyn Fn(&Index) -> Result<Arc<dyn ContentReader>, MountError> + Send + Sync>;
+pub type ContentFactory = Box<dyn Fn(&Arc<Index>) -> Result<Arc<dyn ContentReader>, MountError> + Send + Sync>;
 
 /// Extra metrics for the `stats` reply; its value appears under `"metrics"`.
 pub type StatsFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
