@@ -139,6 +139,9 @@ impl From<FsError> for io::Error {
     }
 }
 
+/// Receives (cookie, name, ino, kind) per directory entry; `false` = reply full.
+type DirEmit<'a> = dyn FnMut(u64, &[u8], u64, Option<NodeKind>) -> Result<bool, FsError> + 'a;
+
 /// Counters the filesystem keeps (cheap relaxed atomics).
 #[derive(Debug, Default)]
 pub struct FsStats {
@@ -223,7 +226,7 @@ impl ClipFs {
         &self,
         dir: u64,
         offset: u64,
-        emit: &mut dyn FnMut(u64, &[u8], u64, Option<NodeKind>) -> Result<bool, FsError>,
+        emit: &mut DirEmit<'_>,
     ) -> Result<(), FsError> {
         let node = self.index.inode(dir)?;
         if node.kind() != Some(NodeKind::Dir) {
