@@ -10,7 +10,7 @@ use std::fmt;
 
 use zstd::stream::raw::Operation as _;
 
-use super::gzip_stub as gz;
+use crate::gzip as gz;
 use crate::format::{Checkpoint, LayerKind};
 
 /// A live decoder of one layer's compressed stream.

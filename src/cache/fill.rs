@@ -342,6 +342,13 @@ impl ContentCache {
     ) -> Result<(), CacheError> {
         let mut filled = 0;
         while filled < buf.len() {
+            // An empty input tells a gzip decoder the blob has ended: only
+            // pass one when it really has.
+            if st.consumed == st.input.len() && st.have_end() < plan.compressed_size {
+                self.refill(plan, s, st, want_end, *refills)?;
+                *refills += 1;
+                continue;
+            }
             let (c, p) = self.inflate_step(plan, s, st, &mut buf[filled..])?;
             filled += p;
             if c == 0 && p == 0 {

@@ -11,8 +11,10 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Number of shards (power of two).
-const SHARDS: usize = 16;
+/// Most shards (power of two).
+const MAX_SHARDS: usize = 16;
+/// Fewer shards for small budgets so one shard still holds many chunks.
+const MIN_SHARD_BYTES: u64 = 8 << 20;
 
 /// Cache key: `(layer << 32) | chunk`.
 pub(crate) fn key(layer: u32, chunk: u32) -> u64 {
@@ -35,6 +37,7 @@ struct Shard {
 /// The chunk store.
 pub(crate) struct MemoryCache {
     shards: Box<[Mutex<Shard>]>,
+    mask: usize,
     shard_budget: u64,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -42,7 +45,7 @@ pub(crate) struct MemoryCache {
 impl fmt::Debug for MemoryCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryCache")
-            .field("budget", &(self.shard_budget * SHARDS as u64))
+            .field("budget", &(self.shard_budget * self.shards.len() as u64))
             .field("bytes", &self.bytes())
             .finish()
     }
@@ -55,9 +58,12 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 impl MemoryCache {
     /// A store holding at most about `budget` bytes of chunk data.
     pub(crate) fn new(budget: u64) -> Self {
+        let want = (budget / MIN_SHARD_BYTES).clamp(1, MAX_SHARDS as u64) as usize;
+        let n = if want.is_power_of_two() { want } else { want.next_power_of_two() / 2 };
         MemoryCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            shard_budget: budget / SHARDS as u64,
+            shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+            mask: n - 1,
+            shard_budget: budget / n as u64,
             hasher: Default::default(),
         }
     }
@@ -65,7 +71,7 @@ impl MemoryCache {
     fn shard(&self, key: u64) -> &Mutex<Shard> {
         let mut h = self.hasher.build_hasher();
         key.hash(&mut h);
-        &self.shards[(h.finish() as usize) & (SHARDS - 1)]
+        &self.shards[(h.finish() as usize) & self.mask]
     }
 
     /// The chunk under `key`, marking it recently used.
@@ -130,12 +136,12 @@ mod tests {
 
     #[test]
     fn bounded_by_bytes_and_second_chance() {
-        let c = MemoryCache::new(16 * 100);
+        let c = MemoryCache::new(1000);
         // All keys of one shard would be ideal; just insert many and check the bound.
         let mut evicted = 0;
         for i in 0..1000u32 {
             evicted += c.insert(key(0, i), Arc::from(vec![i as u8; 10]));
-            assert!(c.bytes() <= 16 * 100);
+            assert!(c.bytes() <= 1000);
         }
         assert!(evicted > 0);
         assert_eq!(c.len() as u64 + evicted, 1000);
@@ -146,13 +152,21 @@ mod tests {
             }
         }
         // Too-large values are not stored.
-        assert_eq!(c.insert(key(1, 0), Arc::from(vec![0u8; 1000])), 0);
+        assert_eq!(c.insert(key(1, 0), Arc::from(vec![0u8; 2000])), 0);
         assert!(!c.contains(key(1, 0)));
     }
 
     #[test]
+    fn large_budgets_are_sharded() {
+        assert_eq!(MemoryCache::new(512 << 20).shards.len(), 16);
+        assert_eq!(MemoryCache::new(24 << 20).shards.len(), 2);
+        assert_eq!(MemoryCache::new(1 << 20).shards.len(), 1);
+        assert_eq!(MemoryCache::new(0).shards.len(), 1);
+    }
+
+    #[test]
     fn hot_entry_survives_a_scan() {
-        let c = MemoryCache::new(16 * 1000);
+        let c = MemoryCache::new(10_000);
         let hot = key(7, 7);
         c.insert(hot, Arc::from(vec![1u8; 100]));
         for i in 0..10_000u32 {

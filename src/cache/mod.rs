@@ -13,7 +13,6 @@
 use std::fmt;
 
 mod decoder;
-mod gzip_stub;
 mod fill;
 mod memory;
 mod plan;
