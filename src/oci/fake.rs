@@ -118,7 +118,10 @@ fn reason(status: u16) -> &'static str {
 }
 
 fn head(status: u16, headers: &[(String, String)], len: usize) -> Vec<u8> {
-    let mut s = format!("HTTP/1.1 {status} {}\r\nContent-Length: {len}\r\n", reason(status));
+    let mut s = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Length: {len}\r\n",
+        reason(status)
+    );
     for (k, v) in headers {
         s.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -126,7 +129,11 @@ fn head(status: u16, headers: &[(String, String)], len: usize) -> Vec<u8> {
     s.into_bytes()
 }
 
-fn serve_conn(conn: TcpStream, handler: &dyn Fn(&Req) -> Reply, log: &Mutex<Vec<Req>>) -> std::io::Result<()> {
+fn serve_conn(
+    conn: TcpStream,
+    handler: &dyn Fn(&Req) -> Reply,
+    log: &Mutex<Vec<Req>>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut w = conn;
     loop {
@@ -191,9 +198,15 @@ fn serve_conn(conn: TcpStream, handler: &dyn Fn(&Req) -> Reply, log: &Mutex<Vec<
 #[derive(Debug, Clone)]
 pub(crate) enum FakeAuth {
     None,
-    Basic { user: String, pass: String },
+    Basic {
+        user: String,
+        pass: String,
+    },
     /// Bearer via `/token`; `creds` demands Basic creds at the token endpoint.
-    Bearer { token: String, creds: Option<(String, String)> },
+    Bearer {
+        token: String,
+        creds: Option<(String, String)>,
+    },
 }
 
 /// A distribution-like registry for one repository.

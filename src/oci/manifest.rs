@@ -19,7 +19,8 @@ pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json"
 /// Docker image manifest (schema 2) media type.
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Docker manifest list media type.
-pub const MEDIA_TYPE_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_TYPE_DOCKER_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// The `Accept` header for manifest GETs: all four supported types.
 pub(crate) const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
@@ -287,7 +288,11 @@ fn build(
         .collect::<Result<Vec<_>, _>>()?;
     desc_digest(&m.config)?;
     let config_raw = store.fetch_config(&m.config)?;
-    verify(&format!("config {}", m.config.digest), &m.config, &config_raw)?;
+    verify(
+        &format!("config {}", m.config.digest),
+        &m.config,
+        &config_raw,
+    )?;
     let config: Config =
         serde_json::from_slice(&config_raw).map_err(|e| bad(format!("config: {e}")))?;
     let diff_ids = config
