@@ -188,6 +188,7 @@ fn platform_parse_and_match() {
 
 // ---------------------------------------------------------------- test image
 
+#[derive(Clone)]
 struct TestImage {
     reg: FakeRegistry,
     manifest_digest: Digest,
@@ -238,8 +239,16 @@ fn desc(media_type: &str, raw: &[u8], platform: Option<(&str, &str)>) -> serde_j
     d
 }
 
-/// A two-platform image (index → arm64 + amd64) tagged `latest` in `repo`.
+/// A two-platform image (index → arm64 + amd64) tagged `latest` in `repo`;
+/// built once (hashing 5 MiB is slow in debug builds), then cloned.
 fn make_image(repo: &str) -> TestImage {
+    static IMAGE: std::sync::OnceLock<TestImage> = std::sync::OnceLock::new();
+    let mut img = IMAGE.get_or_init(|| build_image("x")).clone();
+    img.reg.repo = repo.to_string();
+    img
+}
+
+fn build_image(repo: &str) -> TestImage {
     let mut reg = FakeRegistry::new(repo);
     let layers = vec![b"layer one ".repeat(100), big_blob(5 << 20)];
     let diff_ids: Vec<Digest> = layers
