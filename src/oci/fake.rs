@@ -73,6 +73,8 @@ pub(crate) type Handler = Arc<dyn Fn(&Req) -> Reply + Send + Sync>;
 pub(crate) struct FakeServer {
     pub addr: SocketAddr,
     pub log: Arc<Mutex<Vec<Req>>>,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeServer {
@@ -90,9 +92,12 @@ pub(crate) fn serve(handler: Handler) -> FakeServer {
     let addr = listener.local_addr().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let log2 = log.clone();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let conns2 = connections.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
+            conns2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let handler = handler.clone();
             let log = log2.clone();
             std::thread::spawn(move || {
@@ -100,7 +105,11 @@ pub(crate) fn serve(handler: Handler) -> FakeServer {
             });
         }
     });
-    FakeServer { addr, log }
+    FakeServer {
+        addr,
+        log,
+        connections,
+    }
 }
 
 fn reason(status: u16) -> &'static str {

@@ -241,7 +241,15 @@ pub(crate) fn resolve_document(
     let mut index_platform: Option<Platform> = None;
     for _ in 0..MAX_DEPTH {
         match classify(&raw, transport_type.as_deref())? {
-            Kind::Manifest => return build(store, raw, index_platform),
+            Kind::Manifest => {
+                let r = build(store, raw, index_platform)?;
+                if let Ok(p) = r.platform.parse::<Platform>() {
+                    if !want.matches(&p) {
+                        tracing::warn!(wanted = %want, image = %r.platform, "image platform differs from the wanted one");
+                    }
+                }
+                return Ok(r);
+            }
             Kind::Index => {
                 let index = parse_index(&raw)?;
                 let d = select_platform(&index, want)?.clone();
