@@ -145,7 +145,11 @@ fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>, OciEr
         registry: registry.to_string(),
         reason,
     };
-    if helper.is_empty() || !helper.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.') {
+    if helper.is_empty()
+        || !helper
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+    {
         return Err(err(format!("invalid credential helper name {helper:?}")));
     }
     let prog = format!("docker-credential-{helper}");
@@ -167,8 +171,11 @@ fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>, OciEr
         tracing::debug!(helper = %prog, registry, "credential helper has no credentials");
         return Ok(None);
     }
-    let reply: HelperReply = serde_json::from_slice(&out.stdout)
-        .map_err(|_| err(format!("{prog} printed something that is not {{Username, Secret}} JSON")))?;
+    let reply: HelperReply = serde_json::from_slice(&out.stdout).map_err(|_| {
+        err(format!(
+            "{prog} printed something that is not {{Username, Secret}} JSON"
+        ))
+    })?;
     if reply.secret.is_empty() {
         return Ok(None);
     }

@@ -127,7 +127,13 @@ struct TokenReply {
 impl Client {
     /// A client for `registry`/`repository`. Needs no runtime context.
     pub fn new(registry: &str, repository: &str, opts: &RegistryOptions) -> Result<Self, OciError> {
-        let allowed = |a: &str| is_loopback(a) || opts.insecure_registries.iter().any(|r| r == a || r == host_of(a));
+        let allowed = |a: &str| {
+            is_loopback(a)
+                || opts
+                    .insecure_registries
+                    .iter()
+                    .any(|r| r == a || r == host_of(a))
+        };
         let scheme = if allowed(registry) { "http" } else { "https" };
         let provider = rustls::crypto::ring::default_provider();
         let builder = match hyper_rustls::HttpsConnectorBuilder::new()
@@ -146,7 +152,11 @@ impl Client {
                 hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg)
             }
         };
-        let connector = builder.https_or_http().enable_http1().enable_http2().build();
+        let connector = builder
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(32)
@@ -178,7 +188,10 @@ impl Client {
 
     /// `…/v2/<repository>/<tail>`.
     pub fn v2_url(&self, tail: &str) -> Result<Uri, OciError> {
-        let s = format!("{}://{}/v2/{}/{}", self.scheme, self.registry, self.repository, tail);
+        let s = format!(
+            "{}://{}/v2/{}/{}",
+            self.scheme, self.registry, self.repository, tail
+        );
         s.parse().map_err(|_| OciError::BadReference {
             input: format!("{}/{}", self.registry, self.repository),
             reason: "does not form a valid URL".into(),
@@ -314,7 +327,11 @@ impl Client {
         }
     }
 
-    async fn send(&self, req: Request<Empty<Bytes>>, url: &Uri) -> Result<Response<Incoming>, Failure> {
+    async fn send(
+        &self,
+        req: Request<Empty<Bytes>>,
+        url: &Uri,
+    ) -> Result<Response<Incoming>, Failure> {
         let host = url.authority().map(|a| a.to_string()).unwrap_or_default();
         match tokio::time::timeout(self.timeout, self.http.request(req)).await {
             Err(_) => Err(Failure::Retry(OciError::Timeout {
@@ -362,7 +379,9 @@ impl Client {
         } else {
             return Err(bad("relative redirect Location is not supported"));
         };
-        let uri: Uri = target.parse().map_err(|_| bad("redirect Location is not a URL"))?;
+        let uri: Uri = target
+            .parse()
+            .map_err(|_| bad("redirect Location is not a URL"))?;
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
         if uri.scheme_str() == Some("http") && !self.http_allowed(authority) {
             return Err(Failure::Fatal(OciError::InsecureNotAllowed {
@@ -372,7 +391,11 @@ impl Client {
         Ok(uri)
     }
 
-    async fn authenticate(&self, headers: &HeaderMap, sent: Option<HeaderValue>) -> Result<(), Failure> {
+    async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        sent: Option<HeaderValue>,
+    ) -> Result<(), Failure> {
         // Another request may have refreshed the token meanwhile.
         let cur = self.current_auth();
         if cur.is_some() && cur != sent {
@@ -402,7 +425,12 @@ impl Client {
                 .cloned()
                 .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
             let token = self
-                .fetch_token(realm, c.params.get("service").map(String::as_str), &scope, creds.as_ref())
+                .fetch_token(
+                    realm,
+                    c.params.get("service").map(String::as_str),
+                    &scope,
+                    creds.as_ref(),
+                )
                 .await?;
             self.set_auth(format!("Bearer {token}"))?;
             Ok(())
@@ -440,11 +468,19 @@ impl Client {
         let uri: Uri = s
             .parse()
             .map_err(|_| unauthorized("the token realm is not a URL".into()))?;
-        let authority = uri.authority().map(|a| a.as_str()).unwrap_or("").to_string();
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str())
+            .unwrap_or("")
+            .to_string();
         match uri.scheme_str() {
             Some("https") => {}
             Some("http") if self.http_allowed(&authority) => {}
-            _ => return Err(Failure::Fatal(OciError::InsecureNotAllowed { host: authority })),
+            _ => {
+                return Err(Failure::Fatal(OciError::InsecureNotAllowed {
+                    host: authority,
+                }))
+            }
         }
         let mut b = Request::get(uri.clone()).header(header::USER_AGENT, USER_AGENT);
         if let Some(c) = creds {
@@ -464,7 +500,10 @@ impl Client {
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             self.drain(resp).await;
             let hint = match creds {
-                Some(_) => format!("the token service rejected the credentials for {}", self.registry),
+                Some(_) => format!(
+                    "the token service rejected the credentials for {}",
+                    self.registry
+                ),
                 None => self.no_creds_hint(),
             };
             return Err(unauthorized(hint));
@@ -475,9 +514,12 @@ impl Client {
         if status != StatusCode::OK {
             return Err(Failure::Fatal(self.status_error(resp, &uri).await));
         }
-        let body = self.read_capped(resp, &uri, "token response", MAX_TOKEN_BYTES).await?;
-        let reply: TokenReply = serde_json::from_slice(&body)
-            .map_err(|_| unauthorized("the token service answered something that is not token JSON".into()))?;
+        let body = self
+            .read_capped(resp, &uri, "token response", MAX_TOKEN_BYTES)
+            .await?;
+        let reply: TokenReply = serde_json::from_slice(&body).map_err(|_| {
+            unauthorized("the token service answered something that is not token JSON".into())
+        })?;
         reply
             .token
             .or(reply.access_token)
@@ -487,7 +529,11 @@ impl Client {
 
     /// The next non-empty body chunk, or `None` at the end; a stall longer
     /// than the timeout is a retryable error.
-    pub async fn next_chunk(&self, body: &mut Incoming, url: &Uri) -> Result<Option<Bytes>, Failure> {
+    pub async fn next_chunk(
+        &self,
+        body: &mut Incoming,
+        url: &Uri,
+    ) -> Result<Option<Bytes>, Failure> {
         loop {
             match tokio::time::timeout(self.timeout, body.frame()).await {
                 Err(_) => {
@@ -563,7 +609,8 @@ impl Client {
             }
             buf
         };
-        if let Ok(buf) = tokio::time::timeout(self.timeout.min(Duration::from_secs(2)), read).await {
+        if let Ok(buf) = tokio::time::timeout(self.timeout.min(Duration::from_secs(2)), read).await
+        {
             detail = String::from_utf8_lossy(&buf)
                 .chars()
                 .filter(|c| !c.is_control())
@@ -592,7 +639,10 @@ impl Client {
     /// Runs `op` until it succeeds, fails fatally, or retries run out
     /// (`retries` extra attempts, exponential backoff, overall deadline of
     /// `timeout × (retries + 1)`).
-    pub async fn retry<T>(&self, mut op: impl AsyncFnMut() -> Result<T, Failure>) -> Result<T, OciError> {
+    pub async fn retry<T>(
+        &self,
+        mut op: impl AsyncFnMut() -> Result<T, Failure>,
+    ) -> Result<T, OciError> {
         let start = Instant::now();
         let budget = self.timeout.saturating_mul(self.retries.saturating_add(1));
         let mut attempt = 0u32;
@@ -621,7 +671,12 @@ impl Client {
 
 /// The `Content-Length` header, if present and numeric.
 pub(crate) fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A parsed `Content-Range: bytes a-b/total` (`total` may be `*`), or
@@ -673,7 +728,10 @@ mod tests {
         assert!(!is_loopback("example.com:5000"));
         assert!(!is_loopback("10.0.0.1"));
         let r = parse_content_range("bytes 0-4095/44673554").unwrap();
-        assert_eq!((r.first, r.last, r.total), (Some(0), Some(4095), Some(44673554)));
+        assert_eq!(
+            (r.first, r.last, r.total),
+            (Some(0), Some(4095), Some(44673554))
+        );
         let r = parse_content_range("bytes */100").unwrap();
         assert_eq!((r.first, r.total), (None, Some(100)));
         assert!(parse_content_range("bytes 5-4/10").is_none());

@@ -73,6 +73,8 @@ pub(crate) type Handler = Arc<dyn Fn(&Req) -> Reply + Send + Sync>;
 pub(crate) struct FakeServer {
     pub addr: SocketAddr,
     pub log: Arc<Mutex<Vec<Req>>>,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeServer {
@@ -90,9 +92,12 @@ pub(crate) fn serve(handler: Handler) -> FakeServer {
     let addr = listener.local_addr().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let log2 = log.clone();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let conns2 = connections.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
+            conns2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let handler = handler.clone();
             let log = log2.clone();
             std::thread::spawn(move || {
@@ -100,7 +105,11 @@ pub(crate) fn serve(handler: Handler) -> FakeServer {
             });
         }
     });
-    FakeServer { addr, log }
+    FakeServer {
+        addr,
+        log,
+        connections,
+    }
 }
 
 fn reason(status: u16) -> &'static str {
@@ -118,7 +127,10 @@ fn reason(status: u16) -> &'static str {
 }
 
 fn head(status: u16, headers: &[(String, String)], len: usize) -> Vec<u8> {
-    let mut s = format!("HTTP/1.1 {status} {}\r\nContent-Length: {len}\r\n", reason(status));
+    let mut s = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Length: {len}\r\n",
+        reason(status)
+    );
     for (k, v) in headers {
         s.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -126,7 +138,11 @@ fn head(status: u16, headers: &[(String, String)], len: usize) -> Vec<u8> {
     s.into_bytes()
 }
 
-fn serve_conn(conn: TcpStream, handler: &dyn Fn(&Req) -> Reply, log: &Mutex<Vec<Req>>) -> std::io::Result<()> {
+fn serve_conn(
+    conn: TcpStream,
+    handler: &dyn Fn(&Req) -> Reply,
+    log: &Mutex<Vec<Req>>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut w = conn;
     loop {
@@ -191,9 +207,15 @@ fn serve_conn(conn: TcpStream, handler: &dyn Fn(&Req) -> Reply, log: &Mutex<Vec<
 #[derive(Debug, Clone)]
 pub(crate) enum FakeAuth {
     None,
-    Basic { user: String, pass: String },
+    Basic {
+        user: String,
+        pass: String,
+    },
     /// Bearer via `/token`; `creds` demands Basic creds at the token endpoint.
-    Bearer { token: String, creds: Option<(String, String)> },
+    Bearer {
+        token: String,
+        creds: Option<(String, String)>,
+    },
 }
 
 /// A distribution-like registry for one repository.

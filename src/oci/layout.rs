@@ -160,7 +160,10 @@ pub fn open_layout(
     let raw = LayoutSource::read_small(&layout_file)?;
     let v: serde_json::Value = serde_json::from_slice(&raw)
         .map_err(|e| LayoutSource::layout_err(&layout_file, format!("not JSON: {e}")))?;
-    if v.get("imageLayoutVersion").and_then(|v| v.as_str()).is_none() {
+    if v.get("imageLayoutVersion")
+        .and_then(|v| v.as_str())
+        .is_none()
+    {
         return Err(LayoutSource::layout_err(
             &layout_file,
             "missing imageLayoutVersion",
@@ -189,7 +192,11 @@ pub fn open_layout(
                 "tag {} in {} (tags: {})",
                 tag.unwrap_or("latest"),
                 index_path.display(),
-                if tags.is_empty() { "none".to_string() } else { tags.join(", ") }
+                if tags.is_empty() {
+                    "none".to_string()
+                } else {
+                    tags.join(", ")
+                }
             ),
         });
     };

@@ -19,7 +19,8 @@ pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json"
 /// Docker image manifest (schema 2) media type.
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Docker manifest list media type.
-pub const MEDIA_TYPE_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_TYPE_DOCKER_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// The `Accept` header for manifest GETs: all four supported types.
 pub(crate) const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
@@ -240,7 +241,15 @@ pub(crate) fn resolve_document(
     let mut index_platform: Option<Platform> = None;
     for _ in 0..MAX_DEPTH {
         match classify(&raw, transport_type.as_deref())? {
-            Kind::Manifest => return build(store, raw, index_platform),
+            Kind::Manifest => {
+                let r = build(store, raw, index_platform)?;
+                if let Ok(p) = r.platform.parse::<Platform>() {
+                    if !want.matches(&p) {
+                        tracing::warn!(wanted = %want, image = %r.platform, "image platform differs from the wanted one");
+                    }
+                }
+                return Ok(r);
+            }
             Kind::Index => {
                 let index = parse_index(&raw)?;
                 let d = select_platform(&index, want)?.clone();
@@ -287,7 +296,11 @@ fn build(
         .collect::<Result<Vec<_>, _>>()?;
     desc_digest(&m.config)?;
     let config_raw = store.fetch_config(&m.config)?;
-    verify(&format!("config {}", m.config.digest), &m.config, &config_raw)?;
+    verify(
+        &format!("config {}", m.config.digest),
+        &m.config,
+        &config_raw,
+    )?;
     let config: Config =
         serde_json::from_slice(&config_raw).map_err(|e| bad(format!("config: {e}")))?;
     let diff_ids = config

@@ -59,8 +59,9 @@ fn valid_component(c: &str) -> bool {
     !b.is_empty()
         && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
         && b[b.len() - 1].is_ascii_lowercase() | b[b.len() - 1].is_ascii_digit()
-        && b.iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+        && b.iter().all(|&c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        })
 }
 
 fn valid_host(h: &str) -> bool {

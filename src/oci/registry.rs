@@ -175,7 +175,9 @@ async fn get_manifest(
                 StatusCode::NOT_FOUND => {
                     let e = client.status_error(resp, &url).await;
                     let detail = match &e {
-                        OciError::Http { detail, .. } if !detail.is_empty() => format!(" ({detail})"),
+                        OciError::Http { detail, .. } if !detail.is_empty() => {
+                            format!(" ({detail})")
+                        }
                         _ => String::new(),
                     };
                     Err(Failure::Fatal(OciError::NotFound {
@@ -293,9 +295,9 @@ impl BlobSource for RegistrySource {
         }
         let url = self.blob_url(digest)?;
         let client = &self.client;
-        let out = self.block_on(client.retry(async || {
-            read_range(client, &url, digest, offset, buf).await
-        }))??;
+        let out = self.block_on(
+            client.retry(async || read_range(client, &url, digest, offset, buf).await),
+        )??;
         match out {
             Ranged::Read(n) => Ok(n),
             Ranged::OutOfRange(len) => Err(SourceError::OutOfRange {

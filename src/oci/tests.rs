@@ -19,22 +19,115 @@ const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 
 // ---------------------------------------------------------------- references
 
+type RefCase = (
+    String,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<Digest>,
+    String,
+);
+
 #[test]
 fn reference_table() {
     let d = Digest::of(b"x");
-    let cases: Vec<(String, &str, &str, Option<&str>, Option<Digest>, String)> = vec![
-        ("debian".into(), "registry-1.docker.io", "library/debian", Some("latest"), None, "docker.io/library/debian:latest".into()),
-        ("debian:12".into(), "registry-1.docker.io", "library/debian", Some("12"), None, "docker.io/library/debian:12".into()),
-        ("docker.io/library/debian".into(), "registry-1.docker.io", "library/debian", Some("latest"), None, "docker.io/library/debian:latest".into()),
-        ("index.docker.io/foo".into(), "registry-1.docker.io", "library/foo", Some("latest"), None, "docker.io/library/foo:latest".into()),
-        ("user/app:v1".into(), "registry-1.docker.io", "user/app", Some("v1"), None, "docker.io/user/app:v1".into()),
-        ("host:5000/a/b:tag".into(), "host:5000", "a/b", Some("tag"), None, "host:5000/a/b:tag".into()),
-        ("127.0.0.1:5000/clip/tiny".into(), "127.0.0.1:5000", "clip/tiny", Some("latest"), None, "127.0.0.1:5000/clip/tiny:latest".into()),
-        ("localhost/x".into(), "localhost", "x", Some("latest"), None, "localhost/x:latest".into()),
-        ("ghcr.io/o/r/deep/name:1.2_3-x".into(), "ghcr.io", "o/r/deep/name", Some("1.2_3-x"), None, "ghcr.io/o/r/deep/name:1.2_3-x".into()),
-        (format!("quay.io/a/b@{d}"), "quay.io", "a/b", None, Some(d), format!("quay.io/a/b@{d}")),
-        (format!("alpine:3@{d}"), "registry-1.docker.io", "library/alpine", Some("3"), Some(d), format!("docker.io/library/alpine:3@{d}")),
-        ("[::1]:5000/x:y".into(), "[::1]:5000", "x", Some("y"), None, "[::1]:5000/x:y".into()),
+    let cases: Vec<RefCase> = vec![
+        (
+            "debian".into(),
+            "registry-1.docker.io",
+            "library/debian",
+            Some("latest"),
+            None,
+            "docker.io/library/debian:latest".into(),
+        ),
+        (
+            "debian:12".into(),
+            "registry-1.docker.io",
+            "library/debian",
+            Some("12"),
+            None,
+            "docker.io/library/debian:12".into(),
+        ),
+        (
+            "docker.io/library/debian".into(),
+            "registry-1.docker.io",
+            "library/debian",
+            Some("latest"),
+            None,
+            "docker.io/library/debian:latest".into(),
+        ),
+        (
+            "index.docker.io/foo".into(),
+            "registry-1.docker.io",
+            "library/foo",
+            Some("latest"),
+            None,
+            "docker.io/library/foo:latest".into(),
+        ),
+        (
+            "user/app:v1".into(),
+            "registry-1.docker.io",
+            "user/app",
+            Some("v1"),
+            None,
+            "docker.io/user/app:v1".into(),
+        ),
+        (
+            "host:5000/a/b:tag".into(),
+            "host:5000",
+            "a/b",
+            Some("tag"),
+            None,
+            "host:5000/a/b:tag".into(),
+        ),
+        (
+            "127.0.0.1:5000/clip/tiny".into(),
+            "127.0.0.1:5000",
+            "clip/tiny",
+            Some("latest"),
+            None,
+            "127.0.0.1:5000/clip/tiny:latest".into(),
+        ),
+        (
+            "localhost/x".into(),
+            "localhost",
+            "x",
+            Some("latest"),
+            None,
+            "localhost/x:latest".into(),
+        ),
+        (
+            "ghcr.io/o/r/deep/name:1.2_3-x".into(),
+            "ghcr.io",
+            "o/r/deep/name",
+            Some("1.2_3-x"),
+            None,
+            "ghcr.io/o/r/deep/name:1.2_3-x".into(),
+        ),
+        (
+            format!("quay.io/a/b@{d}"),
+            "quay.io",
+            "a/b",
+            None,
+            Some(d),
+            format!("quay.io/a/b@{d}"),
+        ),
+        (
+            format!("alpine:3@{d}"),
+            "registry-1.docker.io",
+            "library/alpine",
+            Some("3"),
+            Some(d),
+            format!("docker.io/library/alpine:3@{d}"),
+        ),
+        (
+            "[::1]:5000/x:y".into(),
+            "[::1]:5000",
+            "x",
+            Some("y"),
+            None,
+            "[::1]:5000/x:y".into(),
+        ),
     ];
     for (input, reg, repo, tag, digest, display) in cases {
         let r: ImageRef = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
@@ -62,7 +155,10 @@ fn reference_table() {
         "foo@@sha256:00",
     ] {
         let e = bad.parse::<ImageRef>();
-        assert!(matches!(e, Err(OciError::BadReference { .. })), "{bad:?} → {e:?}");
+        assert!(
+            matches!(e, Err(OciError::BadReference { .. })),
+            "{bad:?} → {e:?}"
+        );
     }
     assert!("x".repeat(5000).parse::<ImageRef>().is_err());
 }
@@ -92,6 +188,7 @@ fn platform_parse_and_match() {
 
 // ---------------------------------------------------------------- test image
 
+#[derive(Clone)]
 struct TestImage {
     reg: FakeRegistry,
     manifest_digest: Digest,
@@ -134,15 +231,24 @@ fn manifest_json(config: &[u8], layers: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn desc(media_type: &str, raw: &[u8], platform: Option<(&str, &str)>) -> serde_json::Value {
-    let mut d = json!({"mediaType": media_type, "digest": Digest::of(raw).to_string(), "size": raw.len()});
+    let mut d =
+        json!({"mediaType": media_type, "digest": Digest::of(raw).to_string(), "size": raw.len()});
     if let Some((os, arch)) = platform {
         d["platform"] = json!({"os": os, "architecture": arch});
     }
     d
 }
 
-/// A two-platform image (index → arm64 + amd64) tagged `latest` in `repo`.
+/// A two-platform image (index → arm64 + amd64) tagged `latest` in `repo`;
+/// built once (hashing 5 MiB is slow in debug builds), then cloned.
 fn make_image(repo: &str) -> TestImage {
+    static IMAGE: std::sync::OnceLock<TestImage> = std::sync::OnceLock::new();
+    let mut img = IMAGE.get_or_init(|| build_image("x")).clone();
+    img.reg.repo = repo.to_string();
+    img
+}
+
+fn build_image(repo: &str) -> TestImage {
     let mut reg = FakeRegistry::new(repo);
     let layers = vec![b"layer one ".repeat(100), big_blob(5 << 20)];
     let diff_ids: Vec<Digest> = layers
@@ -217,7 +323,12 @@ impl AuthEnv {
         let lock = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let mut saved = Vec::new();
-        for k in ["REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "DOCKER_CONFIG", "PATH"] {
+        for k in [
+            "REGISTRY_AUTH_FILE",
+            "XDG_RUNTIME_DIR",
+            "DOCKER_CONFIG",
+            "PATH",
+        ] {
             saved.push((k, std::env::var_os(k)));
         }
         let auth = dir.path().join("auth.json");
@@ -272,7 +383,10 @@ fn resolve_index_to_amd64() {
         assert_eq!(l.media_type, LAYER_TYPE);
     }
     let reqs = server.requests();
-    let manifest_reqs: Vec<_> = reqs.iter().filter(|r| r.path.contains("/manifests/")).collect();
+    let manifest_reqs: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.path.contains("/manifests/"))
+        .collect();
     assert_eq!(manifest_reqs.len(), 2);
     for r in manifest_reqs {
         let accept = r.header("accept").unwrap();
@@ -291,9 +405,13 @@ fn resolve_index_to_amd64() {
     o.platform = Some("linux/arm64".parse().unwrap());
     let arm = connect(&server, "clip/tiny", &o).resolve().unwrap();
     assert_eq!(arm.platform, "linux/arm64");
-    let pinned = connect(&server, &format!("clip/tiny@{}", img.manifest_digest), &opts())
-        .resolve()
-        .unwrap();
+    let pinned = connect(
+        &server,
+        &format!("clip/tiny@{}", img.manifest_digest),
+        &opts(),
+    )
+    .resolve()
+    .unwrap();
     assert_eq!(pinned.manifest_digest, img.manifest_digest);
     o.platform = Some("linux/s390x".parse().unwrap());
     match connect(&server, "clip/tiny", &o).resolve() {
@@ -339,7 +457,10 @@ fn docker_schema2_single_manifest() {
     let server = start(reg);
     let r = connect(&server, "d/s2:v1", &opts()).resolve().unwrap();
     assert_eq!(r.manifest_digest, d);
-    assert_eq!(r.layers[0].media_type, "application/vnd.docker.image.rootfs.diff.tar.gzip");
+    assert_eq!(
+        r.layers[0].media_type,
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
 }
 
 #[test]
@@ -376,17 +497,26 @@ fn config_digest_mismatch_and_diff_id_count() {
     reg.add_blob(layer.clone());
     let config = config_json("amd64", &[]); // no diff_ids for one layer
     reg.add_blob(config.clone());
-    reg.add_manifest(Some("short"), MEDIA_TYPE_OCI_MANIFEST, manifest_json(&config, &[layer.clone()]));
+    reg.add_manifest(
+        Some("short"),
+        MEDIA_TYPE_OCI_MANIFEST,
+        manifest_json(&config, std::slice::from_ref(&layer)),
+    );
     // A manifest whose config descriptor names a blob whose bytes differ.
     let good = config_json("amd64", &[Digest::of(b"x")]);
     let m = manifest_json(&good, &[layer]);
-    reg.blobs.insert(Digest::of(&good), b"{\"tampered\":1}".to_vec());
+    reg.blobs
+        .insert(Digest::of(&good), b"{\"tampered\":1}".to_vec());
     reg.add_manifest(Some("tampered"), MEDIA_TYPE_OCI_MANIFEST, m);
     let server = start(reg);
-    let e = connect(&server, "a/b:short", &opts()).resolve().unwrap_err();
+    let e = connect(&server, "a/b:short", &opts())
+        .resolve()
+        .unwrap_err();
     assert!(matches!(e, OciError::BadManifest { .. }), "{e:?}");
     assert!(e.to_string().contains("diff_ids"), "{e}");
-    let e = connect(&server, "a/b:tampered", &opts()).resolve().unwrap_err();
+    let e = connect(&server, "a/b:tampered", &opts())
+        .resolve()
+        .unwrap_err();
     assert!(matches!(e, OciError::DigestMismatch { .. }), "{e:?}");
 }
 
@@ -412,11 +542,15 @@ fn malformed_manifests() {
     );
     let server = start(reg);
     for (tag, _, _) in &bodies {
-        let e = connect(&server, &format!("a/b:{tag}"), &opts()).resolve().unwrap_err();
+        let e = connect(&server, &format!("a/b:{tag}"), &opts())
+            .resolve()
+            .unwrap_err();
         assert!(matches!(e, OciError::BadManifest { .. }), "{tag}: {e:?}");
     }
     // The fake only serves schema1 if asked for it; we never are, so 404.
-    let e = connect(&server, "a/b:schema1", &opts()).resolve().unwrap_err();
+    let e = connect(&server, "a/b:schema1", &opts())
+        .resolve()
+        .unwrap_err();
     assert!(matches!(e, OciError::NotFound { .. }), "{e:?}");
 }
 
@@ -436,7 +570,9 @@ fn unknown_repo_is_not_found() {
     let server = start(img.reg);
     let e = connect(&server, "no/such", &opts()).resolve().unwrap_err();
     assert!(matches!(e, OciError::NotFound { .. }), "{e:?}");
-    let e = connect(&server, "a/b:nosuchtag", &opts()).resolve().unwrap_err();
+    let e = connect(&server, "a/b:nosuchtag", &opts())
+        .resolve()
+        .unwrap_err();
     assert!(matches!(e, OciError::NotFound { .. }), "{e:?}");
     let src = connect(&server, "a/b", &opts());
     let d = Digest::of(b"missing");
@@ -482,9 +618,16 @@ fn bearer_anonymous_token() {
     let mut buf = [0u8; 5];
     assert_eq!(src.read_at(&r.layers[0].digest, 0, &mut buf).unwrap(), 5);
     let reqs = server.requests();
-    let tokens: Vec<_> = reqs.iter().filter(|r| r.path.starts_with("/token")).collect();
+    let tokens: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.path.starts_with("/token"))
+        .collect();
     assert_eq!(tokens.len(), 1, "token fetched once and cached");
-    assert!(tokens[0].path.contains("scope=repository%3Aa%2Fb%3Apull"), "{}", tokens[0].path);
+    assert!(
+        tokens[0].path.contains("scope=repository%3Aa%2Fb%3Apull"),
+        "{}",
+        tokens[0].path
+    );
     assert!(tokens[0].header("authorization").is_none());
     // After the first 401 every request carries the token.
     let last = reqs.last().unwrap();
@@ -530,7 +673,10 @@ fn basic_auth_from_registry_auth_file() {
     let e = connect(&server, "a/b", &opts()).resolve().unwrap_err();
     assert!(matches!(e, OciError::Unauthorized { .. }), "{e:?}");
     let text = format!("{e} {e:?}");
-    assert!(!text.contains("wrong-pw") && !text.contains("hunter2"), "{text}");
+    assert!(
+        !text.contains("wrong-pw") && !text.contains("hunter2"),
+        "{text}"
+    );
     assert!(text.contains("rejected"), "{text}");
 }
 
@@ -576,7 +722,13 @@ fn read_at_ranges() {
     let blob = &img.layers[1];
     let d = Digest::of(blob);
     let len = blob.len() as u64;
-    for (off, n) in [(0u64, 1usize), (0, 4096), (12345, 70000), (len - 10, 10), (len - 10, 100)] {
+    for (off, n) in [
+        (0u64, 1usize),
+        (0, 4096),
+        (12345, 70000),
+        (len - 10, 10),
+        (len - 10, 100),
+    ] {
         let mut buf = vec![0u8; n];
         let got = src.read_at(&d, off, &mut buf).unwrap();
         let want = n.min((len - off) as usize);
@@ -609,14 +761,19 @@ fn read_at_ranges() {
     for h in handles {
         h.join().unwrap();
     }
-    // Keep-alive: far fewer connections than requests is not observable from
-    // the log, but every request must have been answered by the one server.
-    assert!(server.requests().len() >= 85);
+    // Keep-alive: the pool reuses connections across requests and threads.
+    let requests = server.requests().len();
+    let conns = server.connections.load(Ordering::SeqCst);
+    assert!(requests >= 85);
+    assert!(conns <= 8, "{conns} connections for {requests} requests");
 }
 
 /// A registry whose blob requests go through `fault` first (given the
 /// number of blob requests so far); `None` means "answer normally".
-fn faulty(img: &TestImage, fault: impl Fn(usize, &Req) -> Option<Reply> + Send + Sync + 'static) -> FakeServer {
+fn faulty(
+    img: &TestImage,
+    fault: impl Fn(usize, &Req) -> Option<Reply> + Send + Sync + 'static,
+) -> FakeServer {
     let reg = Arc::new(img.reg.clone());
     let count = AtomicUsize::new(0);
     serve(Arc::new(move |r: &Req| {
@@ -663,7 +820,16 @@ fn short_body_is_retried() {
     let img = make_image("a/b");
     let server = faulty(&img, |n, r| {
         (n == 0).then(|| match range_reply(r, b"0123456789") {
-            Reply::Response { status, headers, body } => Reply::Truncated { status, headers, body, send: 3 },
+            Reply::Response {
+                status,
+                headers,
+                body,
+            } => Reply::Truncated {
+                status,
+                headers,
+                body,
+                send: 3,
+            },
             other => other,
         })
     });
@@ -681,7 +847,10 @@ fn stalls_error_within_timeout() {
     o.timeout = Duration::from_millis(300);
     o.retries = 1;
     let d = Digest::of(&img.layers[0]);
-    for stall in [Reply::Stall(Duration::from_secs(30)), Reply::StallHeaders(Duration::from_secs(30))] {
+    for stall in [
+        Reply::Stall(Duration::from_secs(30)),
+        Reply::StallHeaders(Duration::from_secs(30)),
+    ] {
         let stall = Mutex::new(Some(stall));
         let server = faulty(&img, move |_, _| {
             // Both attempts stall (clone the variant).
@@ -748,12 +917,18 @@ fn redirect_drops_authorization() {
     let server = serve(Arc::new(move |r: &Req| {
         let inner = reg.handle(r);
         match (&inner, r.path.split_once("/blobs/")) {
-            (Reply::Response { status: 200 | 206, .. }, Some((_, d))) => Reply::new(307, "")
-                .header("Location", &format!("http://{store_host}/store/{d}")),
+            (
+                Reply::Response {
+                    status: 200 | 206, ..
+                },
+                Some((_, d)),
+            ) => Reply::new(307, "").header("Location", &format!("http://{store_host}/store/{d}")),
             _ => inner,
         }
     }));
-    let _env = AuthEnv::new(Some(json!({"auths": {server.host(): {"username": "u", "password": "p"}}})));
+    let _env = AuthEnv::new(Some(
+        json!({"auths": {server.host(): {"username": "u", "password": "p"}}}),
+    ));
     let src = connect(&server, "a/b", &opts());
     let r = src.resolve().unwrap();
     let mut buf = [0u8; 10];
@@ -762,7 +937,11 @@ fn redirect_drops_authorization() {
     let store_reqs = store.requests();
     assert!(!store_reqs.is_empty());
     for q in store_reqs {
-        assert!(q.header("authorization").is_none(), "auth leaked to {}", q.path);
+        assert!(
+            q.header("authorization").is_none(),
+            "auth leaked to {}",
+            q.path
+        );
     }
 }
 
@@ -776,7 +955,10 @@ fn insecure_redirect_is_refused() {
         .read_at(&Digest::of(b"x"), 0, &mut [0u8; 4])
         .unwrap_err();
     let s = e.to_string();
-    assert!(s.contains("blobs.example.com") && !s.contains("SECRET"), "{s}");
+    assert!(
+        s.contains("blobs.example.com") && !s.contains("SECRET"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -814,7 +996,10 @@ fn open_resumes_after_truncation() {
     // The first attempt is truncated at 0 bytes ...
     let src = connect(&server, "a/b", &opts());
     let mut out = Vec::new();
-    src.open(&Digest::of(&blob)).unwrap().read_to_end(&mut out).unwrap();
+    src.open(&Digest::of(&blob))
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
     assert!(out == blob);
 
     // ... and here mid-body: the stream resumes with a Range request.
@@ -829,7 +1014,10 @@ fn open_resumes_after_truncation() {
     });
     let src = connect(&server, "a/b", &opts());
     let mut out = Vec::new();
-    src.open(&Digest::of(&blob)).unwrap().read_to_end(&mut out).unwrap();
+    src.open(&Digest::of(&blob))
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
     assert!(out == blob);
     let reqs = server.requests();
     let resumed = reqs.iter().find(|r| r.header("range").is_some()).unwrap();
@@ -868,7 +1056,11 @@ fn layout_resolve_by_tag() {
     write_layout(tmp.path(), &img, "latest");
     let amd64: Platform = "linux/amd64".parse().unwrap();
     let dir = tmp.path().to_str().unwrap();
-    for spec in [dir.to_string(), format!("{dir}:latest"), format!("{dir}:direct")] {
+    for spec in [
+        dir.to_string(),
+        format!("{dir}:latest"),
+        format!("{dir}:direct"),
+    ] {
         let (r, src) = open_layout(&spec, Some(&amd64)).unwrap();
         assert_eq!(r.manifest_digest, img.manifest_digest, "{spec}");
         assert_eq!(r.diff_ids, img.diff_ids);
@@ -906,24 +1098,40 @@ fn layout_missing_and_corrupt_blobs_name_the_path() {
 
     let tmp = tempfile::tempdir().unwrap();
     write_layout(tmp.path(), &img, "latest");
-    let manifest_path = tmp.path().join("blobs/sha256").join(img.manifest_digest.hex());
+    let manifest_path = tmp
+        .path()
+        .join("blobs/sha256")
+        .join(img.manifest_digest.hex());
     std::fs::remove_file(&manifest_path).unwrap();
     let e = open_layout(tmp.path().to_str().unwrap(), Some(&amd64)).unwrap_err();
-    assert!(e.to_string().contains(&manifest_path.display().to_string()), "{e}");
+    assert!(
+        e.to_string().contains(&manifest_path.display().to_string()),
+        "{e}"
+    );
 
     let tmp = tempfile::tempdir().unwrap();
     write_layout(tmp.path(), &img, "latest");
-    let manifest_path = tmp.path().join("blobs/sha256").join(img.manifest_digest.hex());
+    let manifest_path = tmp
+        .path()
+        .join("blobs/sha256")
+        .join(img.manifest_digest.hex());
     std::fs::write(&manifest_path, b"{\"schemaVersion\":2}").unwrap();
     let e = open_layout(tmp.path().to_str().unwrap(), Some(&amd64)).unwrap_err();
     assert!(matches!(e, OciError::Layout { .. }), "{e:?}");
-    assert!(e.to_string().contains(&manifest_path.display().to_string()), "{e}");
+    assert!(
+        e.to_string().contains(&manifest_path.display().to_string()),
+        "{e}"
+    );
     assert!(e.to_string().contains("digest mismatch"), "{e}");
 
     let tmp = tempfile::tempdir().unwrap();
     let e = open_layout(tmp.path().to_str().unwrap(), None).unwrap_err();
     assert!(e.to_string().contains("oci-layout"), "{e}");
-    std::fs::write(tmp.path().join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        tmp.path().join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
     std::fs::write(tmp.path().join("index.json"), b"{garbage").unwrap();
     let e = open_layout(tmp.path().to_str().unwrap(), None).unwrap_err();
     assert!(e.to_string().contains("index.json"), "{e}");
