@@ -3,7 +3,6 @@
 //! registry) equals what `umoci unpack` produced.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,20 +10,8 @@ use clip::cache::{CacheConfig, ContentCache, ContentReader};
 use clip::format::{Index, NodeKind, ROOT_INO};
 use clip::oci::{ImageRef, RegistryOptions, RegistrySource};
 
-use crate::common::{self, run, stderr};
+use crate::common::{self, run, stderr, walk_rootfs, Entry};
 use crate::require;
-
-#[derive(Debug, PartialEq)]
-struct Entry {
-    kind: &'static str,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    size: u64,
-    target: Vec<u8>,
-    rdev: (u32, u32),
-    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
-}
 
 fn kind_name(k: Option<NodeKind>) -> &'static str {
     match k {
@@ -74,81 +61,6 @@ fn walk_index(idx: &Index) -> (BTreeMap<Vec<u8>, Entry>, HashMap<u64, Vec<Vec<u8
         }
     }
     (out, groups, inos)
-}
-
-/// Walks the unpacked rootfs the same way.
-fn walk_rootfs(root: &Path) -> (BTreeMap<Vec<u8>, Entry>, HashMap<(u64, u64), Vec<Vec<u8>>>) {
-    use std::os::unix::ffi::OsStrExt;
-    let mut out = BTreeMap::new();
-    let mut groups: HashMap<(u64, u64), Vec<Vec<u8>>> = HashMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(root).unwrap();
-            let mut key = b"/".to_vec();
-            key.extend_from_slice(rel.as_os_str().as_bytes());
-            let ft = md.file_type();
-            let kind = if ft.is_dir() {
-                "dir"
-            } else if ft.is_symlink() {
-                "symlink"
-            } else if ft.is_file() {
-                "file"
-            } else if ft.is_char_device() {
-                "chardev"
-            } else if ft.is_block_device() {
-                "blockdev"
-            } else if ft.is_fifo() {
-                "fifo"
-            } else {
-                "socket"
-            };
-            let target = if ft.is_symlink() {
-                std::fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()
-            } else {
-                Vec::new()
-            };
-            let mut xattrs = BTreeMap::new();
-            if !ft.is_symlink() {
-                for name in xattr::list(&p).unwrap() {
-                    let n = name.as_bytes();
-                    // umoci drops no xattrs we index; skip kernel-managed security labels.
-                    if n.starts_with(b"security.selinux") {
-                        continue;
-                    }
-                    xattrs.insert(n.to_vec(), xattr::get(&p, &name).unwrap().unwrap_or_default());
-                }
-            }
-            let rdev = if ft.is_char_device() || ft.is_block_device() {
-                let r = md.rdev();
-                (libc::major(r), libc::minor(r))
-            } else {
-                (0, 0)
-            };
-            if ft.is_dir() {
-                stack.push(p.clone());
-            } else {
-                groups.entry((md.dev(), md.ino())).or_default().push(key.clone());
-            }
-            out.insert(
-                key,
-                Entry {
-                    kind,
-                    mode: if ft.is_symlink() { 0 } else { md.mode() & 0o7777 },
-                    uid: md.uid(),
-                    gid: md.gid(),
-                    size: if ft.is_file() { md.size() } else { 0 },
-                    target,
-                    rdev,
-                    xattrs,
-                },
-            );
-        }
-    }
-    (out, groups)
 }
 
 fn differential(name: &str) {
