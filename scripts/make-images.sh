@@ -184,7 +184,8 @@ build_tiny() {
   head -c 3145728 /dev/zero | openssl enc -aes-128-ctr -K 000102030405060708090a0b0c0d0e0f \
       -iv 00000000000000000000000000000000 > "$l1/random-3MiB.bin"
   head -c 1048576 /dev/zero > "$l1/zeros-1MiB.bin"
-  seq -f 'line %07g: the quick brown fox jumps over the lazy dog' 1 40000 | head -c 2097152 > "$l1/text-2MiB.txt"
+  seq -f 'line %07g: the quick brown fox jumps over the lazy dog' 1 40000 > "$l1/text-2MiB.txt"
+  truncate -s 2097152 "$l1/text-2MiB.txt"
   chown -hR 0:0 "$l1"; chown 1000:1000 "$l1/user-file"
   chmod 4755 "$l1/suid"   # after chown (chown clears set-uid)
   mkdir -p "$l2/opaque"
