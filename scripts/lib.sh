@@ -26,3 +26,21 @@ registry_is_ours() {
 # Digest of the image tagged latest in OCI layout DIR, and the path of a blob in it.
 layout_manifest() { jq -r '.manifests[0].digest' "$1/index.json"; }
 layout_blob() { echo "$1/blobs/sha256/${2#sha256:}"; }
+
+# Rust toolchain: rustup's default location is not always on root's PATH.
+ensure_cargo() {
+  [ -d "$HOME/.cargo/bin" ] && PATH="$HOME/.cargo/bin:$PATH"
+  command -v cargo >/dev/null 2>&1 ||
+    die "cargo not found: install Rust stable with rustup (https://rustup.rs), then re-run"
+}
+
+# with_registry PORT: start the test registry unless it already runs; the EXIT trap
+# set by the caller should call stop_registry, which stops it only if we started it.
+STARTED_REGISTRY=""
+with_registry() {
+  registry_is_ours "$(registry_state "$1")" || STARTED_REGISTRY="$1"
+  "$CLIP_ROOT/scripts/registry-up.sh" "$1" >/dev/null
+}
+stop_registry() {
+  if [ -n "$STARTED_REGISTRY" ]; then "$CLIP_ROOT/scripts/registry-down.sh" "$STARTED_REGISTRY" || true; fi
+}
