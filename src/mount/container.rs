@@ -96,14 +96,21 @@ pub struct DetachOutcome {
     pub daemon_was_dead: bool,
 }
 
+/// Hex digits of the manifest digest that name an image's run dir: 96 bits
+/// keep names unique while `<run>/images/<key>/control.sock` stays well
+/// under the 108-byte limit of a unix socket path.
+const IMAGE_KEY_LEN: usize = 24;
+
 fn image_key(index: &Index, clip_path: &Path) -> String {
-    match index.meta().manifest_digest {
+    let mut key = match index.meta().manifest_digest {
         Some(d) => d.hex(),
         None => {
             let p = clip_path.canonicalize().unwrap_or_else(|_| clip_path.to_path_buf());
             crate::Digest::of(p.as_os_str().as_encoded_bytes()).hex()
         }
-    }
+    };
+    key.truncate(IMAGE_KEY_LEN);
+    key
 }
 
 fn images_dir(run_dir: &Path) -> PathBuf {

@@ -158,7 +158,16 @@ pub fn small_tar() -> Vec<u8> {
         b.append_data(&mut h, path, data).unwrap();
     };
     add("etc/hostname", b"clip\n", 0o644);
-    let big: Vec<u8> = (0..600_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+    // 2.4 MB of 6-bit noise: compressible, but in many deflate blocks.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let big: Vec<u8> = (0..2_400_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b'0' + (x & 0x3f) as u8
+        })
+        .collect();
     add("usr/lib/big.bin", &big, 0o755);
     add("hello.txt", b"hello world\n", 0o644);
     let mut h = tar::Header::new_gnu();
