@@ -2,6 +2,7 @@
 //! `MultiGzDecoder` pass, and 64 KiB reads from a cold checkpoint.
 //!
 //! Run: `cargo bench --bench gzip_inflate -- --quick`.
+#![allow(missing_docs)] // criterion_group! generates an undocumented fn
 
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -142,6 +143,9 @@ fn report(blob: &[u8], data_len: u64) {
             })
             .collect();
         lat.sort();
+        if span == 1 << 20 {
+            window_levels(&idx);
+        }
         eprintln!(
             "span {:>4} KiB: build {:.0} MB/s, {cps} checkpoints, window {} B/checkpoint \
              ({:.2}% of gzip); cold 64 KiB read p50 {:?} p90 {:?} max {:?}",
@@ -152,6 +156,32 @@ fn report(blob: &[u8], data_len: u64) {
             lat[lat.len() / 2],
             lat[lat.len() * 9 / 10],
             lat[lat.len() - 1],
+        );
+    }
+}
+
+/// Size and time of compressing the real checkpoint windows at several
+/// libdeflate levels (the index stores them; building pays the time).
+fn window_levels(idx: &ZranIndex) {
+    let raw: Vec<Vec<u8>> = idx
+        .checkpoints
+        .iter()
+        .map(|c| clip::gzip::decompress_window(&c.window, c.window_len).unwrap())
+        .filter(|w| !w.is_empty())
+        .collect();
+    for lvl in [1, 4, 6, 9, 12] {
+        let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(lvl).unwrap());
+        let mut out = vec![0u8; 64 * 1024];
+        let t = Instant::now();
+        let bytes: usize = raw
+            .iter()
+            .map(|w| c.deflate_compress(w, &mut out).unwrap())
+            .sum();
+        let el = t.elapsed();
+        eprintln!(
+            "window level {lvl:>2}: {} B/window, {:?}/window",
+            bytes / raw.len().max(1),
+            el / raw.len().max(1) as u32
         );
     }
 }
