@@ -71,7 +71,8 @@ pub struct ZranReader<R: Read> {
     chunk_hash: Sha256,
     /// Blob offset after the last inflate call that produced output.
     last_out_in: u64,
-    /// A member-start checkpoint, committed once the member produces output.
+    /// A checkpoint (member start, or block boundary with its window still
+    /// uncompressed) committed once more output follows it.
     pending: Option<Checkpoint>,
     window: Box<[u8; WINDOW_SIZE]>,
     compressor: libdeflater::Compressor,
@@ -397,7 +398,9 @@ impl<R: Read> ZranReader<R> {
         self.consume(step.consumed);
         if step.produced > 0 {
             self.last_out_in = self.in_pos;
-            if let Some(cp) = self.pending.take() {
+            if let Some(mut cp) = self.pending.take() {
+                // The pending window is still raw; compress it now it is kept.
+                cp.window = compress_window_with(&mut self.compressor, &cp.window);
                 self.close_chunk(cp.in_offset);
                 self.push_checkpoint(cp)?;
             }
@@ -410,7 +413,11 @@ impl<R: Read> ZranReader<R> {
             }
             0 | Z_BUF_ERROR => {
                 let dt = step.data_type;
-                if dt & 128 != 0 && dt & 64 == 0 && self.span_out >= self.cfg.span {
+                if dt & 128 != 0
+                    && dt & 64 == 0
+                    && self.pending.is_none()
+                    && self.span_out >= self.cfg.span
+                {
                     self.block_checkpoint((dt & 7) as u8)?;
                 }
                 if step.consumed == 0 && step.produced == 0 {
@@ -486,9 +493,10 @@ impl<R: Read> ZranReader<R> {
         Ok(())
     }
 
-    /// Places a checkpoint at the block boundary inflate just stopped at.
+    /// Notes a checkpoint at the block boundary inflate just stopped at. It
+    /// becomes pending (window kept raw) and is committed only once more
+    /// output follows, so no checkpoint lands at the very end of the stream.
     fn block_checkpoint(&mut self, bits: u8) -> Result<(), GzipError> {
-        self.pending = None;
         let Some(z) = self.z.as_mut() else {
             return Ok(());
         };
@@ -498,17 +506,15 @@ impl<R: Read> ZranReader<R> {
                 code,
                 msg: "inflateGetDictionary failed".into(),
             })?;
-        let window = compress_window_with(&mut self.compressor, &self.window[..len]);
-        let cp = Checkpoint {
+        self.pending = Some(Checkpoint {
             in_offset: self.in_pos,
             bits,
             out_offset: self.out_pos,
-            window,
+            window: self.window[..len].to_vec(),
             window_len: len as u32, // len <= WINDOW_SIZE
             first_chunk: 0,
-        };
-        self.close_chunk(self.in_pos);
-        self.push_checkpoint(cp)
+        });
+        Ok(())
     }
 }
 

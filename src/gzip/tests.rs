@@ -474,3 +474,17 @@ fn io_error_wraps_gzip_error_and_types_are_send() {
     ));
     assert!(r.read(&mut [0u8; 100]).is_err());
 }
+
+#[test]
+fn no_checkpoint_at_stream_end_after_sync_flush() {
+    for len in [40_000usize, 100_000, 250_000] {
+        let data = mixed_data(len, 19 + len as u64);
+        // One sync flush after all the data, then the final (empty) block.
+        let blob = gzip_flushed(&data, len);
+        let (out, idx) = build(&blob, 8 * 1024, 4096).unwrap();
+        assert!(out == data);
+        check_index_shape(&data, &blob, &idx, 8 * 1024);
+        check_chunks(&data, blob.len() as u64, &idx, 4096);
+        random_reads(&data, &blob, &idx, 40, 8);
+    }
+}
