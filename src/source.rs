@@ -54,7 +54,12 @@ pub trait BlobSource: Send + Sync + fmt::Debug {
     fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, SourceError>;
 
     /// Reads exactly `buf.len()` bytes at `offset`.
-    fn read_exact_at(&self, digest: &Digest, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+    fn read_exact_at(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), SourceError> {
         let mut done = 0;
         while done < buf.len() {
             let n = self.read_at(digest, offset + done as u64, &mut buf[done..])?;

@@ -9,8 +9,15 @@ fn assert_fails_cleanly(args: &[&str], needle: &str) -> String {
     let err = stderr(&out);
     assert!(!out.status.success(), "{args:?} succeeded");
     assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-    assert!(err.contains(needle), "{args:?}: expected {needle:?} in {err:?}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err:?}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected {needle:?} in {err:?}"
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err:?}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     err
 }
@@ -22,7 +29,15 @@ fn index_inspect_ls_from_layout() {
     write_layout(&layout, &[gzip_layer(&small_tar())], None);
     let out = tmp.path().join("img.clip");
     let spec = format!("{}:latest", layout.display());
-    let o = run(&["index", "--layout", &spec, "--out", out.to_str().unwrap(), "--span", "64K"]);
+    let o = run(&[
+        "index",
+        "--layout",
+        &spec,
+        "--out",
+        out.to_str().unwrap(),
+        "--span",
+        "64K",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = run(&["inspect", out.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -33,7 +48,11 @@ fn index_inspect_ls_from_layout() {
     let o = run(&["ls", out.to_str().unwrap(), "/"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("link -> hello.txt"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("-rw-r--r--   2") && l.ends_with("hello.txt")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("-rw-r--r--   2") && l.ends_with("hello.txt")),
+        "{text}"
+    );
     let o = run(&["ls", out.to_str().unwrap(), "/nope"]);
     assert!(!o.status.success());
 }
@@ -49,7 +68,9 @@ fn digest_mismatch_truncated_blob_and_bad_manifest_write_nothing() {
     let layer = gzip_layer(&small_tar());
     write_layout(&layout, std::slice::from_ref(&layer), None);
     let digest = common::put_blob(&tmp.path().join("scratch"), &layer.blob);
-    let blob_path = layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let blob_path = layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
     let mut bytes = std::fs::read(&blob_path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
@@ -67,7 +88,11 @@ fn digest_mismatch_truncated_blob_and_bad_manifest_write_nothing() {
 
     // A manifest that is not a manifest.
     let layout = tmp.path().join("badmanifest");
-    write_layout(&layout, &[gzip_layer(&small_tar())], Some(b"{\"schemaVersion\": 2, \"layers\": 7}"));
+    write_layout(
+        &layout,
+        &[gzip_layer(&small_tar())],
+        Some(b"{\"schemaVersion\": 2, \"layers\": 7}"),
+    );
     let spec = format!("{}:latest", layout.display());
     assert_fails_cleanly(&["index", "--layout", &spec, "--out", out_s], "manifest");
     assert!(!out.exists());
@@ -96,7 +121,11 @@ fn corrupt_index_files_are_named_errors() {
     write_layout(&layout, &[gzip_layer(&small_tar())], None);
     let good = tmp.path().join("good.clip");
     let spec = format!("{}:latest", layout.display());
-    assert!(run(&["index", "--layout", &spec, "--out", good.to_str().unwrap()]).status.success());
+    assert!(
+        run(&["index", "--layout", &spec, "--out", good.to_str().unwrap()])
+            .status
+            .success()
+    );
     let bytes = std::fs::read(&good).unwrap();
 
     let bad = tmp.path().join("bad.clip");
@@ -118,12 +147,33 @@ fn unreachable_registry_and_unknown_images() {
     let out = tmp.path().join("o.clip");
     let out_s = out.to_str().unwrap();
     // Nothing listens on port 1.
-    assert_fails_cleanly(&["index", "--image", "127.0.0.1:1/clip/tiny:latest", "--out", out_s], "127.0.0.1:1");
-    assert_fails_cleanly(&["index", "--image", "not a reference!", "--out", out_s], "reference");
-    let reg = require!(common::registry(), "CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
+    assert_fails_cleanly(
+        &[
+            "index",
+            "--image",
+            "127.0.0.1:1/clip/tiny:latest",
+            "--out",
+            out_s,
+        ],
+        "127.0.0.1:1",
+    );
+    assert_fails_cleanly(
+        &["index", "--image", "not a reference!", "--out", out_s],
+        "reference",
+    );
+    let reg = require!(
+        common::registry(),
+        "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
+    );
     let unknown_repo = format!("{reg}/clip/does-not-exist:latest");
-    assert_fails_cleanly(&["index", "--image", &unknown_repo, "--out", out_s], "not found");
+    assert_fails_cleanly(
+        &["index", "--image", &unknown_repo, "--out", out_s],
+        "not found",
+    );
     let unknown_tag = format!("{reg}/clip/tiny:no-such-tag");
-    assert_fails_cleanly(&["index", "--image", &unknown_tag, "--out", out_s], "not found");
+    assert_fails_cleanly(
+        &["index", "--image", &unknown_tag, "--out", out_s],
+        "not found",
+    );
     assert!(!out.exists());
 }

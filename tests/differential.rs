@@ -27,7 +27,13 @@ fn kind_name(k: Option<NodeKind>) -> &'static str {
 }
 
 /// Walks the index: path → entry, and inode → paths (hard link groups).
-fn walk_index(idx: &Index) -> (BTreeMap<Vec<u8>, Entry>, HashMap<u64, Vec<Vec<u8>>>, HashMap<Vec<u8>, u64>) {
+fn walk_index(
+    idx: &Index,
+) -> (
+    BTreeMap<Vec<u8>, Entry>,
+    HashMap<u64, Vec<Vec<u8>>>,
+    HashMap<Vec<u8>, u64>,
+) {
     let mut out = BTreeMap::new();
     let mut groups: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
     let mut inos = HashMap::new();
@@ -43,13 +49,30 @@ fn walk_index(idx: &Index) -> (BTreeMap<Vec<u8>, Entry>, HashMap<u64, Vec<Vec<u8
             let (ma, mi) = node.rdev();
             let entry = Entry {
                 kind: kind_name(kind),
-                mode: if kind == Some(NodeKind::Symlink) { 0 } else { node.mode() & 0o7777 },
+                mode: if kind == Some(NodeKind::Symlink) {
+                    0
+                } else {
+                    node.mode() & 0o7777
+                },
                 uid: node.uid(),
                 gid: node.gid(),
-                size: if kind == Some(NodeKind::File) { node.size() } else { 0 },
+                size: if kind == Some(NodeKind::File) {
+                    node.size()
+                } else {
+                    0
+                },
                 target: node.link_target().unwrap().to_vec(),
-                rdev: if matches!(kind, Some(NodeKind::CharDev | NodeKind::BlockDev)) { (ma, mi) } else { (0, 0) },
-                xattrs: node.xattrs().unwrap().into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
+                rdev: if matches!(kind, Some(NodeKind::CharDev | NodeKind::BlockDev)) {
+                    (ma, mi)
+                } else {
+                    (0, 0)
+                },
+                xattrs: node
+                    .xattrs()
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .collect(),
             };
             if kind == Some(NodeKind::Dir) {
                 stack.push((e.ino, path.clone()));
@@ -64,14 +87,26 @@ fn walk_index(idx: &Index) -> (BTreeMap<Vec<u8>, Entry>, HashMap<u64, Vec<Vec<u8
 }
 
 fn differential(name: &str) {
-    let reg = require!(common::registry(), "CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
-    let bed = require!(common::testbed(), "CLIP_TESTBED not set (run scripts/test.sh)");
+    let reg = require!(
+        common::registry(),
+        "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
+    );
+    let bed = require!(
+        common::testbed(),
+        "CLIP_TESTBED not set (run scripts/test.sh)"
+    );
     let rootfs = bed.join("unpacked").join(name).join("rootfs");
     assert!(rootfs.is_dir(), "ground truth {} missing", rootfs.display());
     let tmp = common::tempdir();
     let out = tmp.path().join(format!("{name}.clip"));
     let reference = common::image_ref(&reg, name);
-    let o = run(&["index", "--image", &reference, "--out", out.to_str().unwrap()]);
+    let o = run(&[
+        "index",
+        "--image",
+        &reference,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let idx = Arc::new(Index::open(&out).unwrap());
 
@@ -84,8 +119,22 @@ fn differential(name: &str) {
         assert_eq!(&got[path], w, "{name}: {}", String::from_utf8_lossy(path));
     }
     // Hard link groups: same partition of names.
-    let mut a: Vec<Vec<Vec<u8>>> = groups.into_values().map(|mut v| { v.sort(); v }).filter(|v| v.len() > 1).collect();
-    let mut b: Vec<Vec<Vec<u8>>> = want_groups.into_values().map(|mut v| { v.sort(); v }).filter(|v| v.len() > 1).collect();
+    let mut a: Vec<Vec<Vec<u8>>> = groups
+        .into_values()
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .filter(|v| v.len() > 1)
+        .collect();
+    let mut b: Vec<Vec<Vec<u8>>> = want_groups
+        .into_values()
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .filter(|v| v.len() > 1)
+        .collect();
     a.sort();
     b.sort();
     assert_eq!(a, b, "{name}: hard link groups differ");
@@ -99,25 +148,44 @@ fn differential(name: &str) {
         if w.kind != "file" {
             continue;
         }
-        let disk = std::fs::read(rootfs.join(std::str::from_utf8(&path[1..]).map(Path::new).unwrap_or_else(|_| {
-            use std::os::unix::ffi::OsStrExt;
-            Path::new(std::ffi::OsStr::from_bytes(&path[1..]))
-        })))
+        let disk = std::fs::read(
+            rootfs.join(
+                std::str::from_utf8(&path[1..])
+                    .map(Path::new)
+                    .unwrap_or_else(|_| {
+                        use std::os::unix::ffi::OsStrExt;
+                        Path::new(std::ffi::OsStr::from_bytes(&path[1..]))
+                    }),
+            ),
+        )
         .unwrap();
         let node = idx.inode(inos[path]).unwrap();
         let mut buf = vec![0u8; disk.len()];
         if let Some((layer, off)) = node.data() {
             let mut done = 0;
             while done < buf.len() {
-                let n = cache.read(layer, off + done as u64, &mut buf[done..]).unwrap();
-                assert!(n > 0, "{name}: short read of {}", String::from_utf8_lossy(path));
+                let n = cache
+                    .read(layer, off + done as u64, &mut buf[done..])
+                    .unwrap();
+                assert!(
+                    n > 0,
+                    "{name}: short read of {}",
+                    String::from_utf8_lossy(path)
+                );
                 done += n;
             }
         }
-        assert!(buf == disk, "{name}: bytes of {} differ", String::from_utf8_lossy(path));
+        assert!(
+            buf == disk,
+            "{name}: bytes of {} differ",
+            String::from_utf8_lossy(path)
+        );
         checked += disk.len() as u64;
     }
-    eprintln!("{name}: {} entries and {checked} file bytes match umoci unpack", want.len());
+    eprintln!(
+        "{name}: {} entries and {checked} file bytes match umoci unpack",
+        want.len()
+    );
 }
 
 #[test]

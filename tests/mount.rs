@@ -30,7 +30,15 @@ impl Dirs {
     /// `clipctl mount --cid` with this test's dirs; returns the rootfs.
     fn mount(&mut self, cid: &str, extra: &[&str]) -> Result<PathBuf, String> {
         let (r, n) = (self.run_dir(), self.node_dir());
-        let mut args = vec!["mount", "--cid", cid, "--run-dir", r.to_str().unwrap(), "--node-dir", n.to_str().unwrap()];
+        let mut args = vec![
+            "mount",
+            "--cid",
+            cid,
+            "--run-dir",
+            r.to_str().unwrap(),
+            "--node-dir",
+            n.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
         let o = run(&args);
         if !o.status.success() {
@@ -40,7 +48,13 @@ impl Dirs {
         Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
     }
     fn umount(&self, cid: &str) -> std::process::Output {
-        run(&["umount", "--cid", cid, "--run-dir", self.run_dir().to_str().unwrap()])
+        run(&[
+            "umount",
+            "--cid",
+            cid,
+            "--run-dir",
+            self.run_dir().to_str().unwrap(),
+        ])
     }
     fn mounts_left(&self) -> Vec<String> {
         let base = self.tmp.path().to_string_lossy().into_owned();
@@ -63,7 +77,13 @@ impl Drop for Dirs {
 
 fn index_image(dir: &Path, reference: &str) -> PathBuf {
     let out = dir.join("image.clip");
-    let o = run(&["index", "--image", reference, "--out", out.to_str().unwrap()]);
+    let o = run(&[
+        "index",
+        "--image",
+        reference,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     out
 }
@@ -77,7 +97,10 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
     if let Err(why) = common::privileged() {
         return eprintln!("skipped: {why}");
     }
-    let reg = require!(common::registry(), "CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
+    let reg = require!(
+        common::registry(),
+        "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
+    );
     let mut d = Dirs::new();
     // No --clip: mount indexes the image itself.
     let reference = common::image_ref(&reg, "python");
@@ -88,7 +111,11 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
         .args(["python3", "-c", "import numpy; print(numpy.__version__)"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2.2.6");
     // A second mount of the same image reuses the index and the daemon.
     let second = d.mount("numpy2", &["--image", &reference]).unwrap();
@@ -100,7 +127,9 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
     d.cids.clear();
     assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
     let images = d.run_dir().join("images");
-    let daemons: Vec<_> = std::fs::read_dir(&images).map(|r| r.flatten().filter(|e| e.path().is_dir()).collect()).unwrap_or_default();
+    let daemons: Vec<_> = std::fs::read_dir(&images)
+        .map(|r| r.flatten().filter(|e| e.path().is_dir()).collect())
+        .unwrap_or_default();
     assert!(daemons.is_empty(), "daemon state left: {daemons:?}");
 }
 
@@ -108,31 +137,56 @@ fn mount_matches_umoci(name: &str) {
     if let Err(why) = common::privileged() {
         return eprintln!("skipped: {why}");
     }
-    let reg = require!(common::registry(), "CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
-    let bed = require!(common::testbed(), "CLIP_TESTBED not set (run scripts/test.sh)");
+    let reg = require!(
+        common::registry(),
+        "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
+    );
+    let bed = require!(
+        common::testbed(),
+        "CLIP_TESTBED not set (run scripts/test.sh)"
+    );
     let truth = bed.join("unpacked").join(name).join("rootfs");
     let mut d = Dirs::new();
     let clip = index_image(d.tmp.path(), &common::image_ref(&reg, name));
     let rootfs = d.mount(name, &["--clip", clip.to_str().unwrap()]).unwrap();
     let (got, got_links) = walk_rootfs(&rootfs);
     let (want, want_links) = walk_rootfs(&truth);
-    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{name}: path sets differ");
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{name}: path sets differ"
+    );
     for (path, w) in &want {
         assert_eq!(&got[path], w, "{name}: {}", String::from_utf8_lossy(path));
     }
     let groups = |m: std::collections::HashMap<(u64, u64), Vec<Vec<u8>>>| {
-        let mut v: Vec<_> = m.into_values().filter(|g| g.len() > 1).map(|mut g| { g.sort(); g }).collect();
+        let mut v: Vec<_> = m
+            .into_values()
+            .filter(|g| g.len() > 1)
+            .map(|mut g| {
+                g.sort();
+                g
+            })
+            .collect();
         v.sort();
         v
     };
-    assert_eq!(groups(got_links), groups(want_links), "{name}: hard link groups differ");
+    assert_eq!(
+        groups(got_links),
+        groups(want_links),
+        "{name}: hard link groups differ"
+    );
     use std::os::unix::ffi::OsStrExt;
     for (path, w) in &want {
         if w.kind == "file" {
             let rel = std::ffi::OsStr::from_bytes(&path[1..]);
             let a = std::fs::read(rootfs.join(rel)).unwrap();
             let b = std::fs::read(truth.join(rel)).unwrap();
-            assert!(a == b, "{name}: bytes of {} differ", String::from_utf8_lossy(path));
+            assert!(
+                a == b,
+                "{name}: bytes of {} differ",
+                String::from_utf8_lossy(path)
+            );
         }
     }
     assert!(d.umount(name).status.success());
@@ -155,7 +209,10 @@ fn privileged_overlay_changes_leave_the_image_untouched() {
     if let Err(why) = common::privileged() {
         return eprintln!("skipped: {why}");
     }
-    let reg = require!(common::registry(), "CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
+    let reg = require!(
+        common::registry(),
+        "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
+    );
     let mut d = Dirs::new();
     let clip = index_image(d.tmp.path(), &common::image_ref(&reg, "tiny"));
     let a = d.mount("a", &["--clip", clip.to_str().unwrap()]).unwrap();
@@ -164,8 +221,14 @@ fn privileged_overlay_changes_leave_the_image_untouched() {
     std::fs::write(a.join("added.txt"), b"changed").unwrap();
     std::fs::write(a.join("new.txt"), b"new").unwrap();
     // The other container still sees the image as it is.
-    assert_eq!(std::fs::read(b.join("hello.txt")).unwrap(), b"hello again\n");
-    assert_eq!(std::fs::read(b.join("added.txt")).unwrap(), b"added in layer 2\n");
+    assert_eq!(
+        std::fs::read(b.join("hello.txt")).unwrap(),
+        b"hello again\n"
+    );
+    assert_eq!(
+        std::fs::read(b.join("added.txt")).unwrap(),
+        b"added in layer 2\n"
+    );
     assert!(!b.join("new.txt").exists());
     // The deletion is an overlay whiteout (0:0 char device) in a's upper dir.
     let upper = d.node_dir().join("containers/a/upper/hello.txt");
@@ -190,26 +253,53 @@ fn privileged_bad_mount_requests_fail_cleanly() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("never-mounted"));
     // Registry down at mount time.
-    let err = d.mount("down", &["--image", "127.0.0.1:1/clip/tiny:latest"]).unwrap_err();
+    let err = d
+        .mount("down", &["--image", "127.0.0.1:1/clip/tiny:latest"])
+        .unwrap_err();
     assert!(err.contains("127.0.0.1:1"), "{err}");
     assert!(!d.run_dir().join("down").exists());
     // Invalid cid.
-    let err = d.mount("../escape", &["--clip", "/nonexistent.clip"]).unwrap_err();
-    assert!(err.to_lowercase().contains("cid") || err.contains("container id"), "{err}");
-    let reg = require!(common::registry(), "CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
+    let err = d
+        .mount("../escape", &["--clip", "/nonexistent.clip"])
+        .unwrap_err();
+    assert!(
+        err.to_lowercase().contains("cid") || err.contains("container id"),
+        "{err}"
+    );
+    let reg = require!(
+        common::registry(),
+        "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
+    );
     let clip = index_image(d.tmp.path(), &common::image_ref(&reg, "tiny"));
     d.mount("dup", &["--clip", clip.to_str().unwrap()]).unwrap();
-    let err = d.mount("dup", &["--clip", clip.to_str().unwrap()]).unwrap_err();
+    let err = d
+        .mount("dup", &["--clip", clip.to_str().unwrap()])
+        .unwrap_err();
     assert!(err.contains("in use"), "{err}");
     d.cids.dedup();
     // A busy mount point for --mount-point.
     let busy = d.tmp.path().join("busy");
     std::fs::create_dir_all(&busy).unwrap();
-    assert!(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&busy).status().unwrap().success());
-    let o = run(&["mount", "--clip", clip.to_str().unwrap(), "--mount-point", busy.to_str().unwrap()]);
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&busy)
+        .status()
+        .unwrap()
+        .success());
+    let o = run(&[
+        "mount",
+        "--clip",
+        clip.to_str().unwrap(),
+        "--mount-point",
+        busy.to_str().unwrap(),
+    ]);
     let _ = Command::new("umount").arg(&busy).status();
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("busy") || stderr(&o).contains("already"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("busy") || stderr(&o).contains("already"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -217,11 +307,19 @@ fn privileged_killed_daemon_gives_eio_not_a_hang_and_umount_cleans_up() {
     if let Err(why) = common::privileged() {
         return eprintln!("skipped: {why}");
     }
-    let reg = require!(common::registry(), "CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
+    let reg = require!(
+        common::registry(),
+        "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
+    );
     let mut d = Dirs::new();
     let clip = index_image(d.tmp.path(), &common::image_ref(&reg, "tiny"));
-    let rootfs = d.mount("victim", &["--clip", clip.to_str().unwrap()]).unwrap();
-    assert_eq!(std::fs::read(rootfs.join("hello.txt")).unwrap(), b"hello again\n");
+    let rootfs = d
+        .mount("victim", &["--clip", clip.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(
+        std::fs::read(rootfs.join("hello.txt")).unwrap(),
+        b"hello again\n"
+    );
     let pidfile = std::fs::read_dir(d.run_dir().join("images"))
         .unwrap()
         .flatten()
@@ -229,7 +327,11 @@ fn privileged_killed_daemon_gives_eio_not_a_hang_and_umount_cleans_up() {
         .find(|p| p.exists())
         .unwrap();
     let pid = std::fs::read_to_string(pidfile).unwrap().trim().to_string();
-    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap()
+        .success());
     std::thread::sleep(Duration::from_millis(200));
     // Data never read before is gone with the daemon: an error, quickly.
     let started = Instant::now();

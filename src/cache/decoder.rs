@@ -10,8 +10,8 @@ use std::fmt;
 
 use zstd::stream::raw::Operation as _;
 
-use crate::gzip as gz;
 use crate::format::{Checkpoint, LayerKind};
+use crate::gzip as gz;
 
 /// A live decoder of one layer's compressed stream.
 pub(crate) enum Decoder {
@@ -41,10 +41,17 @@ impl Decoder {
     /// A decoder for a layer of `kind` positioned at `cp`.
     pub(crate) fn new(kind: LayerKind, cp: &Checkpoint) -> Result<Self, String> {
         match kind {
-            LayerKind::Gzip => gz::SpanDecoder::new(cp).map(Decoder::Gzip).map_err(|e| e.to_string()),
+            LayerKind::Gzip => gz::SpanDecoder::new(cp)
+                .map(Decoder::Gzip)
+                .map_err(|e| e.to_string()),
             LayerKind::ZstdFrames | LayerKind::ZstdWhole => {
-                let dec = zstd::stream::raw::Decoder::new().map_err(|e| format!("zstd decoder: {e}"))?;
-                Ok(Decoder::Zstd { dec: Box::new(dec), in_pos: cp.in_offset, out_pos: cp.out_offset })
+                let dec =
+                    zstd::stream::raw::Decoder::new().map_err(|e| format!("zstd decoder: {e}"))?;
+                Ok(Decoder::Zstd {
+                    dec: Box::new(dec),
+                    in_pos: cp.in_offset,
+                    out_pos: cp.out_offset,
+                })
             }
             LayerKind::Tar => Err("uncompressed layers have no decoder".to_string()),
         }
@@ -68,11 +75,21 @@ impl Decoder {
 
     /// Decodes `input` (starting at `input_position()`) into `out`; returns
     /// `(consumed, produced)`.
-    pub(crate) fn decode(&mut self, input: &[u8], out: &mut [u8]) -> Result<(usize, usize), String> {
+    pub(crate) fn decode(
+        &mut self,
+        input: &[u8],
+        out: &mut [u8],
+    ) -> Result<(usize, usize), String> {
         match self {
             Decoder::Gzip(d) => d.decode(input, out).map_err(|e| e.to_string()),
-            Decoder::Zstd { dec, in_pos, out_pos } => {
-                let st = dec.run_on_buffers(input, out).map_err(|e| format!("zstd: {e}"))?;
+            Decoder::Zstd {
+                dec,
+                in_pos,
+                out_pos,
+            } => {
+                let st = dec
+                    .run_on_buffers(input, out)
+                    .map_err(|e| format!("zstd: {e}"))?;
                 *in_pos += st.bytes_read as u64;
                 *out_pos += st.bytes_written as u64;
                 Ok((st.bytes_read, st.bytes_written))

@@ -67,7 +67,11 @@ impl ParkPool {
         self.generation += 1;
         self.map.insert((layer, span), (p, self.generation));
         if self.map.len() > self.cap {
-            let oldest = self.map.iter().min_by_key(|(_, (_, g))| *g).map(|(k, _)| *k);
+            let oldest = self
+                .map
+                .iter()
+                .min_by_key(|(_, (_, g))| *g)
+                .map(|(k, _)| *k);
             if let Some(k) = oldest {
                 self.map.remove(&k);
             }
@@ -86,7 +90,10 @@ struct Permit<'a>(&'a Semaphore);
 
 impl Semaphore {
     fn new(n: usize) -> Self {
-        Semaphore { free: Mutex::new(n.max(1)), cv: Condvar::new() }
+        Semaphore {
+            free: Mutex::new(n.max(1)),
+            cv: Condvar::new(),
+        }
     }
     fn acquire(&self) -> Permit<'_> {
         let mut free = lock(&self.free);
@@ -138,7 +145,11 @@ impl ContentCache {
             .collect();
         ContentCache {
             mem: MemoryCache::new(config.memory_bytes),
-            parked: Mutex::new(ParkPool { map: HashMap::new(), generation: 0, cap: config.parked_decoders }),
+            parked: Mutex::new(ParkPool {
+                map: HashMap::new(),
+                generation: 0,
+                cap: config.parked_decoders,
+            }),
             in_flight: Semaphore::new(config.max_in_flight),
             index,
             source,
@@ -169,9 +180,15 @@ impl ContentCache {
     }
 
     fn plan(&self, layer: u32) -> Result<&LayerPlan, CacheError> {
-        let plan = self.layers.get(layer as usize).ok_or(CacheError::NoSuchLayer { layer })?;
+        let plan = self
+            .layers
+            .get(layer as usize)
+            .ok_or(CacheError::NoSuchLayer { layer })?;
         match &plan.broken {
-            Some(why) => Err(CacheError::Other { layer, message: format!("{} ({}): {why}", "unusable index entry", plan.digest) }),
+            Some(why) => Err(CacheError::Other {
+                layer,
+                message: format!("{} ({}): {why}", "unusable index entry", plan.digest),
+            }),
             None => Ok(plan),
         }
     }
@@ -217,7 +234,13 @@ impl ContentCache {
 
     /// Makes chunks `first..=last` of span `s` available; returns them in
     /// order (or just `first` if another reader produced it meanwhile).
-    fn fill(&self, plan: &LayerPlan, s: usize, first: u32, last: u32) -> Result<Vec<Arc<[u8]>>, CacheError> {
+    fn fill(
+        &self,
+        plan: &LayerPlan,
+        s: usize,
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<Arc<[u8]>>, CacheError> {
         let _flight = lock(&plan.locks[plan.lock_for(s)]);
         if let Some(data) = self.mem.get(key(plan.number, first)) {
             CacheStats::add(&self.stats.shared_fills, 1);
@@ -225,12 +248,20 @@ impl ContentCache {
         }
         match plan.kind {
             LayerKind::Tar => self.fill_plain(plan, s, first, last),
-            LayerKind::Gzip | LayerKind::ZstdFrames | LayerKind::ZstdWhole => self.fill_decoded(plan, s, first, last),
+            LayerKind::Gzip | LayerKind::ZstdFrames | LayerKind::ZstdWhole => {
+                self.fill_decoded(plan, s, first, last)
+            }
         }
     }
 
     /// Uncompressed layer: one ranged read of whole chunks, then verify.
-    fn fill_plain(&self, plan: &LayerPlan, s: usize, first: u32, last: u32) -> Result<Vec<Arc<[u8]>>, CacheError> {
+    fn fill_plain(
+        &self,
+        plan: &LayerPlan,
+        s: usize,
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<Arc<[u8]>>, CacheError> {
         let from = plan.chunk_range(s, first).start;
         let to = plan.chunk_range(s, last).end;
         let mut buf = vec![0u8; (to - from) as usize];
@@ -247,10 +278,20 @@ impl ContentCache {
     /// Compressed layer: continue a parked decoder or start one at the span's
     /// checkpoint, fetch only what the target chunks need, inflate, verify
     /// and cache every chunk produced on the way, park the decoder.
-    fn fill_decoded(&self, plan: &LayerPlan, s: usize, first: u32, last: u32) -> Result<Vec<Arc<[u8]>>, CacheError> {
+    fn fill_decoded(
+        &self,
+        plan: &LayerPlan,
+        s: usize,
+        first: u32,
+        last: u32,
+    ) -> Result<Vec<Arc<[u8]>>, CacheError> {
         let target = plan.chunk_range(s, first).start;
         let whole = plan.kind == LayerKind::ZstdWhole;
-        let parked = if whole { None } else { lock(&self.parked).take(plan.number, s) };
+        let parked = if whole {
+            None
+        } else {
+            lock(&self.parked).take(plan.number, s)
+        };
         let (mut st, sequential) = match parked {
             Some(p) if p.dec.output_position() <= target => {
                 CacheStats::add(&self.stats.decoder_resumes, 1);
@@ -270,9 +311,15 @@ impl ContentCache {
             plan.compressed_size
         } else {
             let hint = self.layer_chunk(plan, stop)?.in_end;
-            let mut want = hint.saturating_add(self.config.fetch_slack).saturating_add(self.config.fetch_ahead);
+            let mut want = hint
+                .saturating_add(self.config.fetch_slack)
+                .saturating_add(self.config.fetch_ahead);
             if sequential {
-                want = want.max(st.dec.input_position().saturating_add(self.config.sequential_fetch));
+                want = want.max(
+                    st.dec
+                        .input_position()
+                        .saturating_add(self.config.sequential_fetch),
+                );
             }
             want.min(plan.compressed_size)
         };
@@ -287,7 +334,11 @@ impl ContentCache {
             let (cs, ck) = plan.chunk_at(pos);
             let r = plan.chunk_range(cs, ck);
             if r.start != pos {
-                return Err(self.decode_err(plan, s, format!("decoder at {pos} is not on a chunk boundary")));
+                return Err(self.decode_err(
+                    plan,
+                    s,
+                    format!("decoder at {pos} is not on a chunk boundary"),
+                ));
             }
             let mut buf = vec![0u8; (r.end - r.start) as usize];
             self.inflate_chunk(plan, s, &mut st, &mut buf, want_end, &mut refills)?;
@@ -314,10 +365,22 @@ impl ContentCache {
     /// A decoder positioned at the checkpoint starting span `s` (span 0 for
     /// single-frame zstd), with no input yet.
     fn start_decoder(&self, plan: &LayerPlan, s: usize) -> Result<Parked, CacheError> {
-        let s = if plan.kind == LayerKind::ZstdWhole { 0 } else { s };
-        let other = |message: String| CacheError::Other { layer: plan.number, message };
-        let view = self.index.layer(plan.number).map_err(|e| other(e.to_string()))?;
-        let cp = view.checkpoint(s as u32).map_err(|e| other(format!("checkpoint {s}: {e}")))?;
+        let s = if plan.kind == LayerKind::ZstdWhole {
+            0
+        } else {
+            s
+        };
+        let other = |message: String| CacheError::Other {
+            layer: plan.number,
+            message,
+        };
+        let view = self
+            .index
+            .layer(plan.number)
+            .map_err(|e| other(e.to_string()))?;
+        let cp = view
+            .checkpoint(s as u32)
+            .map_err(|e| other(format!("checkpoint {s}: {e}")))?;
         let sp = plan.spans[s];
         if cp.out_offset != sp.start || cp.first_chunk != sp.first_chunk {
             return Err(other(format!(
@@ -326,7 +389,11 @@ impl ContentCache {
             )));
         }
         let dec = Decoder::new(plan.kind, &cp).map_err(|m| self.decode_err(plan, s, m))?;
-        Ok(Parked { dec, input: Vec::new(), consumed: 0 })
+        Ok(Parked {
+            dec,
+            input: Vec::new(),
+            consumed: 0,
+        })
     }
 
     /// Inflates exactly `buf.len()` bytes, fetching more input when the
@@ -361,7 +428,13 @@ impl ContentCache {
     }
 
     /// One decoder call (the unit to time for inflate latency).
-    fn inflate_step(&self, plan: &LayerPlan, s: usize, st: &mut Parked, out: &mut [u8]) -> Result<(usize, usize), CacheError> {
+    fn inflate_step(
+        &self,
+        plan: &LayerPlan,
+        s: usize,
+        st: &mut Parked,
+        out: &mut [u8],
+    ) -> Result<(usize, usize), CacheError> {
         let t = Instant::now();
         let r = st.dec.decode(&st.input[st.consumed..], out);
         CacheStats::add(&self.stats.inflate_time_ns, t.elapsed().as_nanos() as u64);
@@ -372,7 +445,14 @@ impl ContentCache {
 
     /// Appends the next piece of compressed input: up to `want_end` on the
     /// first starvation of a fill, then growing pieces (never tiny reads).
-    fn refill(&self, plan: &LayerPlan, s: usize, st: &mut Parked, want_end: u64, refills: u32) -> Result<(), CacheError> {
+    fn refill(
+        &self,
+        plan: &LayerPlan,
+        s: usize,
+        st: &mut Parked,
+        want_end: u64,
+        refills: u32,
+    ) -> Result<(), CacheError> {
         let have = st.have_end();
         if have >= plan.compressed_size {
             return Err(self.decode_err(
@@ -401,7 +481,11 @@ impl ContentCache {
         let r = self.source.read_exact_at(&plan.digest, offset, buf);
         CacheStats::add(&self.stats.fetch_time_ns, t.elapsed().as_nanos() as u64);
         CacheStats::add(&self.stats.fetch_count, 1);
-        r.map_err(|source| CacheError::Source { layer: plan.number, digest: plan.digest, source })?;
+        r.map_err(|source| CacheError::Source {
+            layer: plan.number,
+            digest: plan.digest,
+            source,
+        })?;
         CacheStats::add(&self.stats.bytes_fetched, buf.len() as u64);
         Ok(())
     }
@@ -417,7 +501,10 @@ impl ContentCache {
                 chunk,
                 "chunk content digest mismatch; refusing to serve it"
             );
-            return Err(CacheError::DigestMismatch { layer: plan.number, chunk });
+            return Err(CacheError::DigestMismatch {
+                layer: plan.number,
+                chunk,
+            });
         }
         let data: Arc<[u8]> = Arc::from(data);
         let evicted = self.mem.insert(key(plan.number, chunk), data.clone());
@@ -425,16 +512,28 @@ impl ContentCache {
         Ok(data)
     }
 
-    fn layer_chunk(&self, plan: &LayerPlan, chunk: u32) -> Result<crate::format::Chunk, CacheError> {
+    fn layer_chunk(
+        &self,
+        plan: &LayerPlan,
+        chunk: u32,
+    ) -> Result<crate::format::Chunk, CacheError> {
         self.index
             .layer(plan.number)
             .ok()
             .and_then(|l| l.chunk(chunk))
-            .ok_or_else(|| CacheError::Other { layer: plan.number, message: format!("no chunk {chunk} in the index") })
+            .ok_or_else(|| CacheError::Other {
+                layer: plan.number,
+                message: format!("no chunk {chunk} in the index"),
+            })
     }
 
     fn decode_err(&self, plan: &LayerPlan, s: usize, message: String) -> CacheError {
-        CacheError::Decode { layer: plan.number, digest: plan.digest, span: s as u32, message }
+        CacheError::Decode {
+            layer: plan.number,
+            digest: plan.digest,
+            span: s as u32,
+            message,
+        }
     }
 }
 

@@ -59,7 +59,11 @@ impl MemoryCache {
     /// A store holding at most about `budget` bytes of chunk data.
     pub(crate) fn new(budget: u64) -> Self {
         let want = (budget / MIN_SHARD_BYTES).clamp(1, MAX_SHARDS as u64) as usize;
-        let n = if want.is_power_of_two() { want } else { want.next_power_of_two() / 2 };
+        let n = if want.is_power_of_two() {
+            want
+        } else {
+            want.next_power_of_two() / 2
+        };
         MemoryCache {
             shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
             mask: n - 1,
@@ -101,7 +105,9 @@ impl MemoryCache {
         }
         let mut evicted = 0;
         while shard.bytes + len > self.shard_budget {
-            let Some(victim) = shard.ring.pop_front() else { break };
+            let Some(victim) = shard.ring.pop_front() else {
+                break;
+            };
             let e = shard.map.get_mut(&victim).expect("ring and map agree");
             if e.referenced {
                 e.referenced = false;
@@ -114,7 +120,13 @@ impl MemoryCache {
         }
         shard.bytes += len;
         shard.ring.push_back(key);
-        shard.map.insert(key, Entry { data, referenced: false });
+        shard.map.insert(
+            key,
+            Entry {
+                data,
+                referenced: false,
+            },
+        );
         evicted
     }
 

@@ -38,7 +38,9 @@ pub enum CacheError {
         source: crate::source::SourceError,
     },
     /// Decoded bytes did not match the digest recorded in the index.
-    #[error("layer {layer} chunk {chunk}: content digest mismatch (refusing to serve wrong bytes)")]
+    #[error(
+        "layer {layer} chunk {chunk}: content digest mismatch (refusing to serve wrong bytes)"
+    )]
     DigestMismatch {
         /// Layer number.
         layer: u32,

@@ -54,7 +54,11 @@ impl LayerPlan {
             broken = Some("chunk size is 0".to_string());
         }
         for r in &ranges {
-            spans.push(SpanInfo { start: r.start, end: r.end, first_chunk: next_chunk.min(u32::MAX as u64) as u32 });
+            spans.push(SpanInfo {
+                start: r.start,
+                end: r.end,
+                first_chunk: next_chunk.min(u32::MAX as u64) as u32,
+            });
             if chunk_size > 0 {
                 next_chunk += (r.end - r.start).div_ceil(chunk_size);
             }
@@ -99,14 +103,19 @@ impl LayerPlan {
 
     /// Span containing uncompressed offset `off` (< size).
     pub fn span_of(&self, off: u64) -> usize {
-        self.spans.partition_point(|s| s.start <= off).saturating_sub(1)
+        self.spans
+            .partition_point(|s| s.start <= off)
+            .saturating_sub(1)
     }
 
     /// `(span, chunk)` containing `off` (< size).
     pub fn chunk_at(&self, off: u64) -> (usize, u32) {
         let s = self.span_of(off);
         let sp = &self.spans[s];
-        (s, sp.first_chunk + ((off - sp.start) / self.chunk_size) as u32)
+        (
+            s,
+            sp.first_chunk + ((off - sp.start) / self.chunk_size) as u32,
+        )
     }
 
     /// Uncompressed range of `chunk`, which lies in span `s`.

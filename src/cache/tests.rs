@@ -12,7 +12,9 @@ use rand::{Rng, RngCore, SeedableRng};
 
 use super::*;
 use crate::digest::Digest;
-use crate::format::{write_index, Checkpoint, Chunk, Index, IndexData, Layer, LayerKind, WriteOptions};
+use crate::format::{
+    write_index, Checkpoint, Chunk, Index, IndexData, Layer, LayerKind, WriteOptions,
+};
 use crate::source::{BlobSource, MemSource, SourceError};
 
 // ---------------------------------------------------------------- fakes
@@ -34,7 +36,10 @@ struct FaultySource {
 
 impl FaultySource {
     fn new(inner: MemSource) -> Self {
-        FaultySource { inner, ..Default::default() }
+        FaultySource {
+            inner,
+            ..Default::default()
+        }
     }
     fn calls(&self) -> u64 {
         self.calls.load(Relaxed)
@@ -84,7 +89,14 @@ fn mixed_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
         let run = rng.gen_range(1..64 << 10).min(len - out.len());
         match rng.gen_range(0..3) {
             0 => {
-                let words: [&[u8]; 6] = [b"import ", b"numpy ", b"def f(x):\n", b"    return ", b"self.", b"# comment\n"];
+                let words: [&[u8]; 6] = [
+                    b"import ",
+                    b"numpy ",
+                    b"def f(x):\n",
+                    b"    return ",
+                    b"self.",
+                    b"# comment\n",
+                ];
                 let stop = out.len() + run;
                 while out.len() < stop {
                     out.extend_from_slice(words[rng.gen_range(0..words.len())]);
@@ -120,7 +132,8 @@ fn sample_tar(seed: u64, size: usize) -> Vec<u8> {
         h.set_size(len as u64);
         h.set_mode(0o644);
         h.set_cksum();
-        b.append_data(&mut h, format!("dir{}/file{i}.bin", i % 5), &data[..]).unwrap();
+        b.append_data(&mut h, format!("dir{}/file{i}.bin", i % 5), &data[..])
+            .unwrap();
         total += len + 512;
         i += 1;
     }
@@ -135,7 +148,10 @@ fn chunks_for(data: &[u8], starts: &[u64], chunk: u64, hint: impl Fn(u64) -> u64
         let mut p = s;
         while p < e {
             let q = (p + chunk).min(e);
-            out.push(Chunk { digest: *Digest::of(&data[p as usize..q as usize]).as_bytes(), in_end: hint(q) });
+            out.push(Chunk {
+                digest: *Digest::of(&data[p as usize..q as usize]).as_bytes(),
+                in_end: hint(q),
+            });
             p = q;
         }
     }
@@ -163,7 +179,12 @@ fn tar_layer(data: &[u8], span: u64, chunk: u64) -> (Layer, Vec<u8>) {
     let checkpoints = starts
         .iter()
         .zip(&firsts)
-        .map(|(&s, &f)| Checkpoint { in_offset: s, out_offset: s, first_chunk: f, ..Default::default() })
+        .map(|(&s, &f)| Checkpoint {
+            in_offset: s,
+            out_offset: s,
+            first_chunk: f,
+            ..Default::default()
+        })
         .collect();
     let layer = Layer {
         digest: Digest::of(data),
@@ -189,7 +210,12 @@ fn zstd_layer(data: &[u8], span: u64, chunk: u64, whole: bool) -> (Layer, Vec<u8
     let mut checkpoints = Vec::new();
     for (i, &s) in starts.iter().enumerate() {
         let e = starts.get(i + 1).copied().unwrap_or(data.len() as u64);
-        checkpoints.push(Checkpoint { in_offset: blob.len() as u64, out_offset: s, first_chunk: firsts[i], ..Default::default() });
+        checkpoints.push(Checkpoint {
+            in_offset: blob.len() as u64,
+            out_offset: s,
+            first_chunk: firsts[i],
+            ..Default::default()
+        });
         blob.extend(zstd::bulk::compress(&data[s as usize..e as usize], 3).unwrap());
         frame_ends.push((e, blob.len() as u64));
     }
@@ -200,7 +226,11 @@ fn zstd_layer(data: &[u8], span: u64, chunk: u64, whole: bool) -> (Layer, Vec<u8
         digest: Digest::of(&blob),
         diff_id: Digest::of(data),
         media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
-        kind: if whole { LayerKind::ZstdWhole } else { LayerKind::ZstdFrames },
+        kind: if whole {
+            LayerKind::ZstdWhole
+        } else {
+            LayerKind::ZstdFrames
+        },
         compressed_size: blob.len() as u64,
         uncompressed_size: data.len() as u64,
         chunk_size: chunk as u32,
@@ -220,7 +250,13 @@ fn gzip_layer(data: &[u8], span: u64, chunk: u64, members: usize) -> (Layer, Vec
         e.write_all(part).unwrap();
         blob.extend(e.finish().unwrap());
     }
-    let mut r = crate::gzip::ZranReader::new(&blob[..], crate::gzip::IndexerConfig { span, chunk_size: chunk as u32 });
+    let mut r = crate::gzip::ZranReader::new(
+        &blob[..],
+        crate::gzip::IndexerConfig {
+            span,
+            chunk_size: chunk as u32,
+        },
+    );
     let mut out = Vec::new();
     r.read_to_end(&mut out).unwrap();
     assert!(out == data, "gunzip ground truth");
@@ -249,7 +285,10 @@ fn image(layers: Vec<(Layer, Vec<u8>)>) -> (Arc<Index>, Arc<FaultySource>) {
         data.layers.push(layer);
     }
     let bytes = write_index(&data, WriteOptions::default()).unwrap();
-    (Arc::new(Index::from_bytes(bytes).unwrap()), Arc::new(FaultySource::new(mem)))
+    (
+        Arc::new(Index::from_bytes(bytes).unwrap()),
+        Arc::new(FaultySource::new(mem)),
+    )
 }
 
 fn cache(index: &Arc<Index>, src: &Arc<FaultySource>, config: CacheConfig) -> Arc<ContentCache> {
@@ -257,7 +296,10 @@ fn cache(index: &Arc<Index>, src: &Arc<FaultySource>, config: CacheConfig) -> Ar
 }
 
 fn cfg(memory_bytes: u64) -> CacheConfig {
-    CacheConfig { memory_bytes, ..Default::default() }
+    CacheConfig {
+        memory_bytes,
+        ..Default::default()
+    }
 }
 
 fn read_all(c: &ContentCache, layer: u32, offset: u64, len: usize) -> Vec<u8> {
@@ -269,7 +311,15 @@ fn read_all(c: &ContentCache, layer: u32, offset: u64, len: usize) -> Vec<u8> {
 
 /// Random reads (with a bias towards span/chunk boundaries and the layer's
 /// end) compared with the ground truth.
-fn check_random_reads(c: &ContentCache, layer: u32, truth: &[u8], reads: usize, seed: u64, span: u64, chunk: u64) {
+fn check_random_reads(
+    c: &ContentCache,
+    layer: u32,
+    truth: &[u8],
+    reads: usize,
+    seed: u64,
+    span: u64,
+    chunk: u64,
+) {
     let mut rng = StdRng::seed_from_u64(seed);
     let len = truth.len() as u64;
     for i in 0..reads {
@@ -297,7 +347,14 @@ fn check_random_reads(c: &ContentCache, layer: u32, truth: &[u8], reads: usize, 
 }
 
 /// Cold, warm, tiny budget and 4 concurrent threads must all agree.
-fn check_every_path(layer: (Layer, Vec<u8>), truth: Vec<u8>, span: u64, chunk: u64, reads: usize, tiny_reads: usize) {
+fn check_every_path(
+    layer: (Layer, Vec<u8>),
+    truth: Vec<u8>,
+    span: u64,
+    chunk: u64,
+    reads: usize,
+    tiny_reads: usize,
+) {
     let (index, src) = image(vec![layer]);
     let truth = Arc::new(truth);
     // Cold then warm on the same cache.
@@ -306,7 +363,10 @@ fn check_every_path(layer: (Layer, Vec<u8>), truth: Vec<u8>, span: u64, chunk: u
     let before = c.stats();
     check_random_reads(&c, 0, &truth, reads, 1, span, chunk);
     let warm = c.stats();
-    assert_eq!(warm.misses, before.misses, "second identical pass must be all hits");
+    assert_eq!(
+        warm.misses, before.misses,
+        "second identical pass must be all hits"
+    );
     assert_eq!(warm.fetch_count, before.fetch_count);
     // Tiny budget: constant eviction.
     let c = cache(&index, &src, cfg(3 * chunk));
@@ -318,7 +378,9 @@ fn check_every_path(layer: (Layer, Vec<u8>), truth: Vec<u8>, span: u64, chunk: u
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let (c, truth) = (c.clone(), truth.clone());
-            std::thread::spawn(move || check_random_reads(&c, 0, &truth, reads / 4, 10 + t, span, chunk))
+            std::thread::spawn(move || {
+                check_random_reads(&c, 0, &truth, reads / 4, 10 + t, span, chunk)
+            })
         })
         .collect();
     for t in threads {
@@ -329,7 +391,10 @@ fn check_every_path(layer: (Layer, Vec<u8>), truth: Vec<u8>, span: u64, chunk: u
     let mut off = 0;
     while off < truth.len() {
         let got = read_all(&c, 0, off as u64, 100_000);
-        assert!(got == truth[off..(off + 100_000).min(truth.len())], "sequential at {off}");
+        assert!(
+            got == truth[off..(off + 100_000).min(truth.len())],
+            "sequential at {off}"
+        );
         off += got.len();
     }
 }
@@ -356,18 +421,38 @@ fn gzip_every_path_agrees() {
 fn gzip_multi_member_every_path_agrees() {
     let data = sample_tar(12, 2 << 20);
     let (span, chunk) = (128 << 10, 32 << 10);
-    check_every_path(gzip_layer(&data, span, chunk, 5), data, span, chunk, 400, 100);
+    check_every_path(
+        gzip_layer(&data, span, chunk, 5),
+        data,
+        span,
+        chunk,
+        400,
+        100,
+    );
 }
 
 #[test]
 fn gzip_sequential_read_fetches_blob_once() {
     let data = sample_tar(13, 4 << 20);
     for (step, seq) in [(4096, 0), (64 << 10, 0), (128 << 10, 1 << 20)] {
-        let config = CacheConfig { sequential_fetch: seq, ..cfg(64 << 20) };
-        check_sequential_volume(gzip_layer(&data, 256 << 10, 64 << 10, 1), &data, step, config);
+        let config = CacheConfig {
+            sequential_fetch: seq,
+            ..cfg(64 << 20)
+        };
+        check_sequential_volume(
+            gzip_layer(&data, 256 << 10, 64 << 10, 1),
+            &data,
+            step,
+            config,
+        );
     }
     // Default readahead, multi-member.
-    check_sequential_volume(gzip_layer(&data, 256 << 10, 64 << 10, 3), &data, 128 << 10, cfg(64 << 20));
+    check_sequential_volume(
+        gzip_layer(&data, 256 << 10, 64 << 10, 3),
+        &data,
+        128 << 10,
+        cfg(64 << 20),
+    );
 }
 
 #[test]
@@ -375,23 +460,38 @@ fn gzip_random_read_fetches_only_what_it_needs() {
     let data = sample_tar(14, 4 << 20);
     let (layer, blob) = gzip_layer(&data, 1 << 20, 64 << 10, 1);
     let (index, src) = image(vec![(layer, blob)]);
-    let config = CacheConfig { fetch_slack: 0, ..cfg(64 << 20) };
+    let config = CacheConfig {
+        fetch_slack: 0,
+        ..cfg(64 << 20)
+    };
     let c = cache(&index, &src, config);
     // A 4 KiB read in the middle of a span: one fetch from the checkpoint
     // to the chunk's in_end, nothing more.
     let view = index.layer(0).unwrap();
     let off = view.span_range(2).unwrap().start + 3 * (64 << 10) + 100;
-    assert_eq!(read_all(&c, 0, off, 4096), data[off as usize..off as usize + 4096]);
+    assert_eq!(
+        read_all(&c, 0, off, 4096),
+        data[off as usize..off as usize + 4096]
+    );
     let cp = view.checkpoint(2).unwrap();
     let ck = view.chunk(cp.first_chunk + 3).unwrap();
     let start = crate::gzip::SpanDecoder::input_start(&cp);
-    assert_eq!(*src.log.lock().unwrap(), vec![(start, (ck.in_end - start) as usize)]);
+    assert_eq!(
+        *src.log.lock().unwrap(),
+        vec![(start, (ck.in_end - start) as usize)]
+    );
     // Chunks produced on the way (0..3 of the span) were verified and cached.
     src.reset_counts();
-    assert_eq!(read_all(&c, 0, off - 3 * (64 << 10), 100), data[(off - 3 * (64 << 10)) as usize..][..100]);
+    assert_eq!(
+        read_all(&c, 0, off - 3 * (64 << 10), 100),
+        data[(off - 3 * (64 << 10)) as usize..][..100]
+    );
     assert_eq!(src.calls(), 0);
     // The next chunk continues the parked decoder instead of restarting.
-    assert_eq!(read_all(&c, 0, off + (64 << 10), 100), data[(off + (64 << 10)) as usize..][..100]);
+    assert_eq!(
+        read_all(&c, 0, off + (64 << 10), 100),
+        data[(off + (64 << 10)) as usize..][..100]
+    );
     let st = c.stats();
     assert_eq!((st.decoder_starts, st.decoder_resumes), (1, 1));
     assert_eq!(src.log.lock().unwrap()[0].0, ck.in_end);
@@ -401,14 +501,28 @@ fn gzip_random_read_fetches_only_what_it_needs() {
 fn zstd_frames_every_path_agrees() {
     let data = sample_tar(2, 3 << 20);
     let (span, chunk) = (256 << 10, 64 << 10);
-    check_every_path(zstd_layer(&data, span, chunk, false), data, span, chunk, 600, 200);
+    check_every_path(
+        zstd_layer(&data, span, chunk, false),
+        data,
+        span,
+        chunk,
+        600,
+        200,
+    );
 }
 
 #[test]
 fn zstd_whole_every_path_agrees() {
     let data = sample_tar(3, 1 << 20);
     let chunk = 64 << 10;
-    check_every_path(zstd_layer(&data, 0, chunk, true), data, 256 << 10, chunk, 300, 20);
+    check_every_path(
+        zstd_layer(&data, 0, chunk, true),
+        data,
+        256 << 10,
+        chunk,
+        300,
+        20,
+    );
 }
 
 #[test]
@@ -448,7 +562,11 @@ fn single_flight_for_one_cold_chunk() {
         for t in threads {
             assert_eq!(t.join().unwrap(), data[300_000..301_000]);
         }
-        assert_eq!(src.calls(), 1, "8 concurrent cold reads of one chunk must share one fetch");
+        assert_eq!(
+            src.calls(),
+            1,
+            "8 concurrent cold reads of one chunk must share one fetch"
+        );
         let st = c.stats();
         assert_eq!(st.fetch_count, 1);
         assert_eq!(st.shared_fills + st.hits, 7);
@@ -478,7 +596,10 @@ fn flipped_source_byte_is_a_digest_mismatch_never_wrong_data() {
 #[test]
 fn flipped_compressed_byte_never_serves_wrong_data() {
     let data = sample_tar(7, 1 << 20);
-    for (layer, blob) in [zstd_layer(&data, 256 << 10, 64 << 10, false), gzip_layer(&data, 256 << 10, 64 << 10, 2)] {
+    for (layer, blob) in [
+        zstd_layer(&data, 256 << 10, 64 << 10, false),
+        gzip_layer(&data, 256 << 10, 64 << 10, 2),
+    ] {
         let blob_len = blob.len() as u64;
         let (index, src) = image(vec![(layer, blob)]);
         let mut rng = StdRng::seed_from_u64(7);
@@ -489,7 +610,10 @@ fn flipped_compressed_byte_never_serves_wrong_data() {
             let c = cache(&index, &src, cfg(64 << 20));
             let mut buf = vec![0u8; data.len()];
             match c.read(0, 0, &mut buf) {
-                Ok(n) => assert!(buf[..n] == data[..n], "wrong bytes served with byte {at} flipped"),
+                Ok(n) => assert!(
+                    buf[..n] == data[..n],
+                    "wrong bytes served with byte {at} flipped"
+                ),
                 Err(CacheError::DigestMismatch { .. } | CacheError::Decode { .. }) => errors += 1,
                 Err(e) => panic!("unexpected error {e}"),
             }
@@ -507,15 +631,25 @@ fn source_errors_are_reported_with_the_layer() {
     src.fail.store(true, Relaxed);
     let c = cache(&index, &src, cfg(64 << 20));
     let mut buf = [0u8; 10];
-    assert!(matches!(c.read(0, 5, &mut buf), Err(CacheError::Source { layer: 0, .. })));
+    assert!(matches!(
+        c.read(0, 5, &mut buf),
+        Err(CacheError::Source { layer: 0, .. })
+    ));
     match c.read(1, 300_000, &mut buf) {
-        Err(CacheError::Source { layer: 1, digest: d, .. }) => assert_eq!(d, digest),
+        Err(CacheError::Source {
+            layer: 1,
+            digest: d,
+            ..
+        }) => assert_eq!(d, digest),
         other => panic!("{other:?}"),
     }
     // Recovers once the source does.
     src.fail.store(false, Relaxed);
     assert_eq!(read_all(&c, 1, 300_000, 10), data[300_000..300_010]);
-    assert!(matches!(c.read(2, 0, &mut buf), Err(CacheError::NoSuchLayer { layer: 2 })));
+    assert!(matches!(
+        c.read(2, 0, &mut buf),
+        Err(CacheError::NoSuchLayer { layer: 2 })
+    ));
     assert_eq!(c.read(0, 1 << 40, &mut buf).unwrap(), 0);
     assert_eq!(c.read(0, 0, &mut []).unwrap(), 0);
 }
@@ -523,7 +657,10 @@ fn source_errors_are_reported_with_the_layer() {
 #[test]
 fn truncated_blob_is_a_decode_error() {
     let data = sample_tar(9, 512 << 10);
-    for (mut layer, mut blob) in [zstd_layer(&data, 128 << 10, 64 << 10, false), gzip_layer(&data, 128 << 10, 64 << 10, 1)] {
+    for (mut layer, mut blob) in [
+        zstd_layer(&data, 128 << 10, 64 << 10, false),
+        gzip_layer(&data, 128 << 10, 64 << 10, 1),
+    ] {
         // Cut inside the last chunk's compressed bytes.
         blob.truncate(blob.len() - 2000);
         layer.digest = Digest::of(&blob);
@@ -541,7 +678,12 @@ fn truncated_blob_is_a_decode_error() {
 /// Reads the whole layer front to back in `step`-byte reads and checks the
 /// compressed bytes fetched stay close to the blob size (no re-fetching from
 /// checkpoints) and the decoder is continued rather than restarted.
-fn check_sequential_volume(layer: (Layer, Vec<u8>), truth: &[u8], step: usize, config: CacheConfig) -> CacheStatsSnapshot {
+fn check_sequential_volume(
+    layer: (Layer, Vec<u8>),
+    truth: &[u8],
+    step: usize,
+    config: CacheConfig,
+) -> CacheStatsSnapshot {
     let compressed = layer.1.len() as u64;
     let (index, src) = image(vec![layer]);
     let c = cache(&index, &src, config);
@@ -549,7 +691,10 @@ fn check_sequential_volume(layer: (Layer, Vec<u8>), truth: &[u8], step: usize, c
     let mut off = 0;
     while off < truth.len() {
         let got = read_all(&c, 0, off as u64, step);
-        assert!(got == truth[off..(off + step).min(truth.len())], "sequential at {off}");
+        assert!(
+            got == truth[off..(off + step).min(truth.len())],
+            "sequential at {off}"
+        );
         off += got.len();
     }
     let st = c.stats();
@@ -559,7 +704,10 @@ fn check_sequential_volume(layer: (Layer, Vec<u8>), truth: &[u8], step: usize, c
         "fetched {} bytes for a {compressed}-byte blob",
         src.bytes()
     );
-    assert_eq!(st.decoder_starts, 1, "sequential reads must keep one decoder going: {st:?}");
+    assert_eq!(
+        st.decoder_starts, 1,
+        "sequential reads must keep one decoder going: {st:?}"
+    );
     st
 }
 
@@ -567,7 +715,15 @@ fn check_sequential_volume(layer: (Layer, Vec<u8>), truth: &[u8], step: usize, c
 fn zstd_frames_sequential_read_fetches_blob_once() {
     let data = sample_tar(10, 2 << 20);
     for (step, seq) in [(4096, 0), (64 << 10, 0), (200_000, 1 << 20)] {
-        let config = CacheConfig { sequential_fetch: seq, ..cfg(64 << 20) };
-        check_sequential_volume(zstd_layer(&data, 256 << 10, 64 << 10, false), &data, step, config);
+        let config = CacheConfig {
+            sequential_fetch: seq,
+            ..cfg(64 << 20)
+        };
+        check_sequential_volume(
+            zstd_layer(&data, 256 << 10, 64 << 10, false),
+            &data,
+            step,
+            config,
+        );
     }
 }

@@ -65,10 +65,14 @@ pub fn open_image(
     insecure: &[String],
 ) -> Result<Opened> {
     let platform: Option<Platform> = platform
-        .map(|p| p.parse().with_context(|| format!("invalid --platform {p:?}")))
+        .map(|p| {
+            p.parse()
+                .with_context(|| format!("invalid --platform {p:?}"))
+        })
         .transpose()?;
     if let Some(spec) = layout {
-        let (image, source) = open_layout(spec, platform.as_ref()).with_context(|| format!("OCI layout {spec}"))?;
+        let (image, source) =
+            open_layout(spec, platform.as_ref()).with_context(|| format!("OCI layout {spec}"))?;
         let meta = ImageMeta {
             layout: Some(spec.to_string()),
             ..Default::default()
@@ -88,8 +92,11 @@ pub fn open_image(
         platform,
         ..Default::default()
     };
-    let source = RegistrySource::connect(&r, &opts).with_context(|| format!("registry for {reference}"))?;
-    let image = source.resolve().with_context(|| format!("resolving {reference}"))?;
+    let source =
+        RegistrySource::connect(&r, &opts).with_context(|| format!("registry for {reference}"))?;
+    let image = source
+        .resolve()
+        .with_context(|| format!("resolving {reference}"))?;
     let pinned = ImageRef {
         tag: None,
         digest: Some(image.manifest_digest),
@@ -112,7 +119,10 @@ pub fn run(args: IndexArgs) -> Result<()> {
     let span = parse_size(&args.span).context("--span")?;
     let chunk = parse_size(&args.chunk_size).context("--chunk-size")?;
     anyhow::ensure!(span >= 64 << 10, "--span must be at least 64K");
-    anyhow::ensure!((4 << 10..=16 << 20).contains(&chunk), "--chunk-size must be between 4K and 16M");
+    anyhow::ensure!(
+        (4 << 10..=16 << 20).contains(&chunk),
+        "--chunk-size must be between 4K and 16M"
+    );
     let opened = open_image(
         args.image.as_deref(),
         args.layout.as_deref(),
@@ -135,13 +145,25 @@ pub fn run(args: IndexArgs) -> Result<()> {
         if std::io::stderr().is_terminal() {
             s.spawn(|| show_progress(&progress, &done, total));
         }
-        let r = build(&opened.image, opened.source.as_ref(), opened.meta.clone(), &opts, &progress);
+        let r = build(
+            &opened.image,
+            opened.source.as_ref(),
+            opened.meta.clone(),
+            &opts,
+            &progress,
+        );
         done.store(true, Ordering::Relaxed);
         r
     })
     .context("indexing failed; no index written")?;
-    let size = write_index_file(&data, &args.out, WriteOptions { compress: !args.no_compress })
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    let size = write_index_file(
+        &data,
+        &args.out,
+        WriteOptions {
+            compress: !args.no_compress,
+        },
+    )
+    .with_context(|| format!("writing {}", args.out.display()))?;
     let files = data.tree.nodes.len();
     println!(
         "indexed {} ({} layers, {} compressed, {} entries) in {:.2}s -> {} ({}, {:.2}% of the compressed image)",
@@ -160,8 +182,10 @@ pub fn run(args: IndexArgs) -> Result<()> {
 fn show_progress(progress: &Progress, done: &AtomicBool, total: u64) {
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} indexing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} indexing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     while !done.load(Ordering::Relaxed) {
         bar.set_position(progress.bytes_read.load(Ordering::Relaxed));

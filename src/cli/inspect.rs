@@ -110,7 +110,9 @@ pub fn run_inspect(args: InspectArgs) -> Result<()> {
     }
     println!(
         "manifest:        {}",
-        meta.manifest_digest.map(|d| d.to_string()).unwrap_or_default()
+        meta.manifest_digest
+            .map(|d| d.to_string())
+            .unwrap_or_default()
     );
     println!("platform:        {}", meta.platform);
     println!(
@@ -155,9 +157,15 @@ fn mode_string(mode: u32) -> String {
     let mut s = String::with_capacity(10);
     s.push(t);
     let bits = [
-        (0o400, 'r'), (0o200, 'w'), (0o100, 'x'),
-        (0o040, 'r'), (0o020, 'w'), (0o010, 'x'),
-        (0o004, 'r'), (0o002, 'w'), (0o001, 'x'),
+        (0o400, 'r'),
+        (0o200, 'w'),
+        (0o100, 'x'),
+        (0o040, 'r'),
+        (0o020, 'w'),
+        (0o010, 'x'),
+        (0o004, 'r'),
+        (0o002, 'w'),
+        (0o001, 'x'),
     ];
     for (i, (bit, c)) in bits.iter().enumerate() {
         let set = mode & bit != 0;
@@ -222,7 +230,10 @@ fn list_dir(idx: &Index, ino: u64, path: &str, recursive: bool, depth: usize) ->
         let node = idx.inode(entry.ino)?;
         println!("{}", line(&node, &name)?);
         if recursive && node.kind() == Some(NodeKind::Dir) {
-            subdirs.push((entry.ino, format!("{}/{}", path.trim_end_matches('/'), name)));
+            subdirs.push((
+                entry.ino,
+                format!("{}/{}", path.trim_end_matches('/'), name),
+            ));
         }
     }
     for (child, p) in subdirs {

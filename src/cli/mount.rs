@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::cache::{CacheConfig, ContentCache, ContentReader};
-use crate::format::{Index, ImageMeta};
+use crate::format::{ImageMeta, Index};
 use crate::fuse::{ClipFs, FsConfig};
 use crate::mount::{self, DaemonArgs, DaemonConfig, MountError, MountRequest, ServeOptions};
 use crate::oci::{open_layout, ImageRef, RegistryOptions, RegistrySource};
@@ -82,12 +82,15 @@ pub struct DaemonCliArgs {
 /// indexed from (pinned by digest), else its OCI layout.
 pub fn open_source(meta: &ImageMeta, insecure: &[String]) -> Result<Arc<dyn BlobSource>> {
     if let Some(r) = meta.pinned_reference.as_ref().or(meta.reference.as_ref()) {
-        let image: ImageRef = r.parse().with_context(|| format!("index names an invalid reference {r:?}"))?;
+        let image: ImageRef = r
+            .parse()
+            .with_context(|| format!("index names an invalid reference {r:?}"))?;
         let opts = RegistryOptions {
             insecure_registries: insecure.to_vec(),
             ..Default::default()
         };
-        let src = RegistrySource::connect(&image, &opts).with_context(|| format!("registry for {r}"))?;
+        let src =
+            RegistrySource::connect(&image, &opts).with_context(|| format!("registry for {r}"))?;
         return Ok(Arc::new(src));
     }
     if let Some(spec) = &meta.layout {
@@ -100,12 +103,21 @@ pub fn open_source(meta: &ImageMeta, insecure: &[String]) -> Result<Arc<dyn Blob
 /// The content reader of a mount: the chunk cache over the image's source.
 fn content_for(index: Arc<Index>, insecure: &[String]) -> Result<Arc<dyn ContentReader>> {
     let source = open_source(index.meta(), insecure)?;
-    Ok(Arc::new(ContentCache::new(index, source, CacheConfig::default())))
+    Ok(Arc::new(ContentCache::new(
+        index,
+        source,
+        CacheConfig::default(),
+    )))
 }
 
 /// Finds or builds the index of `--image`: `<node_dir>/indexes/<digest>.clip`.
 fn index_for_image(args: &MountArgs, reference: &str) -> Result<PathBuf> {
-    let opened = super::index::open_image(Some(reference), None, args.platform.as_deref(), &args.insecure_registry)?;
+    let opened = super::index::open_image(
+        Some(reference),
+        None,
+        args.platform.as_deref(),
+        &args.insecure_registry,
+    )?;
     let dir = args.node_dir.join("indexes");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{}.clip", opened.image.manifest_digest.hex()));
@@ -133,19 +145,29 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         (None, None) => bail!("give --image REF or --clip FILE"),
     };
     if let Some(mnt) = &args.mount_point {
-        let index = Arc::new(Index::open(&clip).with_context(|| format!("opening {}", clip.display()))?);
+        let index =
+            Arc::new(Index::open(&clip).with_context(|| format!("opening {}", clip.display()))?);
         let content = content_for(index.clone(), &args.insecure_registry)?;
         let fs = ClipFs::new(index, content, FsConfig::default())?;
         let opts = ServeOptions {
             threads: args.threads.max(1),
             ..Default::default()
         };
-        let handle = mount::serve_with(mnt, fs, &opts).with_context(|| format!("mounting at {}", mnt.display()))?;
-        eprintln!("clipctl: serving {} at {} (unmount with `umount {}`)", clip.display(), mnt.display(), mnt.display());
+        let handle = mount::serve_with(mnt, fs, &opts)
+            .with_context(|| format!("mounting at {}", mnt.display()))?;
+        eprintln!(
+            "clipctl: serving {} at {} (unmount with `umount {}`)",
+            clip.display(),
+            mnt.display(),
+            mnt.display()
+        );
         handle.wait();
         return Ok(());
     }
-    let cid = args.cid.clone().context("give --cid ID (a container rootfs) or --mount-point DIR")?;
+    let cid = args
+        .cid
+        .clone()
+        .context("give --cid ID (a container rootfs) or --mount-point DIR")?;
     let mut req = MountRequest::new(cid, clip);
     req.run_dir = args.run_dir.clone();
     req.node_dir = args.node_dir.clone();
@@ -189,7 +211,10 @@ pub fn run_ps(args: PsArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
-    println!("{:<24} {:<14} {:<8} {:<7} ROOTFS", "CID", "IMAGE", "PID", "STATE");
+    println!(
+        "{:<24} {:<14} {:<8} {:<7} ROOTFS",
+        "CID", "IMAGE", "PID", "STATE"
+    );
     for c in list {
         let state = match (c.mounted, c.daemon_alive) {
             (true, true) => "running",
@@ -200,7 +225,9 @@ pub fn run_ps(args: PsArgs) -> Result<()> {
             "{:<24} {:<14} {:<8} {:<7} {}",
             c.cid,
             &c.image[..c.image.len().min(12)],
-            c.daemon_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            c.daemon_pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
             state,
             c.rootfs.display()
         );

@@ -20,7 +20,9 @@ pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("invalid size {s:?}"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid size {s:?}"))?;
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -28,7 +30,8 @@ pub fn parse_size(s: &str) -> Result<u64> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => bail!("invalid size unit in {s:?} (use K, M or G)"),
     };
-    n.checked_mul(mult).ok_or_else(|| anyhow::anyhow!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow::anyhow!("size {s:?} is too large"))
 }
 
 /// `1.5 MiB` style.

@@ -14,7 +14,9 @@ mod writer;
 
 use std::path::PathBuf;
 
-pub use model::{Checkpoint, Chunk, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, NodeKind, Tree};
+pub use model::{
+    Checkpoint, Chunk, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, NodeKind, Tree,
+};
 pub use reader::{DirEntry, DirIter, Index, InodeView, LayerView, ROOT_INO};
 pub use writer::{write_index, write_index_file, WriteOptions};
 
@@ -25,7 +27,9 @@ pub enum FormatError {
     #[error("not a clip index file (bad magic)")]
     NotAnIndex,
     /// Written by a newer, incompatible clip.
-    #[error("index format version {major}.{minor} is not supported (this clipctl reads version 2.x)")]
+    #[error(
+        "index format version {major}.{minor} is not supported (this clipctl reads version 2.x)"
+    )]
     UnsupportedVersion {
         /// Major version found.
         major: u16,

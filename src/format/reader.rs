@@ -12,7 +12,10 @@ use std::path::Path;
 use memmap2::Mmap;
 use zerocopy::FromBytes;
 
-use super::raw::{self, kind, CheckpointRec, ChunkRec, DirentRec, Header, InodeRec, LayerRec, SectionEntry, XattrRec};
+use super::raw::{
+    self, kind, CheckpointRec, ChunkRec, DirentRec, Header, InodeRec, LayerRec, SectionEntry,
+    XattrRec,
+};
 use super::{Checkpoint, Chunk, FormatError, ImageMeta, LayerKind, NodeKind};
 use crate::digest::Digest;
 
@@ -94,7 +97,9 @@ impl Index {
 
     fn parse(storage: Storage) -> Result<Self, FormatError> {
         let data = storage.bytes();
-        let head = data.get(..raw::HEADER_SIZE).ok_or(FormatError::NotAnIndex)?;
+        let head = data
+            .get(..raw::HEADER_SIZE)
+            .ok_or(FormatError::NotAnIndex)?;
         let header = Header::read_from_bytes(head).map_err(|_| FormatError::NotAnIndex)?;
         if header.magic != raw::MAGIC {
             return Err(FormatError::NotAnIndex);
@@ -122,7 +127,8 @@ impl Index {
             });
         }
         let count = header.section_count.get() as usize;
-        let table_start = usize::try_from(header.section_table.get()).map_err(|_| corrupt("section table offset"))?;
+        let table_start = usize::try_from(header.section_table.get())
+            .map_err(|_| corrupt("section table offset"))?;
         let table_len = count
             .checked_mul(size_of::<SectionEntry>())
             .ok_or(corrupt("section count"))?;
@@ -137,10 +143,14 @@ impl Index {
         let mut sections: [Section; 10] = Default::default();
         for entry in table {
             let k = entry.kind.get() as usize;
-            let start = usize::try_from(entry.offset.get()).map_err(|_| corrupt("section offset"))?;
-            let stored = usize::try_from(entry.stored_len.get()).map_err(|_| corrupt("section length"))?;
+            let start =
+                usize::try_from(entry.offset.get()).map_err(|_| corrupt("section offset"))?;
+            let stored =
+                usize::try_from(entry.stored_len.get()).map_err(|_| corrupt("section length"))?;
             let range = start..start.checked_add(stored).ok_or(corrupt("section length"))?;
-            let bytes = data.get(range.clone()).ok_or(corrupt("section out of bounds"))?;
+            let bytes = data
+                .get(range.clone())
+                .ok_or(corrupt("section out of bounds"))?;
             if crc32fast::hash(bytes) != entry.crc.get() {
                 return Err(FormatError::Checksum(section_name(k as u32)));
             }
@@ -171,7 +181,8 @@ impl Index {
         };
         index.storage = storage;
         let meta_bytes = index.section(kind::META);
-        index.meta = serde_json::from_slice(meta_bytes).map_err(|_| corrupt("metadata is not valid JSON"))?;
+        index.meta = serde_json::from_slice(meta_bytes)
+            .map_err(|_| corrupt("metadata is not valid JSON"))?;
         index.validate()?;
         Ok(index)
     }
@@ -227,9 +238,14 @@ impl Index {
         let kind = LayerKind::from_u8(rec.kind).ok_or(corrupt("unknown layer kind"))?;
         let cps: &[CheckpointRec] = records(self.section(kind::CHECKPOINTS), "checkpoint records")?;
         let chunks: &[ChunkRec] = records(self.section(kind::CHUNKS), "chunk records")?;
-        let slice = |first: u32, count: u32| (first as usize)..(first as usize).saturating_add(count as usize);
+        let slice = |first: u32, count: u32| {
+            (first as usize)..(first as usize).saturating_add(count as usize)
+        };
         let checkpoints = cps
-            .get(slice(rec.first_checkpoint.get(), rec.checkpoint_count.get()))
+            .get(slice(
+                rec.first_checkpoint.get(),
+                rec.checkpoint_count.get(),
+            ))
             .ok_or(corrupt("layer checkpoints out of bounds"))?;
         let chunks = chunks
             .get(slice(rec.first_chunk.get(), rec.chunk_count.get()))
@@ -256,7 +272,11 @@ impl Index {
             .checked_sub(1)
             .and_then(|i| all.get(usize::try_from(i).ok()?))
             .ok_or(FormatError::NoSuchInode(ino))?;
-        Ok(InodeView { index: self, ino, rec })
+        Ok(InodeView {
+            index: self,
+            ino,
+            rec,
+        })
     }
 
     fn dirents(&self, dir: &InodeView<'_>) -> Result<&[DirentRec], FormatError> {
@@ -304,7 +324,10 @@ impl Index {
     /// Resolves a `/`-separated path from the root without following symlinks.
     pub fn resolve(&self, path: &[u8]) -> Result<Option<u64>, FormatError> {
         let mut ino = ROOT_INO;
-        for comp in path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+        for comp in path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+        {
             match self.lookup(ino, comp)? {
                 Some(next) => ino = next,
                 None => return Ok(None),
@@ -386,7 +409,9 @@ impl<'a> InodeView<'a> {
     /// Kind, from the mode's type bits (None if they are invalid).
     pub fn kind(&self) -> Option<NodeKind> {
         let t = self.rec.mode.get() & 0o170000;
-        (1..=7).filter_map(NodeKind::from_u8).find(|k| k.type_bits() == t)
+        (1..=7)
+            .filter_map(NodeKind::from_u8)
+            .find(|k| k.type_bits() == t)
     }
     /// Full `st_mode`.
     pub fn mode(&self) -> u32 {
@@ -427,7 +452,8 @@ impl<'a> InodeView<'a> {
     }
     /// Symlink target.
     pub fn link_target(&self) -> Result<&'a [u8], FormatError> {
-        self.index.string(self.rec.target_off.get(), self.rec.target_len.get())
+        self.index
+            .string(self.rec.target_off.get(), self.rec.target_len.get())
     }
     /// Extended attributes as (name, value) pairs, sorted by name.
     pub fn xattrs(&self) -> Result<Vec<(&'a [u8], &'a [u8])>, FormatError> {
@@ -477,7 +503,9 @@ impl<'a> LayerView<'a> {
     }
     /// Media type.
     pub fn media_type(&self) -> Result<&'a str, FormatError> {
-        let b = self.index.string(self.rec.media_type_off.get(), self.rec.media_type_len.get())?;
+        let b = self
+            .index
+            .string(self.rec.media_type_off.get(), self.rec.media_type_len.get())?;
         std::str::from_utf8(b).map_err(|_| corrupt("media type is not UTF-8"))
     }
     /// Blob size.
@@ -502,7 +530,9 @@ impl<'a> LayerView<'a> {
     }
     /// Index of the last checkpoint at or before uncompressed offset `out`.
     pub fn checkpoint_for(&self, out: u64) -> Option<u32> {
-        let n = self.checkpoints.partition_point(|c| c.out_offset.get() <= out);
+        let n = self
+            .checkpoints
+            .partition_point(|c| c.out_offset.get() <= out);
         n.checked_sub(1).map(|i| i as u32)
     }
     /// Uncompressed range `[start, end)` of span `i` (checkpoint `i` to the next).
@@ -516,7 +546,10 @@ impl<'a> LayerView<'a> {
     }
     /// Checkpoint `i` with its window, as the gzip module takes it.
     pub fn checkpoint(&self, i: u32) -> Result<Checkpoint, FormatError> {
-        let c = self.checkpoints.get(i as usize).ok_or(corrupt("checkpoint index"))?;
+        let c = self
+            .checkpoints
+            .get(i as usize)
+            .ok_or(corrupt("checkpoint index"))?;
         let windows = self.index.section(kind::WINDOWS);
         let start = usize::try_from(c.window_off.get()).map_err(|_| corrupt("window offset"))?;
         let window = start
@@ -544,6 +577,9 @@ impl<'a> LayerView<'a> {
     }
     /// Total stored window bytes of this layer.
     pub fn window_bytes(&self) -> u64 {
-        self.checkpoints.iter().map(|c| c.window_stored_len.get() as u64).sum()
+        self.checkpoints
+            .iter()
+            .map(|c| c.window_stored_len.get() as u64)
+            .sum()
     }
 }

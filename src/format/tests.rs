@@ -11,8 +11,14 @@ fn sample() -> IndexData {
     file.uid = 1000;
     file.mtime = 1_700_000_000;
     file.mtime_nsec = 123;
-    file.data = Some(DataRef { layer: 0, offset: 512 });
-    file.xattrs = vec![(b"user.a".to_vec(), b"1".to_vec()), (b"user.b".to_vec(), b"two".to_vec())];
+    file.data = Some(DataRef {
+        layer: 0,
+        offset: 512,
+    });
+    file.xattrs = vec![
+        (b"user.a".to_vec(), b"1".to_vec()),
+        (b"user.b".to_vec(), b"two".to_vec()),
+    ];
     tree.nodes.push(file); // 1 -> ino 2
     let mut link = Node::new(NodeKind::Symlink);
     link.link_target = b"hello".to_vec();
@@ -46,10 +52,29 @@ fn sample() -> IndexData {
             uncompressed_size: 4096,
             chunk_size: 1024,
             checkpoints: vec![
-                Checkpoint { in_offset: 10, bits: 0, out_offset: 0, window: vec![], window_len: 0, first_chunk: 0 },
-                Checkpoint { in_offset: 50, bits: 3, out_offset: 2048, window: vec![1, 2, 3], window_len: 2048, first_chunk: 2 },
+                Checkpoint {
+                    in_offset: 10,
+                    bits: 0,
+                    out_offset: 0,
+                    window: vec![],
+                    window_len: 0,
+                    first_chunk: 0,
+                },
+                Checkpoint {
+                    in_offset: 50,
+                    bits: 3,
+                    out_offset: 2048,
+                    window: vec![1, 2, 3],
+                    window_len: 2048,
+                    first_chunk: 2,
+                },
             ],
-            chunks: (0..4).map(|i| Chunk { digest: [i as u8; 32], in_end: 20 + i * 20 }).collect(),
+            chunks: (0..4)
+                .map(|i| Chunk {
+                    digest: [i as u8; 32],
+                    in_end: 20 + i * 20,
+                })
+                .collect(),
         }],
         tree,
     }
@@ -73,20 +98,40 @@ fn roundtrip(compress: bool) {
     assert_eq!(fi.xattrs().unwrap()[1], (&b"user.b"[..], &b"two"[..]));
     let l = idx.inode(idx.resolve(b"link").unwrap().unwrap()).unwrap();
     assert_eq!(l.link_target().unwrap(), b"hello");
-    let d = idx.inode(idx.resolve("ünï".as_bytes()).unwrap().unwrap()).unwrap();
+    let d = idx
+        .inode(idx.resolve("ünï".as_bytes()).unwrap().unwrap())
+        .unwrap();
     assert_eq!(d.rdev(), (1, 3));
     assert_eq!(idx.lookup(1, b"nope").unwrap(), None);
-    let names: Vec<_> = idx.read_dir(1, 0).unwrap().map(|e| e.unwrap().name.to_vec()).collect();
-    assert_eq!(names, vec![b"hello".to_vec(), b"link".to_vec(), b"sub".to_vec(), "ünï".as_bytes().to_vec()]);
+    let names: Vec<_> = idx
+        .read_dir(1, 0)
+        .unwrap()
+        .map(|e| e.unwrap().name.to_vec())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            b"hello".to_vec(),
+            b"link".to_vec(),
+            b"sub".to_vec(),
+            "ünï".as_bytes().to_vec()
+        ]
+    );
     assert_eq!(idx.read_dir(1, 3).unwrap().count(), 1);
     let layer = idx.layer(0).unwrap();
     assert_eq!(layer.checkpoint_count(), 2);
     assert_eq!(layer.checkpoint_for(2047), Some(0));
     assert_eq!(layer.checkpoint_for(5000), Some(1));
     assert_eq!(layer.span_range(1), Some(2048..4096));
-    assert_eq!(layer.checkpoint(1).unwrap(), sample().layers[0].checkpoints[1]);
+    assert_eq!(
+        layer.checkpoint(1).unwrap(),
+        sample().layers[0].checkpoints[1]
+    );
     assert_eq!(layer.chunk(3).unwrap().in_end, 80);
-    assert_eq!(layer.media_type().unwrap(), "application/vnd.oci.image.layer.v1.tar+gzip");
+    assert_eq!(
+        layer.media_type().unwrap(),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
 }
 
 #[test]
@@ -99,7 +144,10 @@ fn roundtrip_plain_and_compressed() {
 fn every_truncation_and_bit_flip_is_an_error() {
     let bytes = write_index(&sample(), WriteOptions { compress: true }).unwrap();
     for len in 0..bytes.len() {
-        assert!(Index::from_bytes(bytes[..len].to_vec()).is_err(), "truncated at {len}");
+        assert!(
+            Index::from_bytes(bytes[..len].to_vec()).is_err(),
+            "truncated at {len}"
+        );
     }
     for i in 0..bytes.len() {
         for bit in [0, 3, 7] {
@@ -117,5 +165,8 @@ fn every_truncation_and_bit_flip_is_an_error() {
 fn newer_major_is_refused_by_name() {
     let mut bytes = write_index(&sample(), WriteOptions::default()).unwrap();
     bytes[8] = 3;
-    assert!(matches!(Index::from_bytes(bytes), Err(FormatError::UnsupportedVersion { major: 3, .. })));
+    assert!(matches!(
+        Index::from_bytes(bytes),
+        Err(FormatError::UnsupportedVersion { major: 3, .. })
+    ));
 }

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use zerocopy::IntoBytes;
 
-use super::raw::{self, kind, CheckpointRec, ChunkRec, DirentRec, InodeRec, LayerRec, SectionEntry, XattrRec};
+use super::raw::{
+    self, kind, CheckpointRec, ChunkRec, DirentRec, InodeRec, LayerRec, SectionEntry, XattrRec,
+};
 use super::{FormatError, IndexData, NodeKind, Tree};
 
 /// Sections smaller than this are stored uncompressed (zstd would not pay).
@@ -36,7 +38,8 @@ struct Strings {
 
 impl Strings {
     fn add(&mut self, s: &[u8]) -> Result<(u32, u32), FormatError> {
-        let off = u32::try_from(self.bytes.len()).map_err(|_| FormatError::TooLarge("string table"))?;
+        let off =
+            u32::try_from(self.bytes.len()).map_err(|_| FormatError::TooLarge("string table"))?;
         let len = u32::try_from(s.len()).map_err(|_| FormatError::TooLarge("string"))?;
         self.bytes.extend_from_slice(s);
         Ok((off, len))
@@ -55,7 +58,9 @@ fn link_counts(tree: &Tree) -> Vec<u32> {
             nlink[i] = nlink[i].saturating_add(2);
         }
         for &child in node.children.values() {
-            let Some(c) = tree.nodes.get(child as usize) else { continue };
+            let Some(c) = tree.nodes.get(child as usize) else {
+                continue;
+            };
             if c.kind == NodeKind::Dir {
                 nlink[i] = nlink[i].saturating_add(1);
             } else {
@@ -134,7 +139,9 @@ pub fn write_index(data: &IndexData, opts: WriteOptions) -> Result<Vec<u8>, Form
                 .get(child as usize)
                 .ok_or(FormatError::Invalid("directory entry names a missing node"))?;
             if name.is_empty() || name.len() > u16::MAX as usize {
-                return Err(FormatError::Invalid("directory entry name is empty or too long"));
+                return Err(FormatError::Invalid(
+                    "directory entry name is empty or too long",
+                ));
             }
             let (off, len) = strings.add(name)?;
             dirents.push(DirentRec {
@@ -191,7 +198,8 @@ pub fn write_index(data: &IndexData, opts: WriteOptions) -> Result<Vec<u8>, Form
         });
     }
 
-    let meta = serde_json::to_vec(&data.meta).map_err(|_| FormatError::Invalid("metadata not serialisable"))?;
+    let meta = serde_json::to_vec(&data.meta)
+        .map_err(|_| FormatError::Invalid("metadata not serialisable"))?;
     let sections: [(u32, &[u8]); 9] = [
         (kind::META, &meta),
         (kind::LAYERS, layers.as_bytes()),
@@ -214,7 +222,8 @@ fn assemble(sections: &[(u32, &[u8])], opts: WriteOptions) -> Result<Vec<u8>, Fo
         // Windows are already deflated: compressing them again wastes time.
         let compress = opts.compress && bytes.len() >= COMPRESS_MIN && kind != raw::kind::WINDOWS;
         let (stored, flags) = if compress {
-            let z = zstd::bulk::compress(bytes, ZSTD_LEVEL).map_err(|_| FormatError::Invalid("zstd failed"))?;
+            let z = zstd::bulk::compress(bytes, ZSTD_LEVEL)
+                .map_err(|_| FormatError::Invalid("zstd failed"))?;
             incompat |= raw::INCOMPAT_ZSTD_SECTIONS;
             (z, raw::SECTION_ZSTD)
         } else {
@@ -260,7 +269,11 @@ fn assemble(sections: &[(u32, &[u8])], opts: WriteOptions) -> Result<Vec<u8>, Fo
 
 /// Writes `data` to `path` atomically: a temporary file in the same directory,
 /// fsynced, then renamed. A failure leaves no partial file behind.
-pub fn write_index_file(data: &IndexData, path: &Path, opts: WriteOptions) -> Result<u64, FormatError> {
+pub fn write_index_file(
+    data: &IndexData,
+    path: &Path,
+    opts: WriteOptions,
+) -> Result<u64, FormatError> {
     let bytes = write_index(data, opts)?;
     let io_err = |source| FormatError::Io {
         path: path.to_path_buf(),

@@ -172,7 +172,11 @@ pub struct ClipFs {
 impl ClipFs {
     /// Builds the filesystem; walks the directories once to learn every
     /// directory's parent (the index stores only downward edges).
-    pub fn new(index: Arc<Index>, content: Arc<dyn ContentReader>, cfg: FsConfig) -> Result<Self, FsError> {
+    pub fn new(
+        index: Arc<Index>,
+        content: Arc<dyn ContentReader>,
+        cfg: FsConfig,
+    ) -> Result<Self, FsError> {
         let n = index.inode_count();
         let mut parents = vec![0u32; n as usize + 1];
         if n >= ROOT_INO {
@@ -222,12 +226,7 @@ impl ClipFs {
     /// Walks directory `dir` from readdir cookie `offset`: position 0 is ".",
     /// 1 is "..", then the index entries in name order; each entry's cookie is
     /// its position + 1. `emit` returns `false` when the reply is full.
-    fn walk_dir(
-        &self,
-        dir: u64,
-        offset: u64,
-        emit: &mut DirEmit<'_>,
-    ) -> Result<(), FsError> {
+    fn walk_dir(&self, dir: u64, offset: u64, emit: &mut DirEmit<'_>) -> Result<(), FsError> {
         let node = self.index.inode(dir)?;
         if node.kind() != Some(NodeKind::Dir) {
             return Err(FsError::NotADirectory(dir));
@@ -277,7 +276,9 @@ impl ClipFs {
         }
         let len = (file_size - offset).min(size as u64) as usize;
         let Some((layer, data_offset)) = node.data() else {
-            return Err(FsError::Index(FormatError::Corrupt("regular file with bytes but no data reference")));
+            return Err(FsError::Index(FormatError::Corrupt(
+                "regular file with bytes but no data reference",
+            )));
         };
         let start = data_offset + offset;
         let res = match self.cfg.read_path {
@@ -287,7 +288,9 @@ impl ClipFs {
         match res {
             Ok(()) => {
                 self.stats.reads.fetch_add(1, Ordering::Relaxed);
-                self.stats.read_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                self.stats
+                    .read_bytes
+                    .fetch_add(len as u64, Ordering::Relaxed);
                 Ok(len)
             }
             Err(e) => {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, FsOptions, OpenOptions, SetattrValid};
 use fuse_backend_rs::api::filesystem::{
-    Context, DirEntry, Entry, FileSystem, GetxattrReply, ListxattrReply, ZeroCopyReader, ZeroCopyWriter,
+    Context, DirEntry, Entry, FileSystem, GetxattrReply, ListxattrReply, ZeroCopyReader,
+    ZeroCopyWriter,
 };
 
 use super::attr::{dirent_type, entry_of, negative_entry, stat_of, statfs_of};
@@ -42,8 +43,14 @@ impl FileSystem for ClipFs {
 
     fn init(&self, capable: FsOptions) -> Res<FsOptions> {
         let got = capable & self.want();
-        self.no_open.store(got.contains(FsOptions::ZERO_MESSAGE_OPEN), Ordering::Relaxed);
-        self.no_opendir.store(got.contains(FsOptions::ZERO_MESSAGE_OPENDIR), Ordering::Relaxed);
+        self.no_open.store(
+            got.contains(FsOptions::ZERO_MESSAGE_OPEN),
+            Ordering::Relaxed,
+        );
+        self.no_opendir.store(
+            got.contains(FsOptions::ZERO_MESSAGE_OPENDIR),
+            Ordering::Relaxed,
+        );
         tracing::debug!(?got, "FUSE INIT negotiated");
         Ok(got)
     }
@@ -57,7 +64,10 @@ impl FileSystem for ClipFs {
             _ => self.index.lookup(parent, name).map_err(FsError::from)?,
         };
         match ino {
-            Some(ino) => Ok(entry_of(&self.index.inode(ino).map_err(FsError::from)?, self.cfg.ttl)),
+            Some(ino) => Ok(entry_of(
+                &self.index.inode(ino).map_err(FsError::from)?,
+                self.cfg.ttl,
+            )),
             // Immutable image: let the kernel cache the miss.
             None => Ok(negative_entry(self.cfg.ttl)),
         }
@@ -67,7 +77,12 @@ impl FileSystem for ClipFs {
     fn forget(&self, _ctx: &Context, _inode: u64, _count: u64) {}
     fn batch_forget(&self, _ctx: &Context, _requests: Vec<(u64, u64)>) {}
 
-    fn getattr(&self, _ctx: &Context, inode: u64, _h: Option<u64>) -> Res<(libc::stat64, Duration)> {
+    fn getattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _h: Option<u64>,
+    ) -> Res<(libc::stat64, Duration)> {
         let node = self.index.inode(inode).map_err(FsError::from)?;
         Ok((stat_of(&node), self.cfg.ttl))
     }
@@ -80,7 +95,13 @@ impl FileSystem for ClipFs {
         Ok(node.link_target().map_err(FsError::from)?.to_vec())
     }
 
-    fn open(&self, _ctx: &Context, inode: u64, flags: u32, _fuse_flags: u32) -> Res<(Option<u64>, OpenOptions, Option<u32>)> {
+    fn open(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        flags: u32,
+        _fuse_flags: u32,
+    ) -> Res<(Option<u64>, OpenOptions, Option<u32>)> {
         let acc = flags as i32 & libc::O_ACCMODE;
         if acc != libc::O_RDONLY || flags as i32 & libc::O_TRUNC != 0 {
             return erofs();
@@ -160,16 +181,18 @@ impl FileSystem for ClipFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> Res<usize>,
     ) -> Res<()> {
-        Ok(self.walk_dir(inode, offset, &mut |cookie, name, ino, kind| {
-            let n = add_entry(DirEntry {
-                ino,
-                offset: cookie,
-                type_: dirent_type(kind),
-                name,
-            })
-            .map_err(FsError::Reply)?;
-            Ok(n != 0)
-        })?)
+        Ok(
+            self.walk_dir(inode, offset, &mut |cookie, name, ino, kind| {
+                let n = add_entry(DirEntry {
+                    ino,
+                    offset: cookie,
+                    type_: dirent_type(kind),
+                    name,
+                })
+                .map_err(FsError::Reply)?;
+                Ok(n != 0)
+            })?,
+        )
     }
 
     fn readdirplus(
@@ -184,20 +207,22 @@ impl FileSystem for ClipFs {
         // Each Entry here bumps the kernel's lookup count (not for "." and
         // "..", which the kernel skips); our forget is a no-op, so counts
         // cannot leak anything.
-        Ok(self.walk_dir(inode, offset, &mut |cookie, name, ino, kind| {
-            let node = self.index.inode(ino)?;
-            let n = add_entry(
-                DirEntry {
-                    ino,
-                    offset: cookie,
-                    type_: dirent_type(kind),
-                    name,
-                },
-                entry_of(&node, self.cfg.ttl),
-            )
-            .map_err(FsError::Reply)?;
-            Ok(n != 0)
-        })?)
+        Ok(
+            self.walk_dir(inode, offset, &mut |cookie, name, ino, kind| {
+                let node = self.index.inode(ino)?;
+                let n = add_entry(
+                    DirEntry {
+                        ino,
+                        offset: cookie,
+                        type_: dirent_type(kind),
+                        name,
+                    },
+                    entry_of(&node, self.cfg.ttl),
+                )
+                .map_err(FsError::Reply)?;
+                Ok(n != 0)
+            })?,
+        )
     }
 
     fn getxattr(&self, _ctx: &Context, inode: u64, name: &CStr, size: u32) -> Res<GetxattrReply> {
@@ -247,7 +272,14 @@ impl FileSystem for ClipFs {
 
     // ---- everything that would change the image ----
 
-    fn setattr(&self, _: &Context, _: u64, _: libc::stat64, _: Option<u64>, _: SetattrValid) -> Res<(libc::stat64, Duration)> {
+    fn setattr(
+        &self,
+        _: &Context,
+        _: u64,
+        _: libc::stat64,
+        _: Option<u64>,
+        _: SetattrValid,
+    ) -> Res<(libc::stat64, Duration)> {
         erofs()
     }
     fn symlink(&self, _: &Context, _: &CStr, _: u64, _: &CStr) -> Res<Entry> {
@@ -271,7 +303,13 @@ impl FileSystem for ClipFs {
     fn link(&self, _: &Context, _: u64, _: u64, _: &CStr) -> Res<Entry> {
         erofs()
     }
-    fn create(&self, _: &Context, _: u64, _: &CStr, _: CreateIn) -> Res<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+    fn create(
+        &self,
+        _: &Context,
+        _: u64,
+        _: &CStr,
+        _: CreateIn,
+    ) -> Res<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         erofs()
     }
     fn write(

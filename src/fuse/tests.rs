@@ -3,7 +3,9 @@ use std::sync::Arc;
 
 use super::attr::{dirent_type, stat_of, statfs_of};
 use super::*;
-use crate::format::{write_index, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, Tree, WriteOptions};
+use crate::format::{
+    write_index, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, Tree, WriteOptions,
+};
 
 /// A tiny image: /f (suid, xattrs, nsec mtime), /d/ (with hard link to f),
 /// /l -> f, /c (char 1:3), /p (fifo), /big-dev (block 259:65536).
@@ -16,7 +18,10 @@ pub(super) fn tiny() -> Index {
     f.size = 10_000;
     f.mtime = 1_700_000_000;
     f.mtime_nsec = 987_654_321;
-    f.data = Some(DataRef { layer: 0, offset: 512 });
+    f.data = Some(DataRef {
+        layer: 0,
+        offset: 512,
+    });
     f.xattrs = vec![(b"user.k".to_vec(), b"value".to_vec())];
     t.nodes.push(f); // ino 2
     let mut d = Node::new(NodeKind::Dir);
@@ -72,15 +77,24 @@ fn stat_maps_every_field() {
     assert_eq!(st.st_size, 10_000);
     assert_eq!(st.st_blocks, 20);
     assert_eq!(st.st_blksize, 4096);
-    assert_eq!((st.st_mtime, st.st_mtime_nsec), (1_700_000_000, 987_654_321));
-    assert_eq!((st.st_ctime, st.st_ctime_nsec), (1_700_000_000, 987_654_321));
+    assert_eq!(
+        (st.st_mtime, st.st_mtime_nsec),
+        (1_700_000_000, 987_654_321)
+    );
+    assert_eq!(
+        (st.st_ctime, st.st_ctime_nsec),
+        (1_700_000_000, 987_654_321)
+    );
     assert_eq!(st.st_rdev, 0);
     let c = stat_of(&idx.inode(5).unwrap());
     assert_eq!(c.st_mode & libc::S_IFMT, libc::S_IFCHR);
     assert_eq!((libc::major(c.st_rdev), libc::minor(c.st_rdev)), (1, 3));
     // A large minor survives the 32-bit FUSE attr encoding.
     let b = stat_of(&idx.inode(7).unwrap());
-    assert_eq!((libc::major(b.st_rdev), libc::minor(b.st_rdev)), (259, 65536));
+    assert_eq!(
+        (libc::major(b.st_rdev), libc::minor(b.st_rdev)),
+        (259, 65536)
+    );
     let root = stat_of(&idx.inode(1).unwrap());
     assert_eq!(root.st_mode, 0o040755);
     assert_eq!(root.st_nlink, 3);
@@ -118,10 +132,25 @@ fn errno_table() {
         (FsError::Index(FormatError::NotADirectory(2)), libc::ENOTDIR),
         (FsError::Index(FormatError::Corrupt("x")), libc::EIO),
         (
-            FsError::Content { ino: 2, layer: 0, offset: 5, source: CacheError::Other { layer: 0, message: "boom".into() } },
+            FsError::Content {
+                ino: 2,
+                layer: 0,
+                offset: 5,
+                source: CacheError::Other {
+                    layer: 0,
+                    message: "boom".into(),
+                },
+            },
             libc::EIO,
         ),
-        (FsError::ShortLayer { ino: 2, layer: 0, offset: 5 }, libc::EIO),
+        (
+            FsError::ShortLayer {
+                ino: 2,
+                layer: 0,
+                offset: 5,
+            },
+            libc::EIO,
+        ),
     ];
     for (e, want) in cases {
         assert_eq!(e.errno(), want, "{e}");
@@ -148,7 +177,10 @@ fn parents_and_dir_walk() {
         Ok(true)
     })
     .unwrap();
-    let names: Vec<_> = seen.iter().map(|s| String::from_utf8(s.1.clone()).unwrap()).collect();
+    let names: Vec<_> = seen
+        .iter()
+        .map(|s| String::from_utf8(s.1.clone()).unwrap())
+        .collect();
     assert_eq!(names, [".", "..", "big-dev", "c", "d", "f", "l", "p"]);
     let cookies: Vec<_> = seen.iter().map(|s| s.0).collect();
     assert_eq!(cookies, [1, 2, 3, 4, 5, 6, 7, 8]);
@@ -170,5 +202,8 @@ fn parents_and_dir_walk() {
     })
     .unwrap();
     assert_eq!(n, 3);
-    assert!(matches!(fs.walk_dir(2, 0, &mut |_, _, _, _| Ok(true)), Err(FsError::NotADirectory(2))));
+    assert!(matches!(
+        fs.walk_dir(2, 0, &mut |_, _, _, _| Ok(true)),
+        Err(FsError::NotADirectory(2))
+    ));
 }

@@ -89,7 +89,13 @@ pub(super) fn copy_direct(
     while done < len {
         let off = start + done as u64;
         match w.write_from(&mut src, len - done, off) {
-            Ok(0) => return Err(FsError::ShortLayer { ino, layer, offset: off }),
+            Ok(0) => {
+                return Err(FsError::ShortLayer {
+                    ino,
+                    layer,
+                    offset: off,
+                })
+            }
             Ok(n) => done += n,
             Err(e) => {
                 return Err(match src.failed.take() {
@@ -132,7 +138,13 @@ pub(super) fn copy_bounce(
         while done < len {
             let off = start + done as u64;
             match content.read(layer, off, &mut buf[done..]) {
-                Ok(0) => return Err(FsError::ShortLayer { ino, layer, offset: off }),
+                Ok(0) => {
+                    return Err(FsError::ShortLayer {
+                        ino,
+                        layer,
+                        offset: off,
+                    })
+                }
                 Ok(n) => done += n,
                 Err(source) => {
                     return Err(FsError::Content {

@@ -48,7 +48,9 @@ struct Counting<'a, R> {
 impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.progress.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        self.progress
+            .bytes_read
+            .fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -129,7 +131,10 @@ pub(super) fn index_layer(
     let stream = source
         .open(&digest)
         .map_err(|source| IndexError::Source { digest, source })?;
-    let mut compressed = HashingReader::new(Counting { inner: stream, progress });
+    let mut compressed = HashingReader::new(Counting {
+        inner: stream,
+        progress,
+    });
     let tar_err = |source: TarError| IndexError::Tar { digest, source };
     let mut entries = Vec::new();
     let mut collect = |e: Entry| {
@@ -147,7 +152,9 @@ pub(super) fn index_layer(
             let mut tar_in = HashingReader::new(&mut zran);
             tar::read_entries(&mut tar_in, &mut collect).map_err(tar_err)?;
             let (tar_digest, tar_size) = tar_in.finish();
-            let zran = zran.finish().map_err(|source| IndexError::Gzip { digest, source })?;
+            let zran = zran
+                .finish()
+                .map_err(|source| IndexError::Gzip { digest, source })?;
             (zran.checkpoints, zran.chunks, tar_digest, tar_size)
         }
         LayerKind::Tar => {
@@ -165,7 +172,12 @@ pub(super) fn index_layer(
             let mut tar_in = HashingReader::new(&mut chunker);
             tar::read_entries(&mut tar_in, &mut collect).map_err(tar_err)?;
             let (tar_digest, tar_size) = tar_in.finish();
-            (vec![Checkpoint::default()], chunker.finish(), tar_digest, tar_size)
+            (
+                vec![Checkpoint::default()],
+                chunker.finish(),
+                tar_digest,
+                tar_size,
+            )
         }
     };
     // Hash any bytes the decoders did not need (gzip trailer padding, zstd skippable frames).
@@ -205,7 +217,11 @@ pub(super) fn index_layer(
             digest,
             diff_id,
             media_type: desc.media_type.clone(),
-            kind: if kind == LayerKind::ZstdFrames { LayerKind::ZstdWhole } else { kind },
+            kind: if kind == LayerKind::ZstdFrames {
+                LayerKind::ZstdWhole
+            } else {
+                kind
+            },
             compressed_size: blob_size,
             uncompressed_size: tar_size,
             chunk_size: opts.chunk_size,

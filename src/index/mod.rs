@@ -174,7 +174,8 @@ pub fn build(
         for _ in 0..threads {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let (Some(desc), Some(diff_id)) = (image.layers.get(i), image.diff_ids.get(i)) else {
+                let (Some(desc), Some(diff_id)) = (image.layers.get(i), image.diff_ids.get(i))
+                else {
                     break;
                 };
                 let r = layer::index_layer(desc, *diff_id, source, opts, progress);

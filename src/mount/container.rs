@@ -105,7 +105,9 @@ fn image_key(index: &Index, clip_path: &Path) -> String {
     let mut key = match index.meta().manifest_digest {
         Some(d) => d.hex(),
         None => {
-            let p = clip_path.canonicalize().unwrap_or_else(|_| clip_path.to_path_buf());
+            let p = clip_path
+                .canonicalize()
+                .unwrap_or_else(|_| clip_path.to_path_buf());
             crate::Digest::of(p.as_os_str().as_encoded_bytes()).hex()
         }
     };
@@ -133,19 +135,27 @@ fn lock_image(run_dir: &Path, image: &str) -> Result<File, MountError> {
 }
 
 fn pid_of(image_dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(image_dir.join(PID_FILE)).ok()?.trim().parse().ok()
+    std::fs::read_to_string(image_dir.join(PID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Alive and not a zombie.
 fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()).is_some_and(|st| st != 'Z' && st != 'X'),
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.trim_start().chars().next())
+            .is_some_and(|st| st != 'Z' && st != 'X'),
         Err(_) => false,
     }
 }
 
 fn daemon_answers(image_dir: &Path) -> bool {
-    control_request(&image_dir.join(SOCK_FILE), "ping", Duration::from_secs(2)).is_ok_and(|r| r.0 == "pong")
+    control_request(&image_dir.join(SOCK_FILE), "ping", Duration::from_secs(2))
+        .is_ok_and(|r| r.0 == "pong")
 }
 
 fn read_containers(image_dir: &Path) -> Vec<String> {
@@ -172,7 +182,13 @@ fn stop_image(image_dir: &Path) -> Result<bool, MountError> {
     let mnt = image_dir.join("mnt");
     let pid = pid_of(image_dir);
     let mut was_dead = true;
-    if control_request(&image_dir.join(SOCK_FILE), "shutdown", Duration::from_secs(5)).is_ok_and(|r| r.0 == "ok") {
+    if control_request(
+        &image_dir.join(SOCK_FILE),
+        "shutdown",
+        Duration::from_secs(5),
+    )
+    .is_ok_and(|r| r.0 == "ok")
+    {
         was_dead = false;
         let deadline = Instant::now() + Duration::from_secs(10);
         while (is_mounted(&mnt) || pid.is_some_and(pid_alive)) && Instant::now() < deadline {
@@ -188,7 +204,9 @@ fn stop_image(image_dir: &Path) -> Result<bool, MountError> {
         // A killed daemon leaves an ENOTCONN mount; a lazy unmount clears it.
         unmount(&mnt, true)?;
     }
-    std::fs::remove_dir_all(image_dir).or_else(ignore_missing).map_err(MountError::io("remove", image_dir))?;
+    std::fs::remove_dir_all(image_dir)
+        .or_else(ignore_missing)
+        .map_err(MountError::io("remove", image_dir))?;
     Ok(was_dead)
 }
 
@@ -218,7 +236,9 @@ pub fn attach_container(req: &MountRequest) -> Result<PathBuf, MountError> {
     let _lock = lock_image(&req.run_dir, &image)?;
     match std::fs::create_dir(&cdir) {
         Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(MountError::CidInUse(req.cid.clone())),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            return Err(MountError::CidInUse(req.cid.clone()))
+        }
         Err(e) => return Err(MountError::io("create", &cdir)(e)),
     }
     let image_dir = images_dir(&req.run_dir).join(&image);
@@ -238,7 +258,13 @@ pub fn attach_container(req: &MountRequest) -> Result<PathBuf, MountError> {
     res
 }
 
-fn attach_locked(req: &MountRequest, image: &str, image_dir: &Path, cdir: &Path, node_cdir: &Path) -> Result<PathBuf, MountError> {
+fn attach_locked(
+    req: &MountRequest,
+    image: &str,
+    image_dir: &Path,
+    cdir: &Path,
+    node_cdir: &Path,
+) -> Result<PathBuf, MountError> {
     let mnt = image_dir.join("mnt");
     if !(is_mounted(&mnt) && daemon_answers(image_dir)) {
         if image_dir.exists() {
@@ -246,14 +272,21 @@ fn attach_locked(req: &MountRequest, image: &str, image_dir: &Path, cdir: &Path,
             stop_image(image_dir)?;
         }
         let args = DaemonArgs {
-            clip_path: req.clip_path.canonicalize().map_err(MountError::io("resolve", &req.clip_path))?,
+            clip_path: req
+                .clip_path
+                .canonicalize()
+                .map_err(MountError::io("resolve", &req.clip_path))?,
             image_dir: image_dir.to_path_buf(),
             threads: req.threads,
             read_ahead_kb: req.read_ahead_kb,
         };
         start_daemon(&args, &req.launcher, req.ready_timeout)?;
     }
-    let (upper, work, rootfs) = (node_cdir.join("upper"), node_cdir.join("work"), cdir.join("rootfs"));
+    let (upper, work, rootfs) = (
+        node_cdir.join("upper"),
+        node_cdir.join("work"),
+        cdir.join("rootfs"),
+    );
     for d in [&upper, &work, &rootfs] {
         std::fs::create_dir_all(d).map_err(MountError::io("create", d))?;
     }
@@ -317,7 +350,9 @@ pub fn detach_container(cid: &str, run_dir: &Path) -> Result<DetachOutcome, Moun
             .or_else(ignore_missing)
             .map_err(MountError::io("remove", &rec.node_container_dir))?;
     }
-    std::fs::remove_dir_all(&cdir).or_else(ignore_missing).map_err(MountError::io("remove", &cdir))?;
+    std::fs::remove_dir_all(&cdir)
+        .or_else(ignore_missing)
+        .map_err(MountError::io("remove", &cdir))?;
     if let Some(rec) = rec {
         let _lock = lock_image(run_dir, &rec.image)?;
         let image_dir = images_dir(run_dir).join(&rec.image);

@@ -20,7 +20,11 @@ use super::MountError;
 pub struct ControlReply(pub String);
 
 /// Sends `cmd` to the control socket at `sock` and returns the reply line.
-pub fn control_request(sock: &Path, cmd: &str, timeout: Duration) -> Result<ControlReply, MountError> {
+pub fn control_request(
+    sock: &Path,
+    cmd: &str,
+    timeout: Duration,
+) -> Result<ControlReply, MountError> {
     let err = |message: String| MountError::Control {
         path: sock.to_path_buf(),
         message,
@@ -28,9 +32,12 @@ pub fn control_request(sock: &Path, cmd: &str, timeout: Duration) -> Result<Cont
     let mut s = UnixStream::connect(sock).map_err(|e| err(format!("connect: {e}")))?;
     s.set_read_timeout(Some(timeout)).ok();
     s.set_write_timeout(Some(timeout)).ok();
-    s.write_all(format!("{cmd}\n").as_bytes()).map_err(|e| err(format!("send: {e}")))?;
+    s.write_all(format!("{cmd}\n").as_bytes())
+        .map_err(|e| err(format!("send: {e}")))?;
     let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).map_err(|e| err(format!("receive: {e}")))?;
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .map_err(|e| err(format!("receive: {e}")))?;
     if line.is_empty() {
         return Err(err("connection closed without a reply".into()));
     }
@@ -44,7 +51,10 @@ pub(super) trait Handler: Send + Sync + 'static {
 }
 
 /// Binds `sock` (mode 0600) and serves it on a background thread.
-pub(super) fn listen(sock: &Path, handler: std::sync::Arc<dyn Handler>) -> Result<PathBuf, MountError> {
+pub(super) fn listen(
+    sock: &Path,
+    handler: std::sync::Arc<dyn Handler>,
+) -> Result<PathBuf, MountError> {
     let _ = std::fs::remove_file(sock);
     let listener = UnixListener::bind(sock).map_err(MountError::io("bind control socket", sock))?;
     std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600))
@@ -56,7 +66,9 @@ pub(super) fn listen(sock: &Path, handler: std::sync::Arc<dyn Handler>) -> Resul
                 let Ok(conn) = conn else { continue };
                 let h = handler.clone();
                 // One short-lived thread per connection: requests are rare.
-                let _ = std::thread::Builder::new().name("clip-control-conn".into()).spawn(move || serve_conn(conn, &*h));
+                let _ = std::thread::Builder::new()
+                    .name("clip-control-conn".into())
+                    .spawn(move || serve_conn(conn, &*h));
             }
         })
         .map_err(MountError::io("spawn control thread", sock))?;

@@ -16,7 +16,8 @@ use crate::fuse::{ClipFs, FsConfig, FsStats};
 
 /// Builds the content reader for an opened index (the CLI wires the
 /// registry source and the cache in here).
-pub type ContentFactory = Box<dyn Fn(&Arc<Index>) -> Result<Arc<dyn ContentReader>, MountError> + Send + Sync>;
+pub type ContentFactory =
+    Box<dyn Fn(&Arc<Index>) -> Result<Arc<dyn ContentReader>, MountError> + Send + Sync>;
 
 /// Extra metrics for the `stats` reply; its value appears under `"metrics"`.
 pub type StatsFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
@@ -56,8 +57,14 @@ impl DaemonArgs {
         let (mut clip, mut dir, mut threads, mut ra) = (None, None, 2usize, 4096u32);
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
-            let val = it.next().ok_or_else(|| bad(format!("{flag:?} needs a value")))?;
-            let num = |v: &OsString| v.to_str().and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| bad(format!("{v:?} is not a number")));
+            let val = it
+                .next()
+                .ok_or_else(|| bad(format!("{flag:?} needs a value")))?;
+            let num = |v: &OsString| {
+                v.to_str()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| bad(format!("{v:?} is not a number")))
+            };
             match flag.to_str() {
                 Some("--clip") => clip = Some(PathBuf::from(val)),
                 Some("--image-dir") => dir = Some(PathBuf::from(val)),
@@ -93,7 +100,10 @@ pub struct DaemonConfig {
 
 impl std::fmt::Debug for DaemonConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DaemonConfig").field("args", &self.args).field("fs", &self.fs).finish_non_exhaustive()
+        f.debug_struct("DaemonConfig")
+            .field("args", &self.args)
+            .field("fs", &self.fs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -146,7 +156,8 @@ pub fn run_daemon(config: DaemonConfig) -> Result<(), MountError> {
     let dir = &args.image_dir;
     std::fs::create_dir_all(dir).map_err(MountError::io("create", dir))?;
     let pid_path = dir.join(PID_FILE);
-    std::fs::write(&pid_path, format!("{}\n", std::process::id())).map_err(MountError::io("write", &pid_path))?;
+    std::fs::write(&pid_path, format!("{}\n", std::process::id()))
+        .map_err(MountError::io("write", &pid_path))?;
     let sock = dir.join(SOCK_FILE);
     let cleanup = || {
         let _ = std::fs::remove_file(&sock);
@@ -162,12 +173,15 @@ pub fn run_daemon(config: DaemonConfig) -> Result<(), MountError> {
 
 fn serve_until_unmounted(config: &DaemonConfig, sock: &Path) -> Result<(), MountError> {
     let args = &config.args;
-    let index = Arc::new(Index::open(&args.clip_path).map_err(|source| MountError::Index {
-        path: args.clip_path.clone(),
-        source,
-    })?);
+    let index = Arc::new(
+        Index::open(&args.clip_path).map_err(|source| MountError::Index {
+            path: args.clip_path.clone(),
+            source,
+        })?,
+    );
     let content = (config.content)(&index)?;
-    let fs = ClipFs::new(index, content, config.fs.clone()).map_err(|e| MountError::Fs(e.to_string()))?;
+    let fs = ClipFs::new(index, content, config.fs.clone())
+        .map_err(|e| MountError::Fs(e.to_string()))?;
     let mnt = args.mnt();
     std::fs::create_dir_all(&mnt).map_err(MountError::io("create", &mnt))?;
     let opts = ServeOptions {

@@ -34,7 +34,9 @@ mod sys;
 use std::io;
 use std::path::PathBuf;
 
-pub use container::{attach_container, detach_container, list, ContainerInfo, DetachOutcome, MountRequest};
+pub use container::{
+    attach_container, detach_container, list, ContainerInfo, DetachOutcome, MountRequest,
+};
 pub use control::{control_request, ControlReply};
 pub use daemon::{run_daemon, ContentFactory, DaemonArgs, DaemonConfig, StatsFn};
 pub use mountinfo::{is_mounted, mount_fstype};
@@ -113,7 +115,10 @@ pub enum MountError {
 }
 
 impl MountError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> MountError {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> MountError {
         let path = path.into();
         move |source| MountError::Io { op, path, source }
     }
@@ -125,7 +130,8 @@ pub fn validate_cid(cid: &str) -> Result<(), MountError> {
     let ok = !b.is_empty()
         && b.len() <= 128
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
         && cid != "images";
     if ok {
         Ok(())

@@ -8,7 +8,10 @@ fn unescape(field: &str) -> PathBuf {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -50,7 +53,11 @@ fn normal(path: &Path) -> PathBuf {
 /// The filesystem type of the topmost mount at exactly `path`, if any.
 pub fn mount_fstype(path: &Path) -> Option<String> {
     let want = normal(path);
-    mounts().into_iter().rev().find(|(mp, _)| *mp == want).map(|(_, t)| t)
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|(mp, _)| *mp == want)
+        .map(|(_, t)| t)
 }
 
 /// Whether something is mounted at exactly `path`.

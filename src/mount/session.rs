@@ -65,15 +65,21 @@ pub fn serve(mountpoint: &Path, fs: ClipFs, threads: usize) -> Result<MountHandl
 }
 
 /// [`serve`] with every option.
-pub fn serve_with(mountpoint: &Path, fs: ClipFs, opts: &ServeOptions) -> Result<MountHandle, MountError> {
+pub fn serve_with(
+    mountpoint: &Path,
+    fs: ClipFs,
+    opts: &ServeOptions,
+) -> Result<MountHandle, MountError> {
     super::check_privileges()?;
     if super::is_mounted(mountpoint) {
         return Err(MountError::MountBusy(mountpoint.to_path_buf()));
     }
     let stats = fs.stats();
-    let mut se = FuseSession::new(mountpoint, "clip", "clip", true).map_err(|e| MountError::Session(e.to_string()))?;
+    let mut se = FuseSession::new(mountpoint, "clip", "clip", true)
+        .map_err(|e| MountError::Session(e.to_string()))?;
     se.set_allow_other(opts.allow_other);
-    se.mount().map_err(|e| MountError::Session(format!("mount {}: {e}", mountpoint.display())))?;
+    se.mount()
+        .map_err(|e| MountError::Session(format!("mount {}: {e}", mountpoint.display())))?;
     let server = Arc::new(Server::new(fs));
     let mut handle = MountHandle {
         session: None,
@@ -124,7 +130,11 @@ pub fn serve_with(mountpoint: &Path, fs: ClipFs, opts: &ServeOptions) -> Result<
 /// Writes `kb` to the bdi `read_ahead_kb` of the filesystem at `mountpoint`.
 fn set_read_ahead(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
     let dev = std::fs::metadata(mountpoint)?.dev();
-    let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
     std::fs::write(path, kb.to_string())
 }
 

@@ -72,7 +72,11 @@ pub(super) fn log_tail(path: &Path, n: usize) -> String {
 
 /// Starts the daemon for `args` and waits (up to `timeout`) until its mount
 /// shows in `/proc/self/mountinfo` and its control socket answers `ping`.
-pub fn start_daemon(args: &DaemonArgs, launcher: &Launcher, timeout: Duration) -> Result<(), MountError> {
+pub fn start_daemon(
+    args: &DaemonArgs,
+    launcher: &Launcher,
+    timeout: Duration,
+) -> Result<(), MountError> {
     let dir = &args.image_dir;
     std::fs::create_dir_all(dir).map_err(MountError::io("create", dir))?;
     let log = dir.join(LOG_FILE);
@@ -83,7 +87,11 @@ pub fn start_daemon(args: &DaemonArgs, launcher: &Launcher, timeout: Duration) -
     };
     let mut child = None;
     match launcher {
-        Launcher::Exec { exe, args: pre, env } => {
+        Launcher::Exec {
+            exe,
+            args: pre,
+            env,
+        } => {
             let out = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -115,7 +123,9 @@ pub fn start_daemon(args: &DaemonArgs, launcher: &Launcher, timeout: Duration) -
                     Ok(())
                 });
             }
-            let c = cmd.spawn().map_err(|e| failed(format!("spawn {}: {e}", exe.display())))?;
+            let c = cmd
+                .spawn()
+                .map_err(|e| failed(format!("spawn {}: {e}", exe.display())))?;
             child = Some(c);
         }
         Launcher::InProcess(f) => {
@@ -135,7 +145,9 @@ pub fn start_daemon(args: &DaemonArgs, launcher: &Launcher, timeout: Duration) -
                 return Err(failed(format!("daemon exited with {status}")));
             }
         }
-        if super::is_mounted(&mnt) && control_request(&sock, "ping", Duration::from_secs(2)).is_ok_and(|r| r.0 == "pong") {
+        if super::is_mounted(&mnt)
+            && control_request(&sock, "ping", Duration::from_secs(2)).is_ok_and(|r| r.0 == "pong")
+        {
             break;
         }
         if Instant::now() > deadline {
@@ -150,7 +162,9 @@ pub fn start_daemon(args: &DaemonArgs, launcher: &Launcher, timeout: Duration) -
     if let Some(mut c) = child {
         // Reap it when it exits so it never lingers as a zombie of a
         // long-lived caller (the CLI exits first; then init adopts it).
-        let _ = std::thread::Builder::new().name("clip-daemon-reaper".into()).spawn(move || c.wait());
+        let _ = std::thread::Builder::new()
+            .name("clip-daemon-reaper".into())
+            .spawn(move || c.wait());
     }
     Ok(())
 }

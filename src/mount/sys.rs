@@ -37,7 +37,12 @@ fn escape_opt(p: &Path) -> String {
 /// and stable; xino is only needed to make st_ino unique across layers on
 /// the same fs and would warn over FUSE). The testbed proved a plain overlay
 /// over squashfuse works; these keep it that simple.
-pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<(), MountError> {
+pub fn mount_overlay(
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), MountError> {
     let opts = format!(
         "lowerdir={},upperdir={},workdir={},index=off,redirect_dir=off,metacopy=off,xino=off",
         escape_opt(lower),
@@ -54,7 +59,15 @@ pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> 
     })?;
     // SAFETY: all pointers are NUL-terminated CStrings that outlive the call;
     // `data` is a NUL-terminated option string as overlayfs expects.
-    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), 0, data.as_ptr().cast()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            src.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
     if rc != 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EBUSY) {

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use super::*;
 use crate::cache::{CacheError, ContentReader};
-use crate::format::{write_index_file, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, NodeKind, Tree, WriteOptions};
+use crate::format::{
+    write_index_file, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, NodeKind, Tree,
+    WriteOptions,
+};
 use crate::fuse::{ClipFs, FsConfig, ReadPath};
 
 fn skip_unless_privileged(test: &str) -> bool {
@@ -30,9 +33,15 @@ pub(super) struct MemContent(pub Vec<Vec<u8>>);
 impl ContentReader for MemContent {
     fn read(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, CacheError> {
         if layer == 1 {
-            return Err(CacheError::Other { layer, message: "injected failure".into() });
+            return Err(CacheError::Other {
+                layer,
+                message: "injected failure".into(),
+            });
         }
-        let data = self.0.get(layer as usize).ok_or(CacheError::Other { layer, message: "no layer".into() })?;
+        let data = self.0.get(layer as usize).ok_or(CacheError::Other {
+            layer,
+            message: "no layer".into(),
+        })?;
         let start = (offset as usize).min(data.len());
         let n = buf.len().min(data.len() - start);
         buf[..n].copy_from_slice(&data[start..start + n]);
@@ -46,7 +55,9 @@ const LONG: &str = "long-name-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 const UNI: &str = "ünïcødé-ファイル";
 
 pub(super) fn layer0() -> Vec<u8> {
-    let mut v: Vec<u8> = (0..BIG_OFF as usize + BIG + 4096).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut v: Vec<u8> = (0..BIG_OFF as usize + BIG + 4096)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     v[512..517].copy_from_slice(b"hello");
     v
 }
@@ -69,16 +80,28 @@ pub(super) fn image(hex_seed: &str) -> IndexData {
     hello.gid = 1001;
     hello.mtime = 1_700_000_000;
     hello.mtime_nsec = 123_456_789;
-    hello.data = Some(DataRef { layer: 0, offset: 512 });
-    hello.xattrs = vec![(b"user.answer".to_vec(), b"42".to_vec()), (b"user.empty".to_vec(), vec![])];
+    hello.data = Some(DataRef {
+        layer: 0,
+        offset: 512,
+    });
+    hello.xattrs = vec![
+        (b"user.answer".to_vec(), b"42".to_vec()),
+        (b"user.empty".to_vec(), vec![]),
+    ];
     let hello = add(&mut t, hello);
     let mut big = Node::new(NodeKind::File);
     big.size = BIG as u64;
-    big.data = Some(DataRef { layer: 0, offset: BIG_OFF });
+    big.data = Some(DataRef {
+        layer: 0,
+        offset: BIG_OFF,
+    });
     let big = add(&mut t, big);
     let mut bad = Node::new(NodeKind::File);
     bad.size = 100;
-    bad.data = Some(DataRef { layer: 1, offset: 0 });
+    bad.data = Some(DataRef {
+        layer: 1,
+        offset: 0,
+    });
     let bad = add(&mut t, bad);
     let empty = add(&mut t, Node::new(NodeKind::File));
     let mut link = Node::new(NodeKind::Symlink);
@@ -172,7 +195,16 @@ mod xattr {
         let mut buf = vec![0u8; size];
         // SAFETY: valid C strings; buf has `size` writable bytes (null ptr when 0).
         let r = unsafe {
-            libc::getxattr(p.as_ptr(), n.as_ptr(), if size == 0 { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() }, size)
+            libc::getxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                if size == 0 {
+                    std::ptr::null_mut()
+                } else {
+                    buf.as_mut_ptr().cast()
+                },
+                size,
+            )
         };
         if r < 0 {
             return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
@@ -189,7 +221,17 @@ mod xattr {
         let p = c(p);
         let mut buf = vec![0u8; size];
         // SAFETY: as above.
-        let r = unsafe { libc::listxattr(p.as_ptr(), if size == 0 { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() }, size) };
+        let r = unsafe {
+            libc::listxattr(
+                p.as_ptr(),
+                if size == 0 {
+                    std::ptr::null_mut()
+                } else {
+                    buf.as_mut_ptr().cast()
+                },
+                size,
+            )
+        };
         if r < 0 {
             return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
         }
@@ -202,7 +244,9 @@ mod xattr {
 }
 
 fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
-    r.expect_err("expected an error").raw_os_error().unwrap_or(-1)
+    r.expect_err("expected an error")
+        .raw_os_error()
+        .unwrap_or(-1)
 }
 
 #[test]
@@ -210,8 +254,20 @@ fn cid_validation() {
     for ok in ["a", "A0", "abc_def.ghi-1", &"x".repeat(128)] {
         validate_cid(ok).unwrap();
     }
-    for bad in ["", "-a", ".a", "a/b", "a b", "images", &"x".repeat(129), "ü"] {
-        assert!(matches!(validate_cid(bad), Err(MountError::InvalidCid(_))), "{bad}");
+    for bad in [
+        "",
+        "-a",
+        ".a",
+        "a/b",
+        "a b",
+        "images",
+        &"x".repeat(129),
+        "ü",
+    ] {
+        assert!(
+            matches!(validate_cid(bad), Err(MountError::InvalidCid(_))),
+            "{bad}"
+        );
     }
 }
 
@@ -256,31 +312,53 @@ fn privileged_fuse_metadata_reads_xattrs() {
     assert!(null.file_type().is_char_device());
     assert_eq!((libc::major(null.rdev()), libc::minor(null.rdev())), (1, 3));
     assert_eq!(null.mode() & 0o7777, 0o666);
-    assert!(fs::metadata(mnt.join("fifo")).unwrap().file_type().is_fifo());
+    assert!(fs::metadata(mnt.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
     assert_eq!(fs::metadata(mnt.join("sub")).unwrap().mode(), 0o040700);
     assert_eq!(errno(fs::metadata(mnt.join("nope"))), libc::ENOENT);
     assert_eq!(errno(fs::metadata(mnt.join("hello/x"))), libc::ENOTDIR);
 
     // Listing (std skips . and ..; they are checked in the unit test).
-    let mut names: Vec<String> = fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
-    let mut want = vec!["bad", "big", "empty", "fifo", "hello", "link", "null", "sub", UNI, LONG];
+    let mut want = vec![
+        "bad", "big", "empty", "fifo", "hello", "link", "null", "sub", UNI, LONG,
+    ];
     want.sort();
     assert_eq!(names, want);
     assert_eq!(fs::metadata(mnt.join(LONG)).unwrap().size(), 0);
-    let types: BTreeMap<String, bool> =
-        fs::read_dir(&mnt).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().into_string().unwrap(), e.file_type().unwrap().is_symlink())).collect();
+    let types: BTreeMap<String, bool> = fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().into_string().unwrap(),
+                e.file_type().unwrap().is_symlink(),
+            )
+        })
+        .collect();
     assert!(types["link"] && !types["hello"]);
 
     // Symlinks.
-    assert_eq!(fs::read_link(mnt.join("link")).unwrap(), PathBuf::from("sub/hard"));
+    assert_eq!(
+        fs::read_link(mnt.join("link")).unwrap(),
+        PathBuf::from("sub/hard")
+    );
     assert_eq!(fs::read(mnt.join("link")).unwrap(), b"hello");
 
     // Reads.
     assert_eq!(fs::read(mnt.join("hello")).unwrap(), b"hello");
     assert_eq!(fs::read(mnt.join("empty")).unwrap(), b"");
     let want = big_bytes();
-    assert!(fs::read(mnt.join("big")).unwrap() == want, "whole-file read differs");
+    assert!(
+        fs::read(mnt.join("big")).unwrap() == want,
+        "whole-file read differs"
+    );
     let f = fs::File::open(mnt.join("big")).unwrap();
     let cases: &[(usize, usize)] = &[
         (0, 1),
@@ -305,7 +383,10 @@ fn privileged_fuse_metadata_reads_xattrs() {
         }
         let end = (off + len).min(BIG).max(off.min(BIG));
         assert_eq!(got, end - off.min(BIG), "count at {off}+{len}");
-        assert!(buf[..got] == want[off.min(BIG)..end], "bytes at {off}+{len}");
+        assert!(
+            buf[..got] == want[off.min(BIG)..end],
+            "bytes at {off}+{len}"
+        );
     }
     // Content errors are EIO, never wrong bytes.
     assert_eq!(errno(fs::read(mnt.join("bad"))), libc::EIO);
@@ -318,19 +399,40 @@ fn privileged_fuse_metadata_reads_xattrs() {
     assert_eq!(xattr::get(&hello, "user.empty", 64).unwrap(), b"");
     assert_eq!(xattr::get(&hello, "user.missing", 64), Err(libc::ENODATA));
     assert_eq!(xattr::list(&hello, 0).unwrap().len(), 23);
-    assert_eq!(xattr::list(&hello, 100).unwrap(), b"user.answer\0user.empty\0");
+    assert_eq!(
+        xattr::list(&hello, 100).unwrap(),
+        b"user.answer\0user.empty\0"
+    );
     assert_eq!(xattr::list(&hello, 3), Err(libc::ERANGE));
     assert_eq!(xattr::list(&mnt.join("big"), 100).unwrap(), b"");
 
     // Writes fail with EROFS.
     assert_eq!(errno(fs::write(mnt.join("new"), b"x")), libc::EROFS);
-    assert_eq!(errno(fs::OpenOptions::new().write(true).open(mnt.join("hello"))), libc::EROFS);
+    assert_eq!(
+        errno(fs::OpenOptions::new().write(true).open(mnt.join("hello"))),
+        libc::EROFS
+    );
     assert_eq!(errno(fs::create_dir(mnt.join("d"))), libc::EROFS);
     assert_eq!(errno(fs::remove_file(mnt.join("hello"))), libc::EROFS);
-    assert_eq!(errno(fs::rename(mnt.join("hello"), mnt.join("h2"))), libc::EROFS);
-    assert_eq!(errno(fs::set_permissions(mnt.join("hello"), fs::Permissions::from_mode(0o600))), libc::EROFS);
-    assert_eq!(errno(std::os::unix::fs::symlink("x", mnt.join("s"))), libc::EROFS);
-    assert_eq!(errno(fs::hard_link(mnt.join("hello"), mnt.join("h3"))), libc::EROFS);
+    assert_eq!(
+        errno(fs::rename(mnt.join("hello"), mnt.join("h2"))),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno(fs::set_permissions(
+            mnt.join("hello"),
+            fs::Permissions::from_mode(0o600)
+        )),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("x", mnt.join("s"))),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno(fs::hard_link(mnt.join("hello"), mnt.join("h3"))),
+        libc::EROFS
+    );
 
     let st = h.stats().clone();
     assert!(st.read_errors.load(std::sync::atomic::Ordering::Relaxed) >= 1);
@@ -346,7 +448,11 @@ fn privileged_overlay_on_fuse() {
     let tmp = tempfile::tempdir().unwrap();
     let clip = write_image(tmp.path(), "ovl");
     let mnt = tmp.path().join("mnt");
-    let (upper, work, root) = (tmp.path().join("upper"), tmp.path().join("work"), tmp.path().join("rootfs"));
+    let (upper, work, root) = (
+        tmp.path().join("upper"),
+        tmp.path().join("work"),
+        tmp.path().join("rootfs"),
+    );
     for d in [&mnt, &upper, &work, &root] {
         fs::create_dir(d).unwrap();
     }
@@ -372,7 +478,10 @@ fn privileged_overlay_on_fuse() {
     assert_eq!(fs::read(upper.join("new")).unwrap(), b"fresh");
     assert_eq!(fs::read(upper.join("hello")).unwrap(), b"changed");
     let wh = fs::symlink_metadata(upper.join("big")).unwrap();
-    assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "whiteout is a 0:0 char device");
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "whiteout is a 0:0 char device"
+    );
 
     // A non-root uid inside the container can read world-readable files
     // (needs allow_other on the FUSE mount).
@@ -390,11 +499,22 @@ fn privileged_overlay_on_fuse() {
             .unwrap();
         assert!(!out2.status.success(), "link resolves into 0700 sub");
         let out3 = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "head", "-c", "4"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "head",
+                "-c",
+                "4",
+            ])
             .arg(mnt.join("big"))
             .output()
             .unwrap();
-        assert!(out3.status.success(), "uid 65534 reads the FUSE mount: {}", String::from_utf8_lossy(&out3.stderr));
+        assert!(
+            out3.status.success(),
+            "uid 65534 reads the FUSE mount: {}",
+            String::from_utf8_lossy(&out3.stderr)
+        );
         assert_eq!(out3.stdout, big_bytes()[..4]);
     }
 
@@ -408,7 +528,9 @@ fn in_process_launcher() -> Launcher {
     Launcher::InProcess(Arc::new(|args: DaemonArgs| {
         let cfg = DaemonConfig {
             args,
-            content: Box::new(|_| Ok(Arc::new(MemContent(vec![layer0()])) as Arc<dyn ContentReader>)),
+            content: Box::new(|_| {
+                Ok(Arc::new(MemContent(vec![layer0()])) as Arc<dyn ContentReader>)
+            }),
             stats: Some(Arc::new(|| serde_json::json!({"plugged": true}))),
             fs: FsConfig::default(),
         };
@@ -465,34 +587,68 @@ fn privileged_daemon_attach_reuse_detach() {
     let hex = crate::Digest::of(b"shared").hex();
     let image_dir = run.join("images").join(&hex);
     // One FUSE mount shared by both.
-    let fuse_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&format!("{hex}/mnt")) && l.contains(" - fuse.clip ")).count();
+    let fuse_mounts = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&format!("{hex}/mnt")) && l.contains(" - fuse.clip "))
+        .count();
     assert_eq!(fuse_mounts, 1);
-    assert_eq!(fs::read_to_string(image_dir.join("containers")).unwrap(), "c1\nc2\n");
+    assert_eq!(
+        fs::read_to_string(image_dir.join("containers")).unwrap(),
+        "c1\nc2\n"
+    );
     assert_eq!(fs::read(r1.join("hello")).unwrap(), b"hello");
     fs::write(r1.join("only-in-c1"), b"1").unwrap();
     assert!(!r2.join("only-in-c1").exists());
     let mode = fs::metadata(image_dir.join("control.sock")).unwrap().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let sock = image_dir.join("control.sock");
-    assert_eq!(control_request(&sock, "ping", Duration::from_secs(2)).unwrap().0, "pong");
-    let stats: serde_json::Value = serde_json::from_str(&control_request(&sock, "stats", Duration::from_secs(2)).unwrap().0).unwrap();
+    assert_eq!(
+        control_request(&sock, "ping", Duration::from_secs(2))
+            .unwrap()
+            .0,
+        "pong"
+    );
+    let stats: serde_json::Value = serde_json::from_str(
+        &control_request(&sock, "stats", Duration::from_secs(2))
+            .unwrap()
+            .0,
+    )
+    .unwrap();
     assert_eq!(stats["metrics"]["plugged"], true);
     assert!(stats["fs"]["reads"].as_u64().unwrap() >= 1);
-    assert!(control_request(&sock, "bogus", Duration::from_secs(2)).unwrap().0.starts_with("error"));
+    assert!(control_request(&sock, "bogus", Duration::from_secs(2))
+        .unwrap()
+        .0
+        .starts_with("error"));
 
     let ps = list(&run);
-    assert_eq!(ps.iter().map(|c| c.cid.as_str()).collect::<Vec<_>>(), ["c1", "c2"]);
-    assert!(ps.iter().all(|c| c.mounted && c.daemon_alive && c.image == hex));
+    assert_eq!(
+        ps.iter().map(|c| c.cid.as_str()).collect::<Vec<_>>(),
+        ["c1", "c2"]
+    );
+    assert!(ps
+        .iter()
+        .all(|c| c.mounted && c.daemon_alive && c.image == hex));
 
     let o1 = detach_container("c1", &run).unwrap();
     assert!(!o1.daemon_stopped);
-    assert!(!is_mounted(&r1) && !run.join("c1").exists() && !tmp.path().join("node/containers/c1").exists());
-    assert!(matches!(detach_container("c1", &run), Err(MountError::UnknownCid(_))));
+    assert!(
+        !is_mounted(&r1)
+            && !run.join("c1").exists()
+            && !tmp.path().join("node/containers/c1").exists()
+    );
+    assert!(matches!(
+        detach_container("c1", &run),
+        Err(MountError::UnknownCid(_))
+    ));
     assert_eq!(fs::read(r2.join("hello")).unwrap(), b"hello");
     let o2 = detach_container("c2", &run).unwrap();
     assert!(o2.daemon_stopped && !o2.daemon_was_dead);
     assert!(!image_dir.exists());
-    assert!(!fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&hex));
+    assert!(!fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(&hex));
     assert!(list(&run).is_empty());
 }
 
@@ -504,7 +660,10 @@ fn daemon_child_entry() {
     if std::env::var_os("CLIP_TEST_DAEMON").is_none() {
         return;
     }
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip_while(|a| a != "--").skip(1).collect();
+    let args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip_while(|a| a != "--")
+        .skip(1)
+        .collect();
     let cfg = DaemonConfig {
         args: DaemonArgs::parse(args).unwrap(),
         content: Box::new(|_| Ok(Arc::new(MemContent(vec![layer0()])) as Arc<dyn ContentReader>)),
@@ -525,19 +684,38 @@ fn privileged_killed_daemon_is_cleaned_up() {
     let _g = RunGuard(run.clone());
     let launcher = Launcher::Exec {
         exe: std::env::current_exe().unwrap(),
-        args: ["mount::tests::daemon_child_entry", "--exact", "--ignored", "--nocapture", "--test-threads=1", "--"]
-            .map(Into::into)
-            .to_vec(),
+        args: [
+            "mount::tests::daemon_child_entry",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+            "--",
+        ]
+        .map(Into::into)
+        .to_vec(),
         env: vec![("CLIP_TEST_DAEMON".into(), "1".into())],
     };
     let rootfs = attach_container(&request(tmp.path(), "k1", &clip, launcher)).unwrap();
     assert_eq!(fs::read(rootfs.join("hello")).unwrap(), b"hello");
     let image_dir = run.join("images").join(crate::Digest::of(b"killed").hex());
-    let pid: i32 = fs::read_to_string(image_dir.join("daemon.pid")).unwrap().trim().parse().unwrap();
+    let pid: i32 = fs::read_to_string(image_dir.join("daemon.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert_ne!(pid as u32, std::process::id());
     // The daemon is in its own session.
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let sid: i32 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let sid: i32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(sid, pid);
     sys::kill(pid, libc::SIGKILL).unwrap();
     let mut tries = 0;
@@ -546,7 +724,10 @@ fn privileged_killed_daemon_is_cleaned_up() {
         tries += 1;
     }
     assert!(!list(&run)[0].daemon_alive);
-    assert_eq!(errno(fs::metadata(image_dir.join("mnt/never-looked-up"))), libc::ENOTCONN);
+    assert_eq!(
+        errno(fs::metadata(image_dir.join("mnt/never-looked-up"))),
+        libc::ENOTCONN
+    );
     let out = detach_container("k1", &run).unwrap();
     assert!(out.daemon_stopped && out.daemon_was_dead);
     assert!(!is_mounted(&rootfs) && !is_mounted(&image_dir.join("mnt")) && !image_dir.exists());
@@ -560,7 +741,11 @@ fn privileged_allow_other_is_needed() {
     if skip_unless_privileged("privileged_allow_other_is_needed") {
         return;
     }
-    if std::process::Command::new("setpriv").arg("--version").output().is_err() {
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("SKIP privileged_allow_other_is_needed: no setpriv");
         return;
     }
@@ -569,7 +754,14 @@ fn privileged_allow_other_is_needed() {
     let clip = write_image(tmp.path(), "ao");
     let as_nobody = |p: &Path| {
         std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "head", "-c", "5"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "head",
+                "-c",
+                "5",
+            ])
             .arg(p)
             .output()
             .unwrap()
@@ -595,13 +787,20 @@ fn privileged_allow_other_is_needed() {
         let h = serve_with(&mnt, clipfs(&clip, ReadPath::Direct), &opts).unwrap();
         mount_overlay(&mnt, &upper, &work, &root).unwrap();
         let g = OverlayGuard(root.clone());
-        results.push((allow_other, as_nobody(&mnt.join("hello")), as_nobody(&root.join("hello"))));
+        results.push((
+            allow_other,
+            as_nobody(&mnt.join("hello")),
+            as_nobody(&root.join("hello")),
+        ));
         drop(g);
         h.unmount().unwrap();
     }
     eprintln!("(allow_other, direct read ok, overlay read ok) = {results:?}");
     assert_eq!(results[1], (true, true, true));
-    assert!(!results[0].1, "without allow_other a non-root uid must be refused on the FUSE mount");
+    assert!(
+        !results[0].1,
+        "without allow_other a non-root uid must be refused on the FUSE mount"
+    );
 }
 
 /// Throughput of `dd` through the mount from an in-memory reader; run with
@@ -619,13 +818,17 @@ fn privileged_bench_read_throughput() {
     data.layers[0].uncompressed_size = SIZE as u64 + 4096;
     let mut big = Node::new(NodeKind::File);
     big.size = SIZE as u64;
-    big.data = Some(DataRef { layer: 0, offset: 512 });
+    big.data = Some(DataRef {
+        layer: 0,
+        offset: 512,
+    });
     data.tree.nodes.push(big);
     let ino = (data.tree.nodes.len() - 1) as u32;
     data.tree.nodes[0].children.insert(b"huge".to_vec(), ino);
     let clip = tmp.path().join("bench.clip");
     write_index_file(&data, &clip, WriteOptions::default()).unwrap();
-    let layer: Arc<Vec<u8>> = Arc::new((0..SIZE + 4096).map(|i| (i * 7 + i / 4093) as u8).collect());
+    let layer: Arc<Vec<u8>> =
+        Arc::new((0..SIZE + 4096).map(|i| (i * 7 + i / 4093) as u8).collect());
     eprintln!("GLIBC_TUNABLES={:?}", std::env::var("GLIBC_TUNABLES").ok());
     for (path, threads, ra) in [
         (ReadPath::Direct, 2, Some(128)),
@@ -636,12 +839,31 @@ fn privileged_bench_read_throughput() {
     ] {
         let mut mbs = Vec::new();
         for run in 0..3 {
-            let mnt = tmp.path().join(format!("m-{path:?}-{threads}-{ra:?}-{run}"));
+            let mnt = tmp
+                .path()
+                .join(format!("m-{path:?}-{threads}-{ra:?}-{run}"));
             fs::create_dir(&mnt).unwrap();
             let index = Arc::new(crate::format::Index::open(&clip).unwrap());
             let content = Arc::new(MemContent(vec![(*layer).clone()]));
-            let fs_ = ClipFs::new(index, content, FsConfig { read_path: path, ..FsConfig::default() }).unwrap();
-            let h = serve_with(&mnt, fs_, &ServeOptions { threads, allow_other: false, read_ahead_kb: ra }).unwrap();
+            let fs_ = ClipFs::new(
+                index,
+                content,
+                FsConfig {
+                    read_path: path,
+                    ..FsConfig::default()
+                },
+            )
+            .unwrap();
+            let h = serve_with(
+                &mnt,
+                fs_,
+                &ServeOptions {
+                    threads,
+                    allow_other: false,
+                    read_ahead_kb: ra,
+                },
+            )
+            .unwrap();
             let t = std::time::Instant::now();
             let out = std::process::Command::new("dd")
                 .arg(format!("if={}", mnt.join("huge").display()))
@@ -653,6 +875,9 @@ fn privileged_bench_read_throughput() {
             mbs.push(SIZE as f64 / secs / 1e6);
             h.unmount().unwrap();
         }
-        eprintln!("{path:?} threads={threads} ra={ra:?}KiB: {:.0} / {:.0} / {:.0} MB/s", mbs[0], mbs[1], mbs[2]);
+        eprintln!(
+            "{path:?} threads={threads} ra={ra:?}KiB: {:.0} / {:.0} / {:.0} MB/s",
+            mbs[0], mbs[1], mbs[2]
+        );
     }
 }

@@ -19,13 +19,17 @@ pub fn run(args: &[&str]) -> Output {
 /// The loopback registry (`CLIP_TEST_REGISTRY`, e.g. 127.0.0.1:5000), if the
 /// test bed is up.
 pub fn registry() -> Option<String> {
-    std::env::var("CLIP_TEST_REGISTRY").ok().filter(|s| !s.is_empty())
+    std::env::var("CLIP_TEST_REGISTRY")
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 /// The test bed directory (`CLIP_TESTBED`): OCI layouts and umoci-unpacked
 /// ground truth of the test images.
 pub fn testbed() -> Option<PathBuf> {
-    std::env::var_os("CLIP_TESTBED").map(PathBuf::from).filter(|p| p.is_dir())
+    std::env::var_os("CLIP_TESTBED")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
 }
 
 /// Whether privileged tests (FUSE, overlay, runc) can run here.
@@ -67,7 +71,10 @@ pub fn stderr(o: &Output) -> String {
 
 /// A fresh temporary directory.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("clip-test-").tempdir().expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("clip-test-")
+        .tempdir()
+        .expect("tempdir")
 }
 
 /// One layer for [`write_layout`].
@@ -196,7 +203,6 @@ pub struct Entry {
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
-
 /// Walks a directory tree (an unpacked rootfs or a mount): path → entry, and
 /// (dev, ino) → names for hard link groups.
 pub fn walk_rootfs(root: &Path) -> (BTreeMap<Vec<u8>, Entry>, HashMap<(u64, u64), Vec<Vec<u8>>>) {
@@ -229,7 +235,11 @@ pub fn walk_rootfs(root: &Path) -> (BTreeMap<Vec<u8>, Entry>, HashMap<(u64, u64)
                 "socket"
             };
             let target = if ft.is_symlink() {
-                std::fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec()
             } else {
                 Vec::new()
             };
@@ -241,7 +251,10 @@ pub fn walk_rootfs(root: &Path) -> (BTreeMap<Vec<u8>, Entry>, HashMap<(u64, u64)
                     if n.starts_with(b"security.selinux") {
                         continue;
                     }
-                    xattrs.insert(n.to_vec(), xattr::get(&p, &name).unwrap().unwrap_or_default());
+                    xattrs.insert(
+                        n.to_vec(),
+                        xattr::get(&p, &name).unwrap().unwrap_or_default(),
+                    );
                 }
             }
             let rdev = if ft.is_char_device() || ft.is_block_device() {
@@ -253,13 +266,20 @@ pub fn walk_rootfs(root: &Path) -> (BTreeMap<Vec<u8>, Entry>, HashMap<(u64, u64)
             if ft.is_dir() {
                 stack.push(p.clone());
             } else {
-                groups.entry((md.dev(), md.ino())).or_default().push(key.clone());
+                groups
+                    .entry((md.dev(), md.ino()))
+                    .or_default()
+                    .push(key.clone());
             }
             out.insert(
                 key,
                 Entry {
                     kind,
-                    mode: if ft.is_symlink() { 0 } else { md.mode() & 0o7777 },
+                    mode: if ft.is_symlink() {
+                        0
+                    } else {
+                        md.mode() & 0o7777
+                    },
                     uid: md.uid(),
                     gid: md.gid(),
                     size: if ft.is_file() { md.size() } else { 0 },
@@ -272,4 +292,3 @@ pub fn walk_rootfs(root: &Path) -> (BTreeMap<Vec<u8>, Entry>, HashMap<(u64, u64)
     }
     (out, groups)
 }
-
