@@ -1,0 +1,152 @@
+//! Read-path latency and throughput of `cache::ContentCache` over an
+//! in-memory gzip layer (no network: measures fetch bookkeeping, inflate,
+//! verification and copying).
+//!
+//! - `cold_random_64k/span_*`: a 64 KiB read at a random offset with nothing
+//!   cached and no parked decoder (restart from the nearest checkpoint).
+//! - `warm_hit_64k`: the same read served from memory.
+//! - `sequential/*`: a whole layer read front to back in 128 KiB reads by a
+//!   fresh cache (decoder parking keeps one decoder going).
+
+#![allow(missing_docs)]
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use clip::cache::{CacheConfig, ContentCache, ContentReader};
+use clip::format::{write_index, Index, IndexData, Layer, LayerKind, WriteOptions};
+use clip::gzip::{IndexerConfig, ZranReader};
+use clip::source::MemSource;
+use clip::Digest;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+
+const SIZE: usize = 48 << 20;
+
+/// Mixed content: compressible text-like runs, zeros, random runs.
+fn content() -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(42);
+    let mut out = Vec::with_capacity(SIZE);
+    let words: [&[u8]; 6] = [b"import ", b"numpy ", b"def f(x):\n", b"    return ", b"self.", b"# comment\n"];
+    while out.len() < SIZE {
+        let run = rng.gen_range(1..256 << 10);
+        match rng.gen_range(0..4) {
+            0 | 1 => {
+                let stop = out.len() + run;
+                while out.len() < stop {
+                    out.extend_from_slice(words[rng.gen_range(0..words.len())]);
+                }
+            }
+            2 => out.resize(out.len() + run / 4, 0),
+            _ => {
+                let s = out.len();
+                out.resize(s + run / 4, 0);
+                rng.fill_bytes(&mut out[s..]);
+            }
+        }
+    }
+    out.truncate(SIZE);
+    out
+}
+
+struct Fixture {
+    index: Arc<Index>,
+    source: Arc<MemSource>,
+    size: u64,
+}
+
+fn fixture(data: &[u8], span: u64) -> Fixture {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    e.write_all(data).unwrap();
+    let blob = e.finish().unwrap();
+    let mut r = ZranReader::new(&blob[..], IndexerConfig { span, chunk_size: 256 << 10 });
+    std::io::copy(&mut r.by_ref(), &mut std::io::sink()).unwrap();
+    let idx = r.finish().unwrap();
+    let layer = Layer {
+        digest: Digest::of(&blob),
+        diff_id: Digest::of(data),
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        kind: LayerKind::Gzip,
+        compressed_size: idx.compressed_size,
+        uncompressed_size: idx.uncompressed_size,
+        chunk_size: 256 << 10,
+        checkpoints: idx.checkpoints,
+        chunks: idx.chunks,
+    };
+    let mut src = MemSource::new();
+    src.insert(blob);
+    let data = IndexData { layers: vec![layer], ..Default::default() };
+    let index = Index::from_bytes(write_index(&data, WriteOptions::default()).unwrap()).unwrap();
+    Fixture { index: Arc::new(index), source: Arc::new(src), size: SIZE as u64 }
+}
+
+fn cache(f: &Fixture, config: CacheConfig) -> ContentCache {
+    ContentCache::new(f.index.clone(), f.source.clone(), config)
+}
+
+fn benches(c: &mut Criterion) {
+    let data = content();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut rng = StdRng::seed_from_u64(1);
+    for span in [1u64 << 20, 4 << 20] {
+        let f = fixture(&data, span);
+        let mut g = c.benchmark_group("cold_random_64k");
+        g.sample_size(20);
+        g.throughput(Throughput::Bytes(64 << 10));
+        // Nothing kept: every read is a miss restarting at a checkpoint.
+        let cold = cache(&f, CacheConfig { memory_bytes: 0, parked_decoders: 0, ..Default::default() });
+        g.bench_function(format!("span_{}M", span >> 20), |b| {
+            b.iter(|| {
+                let off = rng.gen_range(0..f.size - (64 << 10));
+                assert_eq!(cold.read(0, off, &mut buf).unwrap(), 64 << 10);
+            })
+        });
+        g.finish();
+        let st = cold.stats();
+        eprintln!(
+            "span {}M cold: {:.0} KiB fetched/read, {:.0} KiB inflated/read",
+            span >> 20,
+            st.bytes_fetched as f64 / st.misses.max(1) as f64 / 1024.0,
+            st.bytes_inflated as f64 / st.misses.max(1) as f64 / 1024.0
+        );
+        if span == 1 << 20 {
+            let warm = cache(&f, CacheConfig::default());
+            let mut big = vec![0u8; 1 << 20];
+            let mut off = 0;
+            while off < f.size {
+                off += warm.read(0, off, &mut big).unwrap() as u64;
+            }
+            let mut g = c.benchmark_group("warm_hit_64k");
+            g.throughput(Throughput::Bytes(64 << 10));
+            g.bench_function("span_1M", |b| {
+                b.iter(|| {
+                    let off = rng.gen_range(0..f.size - (64 << 10));
+                    assert_eq!(warm.read(0, off, &mut buf).unwrap(), 64 << 10);
+                })
+            });
+            g.finish();
+        }
+        let mut g = c.benchmark_group("sequential");
+        g.sample_size(10);
+        g.throughput(Throughput::Bytes(f.size));
+        let mut big = vec![0u8; 128 << 10];
+        g.bench_function(format!("span_{}M_128k_reads", span >> 20), |b| {
+            b.iter_batched(
+                || cache(&f, CacheConfig::default()),
+                |c| {
+                    let mut off = 0;
+                    while off < f.size {
+                        off += c.read(0, off, &mut big).unwrap() as u64;
+                    }
+                    c
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(cache_read, benches);
+criterion_main!(cache_read);
