@@ -67,6 +67,17 @@ pub(super) fn new_histogram() -> Histogram<u64> {
     h
 }
 
+/// Records `ns` into `slot`. `saturating_record` would clamp to the current
+/// (auto-resizing) bound instead of growing, so use `record`, which grows.
+#[inline]
+fn put(slot: &mut Slot, ns: u64) {
+    let h = slot.hist.get_or_insert_with(new_histogram);
+    if h.record(ns).is_err() {
+        h.saturating_record(ns);
+    }
+    slot.sum_ns = slot.sum_ns.saturating_add(ns);
+}
+
 /// One histogram plus its exact sum (hdr only keeps an approximate mean).
 #[derive(Debug, Default)]
 struct Slot {
@@ -166,10 +177,7 @@ impl Metrics {
     #[inline]
     fn record_slot(&self, shard: &Shard, slot: usize, d: Duration) {
         let ns = (d.as_nanos().min(u128::from(HIGHEST_NS))) as u64;
-        let mut g = shard.lock();
-        let s = &mut g.slots[slot];
-        s.hist.get_or_insert_with(new_histogram).saturating_record(ns);
-        s.sum_ns = s.sum_ns.saturating_add(ns);
+        put(&mut shard.lock().slots[slot], ns);
     }
 
     /// Starts timing one FUSE operation; the latency is recorded when the
@@ -202,9 +210,7 @@ impl Metrics {
         let ns = (latency.as_nanos().min(u128::from(HIGHEST_NS))) as u64;
         {
             let mut g = shard.lock();
-            let s = &mut g.slots[Timing::RangeGet.slot()];
-            s.hist.get_or_insert_with(new_histogram).saturating_record(ns);
-            s.sum_ns = s.sum_ns.saturating_add(ns);
+            put(&mut g.slots[Timing::RangeGet.slot()], ns);
             match g.http_status.iter_mut().find(|(st, _)| *st == status) {
                 Some((_, n)) => *n += 1,
                 None => g.http_status.push((status, 1)),
