@@ -58,9 +58,14 @@ pub fn run(a: MetricsArgs) -> Result<()> {
     let timeout = Duration::from_secs_f64(a.timeout);
     if a.serve {
         let server = MetricsServer::bind(SocketAddr::new(a.bind, a.port))?;
-        eprintln!("clipctl: serving http://{}/metrics (daemons under {})", server.local_addr(), a.run_dir.display());
+        eprintln!(
+            "clipctl: serving http://{}/metrics (daemons under {})",
+            server.local_addr(),
+            a.run_dir.display()
+        );
         let run_dir = a.run_dir.clone();
-        let render: Arc<RenderFn> = Arc::new(move || metrics::prometheus_scrape(&run_dir, timeout).map_err(|e| e.to_string()));
+        let render: Arc<RenderFn> =
+            Arc::new(move || metrics::prometheus_scrape(&run_dir, timeout).map_err(|e| e.to_string()));
         server.run(render);
     }
     let snaps = gather(&a, timeout)?;
@@ -84,7 +89,11 @@ fn image_matches(want: &str, image: &str, digest: &str) -> bool {
 }
 
 fn not_found(message: String) -> anyhow::Error {
-    CodedError { code: EXIT_NOT_FOUND, message }.into()
+    CodedError {
+        code: EXIT_NOT_FOUND,
+        message,
+    }
+    .into()
 }
 
 /// Discovers, selects and queries daemons; warns about those not answering.
@@ -97,7 +106,9 @@ fn gather(a: &MetricsArgs, timeout: Duration) -> Result<Vec<Snapshot>> {
     if let Some(cid) = &a.cid {
         entries.retain(|e| e.cids.iter().any(|c| c == cid));
         if entries.is_empty() {
-            return Err(not_found(format!("container {cid} not found: no mounted image under {run_dir} lists it")));
+            return Err(not_found(format!(
+                "container {cid} not found: no mounted image under {run_dir} lists it"
+            )));
         }
     }
     let mut ok = Vec::new();
@@ -113,15 +124,75 @@ fn gather(a: &MetricsArgs, timeout: Duration) -> Result<Vec<Snapshot>> {
     }
     if let Some(want) = &a.image {
         if ok.is_empty() && down.is_empty() {
-            return Err(not_found(format!("no running clip mount daemon serves image {want} (run dir {run_dir})")));
+            return Err(not_found(format!(
+                "no running clip mount daemon serves image {want} (run dir {run_dir})"
+            )));
         }
     }
     for (e, err) in &down {
-        let cids = if e.cids.is_empty() { String::new() } else { format!(", containers {}", e.cids.join(" ")) };
-        eprintln!("clipctl: warning: the mount daemon of image {}{cids} is not answering: {err}", e.digest());
+        let cids = if e.cids.is_empty() {
+            String::new()
+        } else {
+            format!(", containers {}", e.cids.join(" "))
+        };
+        eprintln!(
+            "clipctl: warning: the mount daemon of image {}{cids} is not answering: {err}",
+            e.digest()
+        );
     }
-    if ok.is_empty() {
-        bail!("none of the {} selected clip mount daemons answered (run dir {run_dir})", down.len());
+    match (ok.is_empty(), down.len()) {
+        (true, 1) => bail!("the selected clip mount daemon is not answering (run dir {run_dir})"),
+        (true, n) => bail!("none of the {n} selected clip mount daemons answered (run dir {run_dir})"),
+        _ => {}
     }
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{image_matches, run, MetricsArgs};
+    use crate::cli::CodedError;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        a: MetricsArgs,
+    }
+
+    fn args(extra: &[&str]) -> MetricsArgs {
+        T::try_parse_from(std::iter::once("metrics").chain(extra.iter().copied()))
+            .unwrap()
+            .a
+    }
+
+    #[test]
+    fn selection_and_exit_codes() {
+        assert!(image_matches("alpine:3", "alpine:3", "sha256:abcdef12"));
+        assert!(image_matches("sha256:abcdef12", "", "sha256:abcdef12"));
+        assert!(image_matches("abcdef", "", "sha256:abcdef12") && !image_matches("abc", "", "sha256:abcdef12"));
+        assert!(T::try_parse_from(["m", "--cid", "x", "--serve"]).is_err());
+        assert!(T::try_parse_from(["m", "--port", "9"]).is_err(), "--port needs --serve");
+        let dir = tempfile::tempdir().unwrap();
+        let rd = dir.path().to_str().unwrap();
+        let err = run(args(&["--run-dir", rd])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("no clip mount daemons are running (run dir {rd})")
+        );
+        assert!(err.downcast_ref::<CodedError>().is_none(), "exit 1, not 3");
+        let img = dir.path().join("images/ab12");
+        std::fs::create_dir_all(&img).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(img.join("control.sock")).unwrap()); // stale
+        std::fs::write(img.join("containers"), "c1\n").unwrap();
+        let err = run(args(&["--run-dir", rd, "--cid", "nope"])).unwrap_err();
+        assert_eq!(err.downcast_ref::<CodedError>().map(|c| c.code), Some(3), "{err}");
+        let err = run(args(&["--run-dir", rd, "--cid", "c1"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the selected clip mount daemon is not answering"),
+            "{err}"
+        );
+    }
 }

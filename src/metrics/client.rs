@@ -57,7 +57,13 @@ pub fn discover(run_dir: &Path) -> Result<Vec<DaemonEntry>, MetricsError> {
     let rd = match std::fs::read_dir(&images) {
         Ok(rd) => rd,
         Err(e) if e.kind() == IoKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(MetricsError::Io { what: "read run dir", path: images, source }),
+        Err(source) => {
+            return Err(MetricsError::Io {
+                what: "read run dir",
+                path: images,
+                source,
+            })
+        }
     };
     let mut out = Vec::new();
     for ent in rd.flatten() {
@@ -67,7 +73,13 @@ pub fn discover(run_dir: &Path) -> Result<Vec<DaemonEntry>, MetricsError> {
             continue;
         }
         let cids = std::fs::read_to_string(dir.join(CONTAINERS_FILE))
-            .map(|s| s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+            .map(|s| {
+                s.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default();
         out.push(DaemonEntry {
             manifest_hex: ent.file_name().to_string_lossy().into_owned(),
@@ -101,7 +113,10 @@ pub fn collect(entries: &[DaemonEntry], timeout: Duration) -> Vec<DaemonReport> 
             .map(|(h, e)| {
                 h.join().unwrap_or_else(|_| DaemonReport {
                     entry: e.clone(),
-                    result: Err(MetricsError::Protocol(format!("{}: query thread panicked", e.socket.display()))),
+                    result: Err(MetricsError::Protocol(format!(
+                        "{}: query thread panicked",
+                        e.socket.display()
+                    ))),
                 })
             })
             .collect()
@@ -119,7 +134,8 @@ pub fn prometheus_scrape(run_dir: &Path, timeout: Duration) -> Result<String, Me
         match r.result {
             Ok(s) => ok.push(s),
             Err(e) => {
-                tracing::warn!(digest = %r.entry.digest(), error = %e, "metrics scrape: daemon not answering");
+                // Reported as `clip_daemon_up{digest} 0`; a log line per scrape would spam.
+                tracing::debug!(digest = %r.entry.digest(), error = %e, "metrics scrape: daemon not answering");
                 down.push(r.entry.digest());
             }
         }
@@ -131,10 +147,19 @@ pub fn prometheus_scrape(run_dir: &Path, timeout: Duration) -> Result<String, Me
 /// connecting, sending and receiving together take at most about `timeout`.
 pub fn query_daemon(socket: &Path, timeout: Duration) -> Result<Snapshot, MetricsError> {
     let deadline = Instant::now() + timeout;
-    let tmo = |what| MetricsError::Timeout { path: socket.to_path_buf(), timeout, what };
-    let io = |what, source| MetricsError::Io { what, path: socket.to_path_buf(), source };
+    let tmo = |what| MetricsError::Timeout {
+        path: socket.to_path_buf(),
+        timeout,
+        what,
+    };
+    let io = |what, source| MetricsError::Io {
+        what,
+        path: socket.to_path_buf(),
+        source,
+    };
     let mut s = connect(socket, timeout)?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| io("set timeout on", e))?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| io("set timeout on", e))?;
     match s.write_all(b"stats\n") {
         Ok(()) => {}
         Err(e) if is_timeout(&e) => return Err(tmo("sending request")),
@@ -156,7 +181,10 @@ pub fn query_daemon(socket: &Path, timeout: Duration) -> Result<Snapshot, Metric
                     break;
                 }
                 if reply.len() > MAX_REPLY {
-                    return Err(MetricsError::Protocol(format!("stats reply from {} exceeds {MAX_REPLY} bytes", socket.display())));
+                    return Err(MetricsError::Protocol(format!(
+                        "stats reply from {} exceeds {MAX_REPLY} bytes",
+                        socket.display()
+                    )));
                 }
             }
             Err(e) if e.kind() == IoKind::Interrupted => {}
@@ -168,10 +196,16 @@ pub fn query_daemon(socket: &Path, timeout: Duration) -> Result<Snapshot, Metric
     let line = String::from_utf8_lossy(&reply[..end]);
     let line = line.trim();
     if line.is_empty() {
-        return Err(MetricsError::Protocol(format!("{}: connection closed without a reply", socket.display())));
+        return Err(MetricsError::Protocol(format!(
+            "{}: connection closed without a reply",
+            socket.display()
+        )));
     }
     if let Some(msg) = line.strip_prefix("error") {
-        return Err(MetricsError::Protocol(format!("{}: daemon answered: error{msg}", socket.display())));
+        return Err(MetricsError::Protocol(format!(
+            "{}: daemon answered: error{msg}",
+            socket.display()
+        )));
     }
     Snapshot::from_stats_reply(line).map_err(|e| MetricsError::Protocol(format!("{}: {e}", socket.display())))
 }
@@ -191,13 +225,28 @@ fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, MetricsError>
         .spawn(move || {
             let _ = tx.send(UnixStream::connect(&path));
         })
-        .map_err(|source| MetricsError::Io { what: "spawn connect thread for", path: socket.to_path_buf(), source })?;
+        .map_err(|source| MetricsError::Io {
+            what: "spawn connect thread for",
+            path: socket.to_path_buf(),
+            source,
+        })?;
     match rx.recv_timeout(timeout) {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(source)) if matches!(source.kind(), IoKind::NotFound | IoKind::ConnectionRefused) => {
-            Err(MetricsError::NotRunning { path: socket.to_path_buf(), source })
+            Err(MetricsError::NotRunning {
+                path: socket.to_path_buf(),
+                source,
+            })
         }
-        Ok(Err(source)) => Err(MetricsError::Io { what: "connect to", path: socket.to_path_buf(), source }),
-        Err(_) => Err(MetricsError::Timeout { path: socket.to_path_buf(), timeout, what: "connecting" }),
+        Ok(Err(source)) => Err(MetricsError::Io {
+            what: "connect to",
+            path: socket.to_path_buf(),
+            source,
+        }),
+        Err(_) => Err(MetricsError::Timeout {
+            path: socket.to_path_buf(),
+            timeout,
+            what: "connecting",
+        }),
     }
 }

@@ -28,8 +28,16 @@ fn total(snaps: &[Snapshot]) -> Result<Snapshot, MetricsError> {
 
 /// JSON for programs: `{"images": [Snapshot...], "total": Snapshot}`.
 pub fn render_json(snaps: &[Snapshot]) -> Result<String, MetricsError> {
-    let v = serde_json::json!({ "images": snaps, "total": total(snaps)? });
-    serde_json::to_string_pretty(&v).map_err(|e| MetricsError::Protocol(format!("encode JSON: {e}")))
+    #[derive(serde::Serialize)]
+    struct Out<'a> {
+        images: &'a [Snapshot],
+        total: Snapshot,
+    }
+    serde_json::to_string_pretty(&Out {
+        images: snaps,
+        total: total(snaps)?,
+    })
+    .map_err(|e| MetricsError::Protocol(format!("encode JSON: {e}")))
 }
 
 fn human(n: u64) -> String {
@@ -57,7 +65,11 @@ fn us(v: f64) -> String {
 }
 
 fn nonzero(m: &BTreeMap<String, u64>) -> String {
-    let v: Vec<String> = m.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k}={n}")).collect();
+    let v: Vec<String> = m
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
     if v.is_empty() {
         "none".into()
     } else {
@@ -68,7 +80,11 @@ fn nonzero(m: &BTreeMap<String, u64>) -> String {
 fn text_one(out: &mut String, s: &Snapshot) {
     let c = &s.counters;
     let amp = s.read_amplification.map_or("-".into(), |a| format!("{a:.2}"));
-    let cids = if s.labels.cids.is_empty() { "-".into() } else { s.labels.cids.join(", ") };
+    let cids = if s.labels.cids.is_empty() {
+        "-".into()
+    } else {
+        s.labels.cids.join(", ")
+    };
     let _ = writeln!(out, "image {}  {}", s.labels.image, s.labels.digest);
     let _ = writeln!(out, "  containers  {cids}");
     let _ = writeln!(out, "  uptime      {:.0}s", s.uptime_seconds);
@@ -96,18 +112,14 @@ fn text_one(out: &mut String, s: &Snapshot) {
         nonzero(&s.http_status)
     );
     let _ = writeln!(out, "  errors      {}", nonzero(&s.errors));
-    let _ = writeln!(
-        out,
-        "  {:<20} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}",
-        "latency", "count", "p50", "p90", "p99", "max", "mean", "errors"
-    );
+    let mut rows = String::new();
     let mut row = |name: String, h: &HistSnapshot, errs: Option<u64>| {
         if h.count == 0 {
             return;
         }
         let e = errs.map_or("".into(), |e| e.to_string());
         let _ = writeln!(
-            out,
+            rows,
             "  {name:<20} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {e:>6}",
             h.count,
             us(h.p50_us),
@@ -118,10 +130,24 @@ fn text_one(out: &mut String, s: &Snapshot) {
         );
     };
     for (op, h) in &s.fuse_ops {
-        row(format!("fuse {op}"), h, Some(s.fuse_op_errors.get(op).copied().unwrap_or(0)));
+        row(
+            format!("fuse {op}"),
+            h,
+            Some(s.fuse_op_errors.get(op).copied().unwrap_or(0)),
+        );
     }
     for (name, h) in s.timings.named() {
         row(name.to_string(), h, None);
+    }
+    if rows.is_empty() {
+        out.push_str("  latency     no samples yet\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}",
+            "latency", "count", "p50", "p90", "p99", "max", "mean", "errors"
+        );
+        out.push_str(&rows);
     }
     out.push('\n');
 }
@@ -172,7 +198,12 @@ impl Families {
         let i = match self.0.iter().position(|f| f.name == name) {
             Some(i) => i,
             None => {
-                self.0.push(Family { name, help, kind, lines: Vec::new() });
+                self.0.push(Family {
+                    name,
+                    help,
+                    kind,
+                    lines: Vec::new(),
+                });
                 self.0.len() - 1
             }
         };
@@ -208,34 +239,93 @@ impl Families {
 pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, MetricsError> {
     let mut groups: BTreeMap<(String, String), Vec<Snapshot>> = BTreeMap::new();
     for s in snaps {
-        groups.entry((s.labels.image.clone(), s.labels.digest.clone())).or_default().push(s.clone());
+        groups
+            .entry((s.labels.image.clone(), s.labels.digest.clone()))
+            .or_default()
+            .push(s.clone());
     }
     let mut f = Families(Vec::new());
     const UP: &str = "Whether the image's mount daemon answered this scrape.";
     for ((image, digest), parts) in &groups {
-        let s = if parts.len() == 1 { parts[0].clone() } else { Snapshot::merged(parts, parts[0].labels.clone())? };
+        let s = if parts.len() == 1 {
+            parts[0].clone()
+        } else {
+            Snapshot::merged(parts, parts[0].labels.clone())?
+        };
         let l = format!("image=\"{}\",digest=\"{}\"", esc(image), esc(digest));
         let c = &s.counters;
         f.sample("clip_daemon_up", "gauge", UP, &l, 1.0);
-        f.sample("clip_uptime_seconds", "gauge", "Seconds since the daemon's metrics registry was created.", &l, s.uptime_seconds);
-        f.sample("clip_containers", "gauge", "Containers using the image.", &l, s.labels.cids.len() as f64);
+        f.sample(
+            "clip_uptime_seconds",
+            "gauge",
+            "Seconds since the daemon's metrics registry was created.",
+            &l,
+            s.uptime_seconds,
+        );
+        f.sample(
+            "clip_containers",
+            "gauge",
+            "Containers using the image.",
+            &l,
+            s.labels.cids.len() as f64,
+        );
         let counters: [(&'static str, &'static str, f64); 9] = [
-            ("clip_bytes_served_total", "Bytes returned to readers.", c.bytes_served as f64),
-            ("clip_bytes_fetched_total", "Compressed bytes received from the network.", c.bytes_fetched as f64),
+            (
+                "clip_bytes_served_total",
+                "Bytes returned to readers.",
+                c.bytes_served as f64,
+            ),
+            (
+                "clip_bytes_fetched_total",
+                "Compressed bytes received from the network.",
+                c.bytes_fetched as f64,
+            ),
             ("clip_fetches_total", "Ranged GETs issued.", c.fetch_count as f64),
-            ("clip_inflate_bytes_total", "Bytes produced by inflating.", c.inflate_bytes as f64),
-            ("clip_cache_hits_total", "Cache lookups served from the cache.", c.cache_hits as f64),
-            ("clip_cache_misses_total", "Cache lookups that had to fill.", c.cache_misses as f64),
-            ("clip_cache_evictions_total", "Cache entries evicted.", c.cache_evictions as f64),
+            (
+                "clip_inflate_bytes_total",
+                "Bytes produced by inflating.",
+                c.inflate_bytes as f64,
+            ),
+            (
+                "clip_cache_hits_total",
+                "Cache lookups served from the cache.",
+                c.cache_hits as f64,
+            ),
+            (
+                "clip_cache_misses_total",
+                "Cache lookups that had to fill.",
+                c.cache_misses as f64,
+            ),
+            (
+                "clip_cache_evictions_total",
+                "Cache entries evicted.",
+                c.cache_evictions as f64,
+            ),
             ("clip_retries_total", "Fetch attempts retried.", c.retries as f64),
-            ("clip_network_blocked_seconds_total", "Seconds readers spent waiting on the network.", c.network_blocked_ns_total as f64 / 1e9),
+            (
+                "clip_network_blocked_seconds_total",
+                "Seconds readers spent waiting on the network.",
+                c.network_blocked_ns_total as f64 / 1e9,
+            ),
         ];
         for (name, help, v) in counters {
             f.sample(name, "counter", help, &l, v);
         }
-        f.sample("clip_cache_bytes", "gauge", "Bytes currently held by the cache.", &l, c.cache_bytes as f64);
+        f.sample(
+            "clip_cache_bytes",
+            "gauge",
+            "Bytes currently held by the cache.",
+            &l,
+            c.cache_bytes as f64,
+        );
         if let Some(a) = s.read_amplification {
-            f.sample("clip_read_amplification", "gauge", "Bytes fetched divided by bytes served.", &l, a);
+            f.sample(
+                "clip_read_amplification",
+                "gauge",
+                "Bytes fetched divided by bytes served.",
+                &l,
+                a,
+            );
         }
         for (kind, n) in &s.errors {
             let ll = format!("{l},kind=\"{}\"", esc(kind));
@@ -243,20 +333,57 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
         }
         for (status, n) in &s.http_status {
             let ll = format!("{l},status=\"{}\"", esc(status));
-            f.sample("clip_http_responses_total", "counter", "Ranged GET responses by HTTP status (0: no response).", &ll, *n as f64);
+            f.sample(
+                "clip_http_responses_total",
+                "counter",
+                "Ranged GET responses by HTTP status (0: no response).",
+                &ll,
+                *n as f64,
+            );
         }
         for (op, h) in &s.fuse_ops {
             let ll = format!("{l},op=\"{}\"", esc(op));
-            f.histogram("clip_fuse_op_duration_seconds", "FUSE request latency by operation.", &ll, h);
+            f.histogram(
+                "clip_fuse_op_duration_seconds",
+                "FUSE request latency by operation.",
+                &ll,
+                h,
+            );
             let e = s.fuse_op_errors.get(op).copied().unwrap_or(0);
-            f.sample("clip_fuse_op_errors_total", "counter", "FUSE requests answered with an error.", &ll, e as f64);
+            f.sample(
+                "clip_fuse_op_errors_total",
+                "counter",
+                "FUSE requests answered with an error.",
+                &ll,
+                e as f64,
+            );
         }
         let t = &s.timings;
-        f.histogram("clip_range_get_duration_seconds", "Ranged GET latency.", &l, &t.range_get);
+        f.histogram(
+            "clip_range_get_duration_seconds",
+            "Ranged GET latency.",
+            &l,
+            &t.range_get,
+        );
         f.histogram("clip_inflate_duration_seconds", "Time spent inflating.", &l, &t.inflate);
-        f.histogram("clip_cache_serve_duration_seconds", "Time to serve a cache lookup, by result.", &format!("{l},result=\"hit\""), &t.cache_hit);
-        f.histogram("clip_cache_serve_duration_seconds", "Time to serve a cache lookup, by result.", &format!("{l},result=\"miss\""), &t.cache_miss);
-        f.histogram("clip_blocked_on_network_duration_seconds", "Time readers waited on network fetches.", &l, &t.blocked_on_network);
+        f.histogram(
+            "clip_cache_serve_duration_seconds",
+            "Time to serve a cache lookup, by result.",
+            &format!("{l},result=\"hit\""),
+            &t.cache_hit,
+        );
+        f.histogram(
+            "clip_cache_serve_duration_seconds",
+            "Time to serve a cache lookup, by result.",
+            &format!("{l},result=\"miss\""),
+            &t.cache_miss,
+        );
+        f.histogram(
+            "clip_blocked_on_network_duration_seconds",
+            "Time readers waited on network fetches.",
+            &l,
+            &t.blocked_on_network,
+        );
     }
     for d in down {
         f.sample("clip_daemon_up", "gauge", UP, &format!("digest=\"{}\"", esc(d)), 0.0);

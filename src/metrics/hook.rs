@@ -61,7 +61,8 @@ impl MetricsHook for FuseMetricsHook {
         // header, a negative `error` marks a failed op.
         if let Some((start, opcode)) = CURRENT.with(|c| c.take()) {
             let error = oh.is_some_and(|h| h.error < 0);
-            self.metrics.record_fuse_op(op_for_opcode(opcode), start.elapsed(), error);
+            self.metrics
+                .record_fuse_op(op_for_opcode(opcode), start.elapsed(), error);
         }
     }
 }

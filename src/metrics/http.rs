@@ -44,7 +44,9 @@ impl MetricsServer {
             match self.listener.accept() {
                 Ok((conn, _)) => {
                     let r = render.clone();
-                    let spawned = std::thread::Builder::new().name("clip-metrics-http".into()).spawn(move || handle(conn, &*r));
+                    let spawned = std::thread::Builder::new()
+                        .name("clip-metrics-http".into())
+                        .spawn(move || handle(conn, &*r));
                     if let Err(e) = spawned {
                         tracing::warn!(error = %e, "metrics endpoint: cannot spawn connection thread");
                     }
@@ -70,7 +72,13 @@ fn handle(mut conn: TcpStream, render: &RenderFn) {
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
         if head.len() > MAX_HEAD {
-            respond(&mut conn, "431 Request Header Fields Too Large", "text/plain", "request head too large\n", false);
+            respond(
+                &mut conn,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request head too large\n",
+                false,
+            );
             return;
         }
     }
@@ -86,10 +94,22 @@ fn handle(mut conn: TcpStream, render: &RenderFn) {
     match path {
         "/metrics" => match render() {
             Ok(body) => respond(&mut conn, "200 OK", PROMETHEUS_CONTENT_TYPE, &body, head_only),
-            Err(msg) => respond(&mut conn, "500 Internal Server Error", "text/plain", &format!("{msg}\n"), head_only),
+            Err(msg) => respond(
+                &mut conn,
+                "500 Internal Server Error",
+                "text/plain",
+                &format!("{msg}\n"),
+                head_only,
+            ),
         },
         "/healthz" => respond(&mut conn, "200 OK", "text/plain", "ok\n", head_only),
-        _ => respond(&mut conn, "404 Not Found", "text/plain", "not found: try /metrics or /healthz\n", head_only),
+        _ => respond(
+            &mut conn,
+            "404 Not Found",
+            "text/plain",
+            "not found: try /metrics or /healthz\n",
+            head_only,
+        ),
     }
 }
 

@@ -62,7 +62,8 @@ const N_CTRS: usize = 9;
 
 /// An empty auto-resizing nanosecond histogram with the crate's precision.
 pub(super) fn new_histogram() -> Histogram<u64> {
-    let mut h = Histogram::new_with_bounds(LOWEST_NS, LOWEST_NS * 2, SIGFIG).expect("static histogram bounds are valid");
+    let mut h =
+        Histogram::new_with_bounds(LOWEST_NS, LOWEST_NS * 2, SIGFIG).expect("static histogram bounds are valid");
     h.auto(true);
     h
 }
@@ -323,10 +324,19 @@ impl Metrics {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             read_amplification: None,
             counters,
-            errors: ErrorKind::ALL.iter().map(|k| (k.name().to_string(), errs[*k as usize])).collect(),
+            errors: ErrorKind::ALL
+                .iter()
+                .map(|k| (k.name().to_string(), errs[*k as usize]))
+                .collect(),
             http_status: status,
-            fuse_ops: Op::ALL.iter().map(|op| (op.name().to_string(), hs(*op as usize))).collect(),
-            fuse_op_errors: Op::ALL.iter().map(|op| (op.name().to_string(), op_errs[*op as usize])).collect(),
+            fuse_ops: Op::ALL
+                .iter()
+                .map(|op| (op.name().to_string(), hs(*op as usize)))
+                .collect(),
+            fuse_op_errors: Op::ALL
+                .iter()
+                .map(|op| (op.name().to_string(), op_errs[*op as usize]))
+                .collect(),
             timings: Timings {
                 range_get: hs(Timing::RangeGet.slot()),
                 inflate: hs(Timing::Inflate.slot()),

@@ -143,7 +143,8 @@ impl HistSnapshot {
         let h: Histogram<u64> = Deserializer::new()
             .deserialize(&mut bytes.as_slice())
             .map_err(|e| MetricsError::Histogram(format!("hdr V2: {e:?}")))?;
-        out.add(&h).map_err(|e| MetricsError::Histogram(format!("add: {e:?}")))?;
+        out.add(&h)
+            .map_err(|e| MetricsError::Histogram(format!("add: {e:?}")))?;
         Ok(out)
     }
 
@@ -152,7 +153,8 @@ impl HistSnapshot {
         let mut acc = new_histogram();
         let mut sum_us = 0.0;
         for p in parts {
-            acc.add(p.histogram()?).map_err(|e| MetricsError::Histogram(format!("add: {e:?}")))?;
+            acc.add(p.histogram()?)
+                .map_err(|e| MetricsError::Histogram(format!("add: {e:?}")))?;
             sum_us += p.sum_us;
         }
         let mut out = HistSnapshot::from_histogram(&acc, 0);
@@ -272,18 +274,28 @@ impl Snapshot {
         } else {
             match v.get("metrics") {
                 Some(m) if m.is_object() => m.clone(),
-                Some(_) => return Err(MetricsError::Protocol("daemon has no metrics registry attached (`metrics` is null)".into())),
-                None => return Err(MetricsError::Protocol("stats reply has neither `schema_version` nor `metrics`".into())),
+                Some(_) => {
+                    return Err(MetricsError::Protocol(
+                        "daemon has no metrics registry attached (`metrics` is null)".into(),
+                    ))
+                }
+                None => {
+                    return Err(MetricsError::Protocol(
+                        "stats reply has neither `schema_version` nor `metrics`".into(),
+                    ))
+                }
             }
         };
-        let s: Snapshot =
-            serde_json::from_value(inner).map_err(|e| MetricsError::Protocol(format!("stats reply is not a metrics snapshot: {e}")))?;
+        let mut s: Snapshot = serde_json::from_value(inner)
+            .map_err(|e| MetricsError::Protocol(format!("stats reply is not a metrics snapshot: {e}")))?;
         if s.schema_version > SCHEMA_VERSION {
             return Err(MetricsError::Protocol(format!(
                 "snapshot schema version {} is newer than this clipctl understands ({SCHEMA_VERSION})",
                 s.schema_version
             )));
         }
+        // Derived: recomputed so a daemon cannot disagree with its counters.
+        s.read_amplification = s.counters.read_amplification();
         Ok(s)
     }
 }

@@ -59,7 +59,11 @@ fn sub_microsecond_and_huge_values() {
     let s = m.snapshot(Labels::default());
     let h = &s.timings.inflate;
     assert_eq!(h.count, 2);
-    assert!(close(h.p50_us, 0.3, 0.06), "300 ns kept at 16 ns resolution: {}", h.p50_us);
+    assert!(
+        close(h.p50_us, 0.3, 0.06),
+        "300 ns kept at 16 ns resolution: {}",
+        h.p50_us
+    );
     assert!(close(h.max_us, 3.6e9, 0.002), "clamped max {}", h.max_us);
     assert_eq!(s.counters.inflate_bytes, 20);
 }
@@ -95,7 +99,10 @@ fn timer_counters_and_errors() {
     assert_eq!((c.retries, c.cache_evictions, c.cache_bytes), (1, 1, 4096));
     assert_eq!(c.network_blocked_ns_total, 2_000_000);
     assert_eq!(s.read_amplification, Some(0.5));
-    assert_eq!(s.http_status, BTreeMap::from([("0".to_string(), 1), ("206".to_string(), 2)]));
+    assert_eq!(
+        s.http_status,
+        BTreeMap::from([("0".to_string(), 1), ("206".to_string(), 2)])
+    );
     assert_eq!(s.errors["fetch"], 1);
     assert_eq!(s.errors["digest_mismatch"], 1);
     assert_eq!(s.errors["inflate"], 0);
@@ -127,7 +134,11 @@ fn many_threads_record_everything() {
 #[test]
 fn merge_equals_recording_in_one_histogram() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let (a, b, all) = (Metrics::with_shards(2), Metrics::with_shards(3), Metrics::with_shards(1));
+    let (a, b, all) = (
+        Metrics::with_shards(2),
+        Metrics::with_shards(3),
+        Metrics::with_shards(1),
+    );
     for i in 0..20_000 {
         // Log-uniform 1 µs .. 1 s.
         let ns = 10f64.powf(rng.gen_range(3.0..9.0)) as u64;
@@ -143,7 +154,10 @@ fn merge_equals_recording_in_one_histogram() {
     let one = all.snapshot(Labels::default());
     let same = |x: &HistSnapshot, y: &HistSnapshot| {
         assert_eq!(x.count, y.count);
-        assert_eq!((x.p50_us, x.p90_us, x.p99_us, x.max_us), (y.p50_us, y.p90_us, y.p99_us, y.max_us));
+        assert_eq!(
+            (x.p50_us, x.p90_us, x.p99_us, x.max_us),
+            (y.p50_us, y.p90_us, y.p99_us, y.max_us)
+        );
         assert!(close(x.sum_us, y.sum_us, 1e-9));
         assert_eq!(x.histogram().unwrap(), y.histogram().unwrap());
     };
@@ -165,7 +179,10 @@ fn snapshot_json_round_trip_and_stats_replies() {
     let wrapped = format!(r#"{{"pid":1,"uptime_s":2.0,"fs":{{}},"metrics":{line}}}"#);
     assert_eq!(Snapshot::from_stats_reply(&wrapped).unwrap(), s);
     let unwired = r#"{"pid":1,"metrics":null}"#;
-    assert!(Snapshot::from_stats_reply(unwired).unwrap_err().to_string().contains("no metrics registry"));
+    assert!(Snapshot::from_stats_reply(unwired)
+        .unwrap_err()
+        .to_string()
+        .contains("no metrics registry"));
     assert!(Snapshot::from_stats_reply("pong").is_err());
     // Unknown fields from a newer daemon are ignored; missing ones default.
     let v: Snapshot = Snapshot::from_stats_reply(r#"{"schema_version":1,"new_field":3}"#).unwrap();
@@ -175,11 +192,25 @@ fn snapshot_json_round_trip_and_stats_replies() {
 
 fn sample_snapshots() -> Vec<Snapshot> {
     let mut out = Vec::new();
-    for (i, (img, hex)) in [("docker.io/library/alpine:3.19", "aa11"), ("ghcr.io/x/\"weird\\name\":1", "bb22")].iter().enumerate() {
+    for (i, (img, hex)) in [
+        ("docker.io/library/alpine:3.19", "aa11"),
+        ("ghcr.io/x/\"weird\\name\":1", "bb22"),
+    ]
+    .iter()
+    .enumerate()
+    {
         let m = Metrics::with_shards(2);
         for k in 1..=200u64 {
-            m.record_fuse_op(Op::ALL[(k as usize) % Op::ALL.len()], Duration::from_micros(k * (i as u64 + 1)), k % 50 == 0);
-            m.record_range_get(Duration::from_millis(k % 40), 1 << 16, if k % 99 == 0 { 503 } else { 206 });
+            m.record_fuse_op(
+                Op::ALL[(k as usize) % Op::ALL.len()],
+                Duration::from_micros(k * (i as u64 + 1)),
+                k % 50 == 0,
+            );
+            m.record_range_get(
+                Duration::from_millis(k % 40),
+                1 << 16,
+                if k % 99 == 0 { 503 } else { 206 },
+            );
             m.record_cache(k % 4 != 0, Duration::from_micros(k));
             m.record_inflate(Duration::from_micros(30 * k), 1 << 20);
             m.record_blocked(Duration::from_micros(200 * k));
@@ -202,7 +233,9 @@ fn check_exposition(text: &str) {
     let mut last_bucket: BTreeMap<String, (f64, u64)> = BTreeMap::new();
     let name_ok = |n: &str| {
         !n.is_empty()
-            && n.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && n.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
             && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
     };
     for line in text.lines() {
@@ -210,8 +243,14 @@ fn check_exposition(text: &str) {
             let mut p = rest.split(' ');
             let (n, t) = (p.next().unwrap(), p.next().unwrap());
             assert!(name_ok(n), "{line}");
-            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&t), "{line}");
-            assert!(families.insert(n.into(), t.into()).is_none(), "family declared twice: {n}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                "{line}"
+            );
+            assert!(
+                families.insert(n.into(), t.into()).is_none(),
+                "family declared twice: {n}"
+            );
             continue;
         }
         if line.starts_with("# HELP ") {
@@ -224,13 +263,20 @@ fn check_exposition(text: &str) {
             v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
         };
         assert!(seen_series.insert(series.to_string()), "duplicate series {series}");
-        let (name, labels) = series.split_once('{').map_or((series, ""), |(n, l)| (n, l.strip_suffix('}').unwrap()));
+        let (name, labels) = series
+            .split_once('{')
+            .map_or((series, ""), |(n, l)| (n, l.strip_suffix('}').unwrap()));
         assert!(name_ok(name), "{line}");
         let fam = ["_bucket", "_sum", "_count"]
             .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|b| families.get(*b).is_some_and(|t| t == "histogram")))
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|b| families.get(*b).is_some_and(|t| t == "histogram"))
+            })
             .unwrap_or(name);
-        let kind = families.get(fam).unwrap_or_else(|| panic!("sample before TYPE: {line}"));
+        let kind = families
+            .get(fam)
+            .unwrap_or_else(|| panic!("sample before TYPE: {line}"));
         if kind == "counter" {
             assert!(name.ends_with("_total"), "{name}");
         }
@@ -256,7 +302,11 @@ fn check_exposition(text: &str) {
 }
 
 fn promtool() -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("promtool")).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join("promtool"))
+        .find(|p| p.is_file())
 }
 
 fn promtool_check(text: &str) {
@@ -273,8 +323,15 @@ fn promtool_check(text: &str) {
         .unwrap();
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    let msg = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && msg.trim().is_empty(), "promtool check metrics:\n{msg}\n---\n{text}");
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && msg.trim().is_empty(),
+        "promtool check metrics:\n{msg}\n---\n{text}"
+    );
 }
 
 #[test]
@@ -284,15 +341,24 @@ fn prometheus_output_is_valid() {
     check_exposition(&text);
     promtool_check(&text);
     assert!(text.contains("# TYPE clip_fuse_op_duration_seconds histogram"));
-    assert!(text.contains("clip_bytes_served_total{image=\"docker.io/library/alpine:3.19\",digest=\"sha256:aa11\"} 5242880"));
-    assert!(text.contains("image=\"ghcr.io/x/\\\"weird\\\\name\\\":1\""), "label escaping");
+    assert!(text
+        .contains("clip_bytes_served_total{image=\"docker.io/library/alpine:3.19\",digest=\"sha256:aa11\"} 5242880"));
+    assert!(
+        text.contains("image=\"ghcr.io/x/\\\"weird\\\\name\\\":1\""),
+        "label escaping"
+    );
     assert!(text.contains("clip_daemon_up{digest=\"sha256:dead\"} 0"));
-    assert!(text.contains("clip_errors_total{image=\"docker.io/library/alpine:3.19\",digest=\"sha256:aa11\",kind=\"timeout\"} 1"));
-    assert!(text.contains("clip_http_responses_total{image=\"docker.io/library/alpine:3.19\",digest=\"sha256:aa11\",status=\"503\"} 2"));
+    assert!(text.contains(
+        "clip_errors_total{image=\"docker.io/library/alpine:3.19\",digest=\"sha256:aa11\",kind=\"timeout\"} 1"
+    ));
+    assert!(text.contains(
+        "clip_http_responses_total{image=\"docker.io/library/alpine:3.19\",digest=\"sha256:aa11\",status=\"503\"} 2"
+    ));
     // Same labels twice are merged, never duplicated series.
     let dup = render_prometheus(&[snaps[0].clone(), snaps[0].clone()], &[]).unwrap();
     check_exposition(&dup);
-    assert!(dup.contains("clip_bytes_served_total{image=\"docker.io/library/alpine:3.19\",digest=\"sha256:aa11\"} 10485760"));
+    assert!(dup
+        .contains("clip_bytes_served_total{image=\"docker.io/library/alpine:3.19\",digest=\"sha256:aa11\"} 10485760"));
     // Empty: valid, only the down daemons.
     let empty = render_prometheus(&[], &[]).unwrap();
     assert_eq!(empty, "");
@@ -307,7 +373,10 @@ fn prometheus_output_is_valid() {
 fn text_and_json_rendering() {
     let snaps = sample_snapshots();
     let text = render_text(&snaps).unwrap();
-    assert!(text.contains("image docker.io/library/alpine:3.19  sha256:aa11"), "{text}");
+    assert!(
+        text.contains("image docker.io/library/alpine:3.19  sha256:aa11"),
+        "{text}"
+    );
     assert!(text.contains("node-wide total (2 images)"), "{text}");
     assert!(text.contains("fuse lookup"), "{text}");
     assert!(text.contains("amplification"), "{text}");
@@ -325,12 +394,18 @@ fn text_and_json_rendering() {
 fn fuse_hook_records_a_request() {
     let m = Arc::new(Metrics::with_shards(2));
     let hook = FuseMetricsHook::new(m.clone());
-    let ih = InHeader { opcode: Opcode::Lookup as u32, ..Default::default() };
+    let ih = InHeader {
+        opcode: Opcode::Lookup as u32,
+        ..Default::default()
+    };
     hook.collect(&ih);
     std::thread::sleep(Duration::from_millis(2));
     hook.release(None);
     hook.release(None); // an unpaired release records nothing
-    let ih = InHeader { opcode: Opcode::Forget as u32, ..Default::default() };
+    let ih = InHeader {
+        opcode: Opcode::Forget as u32,
+        ..Default::default()
+    };
     hook.collect(&ih);
     hook.release(None);
     let s = m.snapshot(Labels::default());
@@ -353,7 +428,11 @@ fn fake_daemon(sock: &Path, reply: Option<String>) {
                 Some(r) => {
                     let mut line = String::new();
                     BufReader::new(&conn).read_line(&mut line).unwrap();
-                    let out = if line.trim() == "stats" { r.clone() } else { "error unknown command".into() };
+                    let out = if line.trim() == "stats" {
+                        r.clone()
+                    } else {
+                        "error unknown command".into()
+                    };
                     (&conn).write_all(format!("{out}\n").as_bytes()).unwrap();
                 }
                 None => held.push(conn), // accept, never answer
@@ -366,7 +445,11 @@ fn fake_daemon(sock: &Path, reply: Option<String>) {
 fn fake_image(run_dir: &Path, hex: &str, image: &str, cids: &[&str], answers: bool) {
     let d = run_dir.join("images").join(hex);
     std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("containers"), cids.iter().map(|c| format!("{c}\n")).collect::<String>()).unwrap();
+    std::fs::write(
+        d.join("containers"),
+        cids.iter().map(|c| format!("{c}\n")).collect::<String>(),
+    )
+    .unwrap();
     let m = Metrics::with_shards(1);
     m.add_served(100);
     m.record_fuse_op(Op::Read, Duration::from_micros(40), false);
@@ -402,11 +485,17 @@ fn control_client_answers_timeouts_and_missing_sockets() {
     assert!(matches!(err, MetricsError::NotRunning { .. }), "stale socket: {err}");
 
     let entries = discover(dir.path()).unwrap();
-    assert_eq!(entries.iter().map(|e| e.manifest_hex.as_str()).collect::<Vec<_>>(), ["aa", "bb", "cc"]);
+    assert_eq!(
+        entries.iter().map(|e| e.manifest_hex.as_str()).collect::<Vec<_>>(),
+        ["aa", "bb", "cc"]
+    );
     assert_eq!(entries[0].cids, ["c1", "c2"]);
     let t0 = Instant::now();
     let reports = collect(&entries, Duration::from_millis(300));
-    assert!(t0.elapsed() < Duration::from_millis(1500), "daemons are queried concurrently");
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "daemons are queried concurrently"
+    );
     let ok = reports[0].result.as_ref().unwrap();
     assert_eq!(ok.labels.digest, "sha256:aa");
     assert_eq!(ok.labels.cids, ["c1", "c2"]);
@@ -420,7 +509,10 @@ fn control_client_error_reply() {
     let sock = dir.path().join("s.sock");
     fake_daemon(&sock, Some("error stats unavailable".into()));
     let err = query_daemon(&sock, Duration::from_secs(1)).unwrap_err();
-    assert!(err.to_string().contains("daemon answered: error stats unavailable"), "{err}");
+    assert!(
+        err.to_string().contains("daemon answered: error stats unavailable"),
+        "{err}"
+    );
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
@@ -448,7 +540,10 @@ fn serve_metrics_and_healthz() {
     let (head, body) = http_get(addr, "/metrics");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
-    assert!(body.contains("clip_bytes_served_total{image=\"alpine:3\",digest=\"sha256:aa\"} 100"), "{body}");
+    assert!(
+        body.contains("clip_bytes_served_total{image=\"alpine:3\",digest=\"sha256:aa\"} 100"),
+        "{body}"
+    );
     assert!(body.contains("clip_daemon_up{digest=\"sha256:bb\"} 0"), "{body}");
     check_exposition(&body);
     promtool_check(&body);
