@@ -7,6 +7,7 @@
 
 mod index;
 mod inspect;
+mod metrics;
 mod mount;
 mod util;
 
@@ -39,6 +40,8 @@ enum Command {
     Umount(mount::UmountArgs),
     /// List mounted images and containers.
     Ps(mount::PsArgs),
+    /// Show FUSE/fetch/cache latencies and counters of the running mount daemons.
+    Metrics(metrics::MetricsArgs),
     /// Internal: the long-lived mount daemon (started by `mount`).
     #[command(name = "__daemon", hide = true)]
     Daemon(mount::DaemonCliArgs),
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Mount(a) => mount::run_mount(a),
         Command::Umount(a) => mount::run_umount(a),
         Command::Ps(a) => mount::run_ps(a),
+        Command::Metrics(a) => metrics::run(a),
         Command::Daemon(a) => mount::run_daemon(a),
     };
     match result {

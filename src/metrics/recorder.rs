@@ -1,0 +1,381 @@
+//! The recording side: [`Metrics`] (sharded histograms and counters) and the
+//! RAII [`OpTimer`].
+//!
+//! Hot-path cost: one uncontended `Mutex` lock plus one hdrhistogram record
+//! for a timing, one relaxed `fetch_add` on a shard-local cache line for a
+//! counter. Each thread sticks to one shard (assigned round-robin on first
+//! use), so with up to `shards` recording threads no two threads share a lock
+//! or a counter cache line.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::snapshot::{Counters, HistSnapshot, Labels, Snapshot, Timings, SCHEMA_VERSION};
+use super::{ErrorKind, Op};
+
+/// Smallest distinguishable latency in ns (values below share one bucket).
+/// 16 ns keeps sub-microsecond resolution for cached getattr/lookup while the
+/// first hdr bucket already spans 0..32 µs at 3 significant digits.
+pub(super) const LOWEST_NS: u64 = 16;
+/// Latencies above one hour are clamped: bounds histogram memory (auto-resize).
+pub(super) const HIGHEST_NS: u64 = 3_600_000_000_000;
+/// Significant digits kept by every histogram.
+pub(super) const SIGFIG: u8 = 3;
+/// Upper bound on shards: more recording threads than this share shards.
+const MAX_SHARDS: usize = 16;
+
+/// Timing histograms after the per-op ones, in [`Timing`] order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timing {
+    RangeGet,
+    Inflate,
+    CacheHit,
+    CacheMiss,
+    Blocked,
+}
+const N_TIMINGS: usize = 5;
+const N_HISTS: usize = Op::ALL.len() + N_TIMINGS;
+
+impl Timing {
+    fn slot(self) -> usize {
+        Op::ALL.len() + self as usize
+    }
+}
+
+/// Plain counters, in declaration order.
+#[derive(Debug, Clone, Copy)]
+enum Ctr {
+    BytesServed,
+    BytesFetched,
+    FetchCount,
+    InflateBytes,
+    CacheHits,
+    CacheMisses,
+    CacheEvictions,
+    Retries,
+    NetworkBlockedNs,
+}
+const N_CTRS: usize = 9;
+
+/// An empty auto-resizing nanosecond histogram with the crate's precision.
+pub(super) fn new_histogram() -> Histogram<u64> {
+    let mut h =
+        Histogram::new_with_bounds(LOWEST_NS, LOWEST_NS * 2, SIGFIG).expect("static histogram bounds are valid");
+    h.auto(true);
+    h
+}
+
+/// Records `ns` into `slot`. `saturating_record` would clamp to the current
+/// (auto-resizing) bound instead of growing, so use `record`, which grows.
+#[inline]
+fn put(slot: &mut Slot, ns: u64) {
+    let h = slot.hist.get_or_insert_with(new_histogram);
+    if h.record(ns).is_err() {
+        h.saturating_record(ns);
+    }
+    slot.sum_ns = slot.sum_ns.saturating_add(ns);
+}
+
+/// One histogram plus its exact sum (hdr only keeps an approximate mean).
+#[derive(Debug, Default)]
+struct Slot {
+    /// Allocated on first record: an unused (op, shard) pair costs nothing.
+    hist: Option<Histogram<u64>>,
+    sum_ns: u64,
+}
+
+#[derive(Debug)]
+struct Locked {
+    slots: [Slot; N_HISTS],
+    /// `(status, count)`; a handful of distinct statuses, linear scan.
+    http_status: Vec<(u16, u64)>,
+}
+
+/// One shard, on its own cache lines.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard {
+    locked: Mutex<Locked>,
+    counters: [AtomicU64; N_CTRS],
+    errors: [AtomicU64; ErrorKind::ALL.len()],
+    op_errors: [AtomicU64; Op::ALL.len()],
+}
+
+impl Shard {
+    fn new() -> Self {
+        Shard {
+            locked: Mutex::new(Locked {
+                slots: std::array::from_fn(|_| Slot::default()),
+                http_status: Vec::new(),
+            }),
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            op_errors: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Locked> {
+        // A panic while holding the lock leaves consistent data: keep going.
+        self.locked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Round-robin thread → shard assignment. This is thread bookkeeping, not
+/// metrics state: every [`Metrics`] keeps its own shards.
+static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static THREAD_NO: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The metrics registry of one mount daemon (one image). Create one with
+/// [`Metrics::new`], wrap it in an `Arc` and hand clones to the cache, the
+/// fetcher and the FUSE hook. Every method takes `&self` and is cheap enough
+/// for the read path.
+#[derive(Debug)]
+pub struct Metrics {
+    shards: Box<[Shard]>,
+    cache_bytes: AtomicU64,
+    started: Instant,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with one shard per available CPU (at most 16).
+    pub fn new() -> Self {
+        let n = std::thread::available_parallelism().map_or(4, |n| n.get());
+        Self::with_shards(n)
+    }
+
+    /// A registry with `n` shards (clamped to 1..=16).
+    pub fn with_shards(n: usize) -> Self {
+        let n = n.clamp(1, MAX_SHARDS);
+        Metrics {
+            shards: (0..n).map(|_| Shard::new()).collect(),
+            cache_bytes: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    #[inline]
+    fn shard(&self) -> &Shard {
+        let i = THREAD_NO.with(|n| *n) % self.shards.len();
+        &self.shards[i]
+    }
+
+    #[inline]
+    fn add(&self, c: Ctr, n: u64) {
+        self.shard().counters[c as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn record_slot(&self, shard: &Shard, slot: usize, d: Duration) {
+        let ns = (d.as_nanos().min(u128::from(HIGHEST_NS))) as u64;
+        put(&mut shard.lock().slots[slot], ns);
+    }
+
+    /// Starts timing one FUSE operation; the latency is recorded when the
+    /// returned guard drops.
+    #[inline]
+    pub fn fuse_timer(&self, op: Op) -> OpTimer<'_> {
+        OpTimer {
+            metrics: self,
+            op,
+            start: Instant::now(),
+            error: false,
+        }
+    }
+
+    /// Records one FUSE operation that took `d` (used by [`super::FuseMetricsHook`]).
+    #[inline]
+    pub fn record_fuse_op(&self, op: Op, d: Duration, error: bool) {
+        let shard = self.shard();
+        self.record_slot(shard, op as usize, d);
+        if error {
+            shard.op_errors[op as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One ranged GET finished: its latency, the bytes received and the HTTP
+    /// status (`0` when no response arrived: connect error, timeout, reset).
+    /// Counts a fetch, adds to `bytes_fetched`, tallies the status.
+    pub fn record_range_get(&self, latency: Duration, bytes: u64, status: u16) {
+        let shard = self.shard();
+        let ns = (latency.as_nanos().min(u128::from(HIGHEST_NS))) as u64;
+        {
+            let mut g = shard.lock();
+            put(&mut g.slots[Timing::RangeGet.slot()], ns);
+            match g.http_status.iter_mut().find(|(st, _)| *st == status) {
+                Some((_, n)) => *n += 1,
+                None => g.http_status.push((status, 1)),
+            }
+        }
+        shard.counters[Ctr::FetchCount as usize].fetch_add(1, Ordering::Relaxed);
+        shard.counters[Ctr::BytesFetched as usize].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// One inflate (decompression) run took `d` and produced `bytes` of output.
+    pub fn record_inflate(&self, d: Duration, bytes: u64) {
+        let shard = self.shard();
+        self.record_slot(shard, Timing::Inflate.slot(), d);
+        shard.counters[Ctr::InflateBytes as usize].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A cache lookup was served (`hit`) or had to be filled (`!hit`) in `d`.
+    pub fn record_cache(&self, hit: bool, d: Duration) {
+        let shard = self.shard();
+        let (slot, ctr) = if hit {
+            (Timing::CacheHit, Ctr::CacheHits)
+        } else {
+            (Timing::CacheMiss, Ctr::CacheMisses)
+        };
+        self.record_slot(shard, slot.slot(), d);
+        shard.counters[ctr as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A reader waited `d` for a network fetch (its own or one in flight).
+    pub fn record_blocked(&self, d: Duration) {
+        let shard = self.shard();
+        self.record_slot(shard, Timing::Blocked.slot(), d);
+        let ns = (d.as_nanos().min(u128::from(u64::MAX))) as u64;
+        shard.counters[Ctr::NetworkBlockedNs as usize].fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// `n` bytes were returned to a reader (FUSE read replies).
+    #[inline]
+    pub fn add_served(&self, n: u64) {
+        self.add(Ctr::BytesServed, n);
+    }
+
+    /// Counts one error of `kind`.
+    pub fn count_error(&self, kind: ErrorKind) {
+        self.shard().errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one retried fetch attempt.
+    pub fn count_retry(&self) {
+        self.add(Ctr::Retries, 1);
+    }
+
+    /// Counts one evicted cache entry.
+    pub fn count_eviction(&self) {
+        self.add(Ctr::CacheEvictions, 1);
+    }
+
+    /// Sets the cache size gauge (bytes currently held).
+    pub fn set_cache_bytes(&self, n: u64) {
+        self.cache_bytes.store(n, Ordering::Relaxed);
+    }
+
+    /// A consistent-enough copy of everything recorded so far (each shard is
+    /// locked once, briefly), with `labels` attached.
+    pub fn snapshot(&self, labels: Labels) -> Snapshot {
+        let mut hists: Vec<(Histogram<u64>, u64)> = (0..N_HISTS).map(|_| (new_histogram(), 0)).collect();
+        let mut status: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut ctr = [0u64; N_CTRS];
+        let mut errs = [0u64; ErrorKind::ALL.len()];
+        let mut op_errs = [0u64; Op::ALL.len()];
+        for shard in self.shards.iter() {
+            {
+                let g = shard.lock();
+                for (dst, src) in hists.iter_mut().zip(g.slots.iter()) {
+                    if let Some(h) = &src.hist {
+                        // Same bounds and auto-resize: addition cannot fail.
+                        let _ = dst.0.add(h);
+                    }
+                    dst.1 = dst.1.saturating_add(src.sum_ns);
+                }
+                for (st, n) in &g.http_status {
+                    *status.entry(st.to_string()).or_default() += n;
+                }
+            }
+            let sum = |dst: &mut [u64], src: &[AtomicU64]| {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = d.saturating_add(s.load(Ordering::Relaxed));
+                }
+            };
+            sum(&mut ctr, &shard.counters);
+            sum(&mut errs, &shard.errors);
+            sum(&mut op_errs, &shard.op_errors);
+        }
+        let hs = |slot: usize| HistSnapshot::from_histogram(&hists[slot].0, hists[slot].1);
+        let counters = Counters {
+            bytes_served: ctr[Ctr::BytesServed as usize],
+            bytes_fetched: ctr[Ctr::BytesFetched as usize],
+            fetch_count: ctr[Ctr::FetchCount as usize],
+            inflate_bytes: ctr[Ctr::InflateBytes as usize],
+            cache_hits: ctr[Ctr::CacheHits as usize],
+            cache_misses: ctr[Ctr::CacheMisses as usize],
+            cache_evictions: ctr[Ctr::CacheEvictions as usize],
+            cache_bytes: self.cache_bytes.load(Ordering::Relaxed),
+            retries: ctr[Ctr::Retries as usize],
+            network_blocked_ns_total: ctr[Ctr::NetworkBlockedNs as usize],
+        };
+        let mut snap = Snapshot {
+            schema_version: SCHEMA_VERSION,
+            labels,
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            read_amplification: None,
+            counters,
+            errors: ErrorKind::ALL
+                .iter()
+                .map(|k| (k.name().to_string(), errs[*k as usize]))
+                .collect(),
+            http_status: status,
+            fuse_ops: Op::ALL
+                .iter()
+                .map(|op| (op.name().to_string(), hs(*op as usize)))
+                .collect(),
+            fuse_op_errors: Op::ALL
+                .iter()
+                .map(|op| (op.name().to_string(), op_errs[*op as usize]))
+                .collect(),
+            timings: Timings {
+                range_get: hs(Timing::RangeGet.slot()),
+                inflate: hs(Timing::Inflate.slot()),
+                cache_hit: hs(Timing::CacheHit.slot()),
+                cache_miss: hs(Timing::CacheMiss.slot()),
+                blocked_on_network: hs(Timing::Blocked.slot()),
+            },
+        };
+        snap.read_amplification = snap.counters.read_amplification();
+        snap
+    }
+}
+
+/// Times one FUSE operation; records into its [`Metrics`] on drop (also on
+/// early return or `?`). Call [`OpTimer::mark_error`] before dropping when
+/// the operation replies with an error.
+#[derive(Debug)]
+#[must_use = "the timer records when dropped; binding it to `_` drops it at once"]
+pub struct OpTimer<'a> {
+    metrics: &'a Metrics,
+    op: Op,
+    start: Instant,
+    error: bool,
+}
+
+impl OpTimer<'_> {
+    /// Counts this operation in `fuse_op_errors` as well.
+    pub fn mark_error(&mut self) {
+        self.error = true;
+    }
+
+    /// Time elapsed so far.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+impl Drop for OpTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics.record_fuse_op(self.op, self.start.elapsed(), self.error);
+    }
+}

@@ -1,0 +1,301 @@
+//! [`Snapshot`]: the serializable, mergeable view of a [`super::Metrics`].
+//! The JSON schema is described in the module docs of [`super`].
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use super::recorder::new_histogram;
+use super::MetricsError;
+
+/// Version of the JSON schema; bumped only on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const NS_PER_US: f64 = 1_000.0;
+
+/// Who the numbers are about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Labels {
+    /// Image reference as given to `mount` (e.g. `docker.io/library/alpine:3.19`).
+    pub image: String,
+    /// Manifest digest, `sha256:<hex>`.
+    pub digest: String,
+    /// Container ids using the image.
+    pub cids: Vec<String>,
+}
+
+/// Plain counters. All are monotonic except `cache_bytes` (a gauge).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    /// Bytes returned to readers.
+    pub bytes_served: u64,
+    /// Compressed bytes received from the network.
+    pub bytes_fetched: u64,
+    /// Ranged GETs issued.
+    pub fetch_count: u64,
+    /// Bytes produced by inflating.
+    pub inflate_bytes: u64,
+    /// Cache lookups served from the cache.
+    pub cache_hits: u64,
+    /// Cache lookups that had to fill.
+    pub cache_misses: u64,
+    /// Cache entries evicted.
+    pub cache_evictions: u64,
+    /// Gauge: bytes currently held by the cache.
+    pub cache_bytes: u64,
+    /// Fetch attempts retried.
+    pub retries: u64,
+    /// Total nanoseconds readers spent waiting on the network.
+    pub network_blocked_ns_total: u64,
+}
+
+impl Counters {
+    /// `bytes_fetched / bytes_served`, or `None` before anything was served.
+    pub fn read_amplification(&self) -> Option<f64> {
+        (self.bytes_served > 0).then(|| self.bytes_fetched as f64 / self.bytes_served as f64)
+    }
+
+    fn add(&mut self, o: &Counters) {
+        let pairs = [
+            (&mut self.bytes_served, o.bytes_served),
+            (&mut self.bytes_fetched, o.bytes_fetched),
+            (&mut self.fetch_count, o.fetch_count),
+            (&mut self.inflate_bytes, o.inflate_bytes),
+            (&mut self.cache_hits, o.cache_hits),
+            (&mut self.cache_misses, o.cache_misses),
+            (&mut self.cache_evictions, o.cache_evictions),
+            (&mut self.cache_bytes, o.cache_bytes),
+            (&mut self.retries, o.retries),
+            (&mut self.network_blocked_ns_total, o.network_blocked_ns_total),
+        ];
+        for (d, s) in pairs {
+            *d = d.saturating_add(s);
+        }
+    }
+}
+
+/// Summary of one latency histogram; times in microseconds (fractional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HistSnapshot {
+    /// Number of samples.
+    pub count: u64,
+    /// Exact sum of all samples, µs.
+    pub sum_us: f64,
+    /// Mean, µs.
+    pub mean_us: f64,
+    /// Median, µs (3 significant digits).
+    pub p50_us: f64,
+    /// 90th percentile, µs.
+    pub p90_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+    /// Maximum, µs.
+    pub max_us: f64,
+    /// Base64 (standard alphabet, padded) of the HdrHistogram V2 encoding of
+    /// the nanosecond histogram; empty when `count == 0`. Decode and add to
+    /// merge exactly.
+    pub hdr: String,
+}
+
+impl HistSnapshot {
+    /// Summarises `h` (nanoseconds) whose exact sum is `sum_ns`.
+    pub fn from_histogram(h: &Histogram<u64>, sum_ns: u64) -> Self {
+        let count = h.len();
+        if count == 0 {
+            return HistSnapshot::default();
+        }
+        let q = |q: f64| h.value_at_quantile(q) as f64 / NS_PER_US;
+        let mut buf = Vec::new();
+        let hdr = match V2Serializer::new().serialize(h, &mut buf) {
+            Ok(_) => base64::engine::general_purpose::STANDARD.encode(&buf),
+            Err(_) => String::new(),
+        };
+        HistSnapshot {
+            count,
+            sum_us: sum_ns as f64 / NS_PER_US,
+            mean_us: sum_ns as f64 / NS_PER_US / count as f64,
+            p50_us: q(0.50),
+            p90_us: q(0.90),
+            p99_us: q(0.99),
+            max_us: h.max() as f64 / NS_PER_US,
+            hdr,
+        }
+    }
+
+    /// Decodes the embedded nanosecond histogram (empty when `count == 0`).
+    pub fn histogram(&self) -> Result<Histogram<u64>, MetricsError> {
+        let mut out = new_histogram();
+        if self.hdr.is_empty() {
+            if self.count > 0 {
+                return Err(MetricsError::Histogram("count > 0 but no hdr data".into()));
+            }
+            return Ok(out);
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(self.hdr.as_bytes())
+            .map_err(|e| MetricsError::Histogram(format!("base64: {e}")))?;
+        let h: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .map_err(|e| MetricsError::Histogram(format!("hdr V2: {e:?}")))?;
+        out.add(&h)
+            .map_err(|e| MetricsError::Histogram(format!("add: {e:?}")))?;
+        Ok(out)
+    }
+
+    /// Exact merge: decodes both histograms, adds them, recomputes quantiles.
+    pub fn merged<'a>(parts: impl IntoIterator<Item = &'a HistSnapshot>) -> Result<HistSnapshot, MetricsError> {
+        let mut acc = new_histogram();
+        let mut sum_us = 0.0;
+        for p in parts {
+            acc.add(p.histogram()?)
+                .map_err(|e| MetricsError::Histogram(format!("add: {e:?}")))?;
+            sum_us += p.sum_us;
+        }
+        let mut out = HistSnapshot::from_histogram(&acc, 0);
+        if out.count > 0 {
+            out.sum_us = sum_us;
+            out.mean_us = sum_us / out.count as f64;
+        }
+        Ok(out)
+    }
+}
+
+/// The non-FUSE latency histograms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Timings {
+    /// Ranged GET latency (request sent → body received).
+    pub range_get: HistSnapshot,
+    /// Time spent inflating.
+    pub inflate: HistSnapshot,
+    /// Time to serve a cache hit.
+    pub cache_hit: HistSnapshot,
+    /// Time to serve a cache miss (fill included).
+    pub cache_miss: HistSnapshot,
+    /// Time readers waited on network fetches.
+    pub blocked_on_network: HistSnapshot,
+}
+
+impl Timings {
+    /// `(name, histogram)` pairs in a fixed order.
+    pub fn named(&self) -> [(&'static str, &HistSnapshot); 5] {
+        [
+            ("range_get", &self.range_get),
+            ("inflate", &self.inflate),
+            ("cache_hit", &self.cache_hit),
+            ("cache_miss", &self.cache_miss),
+            ("blocked_on_network", &self.blocked_on_network),
+        ]
+    }
+}
+
+/// Everything one daemon recorded; see the module docs for the JSON schema.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Snapshot {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Image, digest, containers.
+    pub labels: Labels,
+    /// Seconds since the registry was created (for a merge: the largest).
+    pub uptime_seconds: f64,
+    /// `bytes_fetched / bytes_served`; `null` before anything was served.
+    pub read_amplification: Option<f64>,
+    /// Byte and event counters.
+    pub counters: Counters,
+    /// Errors by kind (`fetch`, `digest_mismatch`, `inflate`, `fuse_eio`, ...).
+    pub errors: BTreeMap<String, u64>,
+    /// Ranged GET responses by HTTP status (`"0"`: no response).
+    pub http_status: BTreeMap<String, u64>,
+    /// FUSE latency per operation name (`lookup`, `getattr`, ... `other`).
+    pub fuse_ops: BTreeMap<String, HistSnapshot>,
+    /// FUSE operations that replied with an error, per operation name.
+    pub fuse_op_errors: BTreeMap<String, u64>,
+    /// Fetch, inflate, cache and blocking latencies.
+    pub timings: Timings,
+}
+
+fn add_map(dst: &mut BTreeMap<String, u64>, src: &BTreeMap<String, u64>) {
+    for (k, v) in src {
+        let e = dst.entry(k.clone()).or_default();
+        *e = e.saturating_add(*v);
+    }
+}
+
+impl Snapshot {
+    /// Node-wide totals: counters added, histograms merged exactly, labels
+    /// given by the caller.
+    pub fn merged(parts: &[Snapshot], labels: Labels) -> Result<Snapshot, MetricsError> {
+        let mut out = Snapshot {
+            schema_version: SCHEMA_VERSION,
+            labels,
+            ..Default::default()
+        };
+        let mut ops: BTreeMap<&str, Vec<&HistSnapshot>> = BTreeMap::new();
+        for p in parts {
+            out.uptime_seconds = out.uptime_seconds.max(p.uptime_seconds);
+            out.counters.add(&p.counters);
+            add_map(&mut out.errors, &p.errors);
+            add_map(&mut out.http_status, &p.http_status);
+            add_map(&mut out.fuse_op_errors, &p.fuse_op_errors);
+            for (k, h) in &p.fuse_ops {
+                ops.entry(k.as_str()).or_default().push(h);
+            }
+        }
+        for (k, hs) in ops {
+            out.fuse_ops.insert(k.to_string(), HistSnapshot::merged(hs)?);
+        }
+        let t = |f: fn(&Timings) -> &HistSnapshot| HistSnapshot::merged(parts.iter().map(|p| f(&p.timings)));
+        out.timings = Timings {
+            range_get: t(|t| &t.range_get)?,
+            inflate: t(|t| &t.inflate)?,
+            cache_hit: t(|t| &t.cache_hit)?,
+            cache_miss: t(|t| &t.cache_miss)?,
+            blocked_on_network: t(|t| &t.blocked_on_network)?,
+        };
+        out.read_amplification = out.counters.read_amplification();
+        Ok(out)
+    }
+
+    /// Parses a daemon's `stats` reply: either a bare snapshot, or an object
+    /// whose `metrics` member is one (the mount daemon wraps it with its pid,
+    /// uptime and mountpoint).
+    pub fn from_stats_reply(line: &str) -> Result<Snapshot, MetricsError> {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| MetricsError::Protocol(format!("stats reply is not JSON: {e}")))?;
+        let inner = if v.get("schema_version").is_some() {
+            v
+        } else {
+            match v.get("metrics") {
+                Some(m) if m.is_object() => m.clone(),
+                Some(_) => {
+                    return Err(MetricsError::Protocol(
+                        "daemon has no metrics registry attached (`metrics` is null)".into(),
+                    ))
+                }
+                None => {
+                    return Err(MetricsError::Protocol(
+                        "stats reply has neither `schema_version` nor `metrics`".into(),
+                    ))
+                }
+            }
+        };
+        let mut s: Snapshot = serde_json::from_value(inner)
+            .map_err(|e| MetricsError::Protocol(format!("stats reply is not a metrics snapshot: {e}")))?;
+        if s.schema_version > SCHEMA_VERSION {
+            return Err(MetricsError::Protocol(format!(
+                "snapshot schema version {} is newer than this clipctl understands ({SCHEMA_VERSION})",
+                s.schema_version
+            )));
+        }
+        // Derived: recomputed so a daemon cannot disagree with its counters.
+        s.read_amplification = s.counters.read_amplification();
+        Ok(s)
+    }
+}
