@@ -28,7 +28,14 @@ const SIZE: usize = 48 << 20;
 fn content() -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(42);
     let mut out = Vec::with_capacity(SIZE);
-    let words: [&[u8]; 6] = [b"import ", b"numpy ", b"def f(x):\n", b"    return ", b"self.", b"# comment\n"];
+    let words: [&[u8]; 6] = [
+        b"import ",
+        b"numpy ",
+        b"def f(x):\n",
+        b"    return ",
+        b"self.",
+        b"# comment\n",
+    ];
     while out.len() < SIZE {
         let run = rng.gen_range(1..256 << 10);
         match rng.gen_range(0..4) {
@@ -60,7 +67,13 @@ fn fixture(data: &[u8], span: u64) -> Fixture {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
     e.write_all(data).unwrap();
     let blob = e.finish().unwrap();
-    let mut r = ZranReader::new(&blob[..], IndexerConfig { span, chunk_size: 256 << 10 });
+    let mut r = ZranReader::new(
+        &blob[..],
+        IndexerConfig {
+            span,
+            chunk_size: 256 << 10,
+        },
+    );
     std::io::copy(&mut r.by_ref(), &mut std::io::sink()).unwrap();
     let idx = r.finish().unwrap();
     let layer = Layer {
@@ -76,9 +89,16 @@ fn fixture(data: &[u8], span: u64) -> Fixture {
     };
     let mut src = MemSource::new();
     src.insert(blob);
-    let data = IndexData { layers: vec![layer], ..Default::default() };
+    let data = IndexData {
+        layers: vec![layer],
+        ..Default::default()
+    };
     let index = Index::from_bytes(write_index(&data, WriteOptions::default()).unwrap()).unwrap();
-    Fixture { index: Arc::new(index), source: Arc::new(src), size: SIZE as u64 }
+    Fixture {
+        index: Arc::new(index),
+        source: Arc::new(src),
+        size: SIZE as u64,
+    }
 }
 
 fn cache(f: &Fixture, config: CacheConfig) -> ContentCache {
@@ -95,7 +115,14 @@ fn benches(c: &mut Criterion) {
         g.sample_size(20);
         g.throughput(Throughput::Bytes(64 << 10));
         // Nothing kept: every read is a miss restarting at a checkpoint.
-        let cold = cache(&f, CacheConfig { memory_bytes: 0, parked_decoders: 0, ..Default::default() });
+        let cold = cache(
+            &f,
+            CacheConfig {
+                memory_bytes: 0,
+                parked_decoders: 0,
+                ..Default::default()
+            },
+        );
         g.bench_function(format!("span_{}M", span >> 20), |b| {
             b.iter(|| {
                 let off = rng.gen_range(0..f.size - (64 << 10));

@@ -2,6 +2,7 @@
 //! one sharded histogram record), a bare histogram record, a counter add,
 //! and the FUSE hook's collect/release pair; single-threaded and with 4
 //! threads hammering one registry.
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +19,9 @@ fn record(c: &mut Criterion) {
         b.iter(|| m.record_fuse_op(Op::Read, black_box(Duration::from_nanos(12_345)), false))
     });
     c.bench_function("add_served", |b| b.iter(|| m.add_served(black_box(4096))));
-    c.bench_function("instant_now_pair", |b| b.iter(|| black_box(Instant::now()).elapsed()));
+    c.bench_function("instant_now_pair", |b| {
+        b.iter(|| black_box(Instant::now()).elapsed())
+    });
     let shared = Arc::new(Metrics::new());
     c.bench_function("record_fuse_op_4_threads", |b| {
         b.iter_custom(|iters| {
@@ -28,7 +31,11 @@ fn record(c: &mut Criterion) {
                     let m = shared.clone();
                     s.spawn(move || {
                         for _ in 0..iters {
-                            m.record_fuse_op(Op::Read, black_box(Duration::from_nanos(12_345)), false);
+                            m.record_fuse_op(
+                                Op::Read,
+                                black_box(Duration::from_nanos(12_345)),
+                                false,
+                            );
                         }
                     });
                 }

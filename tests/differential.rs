@@ -10,7 +10,7 @@ use clip::cache::{CacheConfig, ContentCache, ContentReader};
 use clip::format::{Index, NodeKind, ROOT_INO};
 use clip::oci::{ImageRef, RegistryOptions, RegistrySource};
 
-use crate::common::{self, run, stderr, walk_rootfs, Entry};
+use crate::common::{self, run, stderr, walk_rootfs, Entry, LinkGroups, Tree};
 use crate::require;
 
 fn kind_name(k: Option<NodeKind>) -> &'static str {
@@ -27,13 +27,7 @@ fn kind_name(k: Option<NodeKind>) -> &'static str {
 }
 
 /// Walks the index: path → entry, and inode → paths (hard link groups).
-fn walk_index(
-    idx: &Index,
-) -> (
-    BTreeMap<Vec<u8>, Entry>,
-    HashMap<u64, Vec<Vec<u8>>>,
-    HashMap<Vec<u8>, u64>,
-) {
+fn walk_index(idx: &Index) -> (Tree, LinkGroups<u64>, HashMap<Vec<u8>, u64>) {
     let mut out = BTreeMap::new();
     let mut groups: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
     let mut inos = HashMap::new();

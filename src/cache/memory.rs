@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Most shards (power of two).
@@ -73,9 +73,7 @@ impl MemoryCache {
     }
 
     fn shard(&self, key: u64) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) & self.mask]
+        &self.shards[(self.hasher.hash_one(key) as usize) & self.mask]
     }
 
     /// The chunk under `key`, marking it recently used.

@@ -43,7 +43,7 @@ impl LayerPlan {
         let mut next_chunk: u64 = 0;
         let n = l.checkpoint_count();
         let ranges: Vec<Range<u64>> = if n == 0 {
-            vec![0..size]
+            std::iter::once(0..size).collect()
         } else {
             (0..n).filter_map(|i| l.span_range(i)).collect()
         };

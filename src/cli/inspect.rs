@@ -33,7 +33,7 @@ pub struct LsArgs {
     pub recursive: bool,
 }
 
-fn open(file: &PathBuf) -> Result<Index> {
+fn open(file: &std::path::Path) -> Result<Index> {
     Index::open(file).with_context(|| format!("opening {}", file.display()))
 }
 

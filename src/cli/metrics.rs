@@ -64,8 +64,9 @@ pub fn run(a: MetricsArgs) -> Result<()> {
             a.run_dir.display()
         );
         let run_dir = a.run_dir.clone();
-        let render: Arc<RenderFn> =
-            Arc::new(move || metrics::prometheus_scrape(&run_dir, timeout).map_err(|e| e.to_string()));
+        let render: Arc<RenderFn> = Arc::new(move || {
+            metrics::prometheus_scrape(&run_dir, timeout).map_err(|e| e.to_string())
+        });
         server.run(render);
     }
     let snaps = gather(&a, timeout)?;
@@ -85,7 +86,9 @@ pub fn run(a: MetricsArgs) -> Result<()> {
 fn image_matches(want: &str, image: &str, digest: &str) -> bool {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     let want_hex = want.strip_prefix("sha256:").unwrap_or(want);
-    want == image || want == digest || (want_hex.len() >= 6 && !hex.is_empty() && hex.starts_with(want_hex))
+    want == image
+        || want == digest
+        || (want_hex.len() >= 6 && !hex.is_empty() && hex.starts_with(want_hex))
 }
 
 fn not_found(message: String) -> anyhow::Error {
@@ -116,9 +119,13 @@ fn gather(a: &MetricsArgs, timeout: Duration) -> Result<Vec<Snapshot>> {
     for r in metrics::collect(&entries, timeout) {
         let want = a.image.as_deref();
         match r.result {
-            Ok(s) if want.is_none_or(|w| image_matches(w, &s.labels.image, &s.labels.digest)) => ok.push(s),
+            Ok(s) if want.is_none_or(|w| image_matches(w, &s.labels.image, &s.labels.digest)) => {
+                ok.push(s)
+            }
             Ok(_) => {}
-            Err(e) if want.is_none_or(|w| image_matches(w, "", &r.entry.digest())) => down.push((r.entry, e)),
+            Err(e) if want.is_none_or(|w| image_matches(w, "", &r.entry.digest())) => {
+                down.push((r.entry, e))
+            }
             Err(_) => {}
         }
     }
@@ -142,7 +149,9 @@ fn gather(a: &MetricsArgs, timeout: Duration) -> Result<Vec<Snapshot>> {
     }
     match (ok.is_empty(), down.len()) {
         (true, 1) => bail!("the selected clip mount daemon is not answering (run dir {run_dir})"),
-        (true, n) => bail!("none of the {n} selected clip mount daemons answered (run dir {run_dir})"),
+        (true, n) => {
+            bail!("none of the {n} selected clip mount daemons answered (run dir {run_dir})")
+        }
         _ => {}
     }
     Ok(ok)
@@ -171,9 +180,15 @@ mod tests {
     fn selection_and_exit_codes() {
         assert!(image_matches("alpine:3", "alpine:3", "sha256:abcdef12"));
         assert!(image_matches("sha256:abcdef12", "", "sha256:abcdef12"));
-        assert!(image_matches("abcdef", "", "sha256:abcdef12") && !image_matches("abc", "", "sha256:abcdef12"));
+        assert!(
+            image_matches("abcdef", "", "sha256:abcdef12")
+                && !image_matches("abc", "", "sha256:abcdef12")
+        );
         assert!(T::try_parse_from(["m", "--cid", "x", "--serve"]).is_err());
-        assert!(T::try_parse_from(["m", "--port", "9"]).is_err(), "--port needs --serve");
+        assert!(
+            T::try_parse_from(["m", "--port", "9"]).is_err(),
+            "--port needs --serve"
+        );
         let dir = tempfile::tempdir().unwrap();
         let rd = dir.path().to_str().unwrap();
         let err = run(args(&["--run-dir", rd])).unwrap_err();
@@ -187,7 +202,11 @@ mod tests {
         drop(std::os::unix::net::UnixListener::bind(img.join("control.sock")).unwrap()); // stale
         std::fs::write(img.join("containers"), "c1\n").unwrap();
         let err = run(args(&["--run-dir", rd, "--cid", "nope"])).unwrap_err();
-        assert_eq!(err.downcast_ref::<CodedError>().map(|c| c.code), Some(3), "{err}");
+        assert_eq!(
+            err.downcast_ref::<CodedError>().map(|c| c.code),
+            Some(3),
+            "{err}"
+        );
         let err = run(args(&["--run-dir", rd, "--cid", "c1"])).unwrap_err();
         assert!(
             err.to_string()

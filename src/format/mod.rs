@@ -17,7 +17,7 @@ use std::path::PathBuf;
 pub use model::{
     Checkpoint, Chunk, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, NodeKind, Tree,
 };
-pub use reader::{DirEntry, DirIter, Index, InodeView, LayerView, ROOT_INO};
+pub use reader::{DirEntry, DirIter, Index, InodeView, LayerView, Xattr, ROOT_INO};
 pub use writer::{write_index, write_index_file, WriteOptions};
 
 /// Why an index file could not be read or written.

@@ -393,6 +393,9 @@ impl<'a> Iterator for DirIter<'a> {
     }
 }
 
+/// One extended attribute: (name, value).
+pub type Xattr<'a> = (&'a [u8], &'a [u8]);
+
 /// A checked view of one inode.
 #[derive(Debug, Clone, Copy)]
 pub struct InodeView<'a> {
@@ -456,7 +459,7 @@ impl<'a> InodeView<'a> {
             .string(self.rec.target_off.get(), self.rec.target_len.get())
     }
     /// Extended attributes as (name, value) pairs, sorted by name.
-    pub fn xattrs(&self) -> Result<Vec<(&'a [u8], &'a [u8])>, FormatError> {
+    pub fn xattrs(&self) -> Result<Vec<Xattr<'a>>, FormatError> {
         let all: &[XattrRec] = records(self.index.section(kind::XATTRS), "xattr records")?;
         let first = self.rec.xattr_first.get() as usize;
         let recs = all

@@ -230,7 +230,7 @@ fn assemble(sections: &[(u32, &[u8])], opts: WriteOptions) -> Result<Vec<u8>, Fo
             (bytes.to_vec(), 0)
         };
         // 8-byte alignment keeps uncompressed record arrays friendly to mmap readers.
-        while out.len() % 8 != 0 {
+        while !out.len().is_multiple_of(8) {
             out.push(0);
         }
         table.push(SectionEntry {
@@ -244,7 +244,7 @@ fn assemble(sections: &[(u32, &[u8])], opts: WriteOptions) -> Result<Vec<u8>, Fo
         });
         out.extend_from_slice(&stored);
     }
-    while out.len() % 8 != 0 {
+    while !out.len().is_multiple_of(8) {
         out.push(0);
     }
     let table_off = out.len() as u64;

@@ -804,7 +804,7 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let names = ["a", "b", "c", ".wh.a", ".wh.b", ".wh..wh..opq", "."];
-        let mut random_path = |rng: &mut rand::rngs::StdRng| {
+        let random_path = |rng: &mut rand::rngs::StdRng| {
             let n = rng.gen_range(1..4);
             (0..n)
                 .map(|_| names[rng.gen_range(0..names.len())])

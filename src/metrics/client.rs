@@ -172,7 +172,8 @@ pub fn query_daemon(socket: &Path, timeout: Duration) -> Result<Snapshot, Metric
         if left.is_zero() {
             return Err(tmo("waiting for reply"));
         }
-        s.set_read_timeout(Some(left)).map_err(|e| io("set timeout on", e))?;
+        s.set_read_timeout(Some(left))
+            .map_err(|e| io("set timeout on", e))?;
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
@@ -192,7 +193,10 @@ pub fn query_daemon(socket: &Path, timeout: Duration) -> Result<Snapshot, Metric
             Err(e) => return Err(io("receive from", e)),
         }
     }
-    let end = reply.iter().position(|&b| b == b'\n').unwrap_or(reply.len());
+    let end = reply
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(reply.len());
     let line = String::from_utf8_lossy(&reply[..end]);
     let line = line.trim();
     if line.is_empty() {
@@ -207,7 +211,8 @@ pub fn query_daemon(socket: &Path, timeout: Duration) -> Result<Snapshot, Metric
             socket.display()
         )));
     }
-    Snapshot::from_stats_reply(line).map_err(|e| MetricsError::Protocol(format!("{}: {e}", socket.display())))
+    Snapshot::from_stats_reply(line)
+        .map_err(|e| MetricsError::Protocol(format!("{}: {e}", socket.display())))
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {
@@ -232,7 +237,9 @@ fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, MetricsError>
         })?;
     match rx.recv_timeout(timeout) {
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(source)) if matches!(source.kind(), IoKind::NotFound | IoKind::ConnectionRefused) => {
+        Ok(Err(source))
+            if matches!(source.kind(), IoKind::NotFound | IoKind::ConnectionRefused) =>
+        {
             Err(MetricsError::NotRunning {
                 path: socket.to_path_buf(),
                 source,

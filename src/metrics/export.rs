@@ -12,8 +12,8 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 
 /// Prometheus histogram bucket upper bounds, seconds: 10 µs .. 10 s.
 const BUCKETS_S: [f64; 19] = [
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Node-wide totals of `snaps` (labels `image = "total"`, all cids).
@@ -21,7 +21,10 @@ fn total(snaps: &[Snapshot]) -> Result<Snapshot, MetricsError> {
     let labels = Labels {
         image: "total".into(),
         digest: String::new(),
-        cids: snaps.iter().flat_map(|s| s.labels.cids.iter().cloned()).collect(),
+        cids: snaps
+            .iter()
+            .flat_map(|s| s.labels.cids.iter().cloned())
+            .collect(),
     };
     Snapshot::merged(snaps, labels)
 }
@@ -79,7 +82,9 @@ fn nonzero(m: &BTreeMap<String, u64>) -> String {
 
 fn text_one(out: &mut String, s: &Snapshot) {
     let c = &s.counters;
-    let amp = s.read_amplification.map_or("-".into(), |a| format!("{a:.2}"));
+    let amp = s
+        .read_amplification
+        .map_or("-".into(), |a| format!("{a:.2}"));
     let cids = if s.labels.cids.is_empty() {
         "-".into()
     } else {
@@ -169,7 +174,9 @@ pub fn render_text(snaps: &[Snapshot]) -> Result<String, MetricsError> {
 
 /// Escapes a Prometheus label value.
 fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// A float in Prometheus text format.
@@ -194,7 +201,12 @@ struct Family {
 struct Families(Vec<Family>);
 
 impl Families {
-    fn get(&mut self, name: &'static str, kind: &'static str, help: &'static str) -> &mut Vec<String> {
+    fn get(
+        &mut self,
+        name: &'static str,
+        kind: &'static str,
+        help: &'static str,
+    ) -> &mut Vec<String> {
         let i = match self.0.iter().position(|f| f.name == name) {
             Some(i) => i,
             None => {
@@ -210,19 +222,36 @@ impl Families {
         &mut self.0[i].lines
     }
 
-    fn sample(&mut self, name: &'static str, kind: &'static str, help: &'static str, labels: &str, v: f64) {
+    fn sample(
+        &mut self,
+        name: &'static str,
+        kind: &'static str,
+        help: &'static str,
+        labels: &str,
+        v: f64,
+    ) {
         let line = format!("{name}{{{labels}}} {}", num(v));
         self.get(name, kind, help).push(line);
     }
 
-    fn histogram(&mut self, name: &'static str, help: &'static str, labels: &str, h: &HistSnapshot) {
+    fn histogram(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        labels: &str,
+        h: &HistSnapshot,
+    ) {
         let lines = self.get(name, "histogram", help);
         // Bucket counts come from the exact histogram; if it cannot be
         // decoded only the +Inf bucket (always exact) is emitted.
         if let Ok(hist) = h.histogram() {
             for le in BUCKETS_S {
                 let le_ns = (le * 1e9) as u64;
-                let n = if h.count == 0 { 0 } else { hist.count_between(0, le_ns) };
+                let n = if h.count == 0 {
+                    0
+                } else {
+                    hist.count_between(0, le_ns)
+                };
                 lines.push(format!("{name}_bucket{{{labels},le=\"{}\"}} {n}", num(le)));
             }
         }
@@ -280,7 +309,11 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
                 "Compressed bytes received from the network.",
                 c.bytes_fetched as f64,
             ),
-            ("clip_fetches_total", "Ranged GETs issued.", c.fetch_count as f64),
+            (
+                "clip_fetches_total",
+                "Ranged GETs issued.",
+                c.fetch_count as f64,
+            ),
             (
                 "clip_inflate_bytes_total",
                 "Bytes produced by inflating.",
@@ -301,7 +334,11 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
                 "Cache entries evicted.",
                 c.cache_evictions as f64,
             ),
-            ("clip_retries_total", "Fetch attempts retried.", c.retries as f64),
+            (
+                "clip_retries_total",
+                "Fetch attempts retried.",
+                c.retries as f64,
+            ),
             (
                 "clip_network_blocked_seconds_total",
                 "Seconds readers spent waiting on the network.",
@@ -329,7 +366,13 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
         }
         for (kind, n) in &s.errors {
             let ll = format!("{l},kind=\"{}\"", esc(kind));
-            f.sample("clip_errors_total", "counter", "Errors by kind.", &ll, *n as f64);
+            f.sample(
+                "clip_errors_total",
+                "counter",
+                "Errors by kind.",
+                &ll,
+                *n as f64,
+            );
         }
         for (status, n) in &s.http_status {
             let ll = format!("{l},status=\"{}\"", esc(status));
@@ -365,7 +408,12 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             &l,
             &t.range_get,
         );
-        f.histogram("clip_inflate_duration_seconds", "Time spent inflating.", &l, &t.inflate);
+        f.histogram(
+            "clip_inflate_duration_seconds",
+            "Time spent inflating.",
+            &l,
+            &t.inflate,
+        );
         f.histogram(
             "clip_cache_serve_duration_seconds",
             "Time to serve a cache lookup, by result.",
@@ -386,7 +434,13 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
         );
     }
     for d in down {
-        f.sample("clip_daemon_up", "gauge", UP, &format!("digest=\"{}\"", esc(d)), 0.0);
+        f.sample(
+            "clip_daemon_up",
+            "gauge",
+            UP,
+            &format!("digest=\"{}\"", esc(d)),
+            0.0,
+        );
     }
     let mut out = String::new();
     for fam in f.0 {

@@ -29,13 +29,16 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Binds `addr` (port 0 picks a free port); a port in use is an error naming the address.
     pub fn bind(addr: SocketAddr) -> Result<Self, MetricsError> {
-        let listener = TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
+        let listener =
+            TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
         Ok(MetricsServer { listener })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serves until the process ends. `render` produces the `/metrics` body.
@@ -88,12 +91,24 @@ fn handle(mut conn: TcpStream, render: &RenderFn) {
     let path = target.split('?').next().unwrap_or("");
     let head_only = method == "HEAD";
     if method != "GET" && !head_only {
-        respond(&mut conn, "405 Method Not Allowed", "text/plain", "only GET\n", false);
+        respond(
+            &mut conn,
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n",
+            false,
+        );
         return;
     }
     match path {
         "/metrics" => match render() {
-            Ok(body) => respond(&mut conn, "200 OK", PROMETHEUS_CONTENT_TYPE, &body, head_only),
+            Ok(body) => respond(
+                &mut conn,
+                "200 OK",
+                PROMETHEUS_CONTENT_TYPE,
+                &body,
+                head_only,
+            ),
             Err(msg) => respond(
                 &mut conn,
                 "500 Internal Server Error",

@@ -73,7 +73,8 @@ mod tests;
 use std::path::PathBuf;
 
 pub use client::{
-    collect, discover, prometheus_scrape, query_daemon, DaemonEntry, DaemonReport, CONTROL_SOCKET, DEFAULT_TIMEOUT,
+    collect, discover, prometheus_scrape, query_daemon, DaemonEntry, DaemonReport, CONTROL_SOCKET,
+    DEFAULT_TIMEOUT,
 };
 pub use export::{render_json, render_prometheus, render_text, PROMETHEUS_CONTENT_TYPE};
 pub use hook::{op_for_opcode, FuseMetricsHook};

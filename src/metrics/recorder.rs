@@ -62,8 +62,8 @@ const N_CTRS: usize = 9;
 
 /// An empty auto-resizing nanosecond histogram with the crate's precision.
 pub(super) fn new_histogram() -> Histogram<u64> {
-    let mut h =
-        Histogram::new_with_bounds(LOWEST_NS, LOWEST_NS * 2, SIGFIG).expect("static histogram bounds are valid");
+    let mut h = Histogram::new_with_bounds(LOWEST_NS, LOWEST_NS * 2, SIGFIG)
+        .expect("static histogram bounds are valid");
     h.auto(true);
     h
 }
@@ -277,7 +277,8 @@ impl Metrics {
     /// A consistent-enough copy of everything recorded so far (each shard is
     /// locked once, briefly), with `labels` attached.
     pub fn snapshot(&self, labels: Labels) -> Snapshot {
-        let mut hists: Vec<(Histogram<u64>, u64)> = (0..N_HISTS).map(|_| (new_histogram(), 0)).collect();
+        let mut hists: Vec<(Histogram<u64>, u64)> =
+            (0..N_HISTS).map(|_| (new_histogram(), 0)).collect();
         let mut status: std::collections::BTreeMap<String, u64> = Default::default();
         let mut ctr = [0u64; N_CTRS];
         let mut errs = [0u64; ErrorKind::ALL.len()];
@@ -376,6 +377,7 @@ impl OpTimer<'_> {
 
 impl Drop for OpTimer<'_> {
     fn drop(&mut self) {
-        self.metrics.record_fuse_op(self.op, self.start.elapsed(), self.error);
+        self.metrics
+            .record_fuse_op(self.op, self.start.elapsed(), self.error);
     }
 }

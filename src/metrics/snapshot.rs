@@ -71,7 +71,10 @@ impl Counters {
             (&mut self.cache_evictions, o.cache_evictions),
             (&mut self.cache_bytes, o.cache_bytes),
             (&mut self.retries, o.retries),
-            (&mut self.network_blocked_ns_total, o.network_blocked_ns_total),
+            (
+                &mut self.network_blocked_ns_total,
+                o.network_blocked_ns_total,
+            ),
         ];
         for (d, s) in pairs {
             *d = d.saturating_add(s);
@@ -149,7 +152,9 @@ impl HistSnapshot {
     }
 
     /// Exact merge: decodes both histograms, adds them, recomputes quantiles.
-    pub fn merged<'a>(parts: impl IntoIterator<Item = &'a HistSnapshot>) -> Result<HistSnapshot, MetricsError> {
+    pub fn merged<'a>(
+        parts: impl IntoIterator<Item = &'a HistSnapshot>,
+    ) -> Result<HistSnapshot, MetricsError> {
         let mut acc = new_histogram();
         let mut sum_us = 0.0;
         for p in parts {
@@ -249,9 +254,12 @@ impl Snapshot {
             }
         }
         for (k, hs) in ops {
-            out.fuse_ops.insert(k.to_string(), HistSnapshot::merged(hs)?);
+            out.fuse_ops
+                .insert(k.to_string(), HistSnapshot::merged(hs)?);
         }
-        let t = |f: fn(&Timings) -> &HistSnapshot| HistSnapshot::merged(parts.iter().map(|p| f(&p.timings)));
+        let t = |f: fn(&Timings) -> &HistSnapshot| {
+            HistSnapshot::merged(parts.iter().map(|p| f(&p.timings)))
+        };
         out.timings = Timings {
             range_get: t(|t| &t.range_get)?,
             inflate: t(|t| &t.inflate)?,
@@ -267,8 +275,8 @@ impl Snapshot {
     /// whose `metrics` member is one (the mount daemon wraps it with its pid,
     /// uptime and mountpoint).
     pub fn from_stats_reply(line: &str) -> Result<Snapshot, MetricsError> {
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| MetricsError::Protocol(format!("stats reply is not JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| MetricsError::Protocol(format!("stats reply is not JSON: {e}")))?;
         let inner = if v.get("schema_version").is_some() {
             v
         } else {
@@ -286,8 +294,9 @@ impl Snapshot {
                 }
             }
         };
-        let mut s: Snapshot = serde_json::from_value(inner)
-            .map_err(|e| MetricsError::Protocol(format!("stats reply is not a metrics snapshot: {e}")))?;
+        let mut s: Snapshot = serde_json::from_value(inner).map_err(|e| {
+            MetricsError::Protocol(format!("stats reply is not a metrics snapshot: {e}"))
+        })?;
         if s.schema_version > SCHEMA_VERSION {
             return Err(MetricsError::Protocol(format!(
                 "snapshot schema version {} is newer than this clipctl understands ({SCHEMA_VERSION})",

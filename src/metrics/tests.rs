@@ -15,8 +15,9 @@ use fuse_backend_rs::api::server::MetricsHook;
 use rand::{Rng, SeedableRng};
 
 use super::{
-    collect, discover, op_for_opcode, prometheus_scrape, query_daemon, render_json, render_prometheus, render_text,
-    ErrorKind, FuseMetricsHook, HistSnapshot, Labels, Metrics, MetricsError, MetricsServer, Op, Snapshot,
+    collect, discover, op_for_opcode, prometheus_scrape, query_daemon, render_json,
+    render_prometheus, render_text, ErrorKind, FuseMetricsHook, HistSnapshot, Labels, Metrics,
+    MetricsError, MetricsServer, Op, Snapshot,
 };
 
 fn labels(image: &str, hex: &str) -> Labels {
@@ -45,7 +46,11 @@ fn quantiles_of_known_samples() {
     assert!(close(h.p90_us, 900.0, 0.002), "p90 {}", h.p90_us);
     assert!(close(h.p99_us, 990.0, 0.002), "p99 {}", h.p99_us);
     assert!(close(h.max_us, 1000.0, 0.002), "max {}", h.max_us);
-    assert!(close(h.sum_us, 500_500.0, 1e-12), "sum is exact: {}", h.sum_us);
+    assert!(
+        close(h.sum_us, 500_500.0, 1e-12),
+        "sum is exact: {}",
+        h.sum_us
+    );
     assert!(close(h.mean_us, 500.5, 1e-12));
     assert_eq!(s.timings.cache_miss.count, 0);
     assert_eq!(s.timings.cache_miss.hdr, "");
@@ -95,7 +100,10 @@ fn timer_counters_and_errors() {
     assert_eq!(s.fuse_op_errors["lookup"], 0);
     assert_eq!(s.fuse_ops.len(), Op::ALL.len());
     let c = &s.counters;
-    assert_eq!((c.bytes_served, c.bytes_fetched, c.fetch_count), (1000, 500, 3));
+    assert_eq!(
+        (c.bytes_served, c.bytes_fetched, c.fetch_count),
+        (1000, 500, 3)
+    );
     assert_eq!((c.retries, c.cache_evictions, c.cache_bytes), (1, 1, 4096));
     assert_eq!(c.network_blocked_ns_total, 2_000_000);
     assert_eq!(s.read_amplification, Some(0.5));
@@ -236,7 +244,8 @@ fn check_exposition(text: &str) {
             && n.chars()
                 .next()
                 .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
     };
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -256,13 +265,19 @@ fn check_exposition(text: &str) {
         if line.starts_with("# HELP ") {
             continue;
         }
-        assert!(!line.starts_with('#') && !line.is_empty(), "unexpected line {line:?}");
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "unexpected line {line:?}"
+        );
         let (series, value) = line.rsplit_once(' ').unwrap();
         let v: f64 = match value {
             "+Inf" => f64::INFINITY,
             v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
         };
-        assert!(seen_series.insert(series.to_string()), "duplicate series {series}");
+        assert!(
+            seen_series.insert(series.to_string()),
+            "duplicate series {series}"
+        );
         let (name, labels) = series
             .split_once('{')
             .map_or((series, ""), |(n, l)| (n, l.strip_suffix('}').unwrap()));
@@ -296,7 +311,10 @@ fn check_exposition(text: &str) {
         if name.ends_with("_count") && fam != name {
             let key = format!("{fam}{{{labels}}}");
             let (le, n) = last_bucket[&key];
-            assert!(le.is_infinite() && n == v as u64, "+Inf bucket != count for {key}");
+            assert!(
+                le.is_infinite() && n == v as u64,
+                "+Inf bucket != count for {key}"
+            );
         }
     }
 }
@@ -321,7 +339,12 @@ fn promtool_check(text: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let msg = format!(
         "{}{}",
@@ -387,7 +410,10 @@ fn text_and_json_rendering() {
     assert_eq!(json["images"].as_array().unwrap().len(), 2);
     assert_eq!(json["total"]["counters"]["bytes_served"], 10 << 20);
     assert_eq!(json["total"]["timings"]["range_get"]["count"], 400);
-    assert_eq!(json["total"]["labels"]["cids"], serde_json::json!(["c0", "c1"]));
+    assert_eq!(
+        json["total"]["labels"]["cids"],
+        serde_json::json!(["c0", "c1"])
+    );
 }
 
 #[test]
@@ -469,24 +495,42 @@ fn control_client_answers_timeouts_and_missing_sockets() {
     std::fs::create_dir_all(&stale).unwrap();
     drop(UnixListener::bind(stale.join("control.sock")).unwrap());
 
-    let s = query_daemon(&dir.path().join("images/aa/control.sock"), Duration::from_secs(2)).unwrap();
+    let s = query_daemon(
+        &dir.path().join("images/aa/control.sock"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
     assert_eq!(s.labels.image, "alpine:3");
     assert_eq!(s.counters.bytes_served, 100);
 
     let t0 = Instant::now();
-    let err = query_daemon(&dir.path().join("images/bb/control.sock"), Duration::from_millis(300)).unwrap_err();
+    let err = query_daemon(
+        &dir.path().join("images/bb/control.sock"),
+        Duration::from_millis(300),
+    )
+    .unwrap_err();
     assert!(matches!(err, MetricsError::Timeout { .. }), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(2), "timeout honoured");
     assert!(err.to_string().contains("not answering"), "{err}");
 
-    let err = query_daemon(&dir.path().join("images/zz/control.sock"), Duration::from_secs(1)).unwrap_err();
+    let err = query_daemon(
+        &dir.path().join("images/zz/control.sock"),
+        Duration::from_secs(1),
+    )
+    .unwrap_err();
     assert!(matches!(err, MetricsError::NotRunning { .. }), "{err}");
     let err = query_daemon(&stale.join("control.sock"), Duration::from_secs(1)).unwrap_err();
-    assert!(matches!(err, MetricsError::NotRunning { .. }), "stale socket: {err}");
+    assert!(
+        matches!(err, MetricsError::NotRunning { .. }),
+        "stale socket: {err}"
+    );
 
     let entries = discover(dir.path()).unwrap();
     assert_eq!(
-        entries.iter().map(|e| e.manifest_hex.as_str()).collect::<Vec<_>>(),
+        entries
+            .iter()
+            .map(|e| e.manifest_hex.as_str())
+            .collect::<Vec<_>>(),
         ["aa", "bb", "cc"]
     );
     assert_eq!(entries[0].cids, ["c1", "c2"]);
@@ -510,7 +554,8 @@ fn control_client_error_reply() {
     fake_daemon(&sock, Some("error stats unavailable".into()));
     let err = query_daemon(&sock, Duration::from_secs(1)).unwrap_err();
     assert!(
-        err.to_string().contains("daemon answered: error stats unavailable"),
+        err.to_string()
+            .contains("daemon answered: error stats unavailable"),
         "{err}"
     );
 }
@@ -533,22 +578,32 @@ fn serve_metrics_and_healthz() {
     let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = server.local_addr();
     let run_dir = dir.path().to_path_buf();
-    let render: Arc<super::RenderFn> =
-        Arc::new(move || prometheus_scrape(&run_dir, Duration::from_millis(300)).map_err(|e| e.to_string()));
+    let render: Arc<super::RenderFn> = Arc::new(move || {
+        prometheus_scrape(&run_dir, Duration::from_millis(300)).map_err(|e| e.to_string())
+    });
     std::thread::spawn(move || server.run(render));
 
     let (head, body) = http_get(addr, "/metrics");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
     assert!(
         body.contains("clip_bytes_served_total{image=\"alpine:3\",digest=\"sha256:aa\"} 100"),
         "{body}"
     );
-    assert!(body.contains("clip_daemon_up{digest=\"sha256:bb\"} 0"), "{body}");
+    assert!(
+        body.contains("clip_daemon_up{digest=\"sha256:bb\"} 0"),
+        "{body}"
+    );
     check_exposition(&body);
     promtool_check(&body);
     let (head, body) = http_get(addr, "/healthz");
-    assert!(head.starts_with("HTTP/1.1 200") && body == "ok\n", "{head}{body}");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && body == "ok\n",
+        "{head}{body}"
+    );
     let (head, _) = http_get(addr, "/nope");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 
@@ -573,6 +628,11 @@ fn record_cost_is_small() {
         m.add_served(4096);
     }
     let ctr_ns = t0.elapsed().as_nanos() as f64 / f64::from(n);
-    println!("fuse_timer create+drop: {timer_ns:.1} ns/op, add_served: {ctr_ns:.1} ns/op (debug build)");
-    assert_eq!(m.snapshot(Labels::default()).fuse_ops["read"].count, u64::from(n));
+    println!(
+        "fuse_timer create+drop: {timer_ns:.1} ns/op, add_served: {ctr_ns:.1} ns/op (debug build)"
+    );
+    assert_eq!(
+        m.snapshot(Labels::default()).fuse_ops["read"].count,
+        u64::from(n)
+    );
 }

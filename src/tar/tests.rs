@@ -35,7 +35,7 @@ fn seal(mut b: [u8; 512]) -> [u8; 512] {
 }
 
 fn pad(v: &mut Vec<u8>) {
-    while v.len() % 512 != 0 {
+    while !v.len().is_multiple_of(512) {
         v.push(0);
     }
 }

@@ -203,9 +203,15 @@ pub struct Entry {
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
+/// Inode key → every name of it (hard link groups).
+pub type LinkGroups<K> = HashMap<K, Vec<Vec<u8>>>;
+
+/// Path (`/a/b`) → entry.
+pub type Tree = BTreeMap<Vec<u8>, Entry>;
+
 /// Walks a directory tree (an unpacked rootfs or a mount): path → entry, and
 /// (dev, ino) → names for hard link groups.
-pub fn walk_rootfs(root: &Path) -> (BTreeMap<Vec<u8>, Entry>, HashMap<(u64, u64), Vec<Vec<u8>>>) {
+pub fn walk_rootfs(root: &Path) -> (Tree, LinkGroups<(u64, u64)>) {
     use std::os::unix::ffi::OsStrExt;
     let mut out = BTreeMap::new();
     let mut groups: HashMap<(u64, u64), Vec<Vec<u8>>> = HashMap::new();
