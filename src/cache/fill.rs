@@ -9,6 +9,7 @@
 //! 2. short leaf locks: the parked-decoder pool, a memory shard, the
 //!    in-flight semaphore. None of them is held across I/O or decoding.
 
+use crate::metrics::{ErrorKind, Metrics};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -122,6 +123,7 @@ pub struct ContentCache {
     parked: Mutex<ParkPool>,
     in_flight: Semaphore,
     stats: CacheStats,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl fmt::Debug for ContentCache {
@@ -156,7 +158,15 @@ impl ContentCache {
             config,
             layers,
             stats: CacheStats::default(),
+            metrics: None,
         }
+    }
+
+    /// Also records latencies and counters into `metrics` (fetches, inflate,
+    /// hits and misses, bytes served, errors, evictions).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The live counters (for metrics hooks).
@@ -437,7 +447,14 @@ impl ContentCache {
     ) -> Result<(usize, usize), CacheError> {
         let t = Instant::now();
         let r = st.dec.decode(&st.input[st.consumed..], out);
-        CacheStats::add(&self.stats.inflate_time_ns, t.elapsed().as_nanos() as u64);
+        let took = t.elapsed();
+        CacheStats::add(&self.stats.inflate_time_ns, took.as_nanos() as u64);
+        if let Some(m) = &self.metrics {
+            m.record_inflate(took, r.as_ref().map_or(0, |&(_, p)| p as u64));
+            if r.is_err() {
+                m.count_error(ErrorKind::Inflate);
+            }
+        }
         let (c, p) = r.map_err(|m| self.decode_err(plan, s, m))?;
         st.consumed += c;
         Ok((c, p))
@@ -479,8 +496,20 @@ impl ContentCache {
         let _permit = self.in_flight.acquire();
         let t = Instant::now();
         let r = self.source.read_exact_at(&plan.digest, offset, buf);
-        CacheStats::add(&self.stats.fetch_time_ns, t.elapsed().as_nanos() as u64);
+        let took = t.elapsed();
+        CacheStats::add(&self.stats.fetch_time_ns, took.as_nanos() as u64);
         CacheStats::add(&self.stats.fetch_count, 1);
+        if let Some(m) = &self.metrics {
+            // Every fetch runs on a reader's thread: the reader waits for it.
+            m.record_blocked(took);
+            match &r {
+                Ok(()) => m.record_range_get(took, buf.len() as u64, 206),
+                Err(_) => {
+                    m.record_range_get(took, 0, 0);
+                    m.count_error(ErrorKind::Fetch);
+                }
+            }
+        }
         r.map_err(|source| CacheError::Source {
             layer: plan.number,
             digest: plan.digest,
@@ -495,6 +524,9 @@ impl ContentCache {
         let want = self.layer_chunk(plan, chunk)?.digest;
         if Digest::of(data).as_bytes() != &want {
             CacheStats::add(&self.stats.digest_mismatches, 1);
+            if let Some(m) = &self.metrics {
+                m.count_error(ErrorKind::DigestMismatch);
+            }
             tracing::error!(
                 layer = plan.number,
                 digest = %plan.digest,
@@ -509,6 +541,12 @@ impl ContentCache {
         let data: Arc<[u8]> = Arc::from(data);
         let evicted = self.mem.insert(key(plan.number, chunk), data.clone());
         CacheStats::add(&self.stats.evictions, evicted);
+        if let Some(m) = &self.metrics {
+            for _ in 0..evicted {
+                m.count_eviction();
+            }
+            m.set_cache_bytes(self.mem.bytes());
+        }
         Ok(data)
     }
 
@@ -539,6 +577,17 @@ impl ContentCache {
 
 impl ContentReader for ContentCache {
     fn read(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, CacheError> {
-        self.read_impl(layer, offset, buf)
+        let Some(m) = &self.metrics else {
+            return self.read_impl(layer, offset, buf);
+        };
+        let t = Instant::now();
+        let misses = self.stats.misses.load(std::sync::atomic::Ordering::Relaxed);
+        let r = self.read_impl(layer, offset, buf);
+        let hit = self.stats.misses.load(std::sync::atomic::Ordering::Relaxed) == misses;
+        m.record_cache(hit, t.elapsed());
+        if let Ok(n) = r {
+            m.add_served(n as u64);
+        }
+        r
     }
 }

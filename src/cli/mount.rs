@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -10,6 +10,7 @@ use clap::Args;
 use crate::cache::{CacheConfig, ContentCache, ContentReader};
 use crate::format::{ImageMeta, Index};
 use crate::fuse::{ClipFs, FsConfig};
+use crate::metrics::{Labels, Metrics};
 use crate::mount::{self, DaemonArgs, DaemonConfig, MountError, MountRequest, ServeOptions};
 use crate::oci::{open_layout, ImageRef, RegistryOptions, RegistrySource};
 use crate::source::BlobSource;
@@ -101,13 +102,17 @@ pub fn open_source(meta: &ImageMeta, insecure: &[String]) -> Result<Arc<dyn Blob
 }
 
 /// The content reader of a mount: the chunk cache over the image's source.
-fn content_for(index: Arc<Index>, insecure: &[String]) -> Result<Arc<dyn ContentReader>> {
+fn content_for(
+    index: Arc<Index>,
+    insecure: &[String],
+    metrics: Option<Arc<Metrics>>,
+) -> Result<Arc<dyn ContentReader>> {
     let source = open_source(index.meta(), insecure)?;
-    Ok(Arc::new(ContentCache::new(
-        index,
-        source,
-        CacheConfig::default(),
-    )))
+    let cache = ContentCache::new(index, source, CacheConfig::default());
+    Ok(match metrics {
+        Some(m) => Arc::new(cache.with_metrics(m)),
+        None => Arc::new(cache),
+    })
 }
 
 /// Finds or builds the index of `--image`: `<node_dir>/indexes/<digest>.clip`.
@@ -147,7 +152,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     if let Some(mnt) = &args.mount_point {
         let index =
             Arc::new(Index::open(&clip).with_context(|| format!("opening {}", clip.display()))?);
-        let content = content_for(index.clone(), &args.insecure_registry)?;
+        let content = content_for(index.clone(), &args.insecure_registry, None)?;
         let fs = ClipFs::new(index, content, FsConfig::default())?;
         let opts = ServeOptions {
             threads: args.threads.max(1),
@@ -249,13 +254,44 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
         }
     }
     let dargs = DaemonArgs::parse(rest)?;
+    let metrics = Arc::new(Metrics::new());
+    // Filled in once the daemon has opened the index.
+    let labels: Arc<OnceLock<Labels>> = Arc::default();
+    let containers_file = dargs.image_dir.join("containers");
+    let (m, l) = (metrics.clone(), labels.clone());
+    let stats: mount::StatsFn = Arc::new(move || {
+        let mut labels = l.get().cloned().unwrap_or_default();
+        labels.cids = std::fs::read_to_string(&containers_file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect();
+        serde_json::to_value(m.snapshot(labels)).unwrap_or_default()
+    });
+    let m = metrics.clone();
     let config = DaemonConfig {
         args: dargs,
         content: Box::new(move |index: &Arc<Index>| {
-            content_for(index.clone(), &insecure).map_err(|e| MountError::Fs(format!("{e:#}")))
+            let meta = index.meta();
+            let _ = labels.set(Labels {
+                image: meta
+                    .reference
+                    .clone()
+                    .or_else(|| meta.layout.clone())
+                    .unwrap_or_default(),
+                digest: meta
+                    .manifest_digest
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+                cids: Vec::new(),
+            });
+            content_for(index.clone(), &insecure, Some(m.clone()))
+                .map_err(|e| MountError::Fs(format!("{e:#}")))
         }),
-        stats: None,
+        stats: Some(stats),
         fs: FsConfig::default(),
+        metrics: Some(metrics),
     };
     mount::run_daemon(config)?;
     Ok(())

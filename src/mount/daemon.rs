@@ -13,6 +13,7 @@ use super::MountError;
 use crate::cache::ContentReader;
 use crate::format::Index;
 use crate::fuse::{ClipFs, FsConfig, FsStats};
+use crate::metrics::Metrics;
 
 /// Builds the content reader for an opened index (the CLI wires the
 /// registry source and the cache in here).
@@ -96,6 +97,8 @@ pub struct DaemonConfig {
     pub stats: Option<StatsFn>,
     /// Filesystem knobs.
     pub fs: FsConfig,
+    /// Latency recording for FUSE requests (None: off).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for DaemonConfig {
@@ -188,6 +191,7 @@ fn serve_until_unmounted(config: &DaemonConfig, sock: &Path) -> Result<(), Mount
         threads: args.threads,
         allow_other: true,
         read_ahead_kb: (args.read_ahead_kb > 0).then_some(args.read_ahead_kb),
+        metrics: config.metrics.clone(),
     };
     let handle = serve_with(&mnt, fs, &opts)?;
     let handler = Arc::new(DaemonHandler {

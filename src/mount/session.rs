@@ -10,6 +10,8 @@ use fuse_backend_rs::transport::FuseSession;
 
 use super::MountError;
 use crate::fuse::{ClipFs, FsStats};
+use crate::metrics::{FuseMetricsHook, Metrics};
+use fuse_backend_rs::api::server::MetricsHook;
 
 /// How to serve a [`ClipFs`].
 #[derive(Debug, Clone)]
@@ -31,6 +33,8 @@ pub struct ServeOptions {
     /// are set through `/sys/class/bdi/<maj:min>/read_ahead_kb` after
     /// mounting; 1024+ makes the kernel send 1 MiB READs.
     pub read_ahead_kb: Option<u32>,
+    /// Per-opcode latency recording (None: no hook on the request path).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for ServeOptions {
@@ -39,6 +43,7 @@ impl Default for ServeOptions {
             threads: 2,
             allow_other: true,
             read_ahead_kb: Some(4096),
+            metrics: None,
         }
     }
 }
@@ -97,12 +102,18 @@ pub fn serve_with(
             }
         };
         let server = server.clone();
+        let hook = opts.metrics.clone().map(FuseMetricsHook::new);
         let w = std::thread::Builder::new()
             .name(format!("clip-fuse-{i}"))
             .spawn(move || loop {
                 match ch.get_request() {
                     Ok(Some((reader, writer))) => {
-                        if let Err(e) = server.handle_message(reader, writer.into(), None, None) {
+                        if let Err(e) = server.handle_message(
+                            reader,
+                            writer.into(),
+                            None,
+                            hook.as_ref().map(|h| h as &dyn MetricsHook),
+                        ) {
                             // Malformed request or a reply the kernel refused
                             // (e.g. the request was interrupted): keep serving.
                             tracing::debug!(error = %e, "FUSE message");

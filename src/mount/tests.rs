@@ -533,6 +533,7 @@ fn in_process_launcher() -> Launcher {
             }),
             stats: Some(Arc::new(|| serde_json::json!({"plugged": true}))),
             fs: FsConfig::default(),
+            metrics: None,
         };
         if let Err(e) = run_daemon(cfg) {
             eprintln!("daemon: {e}");
@@ -669,6 +670,7 @@ fn daemon_child_entry() {
         content: Box::new(|_| Ok(Arc::new(MemContent(vec![layer0()])) as Arc<dyn ContentReader>)),
         stats: None,
         fs: FsConfig::default(),
+        metrics: None,
     };
     run_daemon(cfg).unwrap();
 }
@@ -783,6 +785,7 @@ fn privileged_allow_other_is_needed() {
             threads: 1,
             allow_other,
             read_ahead_kb: None,
+            metrics: None,
         };
         let h = serve_with(&mnt, clipfs(&clip, ReadPath::Direct), &opts).unwrap();
         mount_overlay(&mnt, &upper, &work, &root).unwrap();
@@ -861,6 +864,7 @@ fn privileged_bench_read_throughput() {
                     threads,
                     allow_other: false,
                     read_ahead_kb: ra,
+                    metrics: None,
                 },
             )
             .unwrap();
