@@ -99,7 +99,7 @@ pub struct DetachOutcome {
 /// Hex digits of the manifest digest that name an image's run dir: 96 bits
 /// keep names unique while `<run>/images/<key>/control.sock` stays well
 /// under the 108-byte limit of a unix socket path.
-const IMAGE_KEY_LEN: usize = 24;
+pub(super) const IMAGE_KEY_LEN: usize = 24;
 
 fn image_key(index: &Index, clip_path: &Path) -> String {
     let mut key = match index.meta().manifest_digest {

@@ -585,7 +585,7 @@ fn privileged_daemon_attach_reuse_detach() {
         attach_container(&request(tmp.path(), "c1", &clip, in_process_launcher())),
         Err(MountError::CidInUse(_))
     ));
-    let hex = crate::Digest::of(b"shared").hex();
+    let hex = crate::Digest::of(b"shared").hex()[..super::container::IMAGE_KEY_LEN].to_string();
     let image_dir = run.join("images").join(&hex);
     // One FUSE mount shared by both.
     let fuse_mounts = fs::read_to_string("/proc/self/mountinfo")
@@ -700,7 +700,9 @@ fn privileged_killed_daemon_is_cleaned_up() {
     };
     let rootfs = attach_container(&request(tmp.path(), "k1", &clip, launcher)).unwrap();
     assert_eq!(fs::read(rootfs.join("hello")).unwrap(), b"hello");
-    let image_dir = run.join("images").join(crate::Digest::of(b"killed").hex());
+    let image_dir = run
+        .join("images")
+        .join(&crate::Digest::of(b"killed").hex()[..super::container::IMAGE_KEY_LEN]);
     let pid: i32 = fs::read_to_string(image_dir.join("daemon.pid"))
         .unwrap()
         .trim()
