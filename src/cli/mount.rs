@@ -17,6 +17,9 @@ use crate::source::BlobSource;
 
 use super::{CodedError, EXIT_NOT_FOUND};
 
+/// Default kernel read-ahead of a mount (KiB).
+const DEFAULT_READ_AHEAD_KB: u32 = 4096;
+
 /// Arguments of `clipctl mount`.
 #[derive(Debug, Args)]
 pub struct MountArgs {
@@ -42,6 +45,9 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Kernel read-ahead for the FUSE mount, in KiB (0: kernel default, 128).
+    #[arg(long, default_value_t = DEFAULT_READ_AHEAD_KB)]
+    pub read_ahead_kb: u32,
     /// Registry host[:port] allowed over plain HTTP (loopback always is). Repeatable.
     #[arg(long = "insecure-registry")]
     pub insecure_registry: Vec<String>,
@@ -156,6 +162,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         let fs = ClipFs::new(index, content, FsConfig::default())?;
         let opts = ServeOptions {
             threads: args.threads.max(1),
+            read_ahead_kb: (args.read_ahead_kb > 0).then_some(args.read_ahead_kb),
             ..Default::default()
         };
         let handle = mount::serve_with(mnt, fs, &opts)
@@ -177,6 +184,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     req.run_dir = args.run_dir.clone();
     req.node_dir = args.node_dir.clone();
     req.threads = args.threads.max(1);
+    req.read_ahead_kb = args.read_ahead_kb;
     if let mount::Launcher::Exec { args: a, .. } = &mut req.launcher {
         for host in &args.insecure_registry {
             a.push("--insecure-registry".into());
