@@ -168,12 +168,17 @@ pub fn build(
     }
     let results: Vec<Mutex<Option<Result<IndexedLayer, IndexError>>>> =
         image.layers.iter().map(|_| Mutex::new(None)).collect();
+    // Largest layers first: with fewer threads than layers this keeps the
+    // biggest layer from starting last and finishing alone.
+    let mut order: Vec<usize> = (0..image.layers.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(image.layers[i].size));
     let next = AtomicU64::new(0);
     let threads = opts.threads.clamp(1, image.layers.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(&i) = order.get(n) else { break };
                 let (Some(desc), Some(diff_id)) = (image.layers.get(i), image.diff_ids.get(i))
                 else {
                     break;
@@ -188,15 +193,21 @@ pub fn build(
             });
         }
     });
+    let slots: Vec<_> = results
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect();
+    // Report the first failed layer; a slot is empty only after a failure.
+    if let Some(pos) = slots.iter().position(|s| matches!(s, Some(Err(_)))) {
+        if let Some(Some(Err(e))) = slots.into_iter().nth(pos) {
+            return Err(e);
+        }
+        return Err(IndexError::Aborted);
+    }
     let mut merger = Merger::new();
     let mut layers = Vec::with_capacity(image.layers.len());
-    for (i, slot) in results.into_iter().enumerate() {
-        // A slot is empty only after another layer failed; in layer order
-        // that failure is met first, except when a higher layer failed.
-        let indexed = slot
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner())
-            .ok_or(IndexError::Aborted)??;
+    for (i, slot) in slots.into_iter().enumerate() {
+        let indexed = slot.ok_or(IndexError::Aborted)??;
         merger.apply_layer(i as u32, indexed.entries)?;
         layers.push(indexed.layer);
     }
