@@ -2,4 +2,5 @@
 mod cli;
 mod common;
 mod differential;
+mod metrics;
 mod mount;

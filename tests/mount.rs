@@ -5,88 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{self, run, stderr, walk_rootfs};
+use crate::common::{self, index_image, run, stderr, walk_rootfs, Dirs};
 use crate::require;
-
-/// Run and node dirs of one test, removed (after a forced cleanup) on drop.
-struct Dirs {
-    tmp: tempfile::TempDir,
-    cids: Vec<String>,
-}
-
-impl Dirs {
-    fn new() -> Self {
-        Dirs {
-            tmp: common::tempdir(),
-            cids: Vec::new(),
-        }
-    }
-    fn run_dir(&self) -> PathBuf {
-        self.tmp.path().join("run")
-    }
-    fn node_dir(&self) -> PathBuf {
-        self.tmp.path().join("node")
-    }
-    /// `clipctl mount --cid` with this test's dirs; returns the rootfs.
-    fn mount(&mut self, cid: &str, extra: &[&str]) -> Result<PathBuf, String> {
-        let (r, n) = (self.run_dir(), self.node_dir());
-        let mut args = vec![
-            "mount",
-            "--cid",
-            cid,
-            "--run-dir",
-            r.to_str().unwrap(),
-            "--node-dir",
-            n.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let o = run(&args);
-        if !o.status.success() {
-            return Err(stderr(&o));
-        }
-        self.cids.push(cid.to_string());
-        Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-    }
-    fn umount(&self, cid: &str) -> std::process::Output {
-        run(&[
-            "umount",
-            "--cid",
-            cid,
-            "--run-dir",
-            self.run_dir().to_str().unwrap(),
-        ])
-    }
-    fn mounts_left(&self) -> Vec<String> {
-        let base = self.tmp.path().to_string_lossy().into_owned();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains(&base))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Dirs {
-    fn drop(&mut self) {
-        for cid in &self.cids {
-            let _ = self.umount(cid);
-        }
-    }
-}
-
-fn index_image(dir: &Path, reference: &str) -> PathBuf {
-    let out = dir.join("image.clip");
-    let o = run(&[
-        "index",
-        "--image",
-        reference,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    out
-}
 
 fn runc_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/run-container.sh")

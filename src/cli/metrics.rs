@@ -104,7 +104,13 @@ fn gather(a: &MetricsArgs, timeout: Duration) -> Result<Vec<Snapshot>> {
     let run_dir = a.run_dir.display();
     let mut entries = metrics::discover(&a.run_dir)?;
     if entries.is_empty() {
-        bail!("no clip mount daemons are running (run dir {run_dir})");
+        let none = format!("no clip mount daemons are running (run dir {run_dir})");
+        // A named container that is not mounted is "not found" (exit 3) even
+        // when nothing at all is mounted, as for `umount --cid`.
+        return Err(match &a.cid {
+            Some(cid) => not_found(format!("container {cid} not found: {none}")),
+            None => anyhow::anyhow!(none),
+        });
     }
     if let Some(cid) = &a.cid {
         entries.retain(|e| e.cids.iter().any(|c| c == cid));
@@ -197,6 +203,15 @@ mod tests {
             format!("no clip mount daemons are running (run dir {rd})")
         );
         assert!(err.downcast_ref::<CodedError>().is_none(), "exit 1, not 3");
+        let err = run(args(&["--run-dir", rd, "--cid", "c0"])).unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<CodedError>().map(|c| c.code),
+            Some(3),
+            "{err}"
+        );
+        assert!(err
+            .to_string()
+            .contains("no clip mount daemons are running"));
         let img = dir.path().join("images/ab12");
         std::fs::create_dir_all(&img).unwrap();
         drop(std::os::unix::net::UnixListener::bind(img.join("control.sock")).unwrap()); // stale

@@ -298,3 +298,92 @@ pub fn walk_rootfs(root: &Path) -> (Tree, LinkGroups<(u64, u64)>) {
     }
     (out, groups)
 }
+
+/// Run and node dirs of one privileged test (`--run-dir`/`--node-dir`); on
+/// drop, every container it mounted is unmounted, then the dirs are removed.
+pub struct Dirs {
+    /// The test's temporary directory (run dir and node dir live inside).
+    pub tmp: tempfile::TempDir,
+    /// Containers mounted so far (unmounted on drop).
+    pub cids: Vec<String>,
+}
+
+impl Dirs {
+    /// Fresh, empty dirs.
+    pub fn new() -> Self {
+        Dirs {
+            tmp: tempdir(),
+            cids: Vec::new(),
+        }
+    }
+    /// `--run-dir` of this test.
+    pub fn run_dir(&self) -> PathBuf {
+        self.tmp.path().join("run")
+    }
+    /// `--node-dir` of this test.
+    pub fn node_dir(&self) -> PathBuf {
+        self.tmp.path().join("node")
+    }
+    /// `clipctl mount --cid` with this test's dirs; returns the rootfs.
+    pub fn mount(&mut self, cid: &str, extra: &[&str]) -> Result<PathBuf, String> {
+        let (r, n) = (self.run_dir(), self.node_dir());
+        let mut args = vec![
+            "mount",
+            "--cid",
+            cid,
+            "--run-dir",
+            r.to_str().unwrap(),
+            "--node-dir",
+            n.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        if !o.status.success() {
+            return Err(stderr(&o));
+        }
+        self.cids.push(cid.to_string());
+        Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    }
+    /// `clipctl umount --cid` with this test's run dir.
+    pub fn umount(&self, cid: &str) -> Output {
+        run(&[
+            "umount",
+            "--cid",
+            cid,
+            "--run-dir",
+            self.run_dir().to_str().unwrap(),
+        ])
+    }
+    /// Lines of /proc/self/mountinfo under this test's dirs.
+    pub fn mounts_left(&self) -> Vec<String> {
+        let base = self.tmp.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&base))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        for cid in &self.cids {
+            let _ = self.umount(cid);
+        }
+    }
+}
+
+/// `clipctl index --image reference` into `dir/image.clip`; returns its path.
+pub fn index_image(dir: &Path, reference: &str) -> PathBuf {
+    let out = dir.join("image.clip");
+    let o = run(&[
+        "index",
+        "--image",
+        reference,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out
+}
