@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::cache::{CacheConfig, ContentCache, ContentReader};
-use crate::format::{ImageMeta, Index};
+use crate::format::Index;
 use crate::fuse::{ClipFs, FsConfig};
 use crate::metrics::{Labels, Metrics};
 use crate::mount::{self, DaemonArgs, DaemonConfig, MountError, MountRequest, ServeOptions};
@@ -30,9 +30,13 @@ pub struct MountArgs {
     /// Container id: mount an overlay rootfs at <run-dir>/<cid>/rootfs and print its path.
     #[arg(long, conflicts_with = "mount_point")]
     pub cid: Option<String>,
-    /// An existing .clip index of the image.
+    /// An existing .clip index of the image. With --image or --layout, blobs
+    /// are read from there instead of where the image was indexed.
     #[arg(long)]
     pub clip: Option<PathBuf>,
+    /// OCI layout DIR[:TAG] holding the image's blobs (with --clip).
+    #[arg(long, requires = "clip", conflicts_with = "image")]
+    pub layout: Option<String>,
     /// Mount only the read-only merged tree here, in the foreground (until `umount DIR`).
     #[arg(long)]
     pub mount_point: Option<PathBuf>,
@@ -85,35 +89,95 @@ pub struct DaemonCliArgs {
     args: Vec<OsString>,
 }
 
-/// Where the blobs of an indexed image come from: the registry it was
-/// indexed from (pinned by digest), else its OCI layout.
-pub fn open_source(meta: &ImageMeta, insecure: &[String]) -> Result<Arc<dyn BlobSource>> {
-    if let Some(r) = meta.pinned_reference.as_ref().or(meta.reference.as_ref()) {
+/// Where a mount reads blobs from, when not from where the image was indexed.
+#[derive(Debug, Clone, Default)]
+pub struct SourceChoice {
+    /// Another registry reference holding the same blobs (a mirror, a copy).
+    pub image: Option<String>,
+    /// An OCI layout holding the same image (e.g. moved since indexing).
+    pub layout: Option<String>,
+    /// Registries allowed over plain HTTP.
+    pub insecure: Vec<String>,
+}
+
+impl SourceChoice {
+    /// The extra `__daemon` arguments that carry this choice.
+    fn to_args(&self) -> Vec<OsString> {
+        let mut a = Vec::new();
+        for host in &self.insecure {
+            a.extend(["--insecure-registry".into(), host.into()]);
+        }
+        if let Some(i) = &self.image {
+            a.extend(["--source-image".into(), i.into()]);
+        }
+        if let Some(l) = &self.layout {
+            a.extend(["--source-layout".into(), l.into()]);
+        }
+        a
+    }
+}
+
+/// Opens the blobs of an indexed image: the source chosen at mount time,
+/// else the registry it was indexed from (pinned by digest), else its OCI
+/// layout. Probes the first layer so that an unreachable source fails the
+/// mount instead of every later read.
+pub fn open_source(index: &Index, choice: &SourceChoice) -> Result<Arc<dyn BlobSource>> {
+    let meta = index.meta();
+    let source: Arc<dyn BlobSource> = if let Some(spec) = choice.layout.as_ref().or(
+        // A layout recorded at indexing time, unless a registry is chosen.
+        meta.layout
+            .as_ref()
+            .filter(|_| choice.image.is_none() && meta.reference.is_none()),
+    ) {
+        let (image, src) = open_layout(spec, None).with_context(|| format!("OCI layout {spec}"))?;
+        if meta
+            .manifest_digest
+            .is_some_and(|d| d != image.manifest_digest)
+        {
+            bail!(
+                "OCI layout {spec} holds image {}, but the index describes {}",
+                image.manifest_digest,
+                meta.manifest_digest
+                    .map(|d| d.to_string())
+                    .unwrap_or_default()
+            );
+        }
+        Arc::new(src)
+    } else {
+        let r = choice
+            .image
+            .as_ref()
+            .or(meta.pinned_reference.as_ref())
+            .or(meta.reference.as_ref())
+            .context("the index names neither a registry reference nor an OCI layout")?;
         let image: ImageRef = r
             .parse()
-            .with_context(|| format!("index names an invalid reference {r:?}"))?;
+            .with_context(|| format!("invalid image reference {r:?}"))?;
         let opts = RegistryOptions {
-            insecure_registries: insecure.to_vec(),
+            insecure_registries: choice.insecure.clone(),
             ..Default::default()
         };
-        let src =
-            RegistrySource::connect(&image, &opts).with_context(|| format!("registry for {r}"))?;
-        return Ok(Arc::new(src));
+        Arc::new(
+            RegistrySource::connect(&image, &opts).with_context(|| format!("registry for {r}"))?,
+        )
+    };
+    if index.layer_count() > 0 {
+        let layer = index.layer(0)?;
+        let mut probe = [0u8; 1];
+        source
+            .read_at(&layer.digest(), 0, &mut probe)
+            .with_context(|| format!("cannot read layer {} of the image", layer.digest()))?;
     }
-    if let Some(spec) = &meta.layout {
-        let (_, src) = open_layout(spec, None).with_context(|| format!("OCI layout {spec}"))?;
-        return Ok(Arc::new(src));
-    }
-    bail!("the index names neither a registry reference nor an OCI layout")
+    Ok(source)
 }
 
 /// The content reader of a mount: the chunk cache over the image's source.
 fn content_for(
     index: Arc<Index>,
-    insecure: &[String],
+    choice: &SourceChoice,
     metrics: Option<Arc<Metrics>>,
 ) -> Result<Arc<dyn ContentReader>> {
-    let source = open_source(index.meta(), insecure)?;
+    let source = open_source(&index, choice)?;
     let cache = ContentCache::new(index, source, CacheConfig::default());
     Ok(match metrics {
         Some(m) => Arc::new(cache.with_metrics(m)),
@@ -155,10 +219,16 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         (None, Some(r)) => index_for_image(&args, r)?,
         (None, None) => bail!("give --image REF or --clip FILE"),
     };
+    // With --clip, --image/--layout choose where blobs come from.
+    let choice = SourceChoice {
+        image: args.image.clone().filter(|_| args.clip.is_some()),
+        layout: args.layout.clone(),
+        insecure: args.insecure_registry.clone(),
+    };
     if let Some(mnt) = &args.mount_point {
         let index =
             Arc::new(Index::open(&clip).with_context(|| format!("opening {}", clip.display()))?);
-        let content = content_for(index.clone(), &args.insecure_registry, None)?;
+        let content = content_for(index.clone(), &choice, None)?;
         let fs = ClipFs::new(index, content, FsConfig::default())?;
         let opts = ServeOptions {
             threads: args.threads.max(1),
@@ -186,10 +256,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     req.threads = args.threads.max(1);
     req.read_ahead_kb = args.read_ahead_kb;
     if let mount::Launcher::Exec { args: a, .. } = &mut req.launcher {
-        for host in &args.insecure_registry {
-            a.push("--insecure-registry".into());
-            a.push(host.into());
-        }
+        a.extend(choice.to_args());
     }
     let rootfs = mount::attach_container(&req).map_err(coded)?;
     println!("{}", rootfs.display());
@@ -250,15 +317,20 @@ pub fn run_ps(args: PsArgs) -> Result<()> {
 
 /// Runs the per-image daemon (`clipctl __daemon [--insecure-registry H]… <DaemonArgs>`).
 pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
-    let mut insecure = Vec::new();
+    let mut choice = SourceChoice::default();
     let mut rest = Vec::new();
     let mut it = args.args.into_iter();
     while let Some(a) = it.next() {
-        if a == "--insecure-registry" {
-            let host = it.next().context("--insecure-registry needs a value")?;
-            insecure.push(host.to_string_lossy().into_owned());
-        } else {
-            rest.push(a);
+        let mut value = || {
+            it.next()
+                .map(|v| v.to_string_lossy().into_owned())
+                .with_context(|| format!("{a:?} needs a value"))
+        };
+        match a.to_str() {
+            Some("--insecure-registry") => choice.insecure.push(value()?),
+            Some("--source-image") => choice.image = Some(value()?),
+            Some("--source-layout") => choice.layout = Some(value()?),
+            _ => rest.push(a),
         }
     }
     let dargs = DaemonArgs::parse(rest)?;
@@ -294,7 +366,7 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
                     .unwrap_or_default(),
                 cids: Vec::new(),
             });
-            content_for(index.clone(), &insecure, Some(m.clone()))
+            content_for(index.clone(), &choice, Some(m.clone()))
                 .map_err(|e| MountError::Fs(format!("{e:#}")))
         }),
         stats: Some(stats),
