@@ -60,6 +60,7 @@ for t in pigz gzip skopeo umoci runc squashfuse_ll mksquashfs jq mountpoint; do
   command -v "$t" >/dev/null || die "$t not found (scripts/install-deps.sh; squashfuse_ll: apt-get install squashfuse)"
 done
 [ -x /usr/bin/time ] || die "/usr/bin/time not found (apt-get install time)"
+PY3="$(command -v /usr/bin/python3 python3 | head -1)"; [ -n "$PY3" ] || die "python3 not found (walk section)"
 curl -fsS -o /dev/null "http://$REG/v2/" || die "no registry at $REG (scripts/registry-up.sh)"
 
 W="$(mktemp -d /var/tmp/clip-bench-run.XXXXXX)"
@@ -80,7 +81,8 @@ cleanup() {
     [ -n "${MNTS[i]}" ] && mountpoint -q "${MNTS[i]}" && { umount "${MNTS[i]}" 2>/dev/null || umount -l "${MNTS[i]}"; }
   done
   for i in "${PIDS[@]}"; do [ -n "$i" ] || continue; kill "$i" 2>/dev/null; wait "$i" 2>/dev/null; done
-  kill_daemons
+  for i in $(seq 1 50); do [ -z "$(daemon_pids)" ] && break; sleep 0.1; done
+  kill_daemons; sleep 0.2
   local left
   left="$(awk -v w="$W" 'index($5, w) == 1' /proc/self/mountinfo)"
   if [ -n "$left" ]; then
@@ -168,7 +170,7 @@ numpy_in() {
 # evict_fuse_pages DIR: drop the kernel page cache of every regular file under DIR
 # (posix_fadvise DONTNEED; clean pages only), leaving the FUSE server's own caches alone.
 evict_fuse_pages() {
-  /usr/bin/python3 - "$1" <<'EOF'
+  "$PY3" - "$1" <<'EOF'
 import os, sys
 for root, dirs, files in os.walk(sys.argv[1]):
     for f in files:
@@ -353,6 +355,8 @@ report() {
   echo
   echo "clip bench-e2e: $REF, RUNS=$RUNS, $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), kernel $(uname -r), $(date -u +%FT%TZ)"
   echo "clipctl: $("$CLIPCTL" --version); git $(git -C "$CLIP_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  [ -s "$CLIP" ] && echo "index used by numpy/walk: $("$CLIPCTL" inspect "$CLIP" --json |
+    jq -r '"span \(.span // "?"), \([.layers[].checkpoints] | add) checkpoints, \(.index_size) B"')"
   echo "medians of $RUNS runs; samples in the log above; load avg (1/5/15 min) at section start -> end:"
   case " $SECTIONS " in *" index "*) echo "  index: ${R[index_load0]} -> ${R[index_load1]}";; esac
   case " $SECTIONS " in *" numpy "*) echo "  numpy: ${R[numpy_load0]} -> ${R[numpy_load1]}";; esac
