@@ -20,6 +20,7 @@ step "registry on 127.0.0.1:$PORT"; with_registry "$PORT"
 step "test images";                IMAGES="${IMAGES:-tiny python}" scripts/make-images.sh "127.0.0.1:$PORT"
 step "cargo fmt --check";          cargo fmt --check
 step "cargo clippy";               cargo clippy --all-targets -- -D warnings
+step "module layering";            scripts/check-layering.sh
 step "cargo test --release"
 CLIP_TEST_REGISTRY="127.0.0.1:$PORT" CLIP_TESTBED="$CLIP_TESTBED" cargo test --release "$@"
 step "all tests passed"
