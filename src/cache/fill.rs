@@ -203,7 +203,14 @@ impl ContentCache {
         }
     }
 
-    fn read_impl(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, CacheError> {
+    /// Serves a read; `missed` is set when any chunk had to be filled.
+    fn read_impl(
+        &self,
+        layer: u32,
+        offset: u64,
+        buf: &mut [u8],
+        missed: &mut bool,
+    ) -> Result<usize, CacheError> {
         let plan = self.plan(layer)?;
         if offset >= plan.size || buf.is_empty() {
             return Ok(0);
@@ -227,6 +234,7 @@ impl ContentCache {
                 continue;
             }
             CacheStats::add(&self.stats.misses, 1);
+            *missed = true;
             let (_, last) = plan.chunk_at(end.min(plan.spans[s].end) - 1);
             let chunks = self.fill(plan, s, c, last)?;
             for (i, data) in chunks.iter().enumerate() {
@@ -577,14 +585,13 @@ impl ContentCache {
 
 impl ContentReader for ContentCache {
     fn read(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, CacheError> {
+        let mut missed = false;
         let Some(m) = &self.metrics else {
-            return self.read_impl(layer, offset, buf);
+            return self.read_impl(layer, offset, buf, &mut missed);
         };
         let t = Instant::now();
-        let misses = self.stats.misses.load(std::sync::atomic::Ordering::Relaxed);
-        let r = self.read_impl(layer, offset, buf);
-        let hit = self.stats.misses.load(std::sync::atomic::Ordering::Relaxed) == misses;
-        m.record_cache(hit, t.elapsed());
+        let r = self.read_impl(layer, offset, buf, &mut missed);
+        m.record_cache(!missed, t.elapsed());
         if let Ok(n) = r {
             m.add_served(n as u64);
         }
