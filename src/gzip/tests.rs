@@ -488,3 +488,55 @@ fn no_checkpoint_at_stream_end_after_sync_flush() {
         random_reads(&data, &blob, &idx, 40, 8);
     }
 }
+
+/// The gzip blob `real_layer_window_stats` measures: `CLIP_REAL_LAYER`, or the
+/// largest gzip blob of the python test image.
+fn real_layer() -> Option<std::path::PathBuf> {
+    if let Ok(p) = std::env::var("CLIP_REAL_LAYER") {
+        return Some(p.into());
+    }
+    let dir = std::fs::read_dir("/var/tmp/clip-testbed/oci/python/blobs/sha256").ok()?;
+    dir.filter_map(|e| e.ok())
+        .filter(|e| {
+            let mut magic = [0u8; 2];
+            std::fs::File::open(e.path())
+                .and_then(|mut f| f.read_exact(&mut magic))
+                .is_ok()
+                && magic == [0x1f, 0x8b]
+        })
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .map(|e| e.path())
+}
+
+/// Checkpoint window sizes and indexing speed on a real layer. Run with
+/// `cargo test --release --lib gzip::tests::real_layer_window_stats -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs a real layer; prints measurements"]
+fn real_layer_window_stats() {
+    let Some(path) = real_layer() else {
+        eprintln!("no real layer found; set CLIP_REAL_LAYER");
+        return;
+    };
+    let blob = std::fs::read(&path).unwrap();
+    eprintln!("{}: {} bytes", path.display(), blob.len());
+    for span in [1u64 << 20, 2 << 20, 4 << 20] {
+        let cfg = IndexerConfig {
+            span,
+            chunk_size: IndexerConfig::DEFAULT_CHUNK_SIZE,
+        };
+        let t = std::time::Instant::now();
+        let idx = ZranReader::new(&blob[..], cfg).finish().unwrap();
+        let el = t.elapsed().as_secs_f64();
+        let cps = idx.checkpoints.len();
+        let wins: usize = idx.checkpoints.iter().map(|c| c.window.len()).sum();
+        eprintln!(
+            "span {} MiB: {cps} checkpoints, {} B window/checkpoint, windows {:.3}% of blob, \
+             index {:.0} MB/s out ({:.0} MB/s in)",
+            span >> 20,
+            wins / cps.max(1),
+            wins as f64 * 100.0 / blob.len() as f64,
+            idx.uncompressed_size as f64 / el / 1e6,
+            blob.len() as f64 / el / 1e6,
+        );
+    }
+}
