@@ -16,6 +16,7 @@ mod header;
 mod inflate;
 #[cfg(test)]
 mod tests;
+mod trim;
 
 use std::io;
 
@@ -209,6 +210,17 @@ pub fn compress_window(window: &[u8]) -> Vec<u8> {
 /// The compressor [`compress_window`] uses (reuse it across windows).
 pub(crate) fn window_compressor() -> libdeflater::Compressor {
     let lvl = libdeflater::CompressionLvl::new(WINDOW_LEVEL)
+        .unwrap_or_else(|_| libdeflater::CompressionLvl::fastest());
+    libdeflater::Compressor::new(lvl)
+}
+
+/// libdeflate level for trimmed windows (mostly zeros, so higher levels
+/// cost little; see `TRIMMED_WINDOW_LEVEL` measurements in the tests).
+const TRIMMED_WINDOW_LEVEL: i32 = 6;
+
+/// The compressor for trimmed windows.
+pub(crate) fn trimmed_window_compressor() -> libdeflater::Compressor {
+    let lvl = libdeflater::CompressionLvl::new(TRIMMED_WINDOW_LEVEL)
         .unwrap_or_else(|_| libdeflater::CompressionLvl::fastest());
     libdeflater::Compressor::new(lvl)
 }

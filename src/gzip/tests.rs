@@ -137,7 +137,12 @@ fn check_index_shape(data: &[u8], blob: &[u8], idx: &ZranIndex, span: u64) {
         assert!(cp.bits <= 7 && cp.window_len as usize <= WINDOW_SIZE);
         let w = decompress_window(&cp.window, cp.window_len).unwrap();
         let o = cp.out_offset as usize;
-        assert_eq!(&data[o - w.len()..o], &w[..], "window at {o}");
+        // Trimmed: every byte is the real one or zeroed.
+        let real = &data[o - w.len()..o];
+        assert!(
+            w.iter().zip(real).all(|(&g, &r)| g == r || g == 0),
+            "window at {o}"
+        );
     }
 }
 
@@ -508,7 +513,8 @@ fn real_layer() -> Option<std::path::PathBuf> {
         .map(|e| e.path())
 }
 
-/// Checkpoint window sizes and indexing speed on a real layer. Run with
+/// Checkpoint window sizes and indexing speed on a real layer, with and
+/// without window trimming, plus trimmed-window compression levels. Run with
 /// `cargo test --release --lib gzip::tests::real_layer_window_stats -- --ignored --nocapture`.
 #[test]
 #[ignore = "needs a real layer; prints measurements"]
@@ -524,19 +530,63 @@ fn real_layer_window_stats() {
             span,
             chunk_size: IndexerConfig::DEFAULT_CHUNK_SIZE,
         };
-        let t = std::time::Instant::now();
-        let idx = ZranReader::new(&blob[..], cfg).finish().unwrap();
-        let el = t.elapsed().as_secs_f64();
-        let cps = idx.checkpoints.len();
-        let wins: usize = idx.checkpoints.iter().map(|c| c.window.len()).sum();
-        eprintln!(
-            "span {} MiB: {cps} checkpoints, {} B window/checkpoint, windows {:.3}% of blob, \
-             index {:.0} MB/s out ({:.0} MB/s in)",
-            span >> 20,
-            wins / cps.max(1),
-            wins as f64 * 100.0 / blob.len() as f64,
-            idx.uncompressed_size as f64 / el / 1e6,
-            blob.len() as f64 / el / 1e6,
-        );
+        let mut idxs = Vec::new();
+        for trim in [false, true] {
+            let t = std::time::Instant::now();
+            let mut r = ZranReader::new(&blob[..], cfg);
+            r.set_window_trimming(trim);
+            let idx = r.finish().unwrap();
+            let el = t.elapsed().as_secs_f64();
+            let cps = idx.checkpoints.len();
+            let wins: usize = idx.checkpoints.iter().map(|c| c.window.len()).sum();
+            let kept: usize = idx
+                .checkpoints
+                .iter()
+                .map(|c| {
+                    let w = decompress_window(&c.window, c.window_len).unwrap();
+                    w.iter().filter(|&&b| b != 0).count()
+                })
+                .sum();
+            eprintln!(
+                "span {} MiB trim {trim:5}: {cps} checkpoints, {} B window/checkpoint \
+                 ({} non-zero raw), windows {:.3}% of blob, index {:.0} MB/s out \
+                 ({:.0} MB/s in)",
+                span >> 20,
+                wins / cps.max(1),
+                kept / cps.max(1),
+                wins as f64 * 100.0 / blob.len() as f64,
+                idx.uncompressed_size as f64 / el / 1e6,
+                blob.len() as f64 / el / 1e6,
+            );
+            idxs.push(idx);
+        }
+        // Trimmed windows decode exactly like full ones from every checkpoint.
+        let (full, trimmed) = (&idxs[0], &idxs[1]);
+        assert_eq!(full.checkpoints.len(), trimmed.checkpoints.len());
+        let (mut a, mut b) = (vec![0u8; 40_000], vec![0u8; 40_000]);
+        for cp in &full.checkpoints {
+            let na = read_range(&blob, full, cp.out_offset, &mut a).unwrap();
+            let nb = read_range(&blob, trimmed, cp.out_offset, &mut b).unwrap();
+            assert!(na == nb && a[..na] == b[..nb], "checkpoint at {}", cp.out_offset);
+        }
+        if span == 1 << 20 {
+            let raw: Vec<Vec<u8>> = trimmed
+                .checkpoints
+                .iter()
+                .map(|c| decompress_window(&c.window, c.window_len).unwrap())
+                .filter(|w| !w.is_empty())
+                .collect();
+            for lvl in [1, 4, 6, 9, 12] {
+                let lv = libdeflater::CompressionLvl::new(lvl).unwrap();
+                let mut c = libdeflater::Compressor::new(lv);
+                let t = std::time::Instant::now();
+                let bytes: usize = raw.iter().map(|w| compress_window_with(&mut c, w).len()).sum();
+                eprintln!(
+                    "  trimmed windows at level {lvl:>2}: {} B/window, {:?}/window",
+                    bytes / raw.len().max(1),
+                    t.elapsed() / raw.len().max(1) as u32
+                );
+            }
+        }
     }
 }
