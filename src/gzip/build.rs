@@ -26,6 +26,9 @@ const MAX_STALLS: u32 = 8;
 /// pathological streams, e.g. long runs of empty blocks, need that much for
 /// 32 KiB of output) the checkpoints in flight keep their full windows.
 const TRIM_LOG_MAX: usize = 192 * 1024;
+/// Most checkpoints awaiting trimming at once (several only with spans under
+/// 32 KiB); further ones keep their full windows.
+const MAX_TRIMS: usize = 8;
 
 /// A committed checkpoint whose window waits for the 32 KiB of output after
 /// it, to be trimmed (see `trim`) and compressed.
@@ -56,8 +59,12 @@ enum Phase {
 
 /// A `Read` adaptor: reads a gzip stream (one or more members) from `inner`
 /// and yields the uncompressed bytes, while recording checkpoints and chunk
-/// digests in one pass. Memory stays bounded (about 450 KiB) whatever the
-/// stream size. Errors surface as `io::Error`s wrapping a [`GzipError`];
+/// digests in one pass. Memory stays bounded whatever the stream size: about
+/// 600 KiB, of which ~150 KiB for window trimming (logs of the 32 KiB after a
+/// checkpoint, a trial inflater, scratch); at most ~450 KiB more on spans
+/// under 32 KiB or pathological streams. Checkpoint windows are finalized
+/// (trimmed, see `trim`, and compressed) once 32 KiB of output follow them
+/// or their member ends. Errors surface as `io::Error`s wrapping a [`GzipError`];
 /// [`ZranReader::finish`] returns the typed error.
 pub struct ZranReader<R: Read> {
     inner: R,
@@ -610,6 +617,7 @@ impl<R: Read> ZranReader<R> {
         let queue = self.trim
             && !cp.window.is_empty()
             && self.logging
+            && self.trims.len() < MAX_TRIMS
             && self.log_in_base <= SpanDecoder::input_start(&cp)
             && self.log_out_base <= cp.out_offset;
         let window = std::mem::take(&mut cp.window);
@@ -649,7 +657,8 @@ impl<R: Read> ZranReader<R> {
         };
         let (in_start, out_start) = (SpanDecoder::input_start(next), next.out_offset);
         let di = usize::try_from(in_start.saturating_sub(self.log_in_base)).unwrap_or(usize::MAX);
-        let d_o = usize::try_from(out_start.saturating_sub(self.log_out_base)).unwrap_or(usize::MAX);
+        let d_o =
+            usize::try_from(out_start.saturating_sub(self.log_out_base)).unwrap_or(usize::MAX);
         if di > 0 {
             self.log_in.drain(..di.min(self.log_in.len()));
             self.log_in_base = in_start;

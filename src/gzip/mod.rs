@@ -3,7 +3,8 @@
 //! This module owns the deflate-level work: [`ZranReader`] inflates a layer
 //! once, front to back, yielding the uncompressed bytes while it records
 //! resume points ([`Checkpoint`]: a deflate block boundary, its bit offset and
-//! the preceding 32 KiB window) and per-chunk sha256 digests ([`Chunk`]);
+//! the preceding 32 KiB window, trimmed to the bytes decoding from there reads
+//! — the rest are zeroed, see `trim`) and per-chunk sha256 digests ([`Chunk`]);
 //! [`SpanDecoder`] later resumes inflating at any checkpoint from whatever
 //! compressed bytes it is fed. Its neighbours: `index` builds layer indexes
 //! with the reader, `cache` serves ranges with the decoder. It does no I/O of
@@ -214,8 +215,11 @@ pub(crate) fn window_compressor() -> libdeflater::Compressor {
     libdeflater::Compressor::new(lvl)
 }
 
-/// libdeflate level for trimmed windows (mostly zeros, so higher levels
-/// cost little; see `TRIMMED_WINDOW_LEVEL` measurements in the tests).
+/// libdeflate level for trimmed windows (mostly zeros). Measured on a real
+/// python layer (`tests::real_layer_window_stats`): level 1 gives 1963 B and
+/// ~0.14 ms per window, level 6 1883 B / ~0.18 ms, level 9 1874 B / ~0.6 ms,
+/// level 12 1764 B / ~13 ms. Level 6 costs about what level 1 did on full
+/// windows.
 const TRIMMED_WINDOW_LEVEL: i32 = 6;
 
 /// The compressor for trimmed windows.
