@@ -525,7 +525,15 @@ fn real_layer_window_stats() {
     };
     let blob = std::fs::read(&path).unwrap();
     eprintln!("{}: {} bytes", path.display(), blob.len());
-    for span in [1u64 << 20, 2 << 20, 4 << 20] {
+    // CLIP_SPANS_KIB=1024,1536 picks other spans.
+    let spans: Vec<u64> = std::env::var("CLIP_SPANS_KIB")
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().parse::<u64>().unwrap() << 10)
+                .collect()
+        })
+        .unwrap_or_else(|_| vec![1 << 20, 2 << 20, 4 << 20]);
+    for span in spans {
         let cfg = IndexerConfig {
             span,
             chunk_size: IndexerConfig::DEFAULT_CHUNK_SIZE,
@@ -553,10 +561,10 @@ fn real_layer_window_stats() {
                 })
                 .sum();
             eprintln!(
-                "span {} MiB trim {trim:5}: {cps} checkpoints, {} B window/checkpoint \
+                "span {} KiB trim {trim:5}: {cps} checkpoints, {} B window/checkpoint \
                  ({} non-zero raw), windows {:.3}% of blob, index {:.0} MB/s out \
                  ({:.0} MB/s in)",
-                span >> 20,
+                span >> 10,
                 wins / cps.max(1),
                 kept / cps.max(1),
                 wins as f64 * 100.0 / blob.len() as f64,
