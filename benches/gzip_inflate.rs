@@ -67,11 +67,16 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 fn build_index(blob: &[u8], span: u64) -> ZranIndex {
+    build_index_with(blob, span, true)
+}
+
+fn build_index_with(blob: &[u8], span: u64, trim: bool) -> ZranIndex {
     let cfg = IndexerConfig {
         span,
         chunk_size: IndexerConfig::DEFAULT_CHUNK_SIZE,
     };
     let mut r = ZranReader::new(blob, cfg);
+    r.set_window_trimming(trim);
     let mut buf = vec![0u8; 256 * 1024];
     while r.read(&mut buf).unwrap() > 0 {}
     r.finish().unwrap()
@@ -128,8 +133,19 @@ fn report(blob: &[u8], data_len: u64) {
     );
     for span in [256 << 10, 1 << 20, 2 << 20, 4 << 20] {
         let t = Instant::now();
+        let full = build_index_with(blob, span, false);
+        let build_full = t.elapsed();
+        let full_wins: usize = full.checkpoints.iter().map(|c| c.window.len()).sum();
+        let t = Instant::now();
         let idx = build_index(blob, span);
         let build = t.elapsed();
+        eprintln!(
+            "span {:>4} KiB full windows: build {:.0} MB/s, window {} B/checkpoint ({:.2}% of gzip)",
+            span >> 10,
+            data_len as f64 / build_full.as_secs_f64() / 1e6,
+            full_wins / full.checkpoints.len().max(1),
+            full_wins as f64 * 100.0 / blob.len() as f64,
+        );
         let wins: usize = idx.checkpoints.iter().map(|c| c.window.len()).sum();
         let cps = idx.checkpoints.len();
         let mut out = vec![0u8; READ_LEN];
@@ -147,7 +163,7 @@ fn report(blob: &[u8], data_len: u64) {
             window_levels(&idx);
         }
         eprintln!(
-            "span {:>4} KiB: build {:.0} MB/s, {cps} checkpoints, window {} B/checkpoint \
+            "span {:>4} KiB trimmed: build {:.0} MB/s, {cps} checkpoints, window {} B/checkpoint \
              ({:.2}% of gzip); cold 64 KiB read p50 {:?} p90 {:?} max {:?}",
             span >> 10,
             data_len as f64 / build.as_secs_f64() / 1e6,
@@ -201,6 +217,9 @@ fn benches(c: &mut Criterion) {
     for span in [1u64 << 20, 4 << 20] {
         g.bench_function(format!("zran_span_{}k", span >> 10), |b| {
             b.iter(|| black_box(build_index(&blob, span)))
+        });
+        g.bench_function(format!("zran_span_{}k_full_windows", span >> 10), |b| {
+            b.iter(|| black_box(build_index_with(&blob, span, false)))
         });
     }
     g.finish();

@@ -1,15 +1,17 @@
 //! One streaming pass over a gzip blob: [`ZranReader`] yields the
 //! uncompressed bytes and records checkpoints and chunk digests on the way.
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 
 use sha2::{Digest as _, Sha256};
 
 use super::ffi::{Step, ZStream, Z_BLOCK, Z_BUF_ERROR, Z_NO_FLUSH, Z_STREAM_END};
 use super::header::{HeaderParser, Trailer};
+use super::trim::Trimmer;
 use super::{
-    compress_window_with, window_compressor, Checkpoint, Chunk, GzipError, IndexerConfig,
-    ZranIndex, WINDOW_SIZE,
+    compress_window_with, trimmed_window_compressor, window_compressor, Checkpoint, Chunk,
+    GzipError, IndexerConfig, SpanDecoder, ZranIndex, WINDOW_SIZE,
 };
 
 /// Compressed input buffer size.
@@ -20,6 +22,23 @@ const STAGE_BUF: usize = 128 * 1024;
 const DIRECT_MIN: usize = 32 * 1024;
 /// Consecutive inflate calls without visible progress before giving up.
 const MAX_STALLS: u32 = 8;
+/// Most compressed bytes logged for window trimming; past this (only
+/// pathological streams, e.g. long runs of empty blocks, need that much for
+/// 32 KiB of output) the checkpoints in flight keep their full windows.
+const TRIM_LOG_MAX: usize = 192 * 1024;
+/// Most checkpoints awaiting trimming at once (several only with spans under
+/// 32 KiB); further ones keep their full windows.
+const MAX_TRIMS: usize = 8;
+
+/// A committed checkpoint whose window waits for the 32 KiB of output after
+/// it, to be trimmed (see `trim`) and compressed.
+#[derive(Debug)]
+struct Trim {
+    /// Index in `checkpoints`.
+    cp: usize,
+    /// The raw window.
+    window: Vec<u8>,
+}
 
 /// Where the reader is in the gzip framing.
 #[derive(Debug)]
@@ -40,8 +59,12 @@ enum Phase {
 
 /// A `Read` adaptor: reads a gzip stream (one or more members) from `inner`
 /// and yields the uncompressed bytes, while recording checkpoints and chunk
-/// digests in one pass. Memory stays bounded (about 450 KiB) whatever the
-/// stream size. Errors surface as `io::Error`s wrapping a [`GzipError`];
+/// digests in one pass. Memory stays bounded whatever the stream size: about
+/// 600 KiB, of which ~150 KiB for window trimming (logs of the 32 KiB after a
+/// checkpoint, a trial inflater, scratch); at most ~450 KiB more on spans
+/// under 32 KiB or pathological streams. Checkpoint windows are finalized
+/// (trimmed, see `trim`, and compressed) once 32 KiB of output follow them
+/// or their member ends. Errors surface as `io::Error`s wrapping a [`GzipError`];
 /// [`ZranReader::finish`] returns the typed error.
 pub struct ZranReader<R: Read> {
     inner: R,
@@ -77,6 +100,24 @@ pub struct ZranReader<R: Read> {
     window: Box<[u8; WINDOW_SIZE]>,
     compressor: libdeflater::Compressor,
     stalls: u32,
+    /// Whether checkpoint windows are trimmed.
+    trim: bool,
+    /// Checkpoints awaiting trimming, oldest first (more than one only when
+    /// the span is under 32 KiB).
+    trims: VecDeque<Trim>,
+    /// Whether the logs below are recording (a trim, or a pending block
+    /// checkpoint with a window, is in flight).
+    logging: bool,
+    /// Compressed input consumed from blob offset `log_in_base` on.
+    log_in: Vec<u8>,
+    log_in_base: u64,
+    /// Output produced from uncompressed offset `log_out_base` on.
+    log_out: Vec<u8>,
+    log_out_base: u64,
+    /// The last input byte consumed (a checkpoint's partial byte).
+    last_in: u8,
+    trimmer: Trimmer,
+    trimmed_compressor: libdeflater::Compressor,
 }
 
 impl<R: Read> std::fmt::Debug for ZranReader<R> {
@@ -137,7 +178,25 @@ impl<R: Read> ZranReader<R> {
             window: Box::new([0u8; WINDOW_SIZE]),
             compressor: window_compressor(),
             stalls: 0,
+            trim: true,
+            trims: VecDeque::new(),
+            logging: false,
+            log_in: Vec::new(),
+            log_in_base: 0,
+            log_out: Vec::new(),
+            log_out_base: 0,
+            last_in: 0,
+            trimmer: Trimmer::new(),
+            trimmed_compressor: trimmed_window_compressor(),
         }
+    }
+
+    /// Whether to store only the window bytes that decoding from each
+    /// checkpoint reads, zeroing the rest (default: on). Trimmed windows
+    /// decode to exactly the same output and compress several times smaller.
+    /// Takes effect for checkpoints placed after the call.
+    pub fn set_window_trimming(&mut self, on: bool) {
+        self.trim = on;
     }
 
     /// Finishes the pass and returns the index. Reads (and hashes) whatever
@@ -152,6 +211,7 @@ impl<R: Read> ZranReader<R> {
                 break;
             }
         }
+        self.finish_trims();
         self.close_chunk(self.last_out_in);
         Ok(ZranIndex {
             checkpoints: self.checkpoints,
@@ -284,6 +344,9 @@ impl<R: Read> ZranReader<R> {
     }
 
     fn consume(&mut self, n: usize) {
+        if n > 0 {
+            self.last_in = self.inbuf[self.in_lo + n - 1];
+        }
         self.in_lo += n;
         self.in_pos = self.in_pos.saturating_add(n as u64);
     }
@@ -384,6 +447,13 @@ impl<R: Read> ZranReader<R> {
             limit = limit.min(to_span);
             Z_NO_FLUSH
         };
+        if self.logging {
+            // Stop where the oldest trim has its 32 KiB, so the logs stay small.
+            let need = (self.log_out_base + WINDOW_SIZE as u64).saturating_sub(self.out_pos);
+            if need > 0 {
+                limit = limit.min(need as usize);
+            }
+        }
         let Some(z) = self.z.as_mut() else {
             return Err(GzipError::Zlib {
                 code: -2,
@@ -395,20 +465,30 @@ impl<R: Read> ZranReader<R> {
             &mut out[..limit],
             flush,
         );
+        if self.logging {
+            self.log_in
+                .extend_from_slice(&self.inbuf[self.in_lo..self.in_lo + step.consumed]);
+            if self.log_in.len() > TRIM_LOG_MAX {
+                self.finish_trims();
+            }
+        }
         self.consume(step.consumed);
         if step.produced > 0 {
             self.last_out_in = self.in_pos;
-            if let Some(mut cp) = self.pending.take() {
-                // The pending window is still raw; compress it now it is kept.
-                cp.window = compress_window_with(&mut self.compressor, &cp.window);
-                self.close_chunk(cp.in_offset);
-                self.push_checkpoint(cp)?;
+            if let Some(cp) = self.pending.take() {
+                self.commit_pending(cp)?;
+            }
+            if self.logging {
+                self.log_out.extend_from_slice(&out[..step.produced]);
             }
             self.account(&out[..step.produced]);
+            self.advance_trims();
         }
         match step.code {
             Z_STREAM_END => {
                 self.stalls = 0;
+                // Nothing after the member end references the window.
+                self.finish_trims();
                 self.phase = Phase::Trailer(Trailer::default());
             }
             0 | Z_BUF_ERROR => {
@@ -506,15 +586,126 @@ impl<R: Read> ZranReader<R> {
                 code,
                 msg: "inflateGetDictionary failed".into(),
             })?;
-        self.pending = Some(Checkpoint {
+        let cp = Checkpoint {
             in_offset: self.in_pos,
             bits,
             out_offset: self.out_pos,
             window: self.window[..len].to_vec(),
             window_len: len as u32, // len <= WINDOW_SIZE
             first_chunk: 0,
-        });
+        };
+        if self.trim && len > 0 && !self.logging {
+            // Start the logs at this checkpoint (with trims in flight they
+            // already run, from an earlier one).
+            self.log_in.clear();
+            self.log_in_base = SpanDecoder::input_start(&cp);
+            if bits > 0 {
+                self.log_in.push(self.last_in);
+            }
+            self.log_out.clear();
+            self.log_out_base = self.out_pos;
+            self.logging = true;
+        }
+        self.pending = Some(cp);
         Ok(())
+    }
+
+    /// Commits the pending checkpoint now that output follows it: its window
+    /// (still raw) is queued for trimming, or compressed right away.
+    fn commit_pending(&mut self, mut cp: Checkpoint) -> Result<(), GzipError> {
+        self.close_chunk(cp.in_offset);
+        let queue = self.trim
+            && !cp.window.is_empty()
+            && self.logging
+            && self.trims.len() < MAX_TRIMS
+            && self.log_in_base <= SpanDecoder::input_start(&cp)
+            && self.log_out_base <= cp.out_offset;
+        let window = std::mem::take(&mut cp.window);
+        if !queue {
+            cp.window = compress_window_with(&mut self.compressor, &window);
+        }
+        self.push_checkpoint(cp)?;
+        if queue {
+            self.trims.push_back(Trim {
+                cp: self.checkpoints.len() - 1,
+                window,
+            });
+        }
+        Ok(())
+    }
+
+    /// Finalizes the trims that have their 32 KiB of output, then drops the
+    /// log bytes no remaining trim (or pending checkpoint) needs.
+    fn advance_trims(&mut self) {
+        while let Some(t) = self.trims.front() {
+            let out = self.checkpoints[t.cp].out_offset;
+            if self.out_pos < out.saturating_add(WINDOW_SIZE as u64) {
+                break;
+            }
+            if let Some(t) = self.trims.pop_front() {
+                self.finish_trim(t);
+            }
+        }
+        let next = match (self.trims.front(), &self.pending) {
+            (Some(t), _) => Some(&self.checkpoints[t.cp]),
+            (None, Some(cp)) if !cp.window.is_empty() => Some(cp),
+            _ => None,
+        };
+        let Some(next) = next else {
+            self.stop_logging();
+            return;
+        };
+        let (in_start, out_start) = (SpanDecoder::input_start(next), next.out_offset);
+        let di = usize::try_from(in_start.saturating_sub(self.log_in_base)).unwrap_or(usize::MAX);
+        let d_o =
+            usize::try_from(out_start.saturating_sub(self.log_out_base)).unwrap_or(usize::MAX);
+        if di > 0 {
+            self.log_in.drain(..di.min(self.log_in.len()));
+            self.log_in_base = in_start;
+        }
+        if d_o > 0 {
+            self.log_out.drain(..d_o.min(self.log_out.len()));
+            self.log_out_base = out_start;
+        }
+    }
+
+    /// Finalizes every trim in flight with the output logged so far (at a
+    /// member end, at the end, or when the logs grew too big).
+    fn finish_trims(&mut self) {
+        while let Some(t) = self.trims.pop_front() {
+            self.finish_trim(t);
+        }
+        self.stop_logging();
+    }
+
+    fn stop_logging(&mut self) {
+        self.logging = false;
+        self.log_in.clear();
+        self.log_out.clear();
+    }
+
+    /// Trims (if the logs allow) and compresses one queued window.
+    fn finish_trim(&mut self, t: Trim) {
+        let Trim { cp: i, mut window } = t;
+        let cp = &self.checkpoints[i];
+        let ok = self.logging
+            && self.log_in_base <= SpanDecoder::input_start(cp)
+            && self.log_out_base <= cp.out_offset
+            && {
+                let di = (SpanDecoder::input_start(cp) - self.log_in_base) as usize;
+                let d_o = (cp.out_offset - self.log_out_base) as usize;
+                let input = self.log_in.get(di..).unwrap_or_default();
+                let real = self.log_out.get(d_o..).unwrap_or_default();
+                let real = &real[..real.len().min(WINDOW_SIZE)];
+                self.trimmer
+                    .trim(&mut window, cp.bits, input, real, &mut self.window)
+            };
+        let c = if ok {
+            &mut self.trimmed_compressor
+        } else {
+            &mut self.compressor
+        };
+        self.checkpoints[i].window = compress_window_with(c, &window);
     }
 }
 

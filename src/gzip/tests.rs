@@ -137,7 +137,12 @@ fn check_index_shape(data: &[u8], blob: &[u8], idx: &ZranIndex, span: u64) {
         assert!(cp.bits <= 7 && cp.window_len as usize <= WINDOW_SIZE);
         let w = decompress_window(&cp.window, cp.window_len).unwrap();
         let o = cp.out_offset as usize;
-        assert_eq!(&data[o - w.len()..o], &w[..], "window at {o}");
+        // Trimmed: every byte is the real one or zeroed.
+        let real = &data[o - w.len()..o];
+        assert!(
+            w.iter().zip(real).all(|(&g, &r)| g == r || g == 0),
+            "window at {o}"
+        );
     }
 }
 
@@ -487,4 +492,285 @@ fn no_checkpoint_at_stream_end_after_sync_flush() {
         check_chunks(&data, blob.len() as u64, &idx, 4096);
         random_reads(&data, &blob, &idx, 40, 8);
     }
+}
+
+/// The gzip blob `real_layer_window_stats` measures: `CLIP_REAL_LAYER`, or the
+/// largest gzip blob of the python test image.
+fn real_layer() -> Option<std::path::PathBuf> {
+    if let Ok(p) = std::env::var("CLIP_REAL_LAYER") {
+        return Some(p.into());
+    }
+    let dir = std::fs::read_dir("/var/tmp/clip-testbed/oci/python/blobs/sha256").ok()?;
+    dir.filter_map(|e| e.ok())
+        .filter(|e| {
+            let mut magic = [0u8; 2];
+            std::fs::File::open(e.path())
+                .and_then(|mut f| f.read_exact(&mut magic))
+                .is_ok()
+                && magic == [0x1f, 0x8b]
+        })
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .map(|e| e.path())
+}
+
+/// Checkpoint window sizes and indexing speed on a real layer, with and
+/// without window trimming, plus trimmed-window compression levels. Run with
+/// `cargo test --release --lib gzip::tests::real_layer_window_stats -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs a real layer; prints measurements"]
+fn real_layer_window_stats() {
+    let Some(path) = real_layer() else {
+        eprintln!("no real layer found; set CLIP_REAL_LAYER");
+        return;
+    };
+    let blob = std::fs::read(&path).unwrap();
+    eprintln!("{}: {} bytes", path.display(), blob.len());
+    // CLIP_SPANS_KIB=1024,1536 picks other spans.
+    let spans: Vec<u64> = std::env::var("CLIP_SPANS_KIB")
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().parse::<u64>().unwrap() << 10)
+                .collect()
+        })
+        .unwrap_or_else(|_| vec![1 << 20, 2 << 20, 4 << 20]);
+    for span in spans {
+        let cfg = IndexerConfig {
+            span,
+            chunk_size: IndexerConfig::DEFAULT_CHUNK_SIZE,
+        };
+        let mut idxs = Vec::new();
+        for trim in [false, true] {
+            // Best of three runs (the machine is shared).
+            let mut el = f64::MAX;
+            let mut idx = ZranIndex::default();
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                let mut r = ZranReader::new(&blob[..], cfg);
+                r.set_window_trimming(trim);
+                idx = r.finish().unwrap();
+                el = el.min(t.elapsed().as_secs_f64());
+            }
+            let cps = idx.checkpoints.len();
+            let wins: usize = idx.checkpoints.iter().map(|c| c.window.len()).sum();
+            let kept: usize = idx
+                .checkpoints
+                .iter()
+                .map(|c| {
+                    let w = decompress_window(&c.window, c.window_len).unwrap();
+                    w.iter().filter(|&&b| b != 0).count()
+                })
+                .sum();
+            eprintln!(
+                "span {} KiB trim {trim:5}: {cps} checkpoints, {} B window/checkpoint \
+                 ({} non-zero raw), windows {:.3}% of blob, index {:.0} MB/s out \
+                 ({:.0} MB/s in)",
+                span >> 10,
+                wins / cps.max(1),
+                kept / cps.max(1),
+                wins as f64 * 100.0 / blob.len() as f64,
+                idx.uncompressed_size as f64 / el / 1e6,
+                blob.len() as f64 / el / 1e6,
+            );
+            idxs.push(idx);
+        }
+        // Trimmed windows decode exactly like full ones from every checkpoint.
+        let (full, trimmed) = (&idxs[0], &idxs[1]);
+        assert_eq!(full.checkpoints.len(), trimmed.checkpoints.len());
+        let untrimmed = full
+            .checkpoints
+            .iter()
+            .zip(&trimmed.checkpoints)
+            .filter(|(f, t)| f.window_len > 0 && f.window == t.window)
+            .count();
+        eprintln!("  {untrimmed} windows left untrimmed");
+        let (mut a, mut b) = (vec![0u8; 40_000], vec![0u8; 40_000]);
+        for cp in &full.checkpoints {
+            let na = read_range(&blob, full, cp.out_offset, &mut a).unwrap();
+            let nb = read_range(&blob, trimmed, cp.out_offset, &mut b).unwrap();
+            assert!(
+                na == nb && a[..na] == b[..nb],
+                "checkpoint at {}",
+                cp.out_offset
+            );
+        }
+        if span == 1 << 20 {
+            let raw: Vec<Vec<u8>> = trimmed
+                .checkpoints
+                .iter()
+                .map(|c| decompress_window(&c.window, c.window_len).unwrap())
+                .filter(|w| !w.is_empty())
+                .collect();
+            for lvl in [1, 4, 6, 9, 12] {
+                let lv = libdeflater::CompressionLvl::new(lvl).unwrap();
+                let mut c = libdeflater::Compressor::new(lv);
+                let t = std::time::Instant::now();
+                let bytes: usize = raw
+                    .iter()
+                    .map(|w| compress_window_with(&mut c, w).len())
+                    .sum();
+                eprintln!(
+                    "  trimmed windows at level {lvl:>2}: {} B/window, {:?}/window",
+                    bytes / raw.len().max(1),
+                    t.elapsed() / raw.len().max(1) as u32
+                );
+            }
+        }
+    }
+}
+
+fn build_with(blob: &[u8], span: u64, chunk_size: u32, trim: bool) -> ZranIndex {
+    let mut r = ZranReader::new(blob, IndexerConfig { span, chunk_size });
+    r.set_window_trimming(trim);
+    r.finish().unwrap()
+}
+
+/// Builds `blob` with and without window trimming; checks the indexes agree
+/// but for windows, that trimmed windows only zero bytes, that decoding from
+/// every checkpoint gives the same bytes either way, and random reads.
+/// Returns (trimmed index, stored window bytes full, trimmed).
+fn trim_check(name: &str, data: &[u8], blob: &[u8], span: u64) -> (ZranIndex, usize, usize) {
+    let full = build_with(blob, span, 16 * 1024, false);
+    let trimmed = build_with(blob, span, 16 * 1024, true);
+    let strip = |i: &ZranIndex| -> Vec<(u64, u8, u64, u32, u32)> {
+        i.checkpoints
+            .iter()
+            .map(|c| {
+                (
+                    c.in_offset,
+                    c.bits,
+                    c.out_offset,
+                    c.window_len,
+                    c.first_chunk,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(strip(&full), strip(&trimmed), "{name}");
+    assert_eq!(full.chunks, trimmed.chunks, "{name}");
+    check_index_shape(data, blob, &trimmed, span);
+    let (mut a, mut b) = (vec![0u8; 40_000], vec![0u8; 40_000]);
+    for (f, t) in full.checkpoints.iter().zip(&trimmed.checkpoints) {
+        let wf = decompress_window(&f.window, f.window_len).unwrap();
+        let o = f.out_offset as usize;
+        assert!(wf == data[o - wf.len()..o], "{name}: full window at {o}");
+        let na = read_range(blob, &full, f.out_offset, &mut a).unwrap();
+        let nb = read_range(blob, &trimmed, t.out_offset, &mut b).unwrap();
+        assert_eq!(na, nb);
+        assert!(a[..na] == b[..nb], "{name}: decode from {o}");
+        assert!(a[..na] == data[o..o + na], "{name}: decode from {o}");
+    }
+    random_reads(data, blob, &trimmed, 150, 21);
+    decoder_reads(data, blob, &trimmed, 40, 22);
+    let size = |i: &ZranIndex| i.checkpoints.iter().map(|c| c.window.len()).sum::<usize>();
+    let (f, t) = (size(&full), size(&trimmed));
+    (trimmed, f, t)
+}
+
+#[test]
+fn trimmed_windows_decode_like_full_ones() {
+    let data = mixed_data(3 << 20, 23);
+    for level in [1, 6, 9] {
+        let blob = gzip(&data, level);
+        let (idx, full, trimmed) = trim_check(&format!("level {level}"), &data, &blob, 64 << 10);
+        eprintln!(
+            "level {level}: {} checkpoints, windows {full} -> {trimmed} bytes",
+            idx.checkpoints.len()
+        );
+        if idx.checkpoints.len() > 3 {
+            assert!(trimmed * 2 < full, "level {level}: {full} -> {trimmed}");
+        }
+    }
+    // Stored blocks reference nothing: every window is all zeros.
+    let blob = gzip(&data[..1 << 20], 0);
+    let (idx, _, _) = trim_check("stored", &data[..1 << 20], &blob, 64 << 10);
+    assert!(idx.checkpoints.len() > 10);
+    for cp in &idx.checkpoints {
+        let w = decompress_window(&cp.window, cp.window_len).unwrap();
+        let nonzero = w.iter().filter(|&&b| b != 0).count();
+        // At most the 256 positions 257 * x a literal x could have come from.
+        assert!(nonzero <= 256, "stored: {nonzero} bytes kept");
+    }
+    // Several members, flushes, and spans under 32 KiB (trims overlap).
+    let cut = 700_001;
+    let mut blob = gzip(&data[..cut], 6);
+    blob.extend_from_slice(&gzip_flushed(&data[cut..1 << 21], 7_000));
+    blob.extend_from_slice(&gzip(&data[1 << 21..], 9));
+    for span in [1u64, 5_000, 20 << 10, 64 << 10] {
+        let (_, full, trimmed) = trim_check(&format!("members span {span}"), &data, &blob, span);
+        assert!(trimmed * 2 < full, "span {span}: {full} -> {trimmed}");
+    }
+}
+
+#[test]
+fn trim_checkpoint_right_before_member_end() {
+    let data = mixed_data(400_000, 24);
+    // Member 1 ends 1..30_000 bytes after a sync flush (a checkpoint).
+    for tail in [1usize, 100, 5_000, 30_000, 40_000] {
+        let cut = 150_000 + tail;
+        let mut e = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::new(6));
+        e.write_all(&data[..150_000]).unwrap();
+        e.flush().unwrap();
+        e.write_all(&data[150_000..cut]).unwrap();
+        let mut blob = e.finish().unwrap();
+        blob.extend_from_slice(&gzip(&data[cut..], 6));
+        let (idx, _, _) = trim_check(&format!("tail {tail}"), &data, &blob, 140_000);
+        let cp = idx
+            .checkpoints
+            .iter()
+            .find(|c| c.out_offset == 150_000)
+            .unwrap_or_else(|| panic!("tail {tail}: no checkpoint at the flush"));
+        // Trimmed with the member's remaining output only.
+        let w = decompress_window(&cp.window, cp.window_len).unwrap();
+        let kept = w.iter().filter(|&&b| b != 0).count();
+        assert!(kept < WINDOW_SIZE / 2, "tail {tail}: {kept} bytes kept");
+    }
+}
+
+#[test]
+fn trim_very_short_streams() {
+    for len in [1usize, 2, 100, 1_000, 5_000, 33_000, 40_000] {
+        let data = mixed_data(len, 25 + len as u64);
+        for blob in [gzip(&data, 6), gzip(&data, 0), gzip_flushed(&data, 300)] {
+            for span in [1u64, 64, 4096] {
+                let (out, idx) = build(&blob, span, 512).unwrap();
+                assert!(out == data);
+                check_index_shape(&data, &blob, &idx, span);
+                check_chunks(&data, blob.len() as u64, &idx, 512);
+                trim_check(&format!("len {len} span {span}"), &data, &blob, span);
+            }
+        }
+    }
+}
+
+/// A long run of empty stored blocks right after a checkpoint overflows the
+/// trim log: that checkpoint keeps its full window and decoding still works.
+#[test]
+fn trim_log_overflow_keeps_full_window() {
+    let data = mixed_data(300_000, 26);
+    let split = 100_000;
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(6));
+    e.write_all(&data[..split]).unwrap();
+    e.flush().unwrap(); // ends byte-aligned after an empty stored block
+    let n1 = e.get_ref().len();
+    e.write_all(&data[split..]).unwrap();
+    let raw = e.finish().unwrap();
+    let mut blob = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    blob.extend_from_slice(&raw[..n1]);
+    for _ in 0..60_000 {
+        blob.extend_from_slice(&[0, 0, 0, 0xff, 0xff]); // empty stored block
+    }
+    blob.extend_from_slice(&raw[n1..]);
+    blob.extend_from_slice(&crc32fast::hash(&data).to_le_bytes());
+    blob.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    let (idx, _, _) = trim_check("log overflow", &data, &blob, 90_000);
+    let cp = idx
+        .checkpoints
+        .iter()
+        .find(|c| c.out_offset == split as u64)
+        .expect("checkpoint at the flush");
+    let w = decompress_window(&cp.window, cp.window_len).unwrap();
+    assert!(
+        w == data[split - WINDOW_SIZE..split],
+        "full window expected"
+    );
 }
