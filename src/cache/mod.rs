@@ -110,9 +110,9 @@ impl Default for CacheConfig {
         CacheConfig {
             memory_bytes: 512 << 20,
             fetch_ahead: 0,
-            fetch_slack: 64 << 10,
+            fetch_slack: 16 << 10,
             min_refetch: 256 << 10,
-            sequential_fetch: 1 << 20,
+            sequential_fetch: 0,
             max_in_flight: 16,
             parked_decoders: 32,
         }
