@@ -517,19 +517,12 @@ impl<R: Read> ZranReader<R> {
             }
             code => {
                 let msg = self.z.as_ref().map(|z| z.msg()).unwrap_or_default();
-                return Err(if code == -3 || code == 2 {
-                    GzipError::Corrupt {
-                        in_offset: self.in_pos,
-                        out_offset: self.out_pos,
-                        msg: if msg.is_empty() {
-                            "invalid deflate data".into()
-                        } else {
-                            msg
-                        },
-                    }
-                } else {
-                    GzipError::Zlib { code, msg }
-                });
+                return Err(GzipError::from_inflate(
+                    code,
+                    msg,
+                    self.in_pos,
+                    self.out_pos,
+                ));
             }
         }
         Ok(step.produced)

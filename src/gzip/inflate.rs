@@ -164,19 +164,12 @@ impl SpanDecoder {
                         }
                         code => {
                             let msg = self.z.msg();
-                            return Err(if code == -3 || code == 2 {
-                                GzipError::Corrupt {
-                                    in_offset: self.in_pos,
-                                    out_offset: self.out_pos,
-                                    msg: if msg.is_empty() {
-                                        "invalid deflate data".into()
-                                    } else {
-                                        msg
-                                    },
-                                }
-                            } else {
-                                GzipError::Zlib { code, msg }
-                            });
+                            return Err(GzipError::from_inflate(
+                                code,
+                                msg,
+                                self.in_pos,
+                                self.out_pos,
+                            ));
                         }
                     }
                 }

@@ -142,6 +142,27 @@ pub enum GzipError {
 }
 
 impl GzipError {
+    /// Maps a failed `inflate` return code: data errors (Z_DATA_ERROR,
+    /// Z_NEED_DICT) are corruption at the current offsets, anything else a
+    /// zlib failure.
+    pub(crate) fn from_inflate(code: i32, msg: String, in_offset: u64, out_offset: u64) -> Self {
+        const Z_DATA_ERROR: i32 = -3;
+        const Z_NEED_DICT: i32 = 2;
+        if code == Z_DATA_ERROR || code == Z_NEED_DICT {
+            GzipError::Corrupt {
+                in_offset,
+                out_offset,
+                msg: if msg.is_empty() {
+                    "invalid deflate data".into()
+                } else {
+                    msg
+                },
+            }
+        } else {
+            GzipError::Zlib { code, msg }
+        }
+    }
+
     /// A copy of this error (an `Io` error keeps its kind and message).
     pub(crate) fn duplicate(&self) -> GzipError {
         match self {

@@ -43,7 +43,8 @@ pub fn render_json(snaps: &[Snapshot]) -> Result<String, MetricsError> {
     .map_err(|e| MetricsError::Protocol(format!("encode JSON: {e}")))
 }
 
-fn human(n: u64) -> String {
+/// `1.5 MiB` style: binary units, one decimal.
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let (mut v, mut u) = (n as f64, 0);
     while v >= 1024.0 && u + 1 < UNITS.len() {
@@ -96,10 +97,10 @@ fn text_one(out: &mut String, s: &Snapshot) {
     let _ = writeln!(
         out,
         "  bytes       served {}  fetched {} in {} GETs  inflated {}  amplification {amp}",
-        human(c.bytes_served),
-        human(c.bytes_fetched),
+        human_bytes(c.bytes_served),
+        human_bytes(c.bytes_fetched),
         c.fetch_count,
-        human(c.inflate_bytes)
+        human_bytes(c.inflate_bytes)
     );
     let _ = writeln!(
         out,
@@ -107,7 +108,7 @@ fn text_one(out: &mut String, s: &Snapshot) {
         c.cache_hits,
         c.cache_misses,
         c.cache_evictions,
-        human(c.cache_bytes)
+        human_bytes(c.cache_bytes)
     );
     let _ = writeln!(
         out,

@@ -76,7 +76,9 @@ pub use client::{
     collect, discover, prometheus_scrape, query_daemon, DaemonEntry, DaemonReport, CONTROL_SOCKET,
     DEFAULT_TIMEOUT,
 };
-pub use export::{render_json, render_prometheus, render_text, PROMETHEUS_CONTENT_TYPE};
+pub use export::{
+    human_bytes, render_json, render_prometheus, render_text, PROMETHEUS_CONTENT_TYPE,
+};
 pub use hook::{op_for_opcode, FuseMetricsHook};
 pub use http::{MetricsServer, RenderFn};
 pub use recorder::{Metrics, OpTimer};
