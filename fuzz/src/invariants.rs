@@ -286,7 +286,7 @@ fn gen_index_data(b: &mut Bytes<'_>) -> IndexData {
         let name = [b.name(12), format!("#{idx}").into_bytes()].concat();
         tree.nodes[parent].children.insert(name, idx);
         // Hard link: a second name for a non-directory.
-        if kind != NodeKind::Dir && b.u8() % 8 == 0 {
+        if kind != NodeKind::Dir && b.u8().is_multiple_of(8) {
             let other = dirs[b.u8() as usize % dirs.len()];
             let name = [b.name(12), format!("#{idx}.lnk").into_bytes()].concat();
             tree.nodes[other].children.insert(name, idx);
@@ -450,7 +450,7 @@ fn check_tar(data: &[u8]) {
         } else {
             assert_eq!(e.kind, EntryKind::Dir, "empty path for a non-directory");
         }
-        assert!(e.data_offset >= 512 && e.data_offset % 512 == 0);
+        assert!(e.data_offset >= 512 && e.data_offset.is_multiple_of(512));
         assert!(e.data_offset > prev, "entries out of stream order");
         prev = e.data_offset;
         if e.kind != EntryKind::File {
@@ -543,7 +543,7 @@ fn tar_round_trip(data: &[u8]) {
                 path.push(b'/');
             }
             // Long components push some paths past 100 bytes (PAX path).
-            let max = if b.u8() % 4 == 0 { 60 } else { 10 };
+            let max = if b.u8().is_multiple_of(4) { 60 } else { 10 };
             path.extend_from_slice(&b.name(max));
         }
         path.extend_from_slice(format!("-{i}").as_bytes());
