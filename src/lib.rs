@@ -16,6 +16,8 @@ pub mod digest;
 pub mod error;
 pub mod format;
 pub mod fuse;
+#[cfg(test)]
+mod fuzz_regressions;
 pub mod gzip;
 pub mod index;
 pub mod metrics;

@@ -1,0 +1,5 @@
+//! Shared checks for the fuzz targets (see `invariants.rs`).
+
+extern crate clip;
+
+pub mod invariants;
