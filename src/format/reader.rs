@@ -188,17 +188,62 @@ impl Index {
     }
 
     /// Structural checks done once, so that record arrays have whole records.
+    /// One pass over every record: all cross references (dirent → inode,
+    /// inode → dirents/xattrs/strings/layer, layer → checkpoints/chunks) are
+    /// in bounds, so a file that opens never names something absent.
     fn validate(&self) -> Result<(), FormatError> {
-        records::<LayerRec>(self.section(kind::LAYERS), "layer records")?;
-        records::<CheckpointRec>(self.section(kind::CHECKPOINTS), "checkpoint records")?;
-        records::<ChunkRec>(self.section(kind::CHUNKS), "chunk records")?;
-        records::<DirentRec>(self.section(kind::DIRENTS), "directory records")?;
-        records::<XattrRec>(self.section(kind::XATTRS), "xattr records")?;
+        let layers = records::<LayerRec>(self.section(kind::LAYERS), "layer records")?;
+        let cps = records::<CheckpointRec>(self.section(kind::CHECKPOINTS), "checkpoint records")?;
+        let chunks = records::<ChunkRec>(self.section(kind::CHUNKS), "chunk records")?;
+        let dirents = records::<DirentRec>(self.section(kind::DIRENTS), "directory records")?;
+        let xattrs = records::<XattrRec>(self.section(kind::XATTRS), "xattr records")?;
         let inodes = records::<InodeRec>(self.section(kind::INODES), "inode records")?;
         match inodes.first() {
-            Some(root) if root.mode.get() & 0o170000 == NodeKind::Dir.type_bits() => Ok(()),
-            _ => Err(corrupt("no root directory")),
+            Some(root) if root.mode.get() & 0o170000 == NodeKind::Dir.type_bits() => {}
+            _ => return Err(corrupt("no root directory")),
         }
+        let strings = self.section(kind::STRINGS).len() as u64;
+        let within =
+            |first: u32, count: u32, len: usize| u64::from(first) + u64::from(count) <= len as u64;
+        let str_ok = |off: u32, len: u32| u64::from(off) + u64::from(len) <= strings;
+        for l in layers {
+            if !within(
+                l.first_checkpoint.get(),
+                l.checkpoint_count.get(),
+                cps.len(),
+            ) || !within(l.first_chunk.get(), l.chunk_count.get(), chunks.len())
+                || !str_ok(l.media_type_off.get(), l.media_type_len.get())
+            {
+                return Err(corrupt("layer record out of bounds"));
+            }
+        }
+        for i in inodes {
+            let layer = i.data_layer.get();
+            if !within(i.dirent_first.get(), i.dirent_count.get(), dirents.len())
+                || !within(i.xattr_first.get(), i.xattr_count.get(), xattrs.len())
+                || !str_ok(i.target_off.get(), i.target_len.get())
+                || (layer != u32::MAX && layer as usize >= layers.len())
+            {
+                return Err(corrupt("inode record out of bounds"));
+            }
+        }
+        for d in dirents {
+            let ino = u64::from(d.ino.get());
+            if ino == 0
+                || ino > inodes.len() as u64
+                || !str_ok(d.name_off.get(), d.name_len.get().into())
+            {
+                return Err(corrupt("directory entry out of bounds"));
+            }
+        }
+        for x in xattrs {
+            if !str_ok(x.name_off.get(), x.name_len.get())
+                || !str_ok(x.value_off.get(), x.value_len.get())
+            {
+                return Err(corrupt("xattr record out of bounds"));
+            }
+        }
+        Ok(())
     }
 
     fn section(&self, k: u32) -> &[u8] {

@@ -170,3 +170,38 @@ fn newer_major_is_refused_by_name() {
         Err(FormatError::UnsupportedVersion { major: 3, .. })
     ));
 }
+
+#[test]
+fn dangling_directory_entry_is_refused_at_open() {
+    use zerocopy::{FromBytes, IntoBytes};
+
+    use super::raw::{kind, Header, SectionEntry, HEADER_SIZE};
+    let mut bytes = write_index(&sample(), WriteOptions { compress: false }).unwrap();
+    let header = Header::read_from_bytes(&bytes[..HEADER_SIZE]).unwrap();
+    let table_at = header.section_table.get() as usize;
+    let n = header.section_count.get() as usize;
+    let size = size_of::<SectionEntry>();
+    for i in 0..n {
+        let at = table_at + i * size;
+        let mut e = SectionEntry::read_from_bytes(&bytes[at..at + size]).unwrap();
+        if e.kind.get() != kind::DIRENTS {
+            continue;
+        }
+        // First dirent's inode number (offset 8 in the record) → 9999.
+        let ino_at = e.offset.get() as usize + 8;
+        bytes[ino_at..ino_at + 4].copy_from_slice(&9999u32.to_le_bytes());
+        let start = e.offset.get() as usize;
+        let end = start + e.stored_len.get() as usize;
+        e.crc = crc32fast::hash(&bytes[start..end]).into();
+        bytes[at..at + size].copy_from_slice(e.as_bytes());
+    }
+    let mut header = header;
+    header.table_crc = crc32fast::hash(&bytes[table_at..table_at + n * size]).into();
+    header.header_crc = 0.into();
+    header.header_crc = crc32fast::hash(header.as_bytes()).into();
+    bytes[..HEADER_SIZE].copy_from_slice(header.as_bytes());
+    assert!(matches!(
+        Index::from_bytes(bytes),
+        Err(FormatError::Corrupt("directory entry out of bounds"))
+    ));
+}
