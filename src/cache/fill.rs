@@ -12,12 +12,14 @@
 use crate::metrics::{ErrorKind, Metrics};
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::decoder::Decoder;
 use super::memory::{key, MemoryCache};
 use super::plan::LayerPlan;
+use super::prefetch::{in_prefetch_thread, Job, Prefetcher};
 use super::stats::{CacheStats, CacheStatsSnapshot};
 use super::{CacheConfig, CacheError, ContentReader};
 use crate::digest::Digest;
@@ -30,6 +32,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Largest follow-up fetch when a decoder keeps starving within one fill.
 const MAX_REFETCH: u64 = 8 << 20;
+
+/// Largest read-ahead piece of a prefetch (one GET).
+const PREFETCH_PIECE: u64 = 4 << 20;
 
 /// A decoder with the compressed bytes already fetched for it:
 /// `input[consumed..]` starts at `dec.input_position()`.
@@ -124,6 +129,7 @@ pub struct ContentCache {
     in_flight: Semaphore,
     stats: CacheStats,
     metrics: Option<Arc<Metrics>>,
+    prefetcher: Prefetcher,
 }
 
 impl fmt::Debug for ContentCache {
@@ -159,7 +165,101 @@ impl ContentCache {
             layers,
             stats: CacheStats::default(),
             metrics: None,
+            prefetcher: Prefetcher::default(),
         }
+    }
+
+    /// Starts the `config.prefetch_threads` background threads that serve
+    /// [`ContentReader::prefetch`] hints (until then, and with 0 threads,
+    /// hints are ignored). The threads hold only a weak reference: they exit
+    /// once the last `Arc` of the cache is dropped. Calling again is a no-op.
+    pub fn start_prefetch(self: &Arc<Self>) {
+        self.prefetcher.start(
+            self.config.prefetch_threads,
+            self.config.prefetch_queue,
+            Arc::downgrade(self),
+            Self::run_prefetch,
+        );
+    }
+
+    /// Count of live prefetch threads (stays readable after the cache is gone).
+    pub fn prefetch_threads_live(&self) -> Arc<AtomicUsize> {
+        self.prefetcher.live()
+    }
+
+    /// Queues one job for `[offset, offset+len)` (dropped if the queue is full).
+    fn queue_prefetch(&self, layer: u32, offset: u64, len: u64) {
+        if !self.prefetcher.started() {
+            return;
+        }
+        let Ok(plan) = self.plan(layer) else { return };
+        // A single-frame zstd layer decodes from its start: a hint about one
+        // file would inflate the whole layer. Leave it to readers.
+        if plan.kind == LayerKind::ZstdWhole || offset >= plan.size || len == 0 {
+            return;
+        }
+        let end = plan.size.min(offset.saturating_add(len));
+        if self.prefetcher.try_send(Job {
+            layer,
+            start: offset,
+            end,
+        }) {
+            CacheStats::add(&self.stats.prefetch_jobs, 1);
+        }
+    }
+
+    /// A prefetch thread's job: fill, span after span, the chunks of the
+    /// job's range that are not in memory, reading the compressed bytes ahead
+    /// in large pieces (one decoder carried from span to span, so a file
+    /// costs a few big GETs rather than one per span). Errors are counted and
+    /// logged, never surfaced: a reader that needs the bytes fills (and
+    /// reports) on its own.
+    fn run_prefetch(&self, job: Job) {
+        let Ok(plan) = self.plan(job.layer) else {
+            return;
+        };
+        if let Err(e) = self.prefetch_range(plan, job.start, job.end) {
+            CacheStats::add(&self.stats.prefetch_errors, 1);
+            tracing::debug!(
+                layer = job.layer,
+                start = job.start,
+                end = job.end,
+                error = %e,
+                "prefetch failed (readers will retry)"
+            );
+        }
+    }
+
+    fn prefetch_range(&self, plan: &LayerPlan, start: u64, end: u64) -> Result<(), CacheError> {
+        let end = end.min(plan.size);
+        if start >= end {
+            return Ok(());
+        }
+        // Compressed bytes up to the end of the range's last chunk.
+        let ahead = match plan.kind {
+            LayerKind::Tar => 0,
+            _ => self
+                .layer_chunk(plan, plan.chunk_at(end - 1).1)?
+                .in_end
+                .saturating_add(self.config.fetch_slack),
+        };
+        let mut s = plan.span_of(start);
+        while s < plan.spans.len() && plan.spans[s].start < end {
+            let sp = plan.spans[s];
+            let (lo, hi) = (start.max(sp.start), end.min(sp.end));
+            if lo < hi {
+                let first = plan.chunk_at(lo).1;
+                let last = plan.chunk_at(hi - 1).1;
+                let _flight = lock(&plan.locks[plan.lock_for(s)]);
+                let missing = |c: &u32| !self.mem.contains(key(plan.number, *c));
+                if let Some(first) = (first..=last).find(missing) {
+                    let last = (first..=last).rev().find(missing).unwrap_or(first);
+                    self.fill_locked(plan, s, first, last, ahead)?;
+                }
+            }
+            s += 1;
+        }
+        Ok(())
     }
 
     /// Also records latencies and counters into `metrics` (fetches, inflate,
@@ -182,6 +282,16 @@ impl ContentCache {
     /// Bytes of verified chunks currently held in memory.
     pub fn memory_used(&self) -> u64 {
         self.mem.bytes()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn layers_for_tests(&self) -> &[LayerPlan] {
+        &self.layers
+    }
+
+    #[cfg(test)]
+    pub(crate) fn mem_for_tests(&self) -> &MemoryCache {
+        &self.mem
     }
 
     /// The configuration in use.
@@ -264,10 +374,24 @@ impl ContentCache {
             CacheStats::add(&self.stats.shared_fills, 1);
             return Ok(vec![data]);
         }
+        self.fill_locked(plan, s, first, last, 0)
+    }
+
+    /// [`Self::fill`] with the span's single-flight lock held by the caller;
+    /// a compressed layer's decoder reads ahead up to blob offset `ahead` in
+    /// pieces of at most [`PREFETCH_PIECE`] (0: only what the chunks need).
+    fn fill_locked(
+        &self,
+        plan: &LayerPlan,
+        s: usize,
+        first: u32,
+        last: u32,
+        ahead: u64,
+    ) -> Result<Vec<Arc<[u8]>>, CacheError> {
         match plan.kind {
             LayerKind::Tar => self.fill_plain(plan, s, first, last),
             LayerKind::Gzip | LayerKind::ZstdFrames | LayerKind::ZstdWhole => {
-                self.fill_decoded(plan, s, first, last)
+                self.fill_decoded(plan, s, first, last, ahead)
             }
         }
     }
@@ -302,6 +426,7 @@ impl ContentCache {
         s: usize,
         first: u32,
         last: u32,
+        ahead: u64,
     ) -> Result<Vec<Arc<[u8]>>, CacheError> {
         let target = plan.chunk_range(s, first).start;
         let whole = plan.kind == LayerKind::ZstdWhole;
@@ -359,7 +484,7 @@ impl ContentCache {
                 ));
             }
             let mut buf = vec![0u8; (r.end - r.start) as usize];
-            self.inflate_chunk(plan, s, &mut st, &mut buf, want_end, &mut refills)?;
+            self.inflate_chunk(plan, s, &mut st, &mut buf, (want_end, ahead), &mut refills)?;
             let data = self.admit(plan, ck, &buf)?;
             if (first..=last).contains(&ck) {
                 out.push(data);
@@ -422,7 +547,7 @@ impl ContentCache {
         s: usize,
         st: &mut Parked,
         buf: &mut [u8],
-        want_end: u64,
+        want_end: (u64, u64),
         refills: &mut u32,
     ) -> Result<(), CacheError> {
         let mut filled = 0;
@@ -468,17 +593,19 @@ impl ContentCache {
         Ok((c, p))
     }
 
-    /// Appends the next piece of compressed input: up to `want_end` on the
-    /// first starvation of a fill, then growing pieces (never tiny reads).
+    /// Appends the next piece of compressed input: up to `want_end.0` on the
+    /// first starvation of a fill, then growing pieces (never tiny reads);
+    /// and up to `want_end.1` (read-ahead), at most [`PREFETCH_PIECE`] at once.
     fn refill(
         &self,
         plan: &LayerPlan,
         s: usize,
         st: &mut Parked,
-        want_end: u64,
+        want_end: (u64, u64),
         refills: u32,
     ) -> Result<(), CacheError> {
         let have = st.have_end();
+        let want_end = want_end.0.max(want_end.1.min(have + PREFETCH_PIECE));
         if have >= plan.compressed_size {
             return Err(self.decode_err(
                 plan,
@@ -505,11 +632,14 @@ impl ContentCache {
         let t = Instant::now();
         let r = self.source.read_exact_at(&plan.digest, offset, buf);
         let took = t.elapsed();
+        let prefetch = in_prefetch_thread();
         CacheStats::add(&self.stats.fetch_time_ns, took.as_nanos() as u64);
         CacheStats::add(&self.stats.fetch_count, 1);
         if let Some(m) = &self.metrics {
-            // Every fetch runs on a reader's thread: the reader waits for it.
-            m.record_blocked(took);
+            // A fetch on a reader's thread is a wait; a prefetch thread's is not.
+            if !prefetch {
+                m.record_blocked(took);
+            }
             match &r {
                 Ok(()) => m.record_range_get(took, buf.len() as u64, 206),
                 Err(_) => {
@@ -524,6 +654,9 @@ impl ContentCache {
             source,
         })?;
         CacheStats::add(&self.stats.bytes_fetched, buf.len() as u64);
+        if prefetch {
+            CacheStats::add(&self.stats.prefetch_bytes, buf.len() as u64);
+        }
         Ok(())
     }
 
@@ -596,5 +729,9 @@ impl ContentReader for ContentCache {
             m.add_served(n as u64);
         }
         r
+    }
+
+    fn prefetch(&self, layer: u32, offset: u64, len: u64) {
+        self.queue_prefetch(layer, offset, len);
     }
 }

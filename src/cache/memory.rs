@@ -85,7 +85,6 @@ impl MemoryCache {
     }
 
     /// Whether `key` is present (does not count as a use).
-    #[cfg(test)]
     pub(crate) fn contains(&self, key: u64) -> bool {
         lock(self.shard(key)).map.contains_key(&key)
     }

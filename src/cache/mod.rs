@@ -8,6 +8,7 @@
 //! Layout: `memory` (bounded chunk store), `plan` (per-layer span/chunk
 //! geometry), `decoder` (resumable gzip/zstd decoders), `fill` (the
 //! [`ContentCache`] read path, miss path, single-flight and decoder parking),
+//! `prefetch` (background fill threads for [`ContentReader::prefetch`]),
 //! `stats` (counters).
 
 use std::fmt;
@@ -16,6 +17,7 @@ mod decoder;
 mod fill;
 mod memory;
 mod plan;
+mod prefetch;
 mod stats;
 
 #[cfg(test)]
@@ -80,6 +82,13 @@ pub trait ContentReader: Send + Sync + fmt::Debug {
     /// Reads up to `buf.len()` bytes of layer `layer`'s uncompressed stream at
     /// `offset`; returns the count, fewer only at the end of the layer.
     fn read(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, CacheError>;
+
+    /// Hints that `[offset, offset+len)` of layer `layer` will probably be
+    /// read soon: the reader may start fetching it in the background. Best
+    /// effort, never blocks on I/O and never fails (default: does nothing).
+    fn prefetch(&self, layer: u32, offset: u64, len: u64) {
+        let _ = (layer, offset, len);
+    }
 }
 
 /// Tuning knobs of a [`ContentCache`].
@@ -103,6 +112,14 @@ pub struct CacheConfig {
     pub max_in_flight: usize,
     /// Live decoders kept parked for resumption (default 32).
     pub parked_decoders: usize,
+    /// Background threads serving [`ContentReader::prefetch`] hints, started
+    /// by [`ContentCache::start_prefetch`] (default 4: they mostly wait on
+    /// the network; 0 disables prefetch). They also bound how many prefetch
+    /// fetches are in flight, leaving the rest of `max_in_flight` to readers.
+    pub prefetch_threads: usize,
+    /// Hints waiting for a prefetch thread; hints beyond are dropped
+    /// (default 1024).
+    pub prefetch_queue: usize,
 }
 
 impl Default for CacheConfig {
@@ -115,6 +132,8 @@ impl Default for CacheConfig {
             sequential_fetch: 0,
             max_in_flight: 16,
             parked_decoders: 32,
+            prefetch_threads: 4,
+            prefetch_queue: 1024,
         }
     }
 }

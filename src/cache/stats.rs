@@ -52,6 +52,12 @@ stats! {
     decoder_starts,
     /// Chunks that failed verification.
     digest_mismatches,
+    /// Span jobs queued by prefetch hints.
+    prefetch_jobs,
+    /// Compressed bytes fetched by prefetch threads (also in `bytes_fetched`).
+    prefetch_bytes,
+    /// Prefetch jobs that failed (logged at debug; readers retry themselves).
+    prefetch_errors,
 }
 
 impl CacheStats {

@@ -727,3 +727,156 @@ fn zstd_frames_sequential_read_fetches_blob_once() {
         );
     }
 }
+
+// ---------------------------------------------------------------- prefetch
+
+/// A cache with its prefetch threads running.
+fn prefetching(index: &Arc<Index>, src: &Arc<FaultySource>, threads: usize) -> Arc<ContentCache> {
+    let c = cache(
+        index,
+        src,
+        CacheConfig {
+            prefetch_threads: threads,
+            ..cfg(64 << 20)
+        },
+    );
+    c.start_prefetch();
+    c
+}
+
+/// Polls `done` for up to 10 s.
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !done() {
+        assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether every chunk holding `[start, end)` of layer 0 is in memory.
+fn all_cached(c: &ContentCache, start: u64, end: u64) -> bool {
+    let plan = &c.layers_for_tests()[0];
+    let (first, last) = (plan.chunk_at(start).1, plan.chunk_at(end - 1).1);
+    (first..=last).all(|k| c.mem_for_tests().contains(super::memory::key(0, k)))
+}
+
+#[test]
+fn prefetch_fills_the_range_in_few_fetches() {
+    let data = sample_tar(20, 4 << 20);
+    let (layer, blob) = gzip_layer(&data, 256 << 10, 64 << 10, 1);
+    let (index, src) = image(vec![(layer, blob)]);
+    let c = prefetching(&index, &src, 2);
+    // A "file" over ~10 spans, starting mid-span.
+    let (start, end) = (300_000u64, 2_900_000u64);
+    c.prefetch(0, start, end - start);
+    wait_for("prefetched", || all_cached(&c, start, end));
+    let st = c.stats();
+    assert_eq!(st.prefetch_jobs, 1);
+    assert_eq!(st.prefetch_errors, 0);
+    assert_eq!(st.prefetch_bytes, st.bytes_fetched);
+    assert!(st.prefetch_bytes > 0);
+    // One decoder carried across the spans: read ahead in big pieces.
+    assert!(st.fetch_count <= 2, "{st:?}");
+    assert_eq!(st.decoder_starts, 1, "{st:?}");
+    // Reads of the range are now all hits.
+    src.reset_counts();
+    assert!(read_all(&c, 0, start, (end - start) as usize) == data[start as usize..end as usize]);
+    assert_eq!(src.calls(), 0);
+    assert_eq!(c.stats().misses, 0);
+    // A hint for cached bytes costs nothing.
+    c.prefetch(0, start, 1000);
+    wait_for("idle", || c.stats().prefetch_jobs == 2);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(src.calls(), 0);
+}
+
+#[test]
+fn prefetch_hints_are_ignored_until_started_or_with_zero_threads() {
+    let data = sample_tar(21, 1 << 20);
+    let (index, src) = image(vec![gzip_layer(&data, 256 << 10, 64 << 10, 1)]);
+    let c = cache(&index, &src, cfg(64 << 20));
+    c.prefetch(0, 0, 1 << 20);
+    let c0 = prefetching(&index, &src, 0);
+    c0.prefetch(0, 0, 1 << 20);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(src.calls(), 0);
+    assert_eq!(c.stats().prefetch_jobs + c0.stats().prefetch_jobs, 0);
+    assert_eq!(c0.prefetch_threads_live().load(Relaxed), 0);
+}
+
+#[test]
+fn prefetch_and_reader_of_one_span_share_one_fetch() {
+    let data = sample_tar(22, 2 << 20);
+    for layer in [
+        gzip_layer(&data, 256 << 10, 64 << 10, 1),
+        zstd_layer(&data, 256 << 10, 64 << 10, false),
+        tar_layer(&data, 256 << 10, 64 << 10),
+    ] {
+        let (index, src) = image(vec![layer]);
+        src.latency_ms.store(50, Relaxed);
+        let c = prefetching(&index, &src, 4);
+        let span = index.layer(0).unwrap().span_range(3).unwrap();
+        c.prefetch(0, span.start, span.end - span.start);
+        // The reader wants the span's last chunk: whoever fills first fills
+        // (and, compressed, decodes) the whole span, the other finds it cached.
+        let off = span.end - 100;
+        assert_eq!(read_all(&c, 0, off, 100), data[off as usize..][..100]);
+        wait_for("prefetched", || all_cached(&c, span.start, span.end));
+        std::thread::sleep(Duration::from_millis(100));
+        if index.layer(0).unwrap().kind() == LayerKind::Tar {
+            // Whole chunks, no decoder: never a byte fetched twice.
+            assert_eq!(src.bytes(), span.end - span.start);
+        } else {
+            assert_eq!(src.calls(), 1, "{:?}", src.log.lock().unwrap());
+        }
+        assert_eq!(c.stats().prefetch_errors, 0);
+    }
+}
+
+#[test]
+fn prefetch_errors_are_counted_and_readers_still_see_theirs() {
+    let data = sample_tar(23, 1 << 20);
+    let (index, src) = image(vec![gzip_layer(&data, 256 << 10, 64 << 10, 1)]);
+    src.fail.store(true, Relaxed);
+    let c = prefetching(&index, &src, 2);
+    c.prefetch(0, 0, 1 << 20);
+    wait_for("prefetch error", || c.stats().prefetch_errors == 1);
+    let mut buf = [0u8; 10];
+    assert!(matches!(
+        c.read(0, 500_000, &mut buf),
+        Err(CacheError::Source { layer: 0, .. })
+    ));
+    // Bad hints are ignored.
+    c.prefetch(7, 0, 10);
+    c.prefetch(0, 1 << 40, 10);
+    // Recovery: a new hint prefetches once the source is healthy.
+    src.fail.store(false, Relaxed);
+    c.prefetch(0, 0, 1 << 20);
+    wait_for("prefetched", || {
+        all_cached(&c, 0, (1 << 20).min(data.len() as u64))
+    });
+    assert_eq!(read_all(&c, 0, 500_000, 10), data[500_000..500_010]);
+    assert_eq!(c.stats().prefetch_errors, 1);
+}
+
+#[test]
+fn dropping_the_cache_stops_the_prefetch_threads() {
+    let data = sample_tar(24, 2 << 20);
+    let (index, src) = image(vec![gzip_layer(&data, 256 << 10, 64 << 10, 1)]);
+    src.latency_ms.store(20, Relaxed);
+    let c = prefetching(&index, &src, 3);
+    c.start_prefetch(); // a second start is a no-op
+    let live = c.prefetch_threads_live();
+    assert_eq!(live.load(Relaxed), 3);
+    // Threads busy and jobs queued when the last reference goes.
+    for i in 0..8u64 {
+        c.prefetch(0, i * (256 << 10), 256 << 10);
+    }
+    let weak = Arc::downgrade(&c);
+    drop(c);
+    wait_for("threads exit", || live.load(Relaxed) == 0);
+    assert!(
+        weak.upgrade().is_none(),
+        "the threads must not keep the cache alive"
+    );
+}

@@ -58,6 +58,14 @@ pub struct MountArgs {
     /// Platform of a multi-platform image, e.g. linux/arm64.
     #[arg(long)]
     pub platform: Option<String>,
+    /// Background threads prefetching a large file's data when it is first
+    /// read (0: no prefetch; default 4).
+    #[arg(long)]
+    pub prefetch_threads: Option<usize>,
+    /// Smallest file (KiB) whose first read starts a prefetch of the whole
+    /// file (default 256).
+    #[arg(long)]
+    pub prefetch_min_kb: Option<u64>,
 }
 
 /// Arguments of `clipctl umount`.
@@ -117,6 +125,55 @@ impl SourceChoice {
     }
 }
 
+/// Prefetch knobs of a mount (`None`: the built-in default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tuning {
+    /// [`CacheConfig::prefetch_threads`].
+    pub prefetch_threads: Option<usize>,
+    /// [`FsConfig::prefetch_min`], in KiB.
+    pub prefetch_min_kb: Option<u64>,
+}
+
+impl Tuning {
+    fn of(args: &MountArgs) -> Self {
+        Tuning {
+            prefetch_threads: args.prefetch_threads,
+            prefetch_min_kb: args.prefetch_min_kb,
+        }
+    }
+
+    /// The extra `__daemon` arguments that carry these knobs.
+    fn to_args(self) -> Vec<OsString> {
+        let mut a = Vec::new();
+        if let Some(n) = self.prefetch_threads {
+            a.extend(["--prefetch-threads".into(), n.to_string().into()]);
+        }
+        if let Some(kb) = self.prefetch_min_kb {
+            a.extend(["--prefetch-min-kb".into(), kb.to_string().into()]);
+        }
+        a
+    }
+
+    fn cache_config(self) -> CacheConfig {
+        let mut c = CacheConfig::default();
+        if let Some(n) = self.prefetch_threads {
+            c.prefetch_threads = n;
+        }
+        c
+    }
+
+    fn fs_config(self) -> FsConfig {
+        let mut c = FsConfig::default();
+        if let Some(kb) = self.prefetch_min_kb {
+            c.prefetch_min = Some(kb.saturating_mul(1024));
+        }
+        if self.prefetch_threads == Some(0) {
+            c.prefetch_min = None;
+        }
+        c
+    }
+}
+
 /// Opens the blobs of an indexed image: the source chosen at mount time,
 /// else the registry it was indexed from (pinned by digest), else its OCI
 /// layout. Probes the first layer so that an unreachable source fails the
@@ -171,18 +228,22 @@ pub fn open_source(index: &Index, choice: &SourceChoice) -> Result<Arc<dyn BlobS
     Ok(source)
 }
 
-/// The content reader of a mount: the chunk cache over the image's source.
+/// The content reader of a mount: the chunk cache over the image's source,
+/// with its prefetch threads running.
 fn content_for(
     index: Arc<Index>,
     choice: &SourceChoice,
+    tuning: Tuning,
     metrics: Option<Arc<Metrics>>,
 ) -> Result<Arc<dyn ContentReader>> {
     let source = open_source(&index, choice)?;
-    let cache = ContentCache::new(index, source, CacheConfig::default());
-    Ok(match metrics {
-        Some(m) => Arc::new(cache.with_metrics(m)),
-        None => Arc::new(cache),
-    })
+    let cache = ContentCache::new(index, source, tuning.cache_config());
+    let cache = Arc::new(match metrics {
+        Some(m) => cache.with_metrics(m),
+        None => cache,
+    });
+    cache.start_prefetch();
+    Ok(cache)
 }
 
 /// Finds or builds the index of `--image`: `<node_dir>/indexes/<digest>.clip`.
@@ -228,8 +289,9 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     if let Some(mnt) = &args.mount_point {
         let index =
             Arc::new(Index::open(&clip).with_context(|| format!("opening {}", clip.display()))?);
-        let content = content_for(index.clone(), &choice, None)?;
-        let fs = ClipFs::new(index, content, FsConfig::default())?;
+        let tuning = Tuning::of(&args);
+        let content = content_for(index.clone(), &choice, tuning, None)?;
+        let fs = ClipFs::new(index, content, tuning.fs_config())?;
         let opts = ServeOptions {
             threads: args.threads.max(1),
             read_ahead_kb: (args.read_ahead_kb > 0).then_some(args.read_ahead_kb),
@@ -257,6 +319,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     req.read_ahead_kb = args.read_ahead_kb;
     if let mount::Launcher::Exec { args: a, .. } = &mut req.launcher {
         a.extend(choice.to_args());
+        a.extend(Tuning::of(&args).to_args());
     }
     let rootfs = mount::attach_container(&req).map_err(coded)?;
     println!("{}", rootfs.display());
@@ -315,9 +378,11 @@ pub fn run_ps(args: PsArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs the per-image daemon (`clipctl __daemon [--insecure-registry H]… <DaemonArgs>`).
+/// Runs the per-image daemon (`clipctl __daemon [--insecure-registry H]…
+/// [--prefetch-threads N] [--prefetch-min-kb K] <DaemonArgs>`).
 pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
     let mut choice = SourceChoice::default();
+    let mut tuning = Tuning::default();
     let mut rest = Vec::new();
     let mut it = args.args.into_iter();
     while let Some(a) = it.next() {
@@ -330,6 +395,12 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
             Some("--insecure-registry") => choice.insecure.push(value()?),
             Some("--source-image") => choice.image = Some(value()?),
             Some("--source-layout") => choice.layout = Some(value()?),
+            Some("--prefetch-threads") => {
+                tuning.prefetch_threads = Some(value()?.parse().context("--prefetch-threads")?)
+            }
+            Some("--prefetch-min-kb") => {
+                tuning.prefetch_min_kb = Some(value()?.parse().context("--prefetch-min-kb")?)
+            }
             _ => rest.push(a),
         }
     }
@@ -366,11 +437,11 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
                     .unwrap_or_default(),
                 cids: Vec::new(),
             });
-            content_for(index.clone(), &choice, Some(m.clone()))
+            content_for(index.clone(), &choice, tuning, Some(m.clone()))
                 .map_err(|e| MountError::Fs(format!("{e:#}")))
         }),
         stats: Some(stats),
-        fs: FsConfig::default(),
+        fs: tuning.fs_config(),
         metrics: Some(metrics),
     };
     mount::run_daemon(config)?;

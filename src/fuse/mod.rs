@@ -34,6 +34,9 @@ pub enum ReadPath {
     Bounce,
 }
 
+/// Default [`FsConfig::prefetch_min`].
+pub const DEFAULT_PREFETCH_MIN: u64 = 256 << 10;
+
 /// Knobs of the filesystem (not of the mount).
 #[derive(Debug, Clone)]
 pub struct FsConfig {
@@ -44,6 +47,11 @@ pub struct FsConfig {
     pub no_open: bool,
     /// See [`ReadPath`].
     pub read_path: ReadPath,
+    /// The first READ of a regular file at least this big hints the content
+    /// reader to prefetch the whole file ([`ContentReader::prefetch`]);
+    /// `None` never hints. Small files are read whole by one or two READs
+    /// anyway (default 256 KiB).
+    pub prefetch_min: Option<u64>,
 }
 
 impl Default for FsConfig {
@@ -54,6 +62,7 @@ impl Default for FsConfig {
             ttl: Duration::from_secs(86_400),
             no_open: true,
             read_path: ReadPath::Direct,
+            prefetch_min: Some(DEFAULT_PREFETCH_MIN),
         }
     }
 }
@@ -166,6 +175,8 @@ pub struct ClipFs {
     /// Whether the kernel agreed to no-open / no-opendir.
     no_open: AtomicBool,
     no_opendir: AtomicBool,
+    /// Bit `ino` set once `ino`'s prefetch hint was given.
+    prefetched: Vec<AtomicU64>,
     stats: Arc<FsStats>,
 }
 
@@ -202,6 +213,7 @@ impl ClipFs {
             parents,
             no_open: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
+            prefetched: (0..(n / 64 + 1)).map(|_| AtomicU64::new(0)).collect(),
             stats: Arc::new(FsStats::default()),
         })
     }
@@ -214,6 +226,15 @@ impl ClipFs {
     /// Live counters.
     pub fn stats(&self) -> Arc<FsStats> {
         self.stats.clone()
+    }
+
+    /// Marks `ino` as hinted; `true` only the first time.
+    fn first_hint(&self, ino: u64) -> bool {
+        let Some(word) = self.prefetched.get((ino / 64) as usize) else {
+            return false;
+        };
+        let bit = 1u64 << (ino % 64);
+        word.fetch_or(bit, Ordering::Relaxed) & bit == 0
     }
 
     fn parent_of(&self, dir: u64) -> u64 {
@@ -280,6 +301,12 @@ impl ClipFs {
                 "regular file with bytes but no data reference",
             )));
         };
+        if self.cfg.prefetch_min.is_some_and(|min| file_size >= min) && self.first_hint(ino) {
+            // The rest of the file is probably wanted too (a program loading
+            // a library, an interpreter reading a module): start fetching it
+            // in the background so later page faults find it cached.
+            self.content.prefetch(layer, data_offset, file_size);
+        }
         let start = data_offset + offset;
         let res = match self.cfg.read_path {
             ReadPath::Direct => zerocopy::copy_direct(&*self.content, ino, layer, start, len, w),

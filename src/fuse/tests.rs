@@ -207,3 +207,17 @@ fn parents_and_dir_walk() {
         Err(FsError::NotADirectory(2))
     ));
 }
+
+#[test]
+fn prefetch_hint_is_given_once_per_inode() {
+    let fs = ClipFs::new(Arc::new(tiny()), Arc::new(Nothing), FsConfig::default()).unwrap();
+    let n = fs.index().inode_count();
+    for ino in 1..=n {
+        assert!(fs.first_hint(ino), "first hint of {ino}");
+    }
+    for ino in 1..=n {
+        assert!(!fs.first_hint(ino), "second hint of {ino}");
+    }
+    // Out of range: never hinted.
+    assert!(!fs.first_hint(n + 64 * 10));
+}
