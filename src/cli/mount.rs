@@ -17,8 +17,11 @@ use crate::source::BlobSource;
 
 use super::{CodedError, EXIT_NOT_FOUND};
 
-/// Default kernel read-ahead of a mount (KiB).
-const DEFAULT_READ_AHEAD_KB: u32 = 4096;
+/// Default kernel read-ahead of a mount (KiB). Measured on cold `import
+/// numpy` (span 1 MiB): 128 KiB → 1.04 s, 20.6 MiB fetched; 512 KiB →
+/// 0.93 s, 20.0 MiB; 4096 KiB → served bytes double for page faults of
+/// mapped libraries. Sequential readers still get large requests.
+const DEFAULT_READ_AHEAD_KB: u32 = 512;
 
 /// Arguments of `clipctl mount`.
 #[derive(Debug, Args)]
@@ -59,7 +62,7 @@ pub struct MountArgs {
     #[arg(long)]
     pub platform: Option<String>,
     /// Background threads prefetching a large file's data when it is first
-    /// read (0: no prefetch; default 4).
+    /// read (default 0: off; 4 pays off when registry round trips are long).
     #[arg(long)]
     pub prefetch_threads: Option<usize>,
     /// Smallest file (KiB) whose first read starts a prefetch of the whole
