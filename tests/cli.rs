@@ -177,3 +177,58 @@ fn unreachable_registry_and_unknown_images() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn zstd_layers_index_by_frames() {
+    let tar = small_tar();
+    let diff_id = gzip_layer(&tar).diff_id;
+    let layer = |blob: Vec<u8>| common::TestLayer {
+        media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+        blob,
+        diff_id: diff_id.clone(),
+    };
+    // Four independent frames and a skippable frame between two of them.
+    let mut frames = Vec::new();
+    for (i, part) in tar.chunks(tar.len().div_ceil(4)).enumerate() {
+        if i == 2 {
+            frames.extend(0x184D_2A5Au32.to_le_bytes());
+            frames.extend(3u32.to_le_bytes());
+            frames.extend(b"pad");
+        }
+        frames.extend(zstd::bulk::compress(part, 3).unwrap());
+    }
+    let single = zstd::bulk::compress(&tar, 3).unwrap();
+    let mut corrupt = frames.clone();
+    corrupt.truncate(frames.len() - 100);
+    let tmp = common::tempdir();
+    let index = |name: &str, blob: Vec<u8>| {
+        let layout = tmp.path().join(name);
+        write_layout(&layout, &[layer(blob)], None);
+        let out = tmp.path().join(format!("{name}.clip"));
+        let spec = format!("{}:latest", layout.display());
+        let args = ["index", "--layout", &spec, "--out", out.to_str().unwrap()];
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        (args, out)
+    };
+    for (name, blob, kind, min_cps) in [
+        ("frames", frames, "ZstdFrames", 3),
+        ("single", single, "ZstdWhole", 1),
+    ] {
+        let (mut args, out) = index(name, blob);
+        args.extend(["--span".to_string(), "512K".to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run(&args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let o = run(&["inspect", out.to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let l = &doc["layers"][0];
+        assert_eq!(l["kind"], kind, "{name}: {l}");
+        assert!(l["checkpoints"].as_u64().unwrap() >= min_cps, "{name}: {l}");
+        assert_eq!(doc["regular_files"], 3, "{name}");
+    }
+    let digest = common::put_blob(&tmp.path().join("scratch"), &corrupt);
+    let (args, _) = index("corrupt", corrupt);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_fails_cleanly(&args, &digest);
+}

@@ -1,5 +1,5 @@
 //! One layer: stream the blob once, hashing the compressed bytes, inflating
-//! (zran for gzip), hashing the tar, cutting it into verification chunks and
+//! (zran for gzip, frame by frame for zstd), hashing the tar, cutting it into verification chunks and
 //! collecting the tar entries.
 
 use std::io::{self, Read};
@@ -12,6 +12,7 @@ use crate::oci::LayerDesc;
 use crate::source::BlobSource;
 use crate::tar::{self, Entry, TarError};
 
+use super::zstd::FrameIndexer;
 use super::{IndexError, IndexOptions, Progress};
 
 /// A layer's index records and its tar entries (merged later, in order).
@@ -56,7 +57,7 @@ impl<R: Read> Read for Counting<'_, R> {
 }
 
 /// Cuts an uncompressed stream into `chunk_size` pieces and hashes each.
-/// Used for layers without gzip checkpoints (one span from offset 0).
+/// Used for uncompressed layers (one span from offset 0).
 struct Chunker<R> {
     inner: R,
     chunk_size: u64,
@@ -166,21 +167,20 @@ pub(super) fn index_layer(
         }
         LayerKind::ZstdFrames | LayerKind::ZstdWhole => {
             let zerr = |source| IndexError::Zstd { digest, source };
-            let decoder = zstd::stream::read::Decoder::new(&mut compressed).map_err(zerr)?;
-            // The whole blob is needed to decode any byte: the hint is patched below.
-            let mut chunker = Chunker::new(decoder, opts.chunk_size, |_| 0);
-            let mut tar_in = HashingReader::new(&mut chunker);
-            tar::read_entries(&mut tar_in, &mut collect).map_err(tar_err)?;
+            let mut frames =
+                FrameIndexer::new(&mut compressed, opts.span, opts.chunk_size).map_err(zerr)?;
+            let mut tar_in = HashingReader::new(&mut frames);
+            let read = tar::read_entries(&mut tar_in, &mut collect);
             let (tar_digest, tar_size) = tar_in.finish();
-            (
-                vec![Checkpoint::default()],
-                chunker.finish(),
-                tar_digest,
-                tar_size,
-            )
+            if let Err(e) = read {
+                // A broken frame surfaces through the tar reader: name it as zstd's.
+                return Err(frames.take_error().map_or_else(|| tar_err(e), zerr));
+            }
+            let z = frames.finish().map_err(zerr)?;
+            (z.checkpoints, z.chunks, tar_digest, tar_size)
         }
     };
-    // Hash any bytes the decoders did not need (gzip trailer padding, zstd skippable frames).
+    // Hash any bytes the decoders did not need (gzip trailer padding).
     io::copy(&mut compressed, &mut io::sink()).map_err(|e| IndexError::Source {
         digest,
         source: crate::source::SourceError::Io {
@@ -209,19 +209,25 @@ pub(super) fn index_layer(
             actual: tar_digest,
         });
     }
-    if matches!(kind, LayerKind::ZstdWhole | LayerKind::ZstdFrames) {
-        chunks.iter_mut().for_each(|c| c.in_end = blob_size);
-    }
+    let kind = match kind {
+        // Several frame-start checkpoints: each span decodes on its own.
+        LayerKind::ZstdFrames | LayerKind::ZstdWhole if checkpoints.len() > 1 => {
+            LayerKind::ZstdFrames
+        }
+        LayerKind::ZstdFrames | LayerKind::ZstdWhole => {
+            // One frame (or frames too small to split): the whole blob is
+            // fetched and decoded on first access.
+            chunks.iter_mut().for_each(|c| c.in_end = blob_size);
+            LayerKind::ZstdWhole
+        }
+        k => k,
+    };
     Ok(IndexedLayer {
         layer: Layer {
             digest,
             diff_id,
             media_type: desc.media_type.clone(),
-            kind: if kind == LayerKind::ZstdFrames {
-                LayerKind::ZstdWhole
-            } else {
-                kind
-            },
+            kind,
             compressed_size: blob_size,
             uncompressed_size: tar_size,
             chunk_size: opts.chunk_size,

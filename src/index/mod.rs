@@ -8,6 +8,7 @@
 
 mod layer;
 mod merge;
+mod zstd;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
