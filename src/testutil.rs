@@ -1,1 +1,0 @@
-//! Test helpers shared by unit tests, integration tests, benches and fuzzing.
