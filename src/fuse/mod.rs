@@ -23,17 +23,6 @@ use crate::format::{FormatError, Index, NodeKind, ROOT_INO};
 
 pub use attr::{dirent_type, stat_of};
 
-/// How file bytes get from the [`ContentReader`] into the kernel reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ReadPath {
-    /// The reader writes straight into the reply buffer (one copy).
-    #[default]
-    Direct,
-    /// The reader fills a 64-byte-aligned scratch buffer that is then copied
-    /// into the reply (two copies; kept for measurements).
-    Bounce,
-}
-
 /// Default [`FsConfig::prefetch_min`].
 pub const DEFAULT_PREFETCH_MIN: u64 = 256 << 10;
 
@@ -45,8 +34,6 @@ pub struct FsConfig {
     /// Ask for FUSE_NO_OPEN/NO_OPENDIR: after the first open the kernel sends
     /// no more OPEN/RELEASE (and keeps the page cache across opens).
     pub no_open: bool,
-    /// See [`ReadPath`].
-    pub read_path: ReadPath,
     /// The first READ of a regular file at least this big hints the content
     /// reader to prefetch the whole file ([`ContentReader::prefetch`]);
     /// `None` never hints. Small files are read whole by one or two READs
@@ -61,7 +48,6 @@ impl Default for FsConfig {
             // the kernel caches and still fits every timeout field.
             ttl: Duration::from_secs(86_400),
             no_open: true,
-            read_path: ReadPath::Direct,
             prefetch_min: Some(DEFAULT_PREFETCH_MIN),
         }
     }
@@ -308,10 +294,7 @@ impl ClipFs {
             self.content.prefetch(layer, data_offset, file_size);
         }
         let start = data_offset + offset;
-        let res = match self.cfg.read_path {
-            ReadPath::Direct => zerocopy::copy_direct(&*self.content, ino, layer, start, len, w),
-            ReadPath::Bounce => zerocopy::copy_bounce(&*self.content, ino, layer, start, len, w),
-        };
+        let res = zerocopy::copy_direct(&*self.content, ino, layer, start, len, w);
         match res {
             Ok(()) => {
                 self.stats.reads.fetch_add(1, Ordering::Relaxed);

@@ -14,7 +14,7 @@ use crate::format::{
     write_index_file, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, NodeKind, Tree,
     WriteOptions,
 };
-use crate::fuse::{ClipFs, FsConfig, ReadPath};
+use crate::fuse::{ClipFs, FsConfig};
 
 fn skip_unless_privileged(test: &str) -> bool {
     match check_privileges() {
@@ -159,13 +159,14 @@ pub(super) fn write_image(dir: &Path, seed: &str) -> PathBuf {
     p
 }
 
-fn clipfs(clip: &Path, read_path: ReadPath) -> ClipFs {
+fn clipfs(clip: &Path) -> ClipFs {
     let index = Arc::new(crate::format::Index::open(clip).unwrap());
-    let cfg = FsConfig {
-        read_path,
-        ..FsConfig::default()
-    };
-    ClipFs::new(index, Arc::new(MemContent(vec![layer0()])), cfg).unwrap()
+    ClipFs::new(
+        index,
+        Arc::new(MemContent(vec![layer0()])),
+        FsConfig::default(),
+    )
+    .unwrap()
 }
 
 /// Unmounts (lazily) on drop, even on panic.
@@ -292,7 +293,7 @@ fn privileged_fuse_metadata_reads_xattrs() {
     let clip = write_image(tmp.path(), "meta");
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let h = serve(&mnt, clipfs(&clip, ReadPath::Direct), 2).unwrap();
+    let h = serve(&mnt, clipfs(&clip), 2).unwrap();
     assert_eq!(mount_fstype(&mnt).as_deref(), Some("fuse.clip"));
 
     // Metadata.
@@ -456,7 +457,7 @@ fn privileged_overlay_on_fuse() {
     for d in [&mnt, &upper, &work, &root] {
         fs::create_dir(d).unwrap();
     }
-    let h = serve(&mnt, clipfs(&clip, ReadPath::Direct), 2).unwrap();
+    let h = serve(&mnt, clipfs(&clip), 2).unwrap();
     mount_overlay(&mnt, &upper, &work, &root).unwrap();
     let g = OverlayGuard(root.clone());
     assert_eq!(mount_fstype(&root).as_deref(), Some("overlay"));
@@ -789,7 +790,7 @@ fn privileged_allow_other_is_needed() {
             read_ahead_kb: None,
             metrics: None,
         };
-        let h = serve_with(&mnt, clipfs(&clip, ReadPath::Direct), &opts).unwrap();
+        let h = serve_with(&mnt, clipfs(&clip), &opts).unwrap();
         mount_overlay(&mnt, &upper, &work, &root).unwrap();
         let g = OverlayGuard(root.clone());
         results.push((
@@ -835,30 +836,14 @@ fn privileged_bench_read_throughput() {
     let layer: Arc<Vec<u8>> =
         Arc::new((0..SIZE + 4096).map(|i| (i * 7 + i / 4093) as u8).collect());
     eprintln!("GLIBC_TUNABLES={:?}", std::env::var("GLIBC_TUNABLES").ok());
-    for (path, threads, ra) in [
-        (ReadPath::Direct, 2, Some(128)),
-        (ReadPath::Bounce, 2, Some(128)),
-        (ReadPath::Direct, 2, Some(4096)),
-        (ReadPath::Bounce, 2, Some(4096)),
-        (ReadPath::Direct, 1, Some(4096)),
-    ] {
+    for (threads, ra) in [(2, Some(128)), (2, Some(4096)), (1, Some(4096))] {
         let mut mbs = Vec::new();
         for run in 0..3 {
-            let mnt = tmp
-                .path()
-                .join(format!("m-{path:?}-{threads}-{ra:?}-{run}"));
+            let mnt = tmp.path().join(format!("m-{threads}-{ra:?}-{run}"));
             fs::create_dir(&mnt).unwrap();
             let index = Arc::new(crate::format::Index::open(&clip).unwrap());
             let content = Arc::new(MemContent(vec![(*layer).clone()]));
-            let fs_ = ClipFs::new(
-                index,
-                content,
-                FsConfig {
-                    read_path: path,
-                    ..FsConfig::default()
-                },
-            )
-            .unwrap();
+            let fs_ = ClipFs::new(index, content, FsConfig::default()).unwrap();
             let h = serve_with(
                 &mnt,
                 fs_,
@@ -882,7 +867,7 @@ fn privileged_bench_read_throughput() {
             h.unmount().unwrap();
         }
         eprintln!(
-            "{path:?} threads={threads} ra={ra:?}KiB: {:.0} / {:.0} / {:.0} MB/s",
+            "threads={threads} ra={ra:?}KiB: {:.0} / {:.0} / {:.0} MB/s",
             mbs[0], mbs[1], mbs[2]
         );
     }
