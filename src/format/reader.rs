@@ -305,6 +305,11 @@ impl Index {
         })
     }
 
+    /// Number of extended attributes over all inodes.
+    pub fn xattr_count(&self) -> usize {
+        self.section(kind::XATTRS).len() / size_of::<XattrRec>()
+    }
+
     /// Number of inodes; valid inode numbers are `1..=inode_count()`.
     pub fn inode_count(&self) -> u64 {
         (self.section(kind::INODES).len() / size_of::<InodeRec>()) as u64

@@ -72,6 +72,12 @@ pub enum FsError {
     /// The extended attribute does not exist.
     #[error("no such extended attribute")]
     NoXattr,
+    /// The image has no extended attributes at all. Answered with ENOSYS,
+    /// which the kernel remembers for the mount (`no_getxattr`,
+    /// `no_listxattr`) and then fails xattr calls with EOPNOTSUPP itself:
+    /// `ls -l` and overlayfs stop paying a round trip per file.
+    #[error("the image has no extended attributes")]
+    NoXattrs,
     /// The caller's buffer is too small (xattrs).
     #[error("buffer too small: need {0} bytes")]
     Range(usize),
@@ -117,6 +123,7 @@ impl FsError {
             FsError::IsADirectory(_) => libc::EISDIR,
             FsError::Invalid => libc::EINVAL,
             FsError::NoXattr => libc::ENODATA,
+            FsError::NoXattrs => libc::ENOSYS,
             FsError::Range(_) => libc::ERANGE,
             FsError::ReadOnly => libc::EROFS,
             FsError::Index(FormatError::NoSuchInode(_)) => libc::ENOENT,
@@ -163,6 +170,8 @@ pub struct ClipFs {
     no_opendir: AtomicBool,
     /// Bit `ino` set once `ino`'s prefetch hint was given.
     prefetched: Vec<AtomicU64>,
+    /// No inode has an xattr ([`FsError::NoXattrs`]).
+    no_xattrs: bool,
     stats: Arc<FsStats>,
 }
 
@@ -192,6 +201,7 @@ impl ClipFs {
                 }
             }
         }
+        let no_xattrs = index.xattr_count() == 0;
         Ok(ClipFs {
             index,
             content,
@@ -200,6 +210,7 @@ impl ClipFs {
             no_open: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
             prefetched: (0..(n / 64 + 1)).map(|_| AtomicU64::new(0)).collect(),
+            no_xattrs,
             stats: Arc::new(FsStats::default()),
         })
     }

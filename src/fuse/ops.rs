@@ -226,6 +226,9 @@ impl FileSystem for ClipFs {
     }
 
     fn getxattr(&self, _ctx: &Context, inode: u64, name: &CStr, size: u32) -> Res<GetxattrReply> {
+        if self.no_xattrs {
+            return Err(FsError::NoXattrs.into());
+        }
         let node = self.index.inode(inode).map_err(FsError::from)?;
         let xattrs = node.xattrs().map_err(FsError::from)?;
         let name = name.to_bytes();
@@ -242,6 +245,9 @@ impl FileSystem for ClipFs {
     }
 
     fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> Res<ListxattrReply> {
+        if self.no_xattrs {
+            return Err(FsError::NoXattrs.into());
+        }
         let node = self.index.inode(inode).map_err(FsError::from)?;
         let mut names = Vec::new();
         for (n, _) in node.xattrs().map_err(FsError::from)? {

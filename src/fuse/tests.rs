@@ -10,6 +10,10 @@ use crate::format::{
 /// A tiny image: /f (suid, xattrs, nsec mtime), /d/ (with hard link to f),
 /// /l -> f, /c (char 1:3), /p (fifo), /big-dev (block 259:65536).
 pub(super) fn tiny() -> Index {
+    Index::from_bytes(write_index(&tiny_data(), WriteOptions::default()).unwrap()).unwrap()
+}
+
+fn tiny_data() -> IndexData {
     let mut t = Tree::default();
     let mut f = Node::new(NodeKind::File);
     f.perm = 0o4755;
@@ -48,7 +52,7 @@ pub(super) fn tiny() -> Index {
         (b"p".to_vec(), 5),
         (b"big-dev".to_vec(), 6),
     ]);
-    let data = IndexData {
+    IndexData {
         meta: ImageMeta::default(),
         layers: vec![Layer {
             digest: crate::Digest::of(b"l0"),
@@ -62,8 +66,7 @@ pub(super) fn tiny() -> Index {
             chunks: vec![],
         }],
         tree: t,
-    };
-    Index::from_bytes(write_index(&data, WriteOptions::default()).unwrap()).unwrap()
+    }
 }
 
 #[test]
@@ -126,6 +129,7 @@ fn errno_table() {
         (FsError::IsADirectory(1), libc::EISDIR),
         (FsError::Invalid, libc::EINVAL),
         (FsError::NoXattr, libc::ENODATA),
+        (FsError::NoXattrs, libc::ENOSYS),
         (FsError::Range(9), libc::ERANGE),
         (FsError::ReadOnly, libc::EROFS),
         (FsError::Index(FormatError::NoSuchInode(99)), libc::ENOENT),
@@ -220,4 +224,32 @@ fn prefetch_hint_is_given_once_per_inode() {
     }
     // Out of range: never hinted.
     assert!(!fs.first_hint(n + 64 * 10));
+}
+
+#[test]
+fn xattrs_without_any_in_the_image_are_unsupported_for_the_mount() {
+    use fuse_backend_rs::api::filesystem::{Context, FileSystem, GetxattrReply};
+    let ctx = Context::default();
+    let name = c"user.k";
+    // An image with xattrs: a value for one that exists, ENODATA otherwise.
+    let fs = ClipFs::new(Arc::new(tiny()), Arc::new(Nothing), FsConfig::default()).unwrap();
+    assert!(matches!(
+        fs.getxattr(&ctx, 2, name, 64),
+        Ok(GetxattrReply::Value(v)) if v == b"value"
+    ));
+    let err = fs.getxattr(&ctx, 3, name, 64).err().unwrap();
+    assert_eq!(err.raw_os_error(), Some(libc::ENODATA));
+
+    // An image without any: ENOSYS, which the kernel remembers per mount.
+    let mut data = tiny_data();
+    data.tree.nodes[1].xattrs.clear();
+    let bare = Index::from_bytes(write_index(&data, WriteOptions::default()).unwrap()).unwrap();
+    assert_eq!(bare.xattr_count(), 0);
+    let fs = ClipFs::new(Arc::new(bare), Arc::new(Nothing), FsConfig::default()).unwrap();
+    for ino in [1, 2, 3] {
+        let err = fs.getxattr(&ctx, ino, name, 64).err().unwrap();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSYS));
+        let err = fs.listxattr(&ctx, ino, 64).err().unwrap();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSYS));
+    }
 }
