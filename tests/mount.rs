@@ -25,18 +25,7 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
     // No --clip: mount indexes the image itself.
     let reference = common::image_ref(&reg, "python");
     let rootfs = d.mount("numpy", &["--image", &reference]).unwrap();
-    let out = Command::new("bash")
-        .arg(runc_script())
-        .arg(&rootfs)
-        .args(["python3", "-c", "import numpy; print(numpy.__version__)"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2.2.6");
+    import_numpy(&rootfs);
     // A second mount of the same image reuses the index and the daemon.
     let second = d.mount("numpy2", &["--image", &reference]).unwrap();
     assert!(second.join("usr/bin/python3").exists());
@@ -51,6 +40,67 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
         .map(|r| r.flatten().filter(|e| e.path().is_dir()).collect())
         .unwrap_or_default();
     assert!(daemons.is_empty(), "daemon state left: {daemons:?}");
+
+    // The first start recorded a startup profile, saved at unmount.
+    let profiles: Vec<_> = std::fs::read_dir(d.node_dir().join("profiles"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(profiles.len(), 1, "{profiles:?}");
+    let p: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&profiles[0]).unwrap()).unwrap();
+    let ranges = p["ranges"].as_array().unwrap();
+    assert!(ranges.len() > 10, "{p}");
+    let bytes: u64 = ranges.iter().map(|r| r["len"].as_u64().unwrap()).sum();
+    assert!(bytes > 10 << 20, "import numpy touches > 10 MiB: {bytes}");
+    // A fresh daemon replays it: bytes are fetched ahead of any reader.
+    let rootfs = d.mount("numpy3", &["--image", &reference]).unwrap();
+    let t = Instant::now();
+    loop {
+        let m = metrics_json(&d, "numpy3");
+        if m["images"][0]["counters"]["prefetch_bytes"].as_u64() > Some(1 << 20) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "no replay: {m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    import_numpy(&rootfs);
+    let o = d.umount("numpy3");
+    assert!(o.status.success(), "{}", stderr(&o));
+    d.cids.clear();
+    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+}
+
+/// Runs `import numpy` in `rootfs` with runc and checks the version printed.
+fn import_numpy(rootfs: &Path) {
+    let out = Command::new("bash")
+        .arg(runc_script())
+        .arg(rootfs)
+        .args(["python3", "-c", "import numpy; print(numpy.__version__)"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2.2.6");
+}
+
+/// `clipctl metrics --cid CID --format json`.
+fn metrics_json(d: &Dirs, cid: &str) -> serde_json::Value {
+    let o = run(&[
+        "metrics",
+        "--cid",
+        cid,
+        "--format",
+        "json",
+        "--run-dir",
+        d.run_dir().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "clipctl metrics: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 fn mount_matches_umoci(name: &str) {
@@ -197,6 +247,26 @@ fn privileged_bad_mount_requests_fail_cleanly() {
         .unwrap_err();
     assert!(err.contains("in use"), "{err}");
     d.cids.dedup();
+    // A damaged profile file given by the user: named, nothing mounted
+    // (checked by the CLI even though the image's daemon is running).
+    let bad = d.tmp.path().join("bad-profile.json");
+    std::fs::write(&bad, b"{ not json").unwrap();
+    let err = d
+        .mount(
+            "badprofile",
+            &[
+                "--clip",
+                clip.to_str().unwrap(),
+                "--profile",
+                bad.to_str().unwrap(),
+            ],
+        )
+        .unwrap_err();
+    assert!(
+        err.contains("not a clip access profile") && err.contains("bad-profile.json"),
+        "{err}"
+    );
+    assert!(!d.run_dir().join("badprofile").exists());
     // A busy mount point for --mount-point.
     let busy = d.tmp.path().join("busy");
     std::fs::create_dir_all(&busy).unwrap();

@@ -20,6 +20,7 @@ use super::decoder::Decoder;
 use super::memory::{key, MemoryCache};
 use super::plan::LayerPlan;
 use super::prefetch::{in_prefetch_thread, Job, Prefetcher};
+use super::profile::{self, AccessProfile, AccessRecorder};
 use super::stats::{CacheStats, CacheStatsSnapshot};
 use super::{CacheConfig, CacheError, ContentReader};
 use crate::digest::Digest;
@@ -130,6 +131,7 @@ pub struct ContentCache {
     stats: CacheStats,
     metrics: Option<Arc<Metrics>>,
     prefetcher: Prefetcher,
+    recorder: AccessRecorder,
 }
 
 impl fmt::Debug for ContentCache {
@@ -145,13 +147,17 @@ impl fmt::Debug for ContentCache {
 impl ContentCache {
     /// A cache serving the layers of `index` from `source`.
     pub fn new(index: Arc<Index>, source: Arc<dyn BlobSource>, config: CacheConfig) -> Self {
-        let layers = (0..index.layer_count())
+        let layers: Vec<LayerPlan> = (0..index.layer_count())
             .map(|i| match index.layer(i) {
                 Ok(l) => LayerPlan::new(&l),
                 Err(e) => LayerPlan::broken(i, e.to_string()),
             })
             .collect();
+        let recorder = AccessRecorder::new(
+            (0..index.layer_count()).map(|i| index.layer(i).map_or(0, |l| l.chunk_count())),
+        );
         ContentCache {
+            recorder,
             mem: MemoryCache::new(config.memory_bytes),
             parked: Mutex::new(ParkPool {
                 map: HashMap::new(),
@@ -180,6 +186,46 @@ impl ContentCache {
             Arc::downgrade(self),
             Self::run_prefetch,
         );
+    }
+
+    /// Starts recording which chunks readers touch, in first-touch order,
+    /// until [`ContentCache::finish_recording`].
+    pub fn start_recording(&self) {
+        self.recorder.start();
+    }
+
+    /// Whether a recording is running.
+    pub fn is_recording(&self) -> bool {
+        self.recorder.is_on()
+    }
+
+    /// Stops the recording and returns it as a profile (`window_secs` is
+    /// the caller's to fill); `None` if no recording was running, so
+    /// exactly one of several callers gets it.
+    pub fn finish_recording(&self) -> Option<AccessProfile> {
+        let log = self.recorder.stop()?;
+        Some(AccessProfile {
+            version: profile::PROFILE_VERSION,
+            manifest: self.index.meta().manifest_digest,
+            window_secs: 0,
+            ranges: profile::ranges_of(&log, &self.layers),
+        })
+    }
+
+    /// Fetches what `profile` lists in the background: one job per span it
+    /// touches, in first-touch order, spread over `threads` threads (the
+    /// fetches count as prefetch bytes). Returns the number of jobs.
+    pub fn replay(self: &Arc<Self>, profile: &AccessProfile, threads: usize) -> usize {
+        let jobs = profile::replay_jobs(profile, &self.layers);
+        let n = jobs.len();
+        CacheStats::add(&self.stats.prefetch_jobs, n as u64);
+        self.prefetcher.run_list(
+            threads.max(1),
+            jobs,
+            Arc::downgrade(self),
+            Self::run_prefetch,
+        );
+        n
     }
 
     /// Count of live prefetch threads (stays readable after the cache is gone).
@@ -294,6 +340,11 @@ impl ContentCache {
         &self.mem
     }
 
+    /// The index being served.
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
     /// The configuration in use.
     pub fn config(&self) -> &CacheConfig {
         &self.config
@@ -337,6 +388,7 @@ impl ContentCache {
         };
         while pos < end {
             let (s, c) = plan.chunk_at(pos);
+            self.recorder.note(layer, c);
             let start = plan.chunk_range(s, c).start;
             if let Some(data) = self.mem.get(key(layer, c)) {
                 CacheStats::add(&self.stats.hits, 1);
@@ -350,6 +402,9 @@ impl ContentCache {
             for (i, data) in chunks.iter().enumerate() {
                 if pos >= end {
                     break;
+                }
+                if i > 0 {
+                    self.recorder.note(layer, c + i as u32);
                 }
                 let start = plan.chunk_range(s, c + i as u32).start;
                 copy(&mut pos, start, data);
@@ -641,7 +696,12 @@ impl ContentCache {
                 m.record_blocked(took);
             }
             match &r {
-                Ok(()) => m.record_range_get(took, buf.len() as u64, 206),
+                Ok(()) => {
+                    m.record_range_get(took, buf.len() as u64, 206);
+                    if prefetch {
+                        m.add_prefetched(buf.len() as u64);
+                    }
+                }
                 Err(_) => {
                     m.record_range_get(took, 0, 0);
                     m.count_error(ErrorKind::Fetch);

@@ -8,8 +8,9 @@
 //! Layout: `memory` (bounded chunk store), `plan` (per-layer span/chunk
 //! geometry), `decoder` (resumable gzip/zstd decoders), `fill` (the
 //! [`ContentCache`] read path, miss path, single-flight and decoder parking),
-//! `prefetch` (background fill threads for [`ContentReader::prefetch`]),
-//! `stats` (counters).
+//! `prefetch` (background fill threads for [`ContentReader::prefetch`] and
+//! profile replay), `profile` (record and replay of startup access
+//! profiles), `stats` (counters).
 
 use std::fmt;
 
@@ -18,12 +19,14 @@ mod fill;
 mod memory;
 mod plan;
 mod prefetch;
+mod profile;
 mod stats;
 
 #[cfg(test)]
 mod tests;
 
 pub use fill::ContentCache;
+pub use profile::{AccessProfile, ProfileError, ProfileRange, PROFILE_VERSION};
 pub use stats::{CacheStats, CacheStatsSnapshot};
 
 /// Why layer bytes could not be served.

@@ -125,6 +125,16 @@ impl LayerPlan {
         start..(start + self.chunk_size).min(sp.end)
     }
 
+    /// Uncompressed range of `chunk` (any span); `None` past the last chunk.
+    pub fn chunk_range_of(&self, chunk: u32) -> Option<Range<u64>> {
+        let s = self
+            .spans
+            .partition_point(|sp| sp.first_chunk <= chunk)
+            .checked_sub(1)?;
+        let r = self.chunk_range(s, chunk);
+        (r.start < self.spans[s].end).then_some(r)
+    }
+
     /// Index of the single-flight lock guarding span `s`.
     pub fn lock_for(&self, s: usize) -> usize {
         // A single-frame zstd layer is one decode from the start: one lock.

@@ -101,6 +101,40 @@ impl Prefetcher {
         }
     }
 
+    /// Starts `threads` threads that run `run(&owner, job)` over `jobs`,
+    /// taking them in order, and end when the list is done or `owner` is
+    /// gone. Independent of [`Prefetcher::start`]; counted in the same
+    /// live-thread count.
+    pub fn run_list<T: Send + Sync + 'static>(
+        &self,
+        threads: usize,
+        jobs: Vec<Job>,
+        owner: Weak<T>,
+        run: fn(&T, Job),
+    ) {
+        let jobs = Arc::new(jobs);
+        let next = Arc::new(AtomicUsize::new(0));
+        for i in 0..threads.min(jobs.len()) {
+            let (jobs, next, owner) = (jobs.clone(), next.clone(), owner.clone());
+            self.live.fetch_add(1, Ordering::SeqCst);
+            let alive = Alive(self.live.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("clip-replay-{i}"))
+                .spawn(move || {
+                    let _alive = alive;
+                    PREFETCH_THREAD.with(|p| p.set(true));
+                    while let Some(&job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let Some(owner) = owner.upgrade() else { break };
+                        run(&owner, job);
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start a profile replay thread");
+                break;
+            }
+        }
+    }
+
     /// Live prefetch threads (shared counter, readable after the cache is gone).
     pub fn live(&self) -> Arc<AtomicUsize> {
         self.live.clone()

@@ -880,3 +880,147 @@ fn dropping_the_cache_stops_the_prefetch_threads() {
         "the threads must not keep the cache alive"
     );
 }
+
+// ---------------------------------------------------------------- profiles
+
+#[test]
+fn recording_lists_first_touches_in_order_and_merges_neighbours() {
+    let data = sample_tar(30, 4 << 20);
+    let (layer, blob) = gzip_layer(&data, 1 << 20, 64 << 10, 1);
+    let (index, src) = image(vec![(layer, blob)]);
+    let c = cache(&index, &src, cfg(64 << 20));
+    // Not recording: nothing is noted.
+    read_all(&c, 0, 0, 10);
+    assert!(c.finish_recording().is_none());
+    c.start_recording();
+    assert!(c.is_recording());
+    read_all(&c, 0, 3_000_000, 100_000); // chunks 45..=47 (64 KiB chunks)
+    read_all(&c, 0, 0, 10); // chunk 0 (cached before: still a first touch)
+    read_all(&c, 0, 3_000_000, 10); // again: not a new touch
+    read_all(&c, 0, 65_536, 10); // chunk 1, right after chunk 0
+    let p = c.finish_recording().unwrap();
+    assert!(!c.is_recording());
+    assert!(c.finish_recording().is_none(), "handed out once");
+    let d = index.layer(0).unwrap().digest();
+    let r = |offset: u64, len: u64| ProfileRange {
+        layer: d,
+        offset,
+        len,
+    };
+    // Checkpoints sit on deflate block boundaries, so chunk edges are not
+    // multiples of 64 KiB: check coverage, not exact offsets.
+    assert_eq!(p.ranges.len(), 2, "{p:?}");
+    let first = p.ranges[0];
+    assert_eq!(first.layer, d);
+    assert!(first.offset <= 3_000_000 && first.offset + first.len >= 3_100_000);
+    assert!(first.len <= 3 * 65_536, "{p:?}");
+    assert_eq!(p.ranges[1], r(0, 2 * 65_536), "{p:?}");
+    assert_eq!(p.version, PROFILE_VERSION);
+    assert_eq!(p.bytes(), first.len + 2 * 65_536);
+}
+
+#[test]
+fn replaying_a_profile_prefetches_its_spans_so_reads_are_hits() {
+    let data = sample_tar(31, 6 << 20);
+    let (layer, blob) = gzip_layer(&data, 1 << 20, 64 << 10, 1);
+    let (index, src) = image(vec![(layer, blob)]);
+    let reads = [
+        (5_000_000u64, 200_000usize),
+        (100, 50_000),
+        (5_100_000, 10),
+        (2_500_000, 70_000),
+    ];
+    // The recording run.
+    let rec = cache(&index, &src, cfg(64 << 20));
+    rec.start_recording();
+    for (off, len) in reads {
+        assert_eq!(read_all(&rec, 0, off, len), data[off as usize..][..len]);
+    }
+    let mut profile = rec.finish_recording().unwrap();
+    let recorded_bytes = rec.stats().bytes_fetched;
+    // A range of a layer this image does not have is ignored.
+    profile.ranges.insert(
+        0,
+        ProfileRange {
+            layer: crate::Digest::of(b"other layer"),
+            offset: 0,
+            len: 1 << 20,
+        },
+    );
+    // A fresh cache replays it.
+    src.reset_counts();
+    let c = cache(&index, &src, cfg(64 << 20));
+    let jobs = c.replay(&profile, 2);
+    let l = index.layer(0).unwrap();
+    let spans: std::collections::BTreeSet<u32> = reads
+        .iter()
+        .flat_map(|&(o, n)| [o, o + n as u64 - 1])
+        .map(|o| l.checkpoint_for(o).unwrap())
+        .collect();
+    assert_eq!(jobs, spans.len(), "one job per span touched");
+    for (off, len) in reads {
+        let o = off;
+        wait_for("replayed", || all_cached(&c, o, o + len as u64));
+    }
+    wait_for("replay threads done", || {
+        c.prefetch_threads_live().load(Relaxed) == 0
+    });
+    let st = c.stats();
+    assert_eq!(st.prefetch_errors, 0);
+    assert_eq!(st.prefetch_bytes, st.bytes_fetched);
+    assert_eq!(src.calls(), jobs as u64, "one fetch per span");
+    // No more than the recording run fetched, plus the fetch slack per span.
+    assert!(
+        st.bytes_fetched <= recorded_bytes + jobs as u64 * c.config().fetch_slack,
+        "replay {} vs recording {recorded_bytes}",
+        st.bytes_fetched
+    );
+    src.reset_counts();
+    for (off, len) in reads {
+        assert_eq!(read_all(&c, 0, off, len), data[off as usize..][..len]);
+    }
+    assert_eq!(src.calls(), 0);
+    assert_eq!(c.stats().misses, 0);
+}
+
+#[test]
+fn profiles_round_trip_and_bad_files_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/p.json");
+    let p = AccessProfile {
+        version: PROFILE_VERSION,
+        manifest: Some(crate::Digest::of(b"m")),
+        window_secs: 30,
+        ranges: vec![ProfileRange {
+            layer: crate::Digest::of(b"l"),
+            offset: 1 << 20,
+            len: 65_536,
+        }],
+    };
+    p.save(&path).unwrap();
+    assert_eq!(AccessProfile::load(&path).unwrap(), p);
+    // Only the profile is left in the directory (no temp files).
+    assert_eq!(
+        std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+        1
+    );
+
+    let missing = AccessProfile::load(&dir.path().join("none.json")).unwrap_err();
+    assert!(matches!(missing, ProfileError::Io { .. }), "{missing}");
+    assert!(missing.to_string().contains("none.json"));
+    for (bad, why) in [
+        (&b"not json"[..], "not a clip access profile"),
+        (
+            br#"{"version":99,"window_secs":1,"ranges":[]}"#,
+            "version 99",
+        ),
+        (
+            br#"{"version":1,"window_secs":1,"ranges":[{"layer":"sha256:zz","offset":0,"len":1}]}"#,
+            "not a clip access profile",
+        ),
+    ] {
+        std::fs::write(&path, bad).unwrap();
+        let e = AccessProfile::load(&path).unwrap_err().to_string();
+        assert!(e.contains(why) && e.contains("p.json"), "{e}");
+    }
+}

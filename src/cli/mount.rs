@@ -1,13 +1,14 @@
 //! `clipctl mount`, `umount`, `ps` and the hidden `__daemon` entry point.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::cache::{CacheConfig, ContentCache, ContentReader};
+use crate::cache::{AccessProfile, CacheConfig, ContentCache, ContentReader, ProfileError};
 use crate::format::Index;
 use crate::fuse::{ClipFs, FsConfig};
 use crate::metrics::{Labels, Metrics};
@@ -69,6 +70,19 @@ pub struct MountArgs {
     /// file (default 256).
     #[arg(long)]
     pub prefetch_min_kb: Option<u64>,
+    /// Startup access profile. `auto`: <node-dir>/profiles/<manifest>.json
+    /// is replayed (its ranges fetched ahead, in parallel) when it exists,
+    /// otherwise this mount records it. A PATH: the same with that file,
+    /// which must be for this image. `off`: neither.
+    #[arg(long, default_value = "auto", value_name = "auto|off|PATH")]
+    pub profile: String,
+    /// Seconds after the mount starts during which reads are recorded
+    /// into a new profile (it is also saved at unmount).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub profile_window: u64,
+    /// Threads fetching a profile's ranges.
+    #[arg(long, default_value_t = 4)]
+    pub profile_threads: usize,
 }
 
 /// Arguments of `clipctl umount`.
@@ -128,25 +142,88 @@ impl SourceChoice {
     }
 }
 
-/// Prefetch knobs of a mount (`None`: the built-in default).
-#[derive(Debug, Clone, Copy, Default)]
+/// What a mount does with a startup access profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ProfileMode {
+    /// Neither replay nor record.
+    #[default]
+    Off,
+    /// The node's own profile of the image: replayed if present (a damaged
+    /// one is replaced), else recorded.
+    Auto(PathBuf),
+    /// A profile file given by the user: replayed if present (it must be
+    /// valid and for this image), else recorded.
+    File(PathBuf),
+}
+
+impl ProfileMode {
+    /// Resolves `--profile` for the index at `clip`; a given profile file
+    /// that exists is checked here, so a bad one fails the mount even when
+    /// the image's daemon is already running (and ignores it).
+    fn resolve(args: &MountArgs, clip: &Path) -> Result<Self> {
+        if args.profile == "off" {
+            return Ok(ProfileMode::Off);
+        }
+        let index = Index::open(clip).with_context(|| format!("opening {}", clip.display()))?;
+        let manifest = index.meta().manifest_digest;
+        Ok(match args.profile.as_str() {
+            "auto" => {
+                match manifest {
+                    Some(d) => ProfileMode::Auto(
+                        std::path::absolute(args.node_dir.join("profiles"))?
+                            .join(format!("{}.json", d.hex())),
+                    ),
+                    // No manifest digest to key a node-wide profile by.
+                    None => ProfileMode::Off,
+                }
+            }
+            path => {
+                let path =
+                    std::path::absolute(path).with_context(|| format!("--profile {path}"))?;
+                if path.exists() {
+                    check_profile_image(&AccessProfile::load(&path)?, &path, manifest)?;
+                }
+                ProfileMode::File(path)
+            }
+        })
+    }
+
+    fn path(&self) -> Option<&Path> {
+        match self {
+            ProfileMode::Off => None,
+            ProfileMode::Auto(p) | ProfileMode::File(p) => Some(p),
+        }
+    }
+}
+
+/// Prefetch and profile knobs of a mount (`None`: the built-in default).
+#[derive(Debug, Clone, Default)]
 pub struct Tuning {
     /// [`CacheConfig::prefetch_threads`].
     pub prefetch_threads: Option<usize>,
     /// [`FsConfig::prefetch_min`], in KiB.
     pub prefetch_min_kb: Option<u64>,
+    /// Startup access profile.
+    pub profile: ProfileMode,
+    /// Recording window of a new profile.
+    pub profile_window: Duration,
+    /// Threads replaying a profile.
+    pub profile_threads: usize,
 }
 
 impl Tuning {
-    fn of(args: &MountArgs) -> Self {
+    fn of(args: &MountArgs, profile: ProfileMode) -> Self {
         Tuning {
             prefetch_threads: args.prefetch_threads,
             prefetch_min_kb: args.prefetch_min_kb,
+            profile,
+            profile_window: Duration::from_secs(args.profile_window),
+            profile_threads: args.profile_threads.max(1),
         }
     }
 
     /// The extra `__daemon` arguments that carry these knobs.
-    fn to_args(self) -> Vec<OsString> {
+    fn to_args(&self) -> Vec<OsString> {
         let mut a = Vec::new();
         if let Some(n) = self.prefetch_threads {
             a.extend(["--prefetch-threads".into(), n.to_string().into()]);
@@ -154,10 +231,21 @@ impl Tuning {
         if let Some(kb) = self.prefetch_min_kb {
             a.extend(["--prefetch-min-kb".into(), kb.to_string().into()]);
         }
+        match &self.profile {
+            ProfileMode::Off => {}
+            ProfileMode::Auto(p) => a.extend(["--profile-auto".into(), p.into()]),
+            ProfileMode::File(p) => a.extend(["--profile".into(), p.into()]),
+        }
+        a.extend([
+            "--profile-window".into(),
+            self.profile_window.as_secs().to_string().into(),
+            "--profile-threads".into(),
+            self.profile_threads.to_string().into(),
+        ]);
         a
     }
 
-    fn cache_config(self) -> CacheConfig {
+    fn cache_config(&self) -> CacheConfig {
         let mut c = CacheConfig::default();
         if let Some(n) = self.prefetch_threads {
             c.prefetch_threads = n;
@@ -165,7 +253,7 @@ impl Tuning {
         c
     }
 
-    fn fs_config(self) -> FsConfig {
+    fn fs_config(&self) -> FsConfig {
         let mut c = FsConfig::default();
         if let Some(kb) = self.prefetch_min_kb {
             c.prefetch_min = Some(kb.saturating_mul(1024));
@@ -231,14 +319,14 @@ pub fn open_source(index: &Index, choice: &SourceChoice) -> Result<Arc<dyn BlobS
     Ok(source)
 }
 
-/// The content reader of a mount: the chunk cache over the image's source,
-/// with its prefetch threads running.
+/// The chunk cache of a mount over the image's source, with its prefetch
+/// threads running and its profile being replayed or recorded.
 fn content_for(
     index: Arc<Index>,
     choice: &SourceChoice,
-    tuning: Tuning,
+    tuning: &Tuning,
     metrics: Option<Arc<Metrics>>,
-) -> Result<Arc<dyn ContentReader>> {
+) -> Result<Arc<ContentCache>> {
     let source = open_source(&index, choice)?;
     let cache = ContentCache::new(index, source, tuning.cache_config());
     let cache = Arc::new(match metrics {
@@ -246,7 +334,97 @@ fn content_for(
         None => cache,
     });
     cache.start_prefetch();
+    start_profile(&cache, tuning)?;
     Ok(cache)
+}
+
+/// Replays the mount's profile if it exists, else starts recording one and
+/// a timer that saves it when the window closes.
+fn start_profile(cache: &Arc<ContentCache>, tuning: &Tuning) -> Result<()> {
+    let Some(path) = tuning.profile.path() else {
+        return Ok(());
+    };
+    let explicit = matches!(tuning.profile, ProfileMode::File(_));
+    let manifest = cache.index().meta().manifest_digest;
+    let loaded = AccessProfile::load(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|p| check_profile_image(&p, path, manifest).map(|()| p));
+    match loaded {
+        Ok(p) => {
+            let jobs = cache.replay(&p, tuning.profile_threads);
+            tracing::info!(
+                profile = %path.display(),
+                ranges = p.ranges.len(),
+                bytes = p.bytes(),
+                jobs,
+                "replaying the startup profile"
+            );
+            return Ok(());
+        }
+        Err(e) if is_not_found(&e) => {}
+        Err(e) if explicit => return Err(e),
+        Err(e) => tracing::warn!("{e:#}; recording a new profile"),
+    }
+    cache.start_recording();
+    tracing::info!(profile = %path.display(), window = ?tuning.profile_window, "recording a startup profile");
+    let (weak, path, window) = (
+        Arc::downgrade(cache),
+        path.to_path_buf(),
+        tuning.profile_window,
+    );
+    std::thread::Builder::new()
+        .name("clip-profile".into())
+        .spawn(move || {
+            std::thread::sleep(window);
+            if let Some(cache) = weak.upgrade() {
+                save_profile(&cache, &path, window);
+            }
+        })
+        .context("starting the profile timer")?;
+    Ok(())
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<ProfileError>(),
+        Some(ProfileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound
+    )
+}
+
+/// Fails if `p` names an image other than `manifest`.
+fn check_profile_image(
+    p: &AccessProfile,
+    path: &Path,
+    manifest: Option<crate::Digest>,
+) -> Result<()> {
+    match (p.manifest, manifest) {
+        (Some(theirs), Some(ours)) if theirs != ours => bail!(
+            "profile {} was recorded for image {theirs}, not {ours}",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Saves the recording, if one is running and noted anything (an empty
+/// profile would stop every later mount from recording a useful one).
+fn save_profile(cache: &ContentCache, path: &Path, window: Duration) {
+    let Some(mut p) = cache.finish_recording() else {
+        return;
+    };
+    if p.ranges.is_empty() {
+        return;
+    }
+    p.window_secs = window.as_secs();
+    match p.save(path) {
+        Ok(()) => tracing::info!(
+            profile = %path.display(),
+            ranges = p.ranges.len(),
+            bytes = p.bytes(),
+            "saved the startup profile"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot save the startup profile"),
+    }
 }
 
 /// Finds or builds the index of `--image`: `<node_dir>/indexes/<digest>.clip`.
@@ -278,6 +456,10 @@ fn index_for_image(args: &MountArgs, reference: &str) -> Result<PathBuf> {
 
 /// Runs `clipctl mount`.
 pub fn run_mount(args: MountArgs) -> Result<()> {
+    // Before any work (indexing, opening the index) a bad cid would waste.
+    if let Some(cid) = &args.cid {
+        mount::validate_cid(cid)?;
+    }
     let clip = match (&args.clip, &args.image) {
         (Some(c), _) => c.clone(),
         (None, Some(r)) => index_for_image(&args, r)?,
@@ -289,12 +471,12 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         layout: args.layout.clone(),
         insecure: args.insecure_registry.clone(),
     };
+    let tuning = Tuning::of(&args, ProfileMode::resolve(&args, &clip)?);
     if let Some(mnt) = &args.mount_point {
         let index =
             Arc::new(Index::open(&clip).with_context(|| format!("opening {}", clip.display()))?);
-        let tuning = Tuning::of(&args);
-        let content = content_for(index.clone(), &choice, tuning, None)?;
-        let fs = ClipFs::new(index, content, tuning.fs_config())?;
+        let cache = content_for(index.clone(), &choice, &tuning, None)?;
+        let fs = ClipFs::new(index, cache.clone(), tuning.fs_config())?;
         let opts = ServeOptions {
             threads: args.threads.max(1),
             read_ahead_kb: (args.read_ahead_kb > 0).then_some(args.read_ahead_kb),
@@ -309,6 +491,9 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
             mnt.display()
         );
         handle.wait();
+        if let Some(path) = tuning.profile.path() {
+            save_profile(&cache, path, tuning.profile_window);
+        }
         return Ok(());
     }
     let cid = args
@@ -322,7 +507,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     req.read_ahead_kb = args.read_ahead_kb;
     if let mount::Launcher::Exec { args: a, .. } = &mut req.launcher {
         a.extend(choice.to_args());
-        a.extend(Tuning::of(&args).to_args());
+        a.extend(tuning.to_args());
     }
     let rootfs = mount::attach_container(&req).map_err(coded)?;
     println!("{}", rootfs.display());
@@ -404,6 +589,15 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
             Some("--prefetch-min-kb") => {
                 tuning.prefetch_min_kb = Some(value()?.parse().context("--prefetch-min-kb")?)
             }
+            Some("--profile-auto") => tuning.profile = ProfileMode::Auto(value()?.into()),
+            Some("--profile") => tuning.profile = ProfileMode::File(value()?.into()),
+            Some("--profile-window") => {
+                tuning.profile_window =
+                    Duration::from_secs(value()?.parse().context("--profile-window")?)
+            }
+            Some("--profile-threads") => {
+                tuning.profile_threads = value()?.parse().context("--profile-threads")?
+            }
             _ => rest.push(a),
         }
     }
@@ -424,6 +618,14 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
         serde_json::to_value(m.snapshot(labels)).unwrap_or_default()
     });
     let m = metrics.clone();
+    // The cache, kept to save a profile still being recorded at unmount.
+    let cache_slot: Arc<OnceLock<Arc<ContentCache>>> = Arc::default();
+    let slot = cache_slot.clone();
+    let fs = tuning.fs_config();
+    let profile = (
+        tuning.profile.path().map(Path::to_path_buf),
+        tuning.profile_window,
+    );
     let config = DaemonConfig {
         args: dargs,
         content: Box::new(move |index: &Arc<Index>| {
@@ -440,13 +642,19 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
                     .unwrap_or_default(),
                 cids: Vec::new(),
             });
-            content_for(index.clone(), &choice, tuning, Some(m.clone()))
-                .map_err(|e| MountError::Fs(format!("{e:#}")))
+            let cache = content_for(index.clone(), &choice, &tuning, Some(m.clone()))
+                .map_err(|e| MountError::Fs(format!("{e:#}")))?;
+            let _ = slot.set(cache.clone());
+            Ok(cache as Arc<dyn ContentReader>)
         }),
         stats: Some(stats),
-        fs: tuning.fs_config(),
+        fs,
         metrics: Some(metrics),
     };
-    mount::run_daemon(config)?;
+    let served = mount::run_daemon(config);
+    if let (Some(cache), (Some(path), window)) = (cache_slot.get(), &profile) {
+        save_profile(cache, path, *window);
+    }
+    served?;
     Ok(())
 }

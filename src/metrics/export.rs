@@ -96,10 +96,11 @@ fn text_one(out: &mut String, s: &Snapshot) {
     let _ = writeln!(out, "  uptime      {:.0}s", s.uptime_seconds);
     let _ = writeln!(
         out,
-        "  bytes       served {}  fetched {} in {} GETs  inflated {}  amplification {amp}",
+        "  bytes       served {}  fetched {} in {} GETs ({} ahead)  inflated {}  amplification {amp}",
         human_bytes(c.bytes_served),
         human_bytes(c.bytes_fetched),
         c.fetch_count,
+        human_bytes(c.prefetch_bytes),
         human_bytes(c.inflate_bytes)
     );
     let _ = writeln!(
@@ -299,7 +300,7 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             &l,
             s.labels.cids.len() as f64,
         );
-        let counters: [(&'static str, &'static str, f64); 9] = [
+        let counters: [(&'static str, &'static str, f64); 10] = [
             (
                 "clip_bytes_served_total",
                 "Bytes returned to readers.",
@@ -344,6 +345,11 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
                 "clip_network_blocked_seconds_total",
                 "Seconds readers spent waiting on the network.",
                 c.network_blocked_ns_total as f64 / 1e9,
+            ),
+            (
+                "clip_prefetch_bytes_total",
+                "Compressed bytes fetched ahead of readers (prefetch, startup profile).",
+                c.prefetch_bytes as f64,
             ),
         ];
         for (name, help, v) in counters {

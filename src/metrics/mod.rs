@@ -35,7 +35,8 @@
 //!     "bytes_served": 0, "bytes_fetched": 0, "fetch_count": 0, "inflate_bytes": 0,
 //!     "cache_hits": 0, "cache_misses": 0, "cache_evictions": 0,
 //!     "cache_bytes": 0,                     // gauge: bytes currently cached
-//!     "retries": 0, "network_blocked_ns_total": 0
+//!     "retries": 0, "network_blocked_ns_total": 0,
+//!     "prefetch_bytes": 0                   // of bytes_fetched: fetched ahead of readers
 //!   },
 //!   "errors": { "fetch": 0, "digest_mismatch": 0, "inflate": 0, "fuse_eio": 0,
 //!               "timeout": 0, "other": 0 },

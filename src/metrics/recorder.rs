@@ -57,8 +57,9 @@ enum Ctr {
     CacheEvictions,
     Retries,
     NetworkBlockedNs,
+    PrefetchBytes,
 }
-const N_CTRS: usize = 9;
+const N_CTRS: usize = 10;
 
 /// An empty auto-resizing nanosecond histogram with the crate's precision.
 pub(super) fn new_histogram() -> Histogram<u64> {
@@ -248,6 +249,12 @@ impl Metrics {
         shard.counters[Ctr::NetworkBlockedNs as usize].fetch_add(ns, Ordering::Relaxed);
     }
 
+    /// `n` of the fetched bytes were fetched ahead of readers (prefetch
+    /// hints, startup profile replay); they are also in `bytes_fetched`.
+    pub fn add_prefetched(&self, n: u64) {
+        self.add(Ctr::PrefetchBytes, n);
+    }
+
     /// `n` bytes were returned to a reader (FUSE read replies).
     #[inline]
     pub fn add_served(&self, n: u64) {
@@ -318,6 +325,7 @@ impl Metrics {
             cache_bytes: self.cache_bytes.load(Ordering::Relaxed),
             retries: ctr[Ctr::Retries as usize],
             network_blocked_ns_total: ctr[Ctr::NetworkBlockedNs as usize],
+            prefetch_bytes: ctr[Ctr::PrefetchBytes as usize],
         };
         let mut snap = Snapshot {
             schema_version: SCHEMA_VERSION,

@@ -52,6 +52,8 @@ pub struct Counters {
     pub retries: u64,
     /// Total nanoseconds readers spent waiting on the network.
     pub network_blocked_ns_total: u64,
+    /// Of `bytes_fetched`, fetched ahead of readers (prefetch, profile replay).
+    pub prefetch_bytes: u64,
 }
 
 impl Counters {
@@ -75,6 +77,7 @@ impl Counters {
                 &mut self.network_blocked_ns_total,
                 o.network_blocked_ns_total,
             ),
+            (&mut self.prefetch_bytes, o.prefetch_bytes),
         ];
         for (d, s) in pairs {
             *d = d.saturating_add(s);

@@ -1,0 +1,276 @@
+//! Startup access profiles: which layer bytes a workload read first, and in
+//! what order, so that the next cold start of the image fetches them ahead
+//! of the process instead of one round trip per page fault.
+//!
+//! A mount records the chunks its readers touch during a window after it
+//! starts ([`AccessRecorder`], one relaxed load per chunk read when off) and
+//! saves them as an [`AccessProfile`]: JSON, keyed by layer digest and
+//! uncompressed offset, so a profile stays valid for another index of the
+//! same image (another span size). A later mount replays it: the ranges are
+//! grouped per span in first-touch order and filled by a few background
+//! threads through the cache's ordinary single-flight path
+//! ([`super::ContentCache::replay`]), so a reader that needs a span being
+//! replayed waits for that fetch instead of issuing its own.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::LayerPlan;
+use super::prefetch::Job;
+use crate::digest::Digest;
+use crate::format::LayerKind;
+
+/// The profile format this build reads and writes.
+pub const PROFILE_VERSION: u32 = 1;
+
+/// Most ranges a profile holds (a recorder stops noting beyond this; a
+/// larger file is refused). 64 Ki chunk runs of 256 KiB cover 16 GiB.
+const MAX_RANGES: usize = 1 << 16;
+
+/// Largest profile file read (bytes); real ones are a few KiB.
+const MAX_FILE: u64 = 16 << 20;
+
+/// Layer ranges read by a workload, in the order it first read them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessProfile {
+    /// [`PROFILE_VERSION`].
+    pub version: u32,
+    /// Manifest digest of the image it was recorded on, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Digest>,
+    /// Seconds after the mount started during which reads were recorded.
+    pub window_secs: u64,
+    /// The ranges, in first-touch order.
+    pub ranges: Vec<ProfileRange>,
+}
+
+/// `[offset, offset+len)` of a layer's uncompressed stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileRange {
+    /// Layer blob digest.
+    pub layer: Digest,
+    /// Start in the layer's uncompressed stream.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// Why a profile could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// Reading or writing the file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The profile file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not a profile this build understands.
+    #[error("{}: not a clip access profile: {message}", path.display())]
+    Invalid {
+        /// The profile file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl AccessProfile {
+    /// Reads and checks a profile file.
+    pub fn load(path: &Path) -> Result<Self, ProfileError> {
+        let io = |source| ProfileError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let invalid = |message: String| ProfileError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        if len > MAX_FILE {
+            return Err(invalid(format!("{len} bytes (at most {MAX_FILE})")));
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        let p: AccessProfile =
+            serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        if p.version != PROFILE_VERSION {
+            return Err(invalid(format!(
+                "version {} (this clipctl reads {PROFILE_VERSION})",
+                p.version
+            )));
+        }
+        if p.ranges.len() > MAX_RANGES {
+            return Err(invalid(format!(
+                "{} ranges (at most {MAX_RANGES})",
+                p.ranges.len()
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Writes the profile atomically (temp file in the same directory, then
+    /// rename), creating the directory if needed.
+    pub fn save(&self, path: &Path) -> Result<(), ProfileError> {
+        let io = |source| ProfileError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".profile-")
+            .tempfile_in(dir)
+            .map_err(io)?;
+        let json = serde_json::to_vec_pretty(self).map_err(|e| io(e.into()))?;
+        tmp.write_all(&json).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(path).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+
+    /// Bytes covered by the ranges (uncompressed).
+    pub fn bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r.len).sum()
+    }
+}
+
+/// Notes the first touch of every chunk while on; the hot path costs one
+/// relaxed load when off.
+#[derive(Debug)]
+pub(super) struct AccessRecorder {
+    on: AtomicBool,
+    /// `seen[layer]`: one bit per chunk.
+    seen: Vec<Vec<AtomicU64>>,
+    /// `(layer, chunk)` in first-touch order.
+    log: Mutex<Vec<(u32, u32)>>,
+}
+
+impl AccessRecorder {
+    /// A recorder (off) for layers with these chunk counts.
+    pub fn new(chunk_counts: impl Iterator<Item = u32>) -> Self {
+        AccessRecorder {
+            on: AtomicBool::new(false),
+            seen: chunk_counts
+                .map(|n| (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+                .collect(),
+            log: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn start(&self) {
+        self.on.store(true, Relaxed);
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on.load(Relaxed)
+    }
+
+    /// Records that `chunk` of `layer` was read (first time only).
+    #[inline]
+    pub fn note(&self, layer: u32, chunk: u32) {
+        if !self.on.load(Relaxed) {
+            return;
+        }
+        let Some(word) = self
+            .seen
+            .get(layer as usize)
+            .and_then(|l| l.get(chunk as usize / 64))
+        else {
+            return;
+        };
+        let bit = 1u64 << (chunk % 64);
+        if word.fetch_or(bit, Relaxed) & bit == 0 {
+            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            if log.len() < MAX_RANGES {
+                log.push((layer, chunk));
+            }
+        }
+    }
+
+    /// Stops recording and hands out the log; `None` if it was not on (so
+    /// exactly one caller gets it).
+    pub fn stop(&self) -> Option<Vec<(u32, u32)>> {
+        if !self.on.swap(false, Relaxed) {
+            return None;
+        }
+        Some(std::mem::take(
+            &mut *self.log.lock().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+}
+
+/// Turns a first-touch chunk log into ranges, merging a chunk into the
+/// previous range when it directly follows it in the same layer.
+pub(super) fn ranges_of(log: &[(u32, u32)], plans: &[LayerPlan]) -> Vec<ProfileRange> {
+    let mut out: Vec<ProfileRange> = Vec::new();
+    for &(layer, chunk) in log {
+        let Some(plan) = plans.get(layer as usize) else {
+            continue;
+        };
+        let Some(r) = plan.chunk_range_of(chunk) else {
+            continue;
+        };
+        match out.last_mut() {
+            Some(last) if last.layer == plan.digest && last.offset + last.len == r.start => {
+                last.len += r.end - r.start;
+            }
+            _ => out.push(ProfileRange {
+                layer: plan.digest,
+                offset: r.start,
+                len: r.end - r.start,
+            }),
+        }
+    }
+    out
+}
+
+/// The replay jobs of a profile: one per (layer, span) touched, covering
+/// the span's touched chunks, in the order the span was first touched.
+/// Ranges of layers this index does not have, or past a layer's end, are
+/// dropped; so are single-frame zstd layers (one decode from the start:
+/// readers fetch those themselves).
+pub(super) fn replay_jobs(profile: &AccessProfile, plans: &[LayerPlan]) -> Vec<Job> {
+    let by_digest: HashMap<Digest, &LayerPlan> = plans
+        .iter()
+        .filter(|p| p.broken.is_none() && p.kind != LayerKind::ZstdWhole)
+        .map(|p| (p.digest, p))
+        .collect();
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut slot: HashMap<(u32, usize), usize> = HashMap::new();
+    for r in &profile.ranges {
+        let Some(plan) = by_digest.get(&r.layer) else {
+            continue;
+        };
+        let end = plan.size.min(r.offset.saturating_add(r.len));
+        let mut pos = r.offset;
+        while pos < end {
+            let s = plan.span_of(pos);
+            let hi = end.min(plan.spans[s].end);
+            match slot.get(&(plan.number, s)) {
+                Some(&j) => {
+                    jobs[j].start = jobs[j].start.min(pos);
+                    jobs[j].end = jobs[j].end.max(hi);
+                }
+                None => {
+                    slot.insert((plan.number, s), jobs.len());
+                    jobs.push(Job {
+                        layer: plan.number,
+                        start: pos,
+                        end: hi,
+                    });
+                }
+            }
+            pos = hi;
+        }
+    }
+    jobs
+}
