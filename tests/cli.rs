@@ -232,3 +232,68 @@ fn zstd_layers_index_by_frames() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_fails_cleanly(&args, &digest);
 }
+
+#[test]
+fn index_embeds_a_startup_profile_that_fits_the_image() {
+    let tmp = common::tempdir();
+    let layout = tmp.path().join("img");
+    write_layout(&layout, &[gzip_layer(&small_tar())], None);
+    let spec = format!("{}:latest", layout.display());
+    let plain = tmp.path().join("plain.clip");
+    let o = run(&["index", "--layout", &spec, "--out", plain.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let inspect = |f: &std::path::Path| -> serde_json::Value {
+        let o = run(&["inspect", f.to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let doc = inspect(&plain);
+    assert!(doc["profile"].is_null(), "{doc}");
+    let layer = doc["layers"][0]["digest"].as_str().unwrap().to_string();
+    let manifest = doc["manifest_digest"].as_str().unwrap().to_string();
+    let other = format!("sha256:{}", "ab".repeat(32));
+    let profile = |manifest: &str, layer: &str| {
+        format!(
+            r#"{{"version":1,"manifest":"{manifest}","window_secs":30,
+                "ranges":[{{"layer":"{layer}","offset":0,"len":4096}}]}}"#
+        )
+    };
+    let p = tmp.path().join("p.json");
+    let out = tmp.path().join("with.clip");
+    let index_with = || {
+        vec![
+            "index".to_string(),
+            "--layout".into(),
+            spec.clone(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+            "--profile".into(),
+            p.to_str().unwrap().into(),
+        ]
+    };
+    // Recorded on another image, or naming none of its layers: refused,
+    // nothing written.
+    for (m, l, why) in [
+        (&other, &layer, "recorded for image"),
+        (&manifest, &other, "names none of the image's layers"),
+    ] {
+        std::fs::write(&p, profile(m, l)).unwrap();
+        let args = index_with();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_fails_cleanly(&args, why);
+        assert!(!out.exists());
+    }
+    std::fs::write(&p, "garbage").unwrap();
+    let args = index_with();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_fails_cleanly(&args, "not a clip access profile");
+    // A fitting one is embedded and shown.
+    std::fs::write(&p, profile(&manifest, &layer)).unwrap();
+    let o = run(&index_with().iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc = inspect(&out);
+    assert_eq!(doc["profile"]["ranges"], 1, "{doc}");
+    assert_eq!(doc["profile"]["bytes"], 4096, "{doc}");
+    let o = run(&["inspect", out.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("embedded startup profile"));
+}

@@ -56,20 +56,48 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
     assert!(bytes > 10 << 20, "import numpy touches > 10 MiB: {bytes}");
     // A fresh daemon replays it: bytes are fetched ahead of any reader.
     let rootfs = d.mount("numpy3", &["--image", &reference]).unwrap();
+    wait_for_replay(&d, "numpy3");
+    import_numpy(&rootfs);
+    let o = d.umount("numpy3");
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Shipped in an index instead: a node without a profile of its own
+    // replays the embedded one (and records none).
+    let shipped = d.tmp.path().join("shipped.clip");
+    let o = run(&[
+        "index",
+        "--image",
+        &reference,
+        "--out",
+        shipped.to_str().unwrap(),
+        "--profile",
+        profiles[0].to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_file(&profiles[0]).unwrap();
+    let rootfs = d
+        .mount("numpy4", &["--clip", shipped.to_str().unwrap()])
+        .unwrap();
+    wait_for_replay(&d, "numpy4");
+    import_numpy(&rootfs);
+    let o = d.umount("numpy4");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!profiles[0].exists(), "replaying must not record");
+    d.cids.clear();
+    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+}
+
+/// Waits until the daemon of `cid` has fetched > 1 MiB ahead of readers.
+fn wait_for_replay(d: &Dirs, cid: &str) {
     let t = Instant::now();
     loop {
-        let m = metrics_json(&d, "numpy3");
+        let m = metrics_json(d, cid);
         if m["images"][0]["counters"]["prefetch_bytes"].as_u64() > Some(1 << 20) {
-            break;
+            return;
         }
         assert!(t.elapsed() < Duration::from_secs(30), "no replay: {m}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    import_numpy(&rootfs);
-    let o = d.umount("numpy3");
-    assert!(o.status.success(), "{}", stderr(&o));
-    d.cids.clear();
-    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
 }
 
 /// Runs `import numpy` in `rootfs` with runc and checks the version printed.

@@ -307,6 +307,7 @@ fn gen_index_data(b: &mut Bytes<'_>) -> IndexData {
         },
         layers,
         tree,
+        profile: None,
     }
 }
 

@@ -20,11 +20,11 @@ use super::decoder::Decoder;
 use super::memory::{key, MemoryCache};
 use super::plan::LayerPlan;
 use super::prefetch::{in_prefetch_thread, Job, Prefetcher};
-use super::profile::{self, AccessProfile, AccessRecorder};
+use super::profile::{self, AccessRecorder};
 use super::stats::{CacheStats, CacheStatsSnapshot};
 use super::{CacheConfig, CacheError, ContentReader};
 use crate::digest::Digest;
-use crate::format::{Index, LayerKind};
+use crate::format::{AccessProfile, Index, LayerKind, PROFILE_VERSION};
 use crate::source::BlobSource;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -205,7 +205,7 @@ impl ContentCache {
     pub fn finish_recording(&self) -> Option<AccessProfile> {
         let log = self.recorder.stop()?;
         Some(AccessProfile {
-            version: profile::PROFILE_VERSION,
+            version: PROFILE_VERSION,
             manifest: self.index.meta().manifest_digest,
             window_secs: 0,
             ranges: profile::ranges_of(&log, &self.layers),

@@ -26,7 +26,6 @@ mod stats;
 mod tests;
 
 pub use fill::ContentCache;
-pub use profile::{AccessProfile, ProfileError, ProfileRange, PROFILE_VERSION};
 pub use stats::{CacheStats, CacheStatsSnapshot};
 
 /// Why layer bytes could not be served.

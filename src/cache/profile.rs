@@ -1,147 +1,25 @@
-//! Startup access profiles: which layer bytes a workload read first, and in
-//! what order, so that the next cold start of the image fetches them ahead
-//! of the process instead of one round trip per page fault.
+//! Recording and replaying startup access profiles
+//! ([`crate::format::AccessProfile`]): which layer bytes a workload read
+//! first, and in what order, so that the next cold start of the image
+//! fetches them ahead of the process instead of one round trip per page
+//! fault.
 //!
 //! A mount records the chunks its readers touch during a window after it
-//! starts ([`AccessRecorder`], one relaxed load per chunk read when off) and
-//! saves them as an [`AccessProfile`]: JSON, keyed by layer digest and
-//! uncompressed offset, so a profile stays valid for another index of the
-//! same image (another span size). A later mount replays it: the ranges are
+//! starts ([`AccessRecorder`], one relaxed load per chunk read when off).
+//! A later mount replays the profile: the ranges are
 //! grouped per span in first-touch order and filled by a few background
 //! threads through the cache's ordinary single-flight path
 //! ([`super::ContentCache::replay`]), so a reader that needs a span being
 //! replayed waits for that fetch instead of issuing its own.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
-
-use serde::{Deserialize, Serialize};
 
 use super::plan::LayerPlan;
 use super::prefetch::Job;
 use crate::digest::Digest;
-use crate::format::LayerKind;
-
-/// The profile format this build reads and writes.
-pub const PROFILE_VERSION: u32 = 1;
-
-/// Most ranges a profile holds (a recorder stops noting beyond this; a
-/// larger file is refused). 64 Ki chunk runs of 256 KiB cover 16 GiB.
-const MAX_RANGES: usize = 1 << 16;
-
-/// Largest profile file read (bytes); real ones are a few KiB.
-const MAX_FILE: u64 = 16 << 20;
-
-/// Layer ranges read by a workload, in the order it first read them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccessProfile {
-    /// [`PROFILE_VERSION`].
-    pub version: u32,
-    /// Manifest digest of the image it was recorded on, if known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manifest: Option<Digest>,
-    /// Seconds after the mount started during which reads were recorded.
-    pub window_secs: u64,
-    /// The ranges, in first-touch order.
-    pub ranges: Vec<ProfileRange>,
-}
-
-/// `[offset, offset+len)` of a layer's uncompressed stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProfileRange {
-    /// Layer blob digest.
-    pub layer: Digest,
-    /// Start in the layer's uncompressed stream.
-    pub offset: u64,
-    /// Length in bytes.
-    pub len: u64,
-}
-
-/// Why a profile could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum ProfileError {
-    /// Reading or writing the file failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The profile file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The file is not a profile this build understands.
-    #[error("{}: not a clip access profile: {message}", path.display())]
-    Invalid {
-        /// The profile file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-impl AccessProfile {
-    /// Reads and checks a profile file.
-    pub fn load(path: &Path) -> Result<Self, ProfileError> {
-        let io = |source| ProfileError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let invalid = |message: String| ProfileError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        };
-        let len = std::fs::metadata(path).map_err(io)?.len();
-        if len > MAX_FILE {
-            return Err(invalid(format!("{len} bytes (at most {MAX_FILE})")));
-        }
-        let bytes = std::fs::read(path).map_err(io)?;
-        let p: AccessProfile =
-            serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-        if p.version != PROFILE_VERSION {
-            return Err(invalid(format!(
-                "version {} (this clipctl reads {PROFILE_VERSION})",
-                p.version
-            )));
-        }
-        if p.ranges.len() > MAX_RANGES {
-            return Err(invalid(format!(
-                "{} ranges (at most {MAX_RANGES})",
-                p.ranges.len()
-            )));
-        }
-        Ok(p)
-    }
-
-    /// Writes the profile atomically (temp file in the same directory, then
-    /// rename), creating the directory if needed.
-    pub fn save(&self, path: &Path) -> Result<(), ProfileError> {
-        let io = |source| ProfileError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".profile-")
-            .tempfile_in(dir)
-            .map_err(io)?;
-        let json = serde_json::to_vec_pretty(self).map_err(|e| io(e.into()))?;
-        tmp.write_all(&json).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(path).map_err(|e| io(e.error))?;
-        Ok(())
-    }
-
-    /// Bytes covered by the ranges (uncompressed).
-    pub fn bytes(&self) -> u64 {
-        self.ranges.iter().map(|r| r.len).sum()
-    }
-}
+use crate::format::{AccessProfile, LayerKind, ProfileRange, MAX_RANGES};
 
 /// Notes the first touch of every chunk while on; the hot path costs one
 /// relaxed load when off.

@@ -13,7 +13,8 @@ use rand::{Rng, RngCore, SeedableRng};
 use super::*;
 use crate::digest::Digest;
 use crate::format::{
-    write_index, Checkpoint, Chunk, Index, IndexData, Layer, LayerKind, WriteOptions,
+    write_index, Checkpoint, Chunk, Index, IndexData, Layer, LayerKind, ProfileRange, WriteOptions,
+    PROFILE_VERSION,
 };
 use crate::source::{BlobSource, MemSource, SourceError};
 
@@ -981,46 +982,4 @@ fn replaying_a_profile_prefetches_its_spans_so_reads_are_hits() {
     }
     assert_eq!(src.calls(), 0);
     assert_eq!(c.stats().misses, 0);
-}
-
-#[test]
-fn profiles_round_trip_and_bad_files_are_named_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sub/p.json");
-    let p = AccessProfile {
-        version: PROFILE_VERSION,
-        manifest: Some(crate::Digest::of(b"m")),
-        window_secs: 30,
-        ranges: vec![ProfileRange {
-            layer: crate::Digest::of(b"l"),
-            offset: 1 << 20,
-            len: 65_536,
-        }],
-    };
-    p.save(&path).unwrap();
-    assert_eq!(AccessProfile::load(&path).unwrap(), p);
-    // Only the profile is left in the directory (no temp files).
-    assert_eq!(
-        std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
-        1
-    );
-
-    let missing = AccessProfile::load(&dir.path().join("none.json")).unwrap_err();
-    assert!(matches!(missing, ProfileError::Io { .. }), "{missing}");
-    assert!(missing.to_string().contains("none.json"));
-    for (bad, why) in [
-        (&b"not json"[..], "not a clip access profile"),
-        (
-            br#"{"version":99,"window_secs":1,"ranges":[]}"#,
-            "version 99",
-        ),
-        (
-            br#"{"version":1,"window_secs":1,"ranges":[{"layer":"sha256:zz","offset":0,"len":1}]}"#,
-            "not a clip access profile",
-        ),
-    ] {
-        std::fs::write(&path, bad).unwrap();
-        let e = AccessProfile::load(&path).unwrap_err().to_string();
-        assert!(e.contains(why) && e.contains("p.json"), "{e}");
-    }
 }

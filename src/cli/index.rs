@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::format::{write_index_file, ImageMeta, WriteOptions};
+use crate::format::{write_index_file, AccessProfile, ImageMeta, IndexData, WriteOptions};
 use crate::index::{build, IndexOptions, Progress, DEFAULT_CHUNK, DEFAULT_SPAN};
 use crate::oci::{open_layout, ImageRef, Platform, RegistryOptions, RegistrySource, ResolvedImage};
 use crate::source::BlobSource;
@@ -45,6 +45,11 @@ pub struct IndexArgs {
     /// Do not compress metadata sections.
     #[arg(long)]
     pub no_compress: bool,
+    /// Embed this startup access profile (one recorded by `clipctl mount
+    /// --profile FILE` on the image): every node's first mount of the index
+    /// then fetches those bytes ahead of the process.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
 }
 
 /// The resolved image, its blob source and where it came from.
@@ -123,12 +128,21 @@ pub fn run(args: IndexArgs) -> Result<()> {
         (4 << 10..=16 << 20).contains(&chunk),
         "--chunk-size must be between 4K and 16M"
     );
+    let profile = args
+        .profile
+        .as_deref()
+        .map(AccessProfile::load)
+        .transpose()?;
     let opened = open_image(
         args.image.as_deref(),
         args.layout.as_deref(),
         args.platform.as_deref(),
         &args.insecure_registry,
     )?;
+    if let Some(p) = &profile {
+        check_profile_fits(p, &opened.image)
+            .with_context(|| format!("--profile {}", args.profile.as_ref().unwrap().display()))?;
+    }
     let mut opts = IndexOptions {
         span,
         chunk_size: chunk as u32,
@@ -156,6 +170,7 @@ pub fn run(args: IndexArgs) -> Result<()> {
         r
     })
     .context("indexing failed; no index written")?;
+    let data = IndexData { profile, ..data };
     let size = write_index_file(
         &data,
         &args.out,
@@ -176,6 +191,27 @@ pub fn run(args: IndexArgs) -> Result<()> {
         human(size),
         if total > 0 { size as f64 * 100.0 / total as f64 } else { 0.0 },
     );
+    Ok(())
+}
+
+/// A profile fits an image if it was recorded on it (when it says) and
+/// names at least one of its layers.
+fn check_profile_fits(p: &AccessProfile, image: &ResolvedImage) -> Result<()> {
+    if let Some(m) = p.manifest {
+        if m != image.manifest_digest {
+            bail!(
+                "the profile was recorded for image {m}, not {}",
+                image.manifest_digest
+            );
+        }
+    }
+    if !p
+        .ranges
+        .iter()
+        .any(|r| image.layers.iter().any(|l| l.digest == r.layer))
+    {
+        bail!("the profile names none of the image's layers");
+    }
     Ok(())
 }
 

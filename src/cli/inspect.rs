@@ -100,6 +100,11 @@ pub fn run_inspect(args: InspectArgs) -> Result<()> {
             "other": other,
             "file_bytes": bytes,
             "layers": layers,
+            "profile": idx.profile().map(|p| json!({
+                "ranges": p.ranges.len(),
+                "bytes": p.bytes(),
+                "window_secs": p.window_secs,
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
@@ -127,6 +132,13 @@ pub fn run_inspect(args: InspectArgs) -> Result<()> {
         idx.inode_count(),
         human(bytes)
     );
+    if let Some(p) = idx.profile() {
+        println!(
+            "profile:         {} ranges, {} (embedded startup profile)",
+            p.ranges.len(),
+            human(p.bytes())
+        );
+    }
     println!("layers:");
     for (i, l) in layers.iter().enumerate() {
         println!(

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::cache::{AccessProfile, CacheConfig, ContentCache, ContentReader, ProfileError};
-use crate::format::Index;
+use crate::cache::{CacheConfig, ContentCache, ContentReader};
+use crate::format::{AccessProfile, Index, ProfileError};
 use crate::fuse::{ClipFs, FsConfig};
 use crate::metrics::{Labels, Metrics};
 use crate::mount::{self, DaemonArgs, DaemonConfig, MountError, MountRequest, ServeOptions};
@@ -72,8 +72,10 @@ pub struct MountArgs {
     pub prefetch_min_kb: Option<u64>,
     /// Startup access profile. `auto`: <node-dir>/profiles/<manifest>.json
     /// is replayed (its ranges fetched ahead, in parallel) when it exists,
-    /// otherwise this mount records it. A PATH: the same with that file,
-    /// which must be for this image. `off`: neither.
+    /// else the profile embedded in the index (`clipctl index --profile`),
+    /// else this mount records one there. A PATH: replayed if it exists
+    /// (it must be for this image), else recorded. `off`: none of this.
+    /// Applies when the mount starts the image's daemon.
     #[arg(long, default_value = "auto", value_name = "auto|off|PATH")]
     pub profile: String,
     /// Seconds after the mount starts during which reads are recorded
@@ -361,7 +363,19 @@ fn start_profile(cache: &Arc<ContentCache>, tuning: &Tuning) -> Result<()> {
             );
             return Ok(());
         }
-        Err(e) if is_not_found(&e) => {}
+        Err(e) if is_not_found(&e) => {
+            // The node has none yet: the one shipped in the index, if any.
+            if let (false, Some(p)) = (explicit, cache.index().profile()) {
+                let jobs = cache.replay(p, tuning.profile_threads);
+                tracing::info!(
+                    ranges = p.ranges.len(),
+                    bytes = p.bytes(),
+                    jobs,
+                    "replaying the profile embedded in the index"
+                );
+                return Ok(());
+            }
+        }
         Err(e) if explicit => return Err(e),
         Err(e) => tracing::warn!("{e:#}; recording a new profile"),
     }

@@ -8,6 +8,7 @@
 
 mod mmap;
 mod model;
+mod profile;
 mod raw;
 mod reader;
 mod writer;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 pub use model::{
     Checkpoint, Chunk, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, NodeKind, Tree,
 };
+pub use profile::{AccessProfile, ProfileError, ProfileRange, MAX_RANGES, PROFILE_VERSION};
 pub use reader::{DirEntry, DirIter, Index, InodeView, LayerView, Xattr, ROOT_INO};
 pub use writer::{write_index, write_index_file, WriteOptions};
 

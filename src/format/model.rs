@@ -250,4 +250,6 @@ pub struct IndexData {
     pub layers: Vec<Layer>,
     /// The merged tree.
     pub tree: Tree,
+    /// A startup access profile to embed (PROFILE section).
+    pub profile: Option<super::AccessProfile>,
 }

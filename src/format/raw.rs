@@ -11,7 +11,7 @@ pub const MAGIC: [u8; 8] = *b"CLIPIDX\0";
 /// Major version this code reads and writes; a file with a larger major is refused.
 pub const MAJOR: u16 = 2;
 /// Minor version written; readers accept any minor of their major.
-pub const MINOR: u16 = 0;
+pub const MINOR: u16 = 1;
 
 /// Incompatible feature: some sections are zstd-compressed (section flag bit 0).
 pub const INCOMPAT_ZSTD_SECTIONS: u32 = 1;
@@ -41,6 +41,8 @@ pub mod kind {
     pub const STRINGS: u32 = 8;
     /// [`super::XattrRec`] array.
     pub const XATTRS: u32 = 9;
+    /// Embedded startup access profile (JSON, [`crate::format::AccessProfile`]); since 2.1.
+    pub const PROFILE: u32 = 10;
 }
 
 /// The fixed header at offset 0.

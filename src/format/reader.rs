@@ -16,7 +16,7 @@ use super::raw::{
     self, kind, CheckpointRec, ChunkRec, DirentRec, Header, InodeRec, LayerRec, SectionEntry,
     XattrRec,
 };
-use super::{Checkpoint, Chunk, FormatError, ImageMeta, LayerKind, NodeKind};
+use super::{AccessProfile, Checkpoint, Chunk, FormatError, ImageMeta, LayerKind, NodeKind};
 use crate::digest::Digest;
 
 /// Largest index file we open: far above any real image, low enough to stop
@@ -55,8 +55,10 @@ enum Section {
 #[derive(Debug)]
 pub struct Index {
     storage: Storage,
-    sections: [Section; 10],
+    sections: [Section; 11],
     meta: ImageMeta,
+    /// The PROFILE section, parsed at open.
+    profile: Option<AccessProfile>,
     file_size: u64,
 }
 
@@ -140,7 +142,7 @@ impl Index {
             return Err(FormatError::Checksum("section table"));
         }
         let table: &[SectionEntry] = records(table_bytes, "section table")?;
-        let mut sections: [Section; 10] = Default::default();
+        let mut sections: [Section; 11] = Default::default();
         for entry in table {
             let k = entry.kind.get() as usize;
             let start =
@@ -178,11 +180,19 @@ impl Index {
             storage: Storage::Owned(Vec::new()),
             sections,
             meta: ImageMeta::default(),
+            profile: None,
         };
         index.storage = storage;
         let meta_bytes = index.section(kind::META);
         index.meta = serde_json::from_slice(meta_bytes)
             .map_err(|_| corrupt("metadata is not valid JSON"))?;
+        let profile = index.section(kind::PROFILE);
+        if !profile.is_empty() {
+            index.profile = Some(
+                AccessProfile::from_json(profile)
+                    .map_err(|_| corrupt("PROFILE section is not a valid access profile"))?,
+            );
+        }
         index.validate()?;
         Ok(index)
     }
@@ -259,6 +269,11 @@ impl Index {
         self.section(kind::STRINGS)
             .get(start..start + len as usize)
             .ok_or(corrupt("string out of bounds"))
+    }
+
+    /// The embedded startup access profile, if the index carries one.
+    pub fn profile(&self) -> Option<&AccessProfile> {
+        self.profile.as_ref()
     }
 
     /// Image metadata.
@@ -398,6 +413,7 @@ fn section_name(k: u32) -> &'static str {
         kind::DIRENTS => "DIRENTS section",
         kind::STRINGS => "STRINGS section",
         kind::XATTRS => "XATTRS section",
+        kind::PROFILE => "PROFILE section",
         _ => "unknown section",
     }
 }

@@ -2,6 +2,9 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::digest::Digest;
+use zerocopy::{FromBytes, IntoBytes};
+
+use super::raw::{kind, Header, SectionEntry, HEADER_SIZE};
 
 fn sample() -> IndexData {
     let mut tree = Tree::default();
@@ -77,6 +80,7 @@ fn sample() -> IndexData {
                 .collect(),
         }],
         tree,
+        profile: None,
     }
 }
 
@@ -171,12 +175,9 @@ fn newer_major_is_refused_by_name() {
     ));
 }
 
-#[test]
-fn dangling_directory_entry_is_refused_at_open() {
-    use zerocopy::{FromBytes, IntoBytes};
-
-    use super::raw::{kind, Header, SectionEntry, HEADER_SIZE};
-    let mut bytes = write_index(&sample(), WriteOptions { compress: false }).unwrap();
+/// Applies `patch` to the entry and stored bytes of every section of kind
+/// `k` in an uncompressed index, then fixes every checksum.
+fn patch_section(bytes: &mut [u8], k: u32, mut patch: impl FnMut(&mut SectionEntry, &mut [u8])) {
     let header = Header::read_from_bytes(&bytes[..HEADER_SIZE]).unwrap();
     let table_at = header.section_table.get() as usize;
     let n = header.section_count.get() as usize;
@@ -184,14 +185,12 @@ fn dangling_directory_entry_is_refused_at_open() {
     for i in 0..n {
         let at = table_at + i * size;
         let mut e = SectionEntry::read_from_bytes(&bytes[at..at + size]).unwrap();
-        if e.kind.get() != kind::DIRENTS {
+        if e.kind.get() != k {
             continue;
         }
-        // First dirent's inode number (offset 8 in the record) → 9999.
-        let ino_at = e.offset.get() as usize + 8;
-        bytes[ino_at..ino_at + 4].copy_from_slice(&9999u32.to_le_bytes());
         let start = e.offset.get() as usize;
         let end = start + e.stored_len.get() as usize;
+        patch(&mut e, &mut bytes[start..end]);
         e.crc = crc32fast::hash(&bytes[start..end]).into();
         bytes[at..at + size].copy_from_slice(e.as_bytes());
     }
@@ -200,8 +199,99 @@ fn dangling_directory_entry_is_refused_at_open() {
     header.header_crc = 0.into();
     header.header_crc = crc32fast::hash(header.as_bytes()).into();
     bytes[..HEADER_SIZE].copy_from_slice(header.as_bytes());
+}
+
+#[test]
+fn dangling_directory_entry_is_refused_at_open() {
+    let mut bytes = write_index(&sample(), WriteOptions { compress: false }).unwrap();
+    // First dirent's inode number (offset 8 in the record) → 9999.
+    patch_section(&mut bytes, kind::DIRENTS, |_, b| {
+        b[8..12].copy_from_slice(&9999u32.to_le_bytes())
+    });
     assert!(matches!(
         Index::from_bytes(bytes),
         Err(FormatError::Corrupt("directory entry out of bounds"))
     ));
+}
+
+fn sample_profile() -> AccessProfile {
+    AccessProfile {
+        version: PROFILE_VERSION,
+        manifest: Some(crate::Digest::of(b"m")),
+        window_secs: 30,
+        ranges: vec![ProfileRange {
+            layer: crate::Digest::of(b"l"),
+            offset: 1 << 20,
+            len: 65_536,
+        }],
+    }
+}
+
+#[test]
+fn embedded_profile_round_trips_and_is_checked_at_open() {
+    for compress in [false, true] {
+        let data = IndexData {
+            profile: Some(sample_profile()),
+            ..sample()
+        };
+        let idx =
+            Index::from_bytes(write_index(&data, WriteOptions { compress }).unwrap()).unwrap();
+        assert_eq!(idx.profile(), Some(&sample_profile()));
+    }
+    let idx = Index::from_bytes(write_index(&sample(), WriteOptions::default()).unwrap()).unwrap();
+    assert_eq!(idx.profile(), None);
+
+    let with = IndexData {
+        profile: Some(sample_profile()),
+        ..sample()
+    };
+    // Valid JSON, checksums right, but not a profile: refused by name.
+    let mut bytes = write_index(&with, WriteOptions { compress: false }).unwrap();
+    patch_section(&mut bytes, kind::PROFILE, |_, b| b[0] = b'[');
+    assert!(matches!(
+        Index::from_bytes(bytes),
+        Err(FormatError::Corrupt(
+            "PROFILE section is not a valid access profile"
+        ))
+    ));
+    // A section kind this reader does not know is skipped (how a 2.0
+    // reader opens a 2.1 file with a PROFILE).
+    let mut bytes = write_index(&with, WriteOptions { compress: false }).unwrap();
+    patch_section(&mut bytes, kind::PROFILE, |e, _| e.kind = 77.into());
+    let idx = Index::from_bytes(bytes).unwrap();
+    assert_eq!(idx.profile(), None);
+    assert_eq!(idx.inode_count(), 5);
+}
+
+#[test]
+fn profile_files_round_trip_and_bad_ones_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/p.json");
+    let p = sample_profile();
+    p.save(&path).unwrap();
+    assert_eq!(AccessProfile::load(&path).unwrap(), p);
+    // Only the profile is left in the directory (no temp files).
+    assert_eq!(
+        std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+        1
+    );
+
+    let missing = AccessProfile::load(&dir.path().join("none.json")).unwrap_err();
+    assert!(matches!(missing, ProfileError::Io { .. }), "{missing}");
+    assert!(missing.to_string().contains("none.json"));
+    for (bad, why) in [
+        (&b"not json"[..], "not a clip access profile"),
+        (
+            br#"{"version":99,"window_secs":1,"ranges":[]}"#,
+            "version 99",
+        ),
+        (
+            br#"{"version":1,"window_secs":1,"ranges":[{"layer":"sha256:zz","offset":0,"len":1}]}"#,
+            "not a clip access profile",
+        ),
+    ] {
+        std::fs::write(&path, bad).unwrap();
+        let e = AccessProfile::load(&path).unwrap_err().to_string();
+        assert!(e.contains(why) && e.contains("p.json"), "{e}");
+    }
 }

@@ -200,7 +200,13 @@ pub fn write_index(data: &IndexData, opts: WriteOptions) -> Result<Vec<u8>, Form
 
     let meta = serde_json::to_vec(&data.meta)
         .map_err(|_| FormatError::Invalid("metadata not serialisable"))?;
-    let sections: [(u32, &[u8]); 9] = [
+    let profile = match &data.profile {
+        Some(p) => {
+            serde_json::to_vec(p).map_err(|_| FormatError::Invalid("profile not serialisable"))?
+        }
+        None => Vec::new(),
+    };
+    let sections: [(u32, &[u8]); 10] = [
         (kind::META, &meta),
         (kind::LAYERS, layers.as_bytes()),
         (kind::CHECKPOINTS, checkpoints.as_bytes()),
@@ -210,6 +216,7 @@ pub fn write_index(data: &IndexData, opts: WriteOptions) -> Result<Vec<u8>, Form
         (kind::DIRENTS, dirents.as_bytes()),
         (kind::STRINGS, &strings.bytes),
         (kind::XATTRS, xattrs.as_bytes()),
+        (kind::PROFILE, &profile),
     ];
     assemble(&sections, opts)
 }

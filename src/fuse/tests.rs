@@ -66,6 +66,7 @@ fn tiny_data() -> IndexData {
             chunks: vec![],
         }],
         tree: t,
+        profile: None,
     }
 }
 

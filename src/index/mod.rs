@@ -225,5 +225,6 @@ pub fn build(
         meta,
         layers,
         tree: merger.finish(),
+        profile: None,
     })
 }

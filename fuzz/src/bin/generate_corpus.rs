@@ -229,6 +229,7 @@ fn index_seeds(out: &mut Out) {
         },
         layers: vec![layer, tar_layer],
         tree: Tree { nodes },
+        profile: None,
     };
     for compress in [false, true] {
         let bytes = write_index(&data, WriteOptions { compress }).unwrap();
