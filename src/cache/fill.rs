@@ -697,13 +697,13 @@ impl ContentCache {
             }
             match &r {
                 Ok(()) => {
-                    m.record_range_get(took, buf.len() as u64, 206);
+                    m.record_range_get(took, buf.len() as u64);
                     if prefetch {
                         m.add_prefetched(buf.len() as u64);
                     }
                 }
                 Err(_) => {
-                    m.record_range_get(took, 0, 0);
+                    m.record_range_get(took, 0);
                     m.count_error(ErrorKind::Fetch);
                 }
             }

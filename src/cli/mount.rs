@@ -13,7 +13,9 @@ use crate::format::{AccessProfile, Index, ProfileError};
 use crate::fuse::{ClipFs, FsConfig};
 use crate::metrics::{Labels, Metrics};
 use crate::mount::{self, DaemonArgs, DaemonConfig, MountError, MountRequest, ServeOptions};
-use crate::oci::{open_layout, ImageRef, RegistryOptions, RegistrySource};
+use crate::oci::{
+    open_layout, ImageRef, RegistryOptions, RegistrySource, RequestEvent, RequestObserver,
+};
 use crate::source::BlobSource;
 
 use super::{CodedError, EXIT_NOT_FOUND};
@@ -271,7 +273,11 @@ impl Tuning {
 /// else the registry it was indexed from (pinned by digest), else its OCI
 /// layout. Probes the first layer so that an unreachable source fails the
 /// mount instead of every later read.
-pub fn open_source(index: &Index, choice: &SourceChoice) -> Result<Arc<dyn BlobSource>> {
+pub fn open_source(
+    index: &Index,
+    choice: &SourceChoice,
+    observer: Option<RequestObserver>,
+) -> Result<Arc<dyn BlobSource>> {
     let meta = index.meta();
     let source: Arc<dyn BlobSource> = if let Some(spec) = choice.layout.as_ref().or(
         // A layout recorded at indexing time, unless a registry is chosen.
@@ -305,6 +311,7 @@ pub fn open_source(index: &Index, choice: &SourceChoice) -> Result<Arc<dyn BlobS
             .with_context(|| format!("invalid image reference {r:?}"))?;
         let opts = RegistryOptions {
             insecure_registries: choice.insecure.clone(),
+            observer,
             ..Default::default()
         };
         Arc::new(
@@ -329,7 +336,15 @@ fn content_for(
     tuning: &Tuning,
     metrics: Option<Arc<Metrics>>,
 ) -> Result<Arc<ContentCache>> {
-    let source = open_source(&index, choice)?;
+    // Registry responses by status and retries, into the mount's metrics.
+    let observer = metrics.clone().map(|m| {
+        RequestObserver(Arc::new(move |event| match event {
+            RequestEvent::Status(status) => m.count_http_status(status),
+            RequestEvent::NoResponse => m.count_http_status(0),
+            RequestEvent::Retry => m.count_retry(),
+        }))
+    });
+    let source = open_source(&index, choice, observer)?;
     let cache = ContentCache::new(index, source, tuning.cache_config());
     let cache = Arc::new(match metrics {
         Some(m) => cache.with_metrics(m),

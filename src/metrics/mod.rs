@@ -40,7 +40,8 @@
 //!   },
 //!   "errors": { "fetch": 0, "digest_mismatch": 0, "inflate": 0, "fuse_eio": 0,
 //!               "timeout": 0, "other": 0 },
-//!   "http_status": { "206": 10, "0": 1 },   // ranged GETs by status; "0" = no response
+//!   "http_status": { "206": 10, "0": 1 },   // registry responses by status, every request and
+//!                                           // retry; "0" = no response (reset, timeout)
 //!   "fuse_ops": { "lookup": H, "getattr": H, "readdir": H, "readdirplus": H, "read": H,
 //!                 "readlink": H, "getxattr": H, "listxattr": H, "open": H,
 //!                 "statfs": H, "other": H },

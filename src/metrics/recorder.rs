@@ -204,22 +204,26 @@ impl Metrics {
         }
     }
 
-    /// One ranged GET finished: its latency, the bytes received and the HTTP
-    /// status (`0` when no response arrived: connect error, timeout, reset).
-    /// Counts a fetch, adds to `bytes_fetched`, tallies the status.
-    pub fn record_range_get(&self, latency: Duration, bytes: u64, status: u16) {
+    /// One ranged read of a layer blob finished (retries included): its
+    /// latency and the bytes received (0 if it failed). Counts a fetch and
+    /// adds to `bytes_fetched`; HTTP statuses come from the registry client
+    /// ([`Metrics::count_http_status`]).
+    pub fn record_range_get(&self, latency: Duration, bytes: u64) {
         let shard = self.shard();
         let ns = (latency.as_nanos().min(u128::from(HIGHEST_NS))) as u64;
-        {
-            let mut g = shard.lock();
-            put(&mut g.slots[Timing::RangeGet.slot()], ns);
-            match g.http_status.iter_mut().find(|(st, _)| *st == status) {
-                Some((_, n)) => *n += 1,
-                None => g.http_status.push((status, 1)),
-            }
-        }
+        put(&mut shard.lock().slots[Timing::RangeGet.slot()], ns);
         shard.counters[Ctr::FetchCount as usize].fetch_add(1, Ordering::Relaxed);
         shard.counters[Ctr::BytesFetched as usize].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Tallies one HTTP response from the registry by status (`0`: no
+    /// response arrived: connect error, timeout, reset).
+    pub fn count_http_status(&self, status: u16) {
+        let mut g = self.shard().lock();
+        match g.http_status.iter_mut().find(|(st, _)| *st == status) {
+            Some((_, n)) => *n += 1,
+            None => g.http_status.push((status, 1)),
+        }
     }
 
     /// One inflate (decompression) run took `d` and produced `bytes` of output.

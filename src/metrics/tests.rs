@@ -84,9 +84,12 @@ fn timer_counters_and_errors() {
         t.mark_error();
     }
     m.add_served(1000);
-    m.record_range_get(Duration::from_millis(3), 400, 206);
-    m.record_range_get(Duration::from_millis(30), 0, 0);
-    m.record_range_get(Duration::from_millis(4), 100, 206);
+    m.record_range_get(Duration::from_millis(3), 400);
+    m.record_range_get(Duration::from_millis(30), 0);
+    m.record_range_get(Duration::from_millis(4), 100);
+    for status in [206, 0, 206] {
+        m.count_http_status(status);
+    }
     m.record_blocked(Duration::from_millis(2));
     m.count_error(ErrorKind::Fetch);
     m.count_error(ErrorKind::DigestMismatch);
@@ -152,9 +155,11 @@ fn merge_equals_recording_in_one_histogram() {
         let ns = 10f64.powf(rng.gen_range(3.0..9.0)) as u64;
         let d = Duration::from_nanos(ns);
         let part = if i % 3 == 0 { &a } else { &b };
-        part.record_range_get(d, 10, 206);
+        part.record_range_get(d, 10);
+        part.count_http_status(206);
         part.record_fuse_op(Op::Read, d / 10, false);
-        all.record_range_get(d, 10, 206);
+        all.record_range_get(d, 10);
+        all.count_http_status(206);
         all.record_fuse_op(Op::Read, d / 10, false);
     }
     let (sa, sb) = (a.snapshot(labels("a", "aa")), b.snapshot(labels("b", "bb")));
@@ -214,11 +219,8 @@ fn sample_snapshots() -> Vec<Snapshot> {
                 Duration::from_micros(k * (i as u64 + 1)),
                 k % 50 == 0,
             );
-            m.record_range_get(
-                Duration::from_millis(k % 40),
-                1 << 16,
-                if k % 99 == 0 { 503 } else { 206 },
-            );
+            m.record_range_get(Duration::from_millis(k % 40), 1 << 16);
+            m.count_http_status(if k % 99 == 0 { 503 } else { 206 });
             m.record_cache(k % 4 != 0, Duration::from_micros(k));
             m.record_inflate(Duration::from_micros(30 * k), 1 << 20);
             m.record_blocked(Duration::from_micros(200 * k));

@@ -52,6 +52,7 @@ pub(crate) struct Client {
     timeout: Duration,
     retries: u32,
     insecure: Vec<String>,
+    observer: Option<super::RequestObserver>,
     /// The `Authorization` value for registry requests (Bearer or Basic).
     auth: RwLock<Option<HeaderValue>>,
     /// Stored credentials, looked up on the first 401.
@@ -171,6 +172,7 @@ impl Client {
             timeout: opts.timeout,
             retries: opts.retries,
             insecure: opts.insecure_registries.clone(),
+            observer: opts.observer.clone(),
             auth: RwLock::new(None),
             creds: tokio::sync::OnceCell::new(),
         })
@@ -333,7 +335,12 @@ impl Client {
         url: &Uri,
     ) -> Result<Response<Incoming>, Failure> {
         let host = url.authority().map(|a| a.to_string()).unwrap_or_default();
-        match tokio::time::timeout(self.timeout, self.http.request(req)).await {
+        let sent = tokio::time::timeout(self.timeout, self.http.request(req)).await;
+        self.observe(match &sent {
+            Ok(Ok(resp)) => super::RequestEvent::Status(resp.status().as_u16()),
+            _ => super::RequestEvent::NoResponse,
+        });
+        match sent {
             Err(_) => Err(Failure::Retry(OciError::Timeout {
                 url: show(url),
                 after: self.timeout,
@@ -656,6 +663,7 @@ impl Client {
                         return Err(e);
                     }
                     tracing::debug!(error = %e, attempt, "retrying");
+                    self.observe(super::RequestEvent::Retry);
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
@@ -666,6 +674,13 @@ impl Client {
     /// Retry count.
     pub fn retries(&self) -> u32 {
         self.retries
+    }
+
+    /// Reports `event` to the observer, if any.
+    pub fn observe(&self, event: super::RequestEvent) {
+        if let Some(o) = &self.observer {
+            (o.0)(event);
+        }
     }
 }
 

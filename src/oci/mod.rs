@@ -59,6 +59,31 @@ pub struct RegistryOptions {
     /// How many times a failed request (connect error, reset, 5xx, stall,
     /// short body) is retried.
     pub retries: u32,
+    /// Told about every HTTP exchange and retry (for metrics).
+    pub observer: Option<RequestObserver>,
+}
+
+/// What the registry client reports about its HTTP traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestEvent {
+    /// A response arrived with this status: every hop counts (redirects,
+    /// auth challenges, attempts that are then retried).
+    Status(u16),
+    /// No response: connect error, reset, timeout.
+    NoResponse,
+    /// A failed attempt is being retried.
+    Retry,
+}
+
+/// A callback for [`RequestEvent`]s; it runs on the client's I/O threads,
+/// so it must be quick.
+#[derive(Clone)]
+pub struct RequestObserver(pub std::sync::Arc<dyn Fn(RequestEvent) + Send + Sync>);
+
+impl std::fmt::Debug for RequestObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestObserver")
+    }
 }
 
 impl Default for RegistryOptions {
@@ -68,6 +93,7 @@ impl Default for RegistryOptions {
             platform: None,
             timeout: Duration::from_secs(30),
             retries: 3,
+            observer: None,
         }
     }
 }

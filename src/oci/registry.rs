@@ -368,6 +368,7 @@ async fn stream_task(client: Arc<Client>, url: Uri, digest: Digest, tx: mpsc::Se
                     return;
                 }
                 tracing::debug!(error = %e, received, "blob stream failed; resuming");
+                client.observe(crate::oci::RequestEvent::Retry);
                 tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(4))).await;
                 attempt += 1;
             }

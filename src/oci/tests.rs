@@ -299,6 +299,7 @@ fn opts() -> RegistryOptions {
         platform: Some("linux/amd64".parse().unwrap()),
         timeout: Duration::from_secs(3),
         retries: 2,
+        observer: None,
     }
 }
 
@@ -813,6 +814,45 @@ fn server_errors_then_ok_is_retried() {
         .unwrap_err();
     assert!(e.to_string().contains("500"), "{e}");
     assert_eq!(server.requests().len(), 3, "1 try + 2 retries");
+}
+
+#[test]
+fn the_observer_sees_every_status_and_retry() {
+    let img = make_image("a/b");
+    let server = faulty(&img, |n, _| (n < 2).then(|| Reply::new(503, "busy")));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let o = RegistryOptions {
+        observer: Some(RequestObserver(Arc::new(move |e| {
+            seen.lock().unwrap().push(e)
+        }))),
+        ..opts()
+    };
+    let src = connect(&server, "a/b", &o);
+    let d = Digest::of(&img.layers[0]);
+    let mut buf = [0u8; 8];
+    assert_eq!(src.read_at(&d, 0, &mut buf).unwrap(), 8);
+    let ev = events.lock().unwrap().clone();
+    let count = |x: RequestEvent| ev.iter().filter(|&&e| e == x).count();
+    assert_eq!(count(RequestEvent::Status(503)), 2, "{ev:?}");
+    assert_eq!(count(RequestEvent::Retry), 2, "{ev:?}");
+    assert_eq!(ev.last(), Some(&RequestEvent::Status(206)), "{ev:?}");
+    assert_eq!(
+        ev.len(),
+        server.requests().len() + 2,
+        "one status per request"
+    );
+    // A reset is a response that never came.
+    events.lock().unwrap().clear();
+    let server = faulty(&img, |n, _| (n == 0).then_some(Reply::Reset));
+    let src = connect(&server, "a/b", &o);
+    assert_eq!(src.read_at(&d, 0, &mut buf).unwrap(), 8);
+    let ev = events.lock().unwrap().clone();
+    assert_eq!(
+        ev[..2],
+        [RequestEvent::NoResponse, RequestEvent::Retry],
+        "{ev:?}"
+    );
 }
 
 #[test]
