@@ -15,12 +15,15 @@
 #                    bytes fetched / range GETs / bytes served from `clipctl metrics`.
 #                    The umount saves the startup profile this run recorded.
 #          clip+profile  the same cold start again (drop caches, fresh daemon, empty
-#                    cache), now replaying that profile from mount time on.
+#                    memory and disk cache), now replaying that profile from mount time on.
+#          restart   once more with the node's disk chunk cache left from the runs
+#                    above (drop caches, fresh daemon): a container coming back to a node.
 #          eager     drop caches -> skopeo copy + umoci unpack + the same container run.
 #          sqfs      drop caches -> fresh squashfuse_ll mount of a squashfs of the unpacked
 #                    rootfs + overlay (tmpfs upper) -> the same container run; then warm.
 #   walk   whole-tree data read `tar -cf - -C MNT . | cat > /dev/null` on the read-only
-#          tree (`clipctl mount --clip F --mount-point MNT --profile off`: demand reads only)
+#          tree (`clipctl mount --clip F --mount-point MNT --profile off --disk-cache 0`:
+#          demand reads, memory cache only)
 #          vs squashfuse_ll:
 #            cold      drop caches + fresh mount (1 run; it is also the warm-up pass)
 #            warm      every cache warm (kernel page cache of the FUSE files included:
@@ -151,7 +154,7 @@ metric() { jq -r "(.images[0] | $1) // 0" "$W/metrics.json"; }
 # clip_fg_mount DIR: read-only tree in the foreground (own process, own cache); sets FGPID
 clip_fg_mount() {
   mkdir -p "$1"
-  "$CLIPCTL" mount --clip "$CLIP" --mount-point "$1" --profile off ${MOUNT_ARGS[@]+"${MOUNT_ARGS[@]}"} >>"$W/clip-fg.log" 2>&1 &
+  "$CLIPCTL" mount --clip "$CLIP" --mount-point "$1" --profile off --disk-cache 0 --node-dir "$NODE_DIR" ${MOUNT_ARGS[@]+"${MOUNT_ARGS[@]}"} >>"$W/clip-fg.log" 2>&1 &
   FGPID=$!; PIDS+=("$FGPID"); MNTS+=("$1"); wait_mounted "$1" "$FGPID"
 }
 # sq_mount DIR: squashfuse_ll in the foreground, backgrounded; sets FGPID
@@ -256,7 +259,7 @@ section_numpy() {
     wait_daemons_gone
     drop_caches
     cid="bench-$$-$i"
-    rm -rf "$NODE_DIR/profiles"                          # the image's first start here
+    rm -rf "$NODE_DIR/profiles" "$NODE_DIR/chunks"      # the image's first start here
     s=$(now)
     clip_mount_cid "$cid"
     numpy_in "$ROOTFS"
@@ -278,6 +281,7 @@ section_numpy() {
     # clip again, cold, replaying the startup profile the first start recorded
     ls "$NODE_DIR"/profiles/*.json >/dev/null 2>&1 || die "no startup profile saved in $NODE_DIR/profiles"
     wait_daemons_gone
+    rm -rf "$NODE_DIR/chunks"                            # cold: nothing on the node's disk
     drop_caches
     cid="bench-$$-$i-p"
     s=$(now)
@@ -289,6 +293,21 @@ section_numpy() {
     add clipp_fetched "$(metric .counters.bytes_fetched)"
     add clipp_gets "$(metric .counters.fetch_count)"
     add clipp_net_s "$(metric '(.counters.network_blocked_ns_total // 0) / 1e9')"
+    clip_umount_cid "$cid"
+
+    # clip restarted on the same node: fresh daemon, page cache dropped, the node's
+    # disk chunk cache (and profile) from the runs above
+    wait_daemons_gone
+    drop_caches
+    cid="bench-$$-$i-r"
+    s=$(now)
+    clip_mount_cid "$cid"
+    numpy_in "$ROOTFS"
+    add clipr_total_s "$(secs $(( $(now) - s )))"
+    add clipr_py_s "$PY"
+    "$CLIPCTL" metrics --cid "$cid" --run-dir "$RUN_DIR" --format json > "$W/metrics.json"
+    add clipr_fetched "$(metric .counters.bytes_fetched)"
+    add clipr_disk_hits "$(metric .counters.disk_hits)"
     clip_umount_cid "$cid"
 
     # eager pull: skopeo copy + umoci unpack + the same container run
@@ -319,7 +338,8 @@ section_numpy() {
     umount "$W/sqov"; forget MNTS "$W/sqov"
     fg_umount "$W/sq" "$sqpid"
   done
-  fin clipp_cold_total_s clipp_cold_py_s clipp_fetched clipp_gets clipp_net_s
+  fin clipp_cold_total_s clipp_cold_py_s clipp_fetched clipp_gets clipp_net_s \
+      clipr_total_s clipr_py_s clipr_fetched clipr_disk_hits
   fin clip_cold_total_s clip_cold_py_s clip_fetched clip_gets clip_served clip_warm_total_s clip_warm_py_s \
       clip_inflated clip_get_p50_ms clip_net_s clip_inflate_s clip_miss_s \
       skopeo_s umoci_s eager_total_s eager_py_s sq_cold_total_s sq_cold_py_s sq_warm_total_s sq_warm_py_s
@@ -413,6 +433,9 @@ report() {
     row "bytes fetched, first start (range GETs)" "$(calc "${R[clip_fetched]}/1e6" 1) MB (${R[clip_gets]} GETs)" "touched ${TOUCHED_MB} MB" \
         "$(calc "${R[clip_fetched]}/1e6/$TOUCHED_MB")× touched, $(calc "${R[clip_fetched]}/${R[clip_served]}")× served ($(calc "${R[clip_served]}/1e6" 1) MB)" \
         "≤ 1.2× touched" "$(met "${R[clip_fetched]}/1e6 <= 1.2*$TOUCHED_MB")"
+    row "restart on the node (fresh daemon, page cache dropped, disk cache warm): python / total" \
+        "${R[clipr_py_s]} / ${R[clipr_total_s]} s ($(calc "${R[clipr_fetched]}/1e6" 1) MB fetched, ${R[clipr_disk_hits]} chunks from disk)" \
+        "squashfuse_ll cold ${R[sq_cold_py_s]} / ${R[sq_cold_total_s]} s" "$(calc "${R[clipr_py_s]}/${R[sq_cold_py_s]}")× python" "(info)" -
     row "warm import numpy (2nd container): python / total" "${R[clip_warm_py_s]} / ${R[clip_warm_total_s]} s" \
         "squashfuse_ll ${R[sq_warm_py_s]} / ${R[sq_warm_total_s]} s" "$(calc "${R[clip_warm_py_s]}/${R[sq_warm_py_s]}")× python" "(info)" -
     row "cold total, squashfuse_ll+overlay / eager python" - "${R[sq_cold_total_s]} s / eager python ${R[eager_py_s]} s" - "(info)" -

@@ -24,9 +24,9 @@ walk() {
   python3 -c "print(round($EPOCHREALTIME - $t0, 3))"
 }
 RD=$(mktemp -d); MNT=$RD/mnt; mkdir -p "$MNT"
-R=$($C mount --cid ovh --clip $CLIP --run-dir $RD/run --node-dir $RD/node)
+R=$($C mount --cid ovh --clip $CLIP --run-dir $RD/run --node-dir $RD/node --profile off --disk-cache 0)
 ON=$(ls -d $RD/run/images/*/mnt)
-$C mount --clip $CLIP --mount-point $MNT --profile off & sleep 2
+$C mount --clip $CLIP --mount-point $MNT --node-dir $RD/node --profile off --disk-cache 0 & sleep 2
 tar -cf - -C $ON . | cat >/dev/null; tar -cf - -C $MNT . | cat > /dev/null
 out=$(for i in $(seq "${RUNS:-9}"); do echo "on $(walk $ON) off $(walk $MNT)"; done)
 echo "$out"

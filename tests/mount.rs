@@ -54,8 +54,11 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
     assert!(ranges.len() > 10, "{p}");
     let bytes: u64 = ranges.iter().map(|r| r["len"].as_u64().unwrap()).sum();
     assert!(bytes > 10 << 20, "import numpy touches > 10 MiB: {bytes}");
-    // A fresh daemon replays it: bytes are fetched ahead of any reader.
-    let rootfs = d.mount("numpy3", &["--image", &reference]).unwrap();
+    // A fresh daemon replays it: bytes are fetched ahead of any reader
+    // (from the registry: the node's disk cache is off for this one).
+    let rootfs = d
+        .mount("numpy3", &["--image", &reference, "--disk-cache", "0"])
+        .unwrap();
     wait_for_replay(&d, "numpy3");
     import_numpy(&rootfs);
     let o = d.umount("numpy3");
@@ -76,13 +79,26 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::remove_file(&profiles[0]).unwrap();
     let rootfs = d
-        .mount("numpy4", &["--clip", shipped.to_str().unwrap()])
+        .mount(
+            "numpy4",
+            &["--clip", shipped.to_str().unwrap(), "--disk-cache", "0"],
+        )
         .unwrap();
     wait_for_replay(&d, "numpy4");
     import_numpy(&rootfs);
     let o = d.umount("numpy4");
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!profiles[0].exists(), "replaying must not record");
+
+    // The node's disk cache, filled by the first start: a fresh daemon
+    // serves the import mostly from disk.
+    let rootfs = d.mount("numpy5", &["--image", &reference]).unwrap();
+    import_numpy(&rootfs);
+    let m = metrics_json(&d, "numpy5");
+    let disk_hits = m["images"][0]["counters"]["disk_hits"].as_u64().unwrap();
+    assert!(disk_hits > 20, "{m}");
+    let o = d.umount("numpy5");
+    assert!(o.status.success(), "{}", stderr(&o));
     d.cids.clear();
     assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::decoder::Decoder;
+use super::disk::DiskCache;
 use super::memory::{key, MemoryCache};
 use super::plan::LayerPlan;
 use super::prefetch::{in_prefetch_thread, Job, Prefetcher};
@@ -132,6 +133,7 @@ pub struct ContentCache {
     metrics: Option<Arc<Metrics>>,
     prefetcher: Prefetcher,
     recorder: AccessRecorder,
+    disk: Option<Arc<DiskCache>>,
 }
 
 impl fmt::Debug for ContentCache {
@@ -158,6 +160,7 @@ impl ContentCache {
         );
         ContentCache {
             recorder,
+            disk: None,
             mem: MemoryCache::new(config.memory_bytes),
             parked: Mutex::new(ParkPool {
                 map: HashMap::new(),
@@ -297,6 +300,11 @@ impl ContentCache {
                 let first = plan.chunk_at(lo).1;
                 let last = plan.chunk_at(hi - 1).1;
                 let _flight = lock(&plan.locks[plan.lock_for(s)]);
+                for c in first..=last {
+                    if !self.mem.contains(key(plan.number, c)) {
+                        self.load_from_disk(plan, c);
+                    }
+                }
                 let missing = |c: &u32| !self.mem.contains(key(plan.number, *c));
                 if let Some(first) = (first..=last).find(missing) {
                     let last = (first..=last).rev().find(missing).unwrap_or(first);
@@ -312,6 +320,12 @@ impl ContentCache {
     /// hits and misses, bytes served, errors, evictions).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Also keeps verified chunks in `disk` and looks there before fetching.
+    pub fn with_disk(mut self, disk: Arc<DiskCache>) -> Self {
+        self.disk = Some(disk);
         self
     }
 
@@ -333,6 +347,11 @@ impl ContentCache {
     #[cfg(test)]
     pub(crate) fn layers_for_tests(&self) -> &[LayerPlan] {
         &self.layers
+    }
+
+    #[cfg(test)]
+    pub(crate) fn disk_for_tests(&self) -> Option<&DiskCache> {
+        self.disk.as_deref()
     }
 
     #[cfg(test)]
@@ -392,6 +411,10 @@ impl ContentCache {
             let start = plan.chunk_range(s, c).start;
             if let Some(data) = self.mem.get(key(layer, c)) {
                 CacheStats::add(&self.stats.hits, 1);
+                copy(&mut pos, start, &data);
+                continue;
+            }
+            if let Some(data) = self.load_from_disk(plan, c) {
                 copy(&mut pos, start, &data);
                 continue;
             }
@@ -740,7 +763,39 @@ impl ContentCache {
             });
         }
         let data: Arc<[u8]> = Arc::from(data);
-        let evicted = self.mem.insert(key(plan.number, chunk), data.clone());
+        if let Some(disk) = &self.disk {
+            disk.put(Digest::from_bytes(want), data.clone());
+        }
+        self.keep(plan, chunk, data.clone());
+        Ok(data)
+    }
+
+    /// Chunk `chunk` from the disk tier, verified and kept in memory.
+    fn load_from_disk(&self, plan: &LayerPlan, chunk: u32) -> Option<Arc<[u8]>> {
+        let disk = self.disk.as_ref()?;
+        let want = self.layer_chunk(plan, chunk).ok()?.digest;
+        let r = plan.chunk_range_of(chunk)?;
+        let data = disk.get(&Digest::from_bytes(want), (r.end - r.start) as usize)?;
+        if Digest::of(&data).as_bytes() != &want {
+            tracing::warn!(
+                layer = plan.number,
+                chunk,
+                "damaged chunk in the disk cache; refetching"
+            );
+            return None;
+        }
+        CacheStats::add(&self.stats.disk_hits, 1);
+        if let Some(m) = &self.metrics {
+            m.add_disk_hit();
+        }
+        let data: Arc<[u8]> = Arc::from(data);
+        self.keep(plan, chunk, data.clone());
+        Some(data)
+    }
+
+    /// Puts a verified chunk in memory, counting evictions.
+    fn keep(&self, plan: &LayerPlan, chunk: u32, data: Arc<[u8]>) {
+        let evicted = self.mem.insert(key(plan.number, chunk), data);
         CacheStats::add(&self.stats.evictions, evicted);
         if let Some(m) = &self.metrics {
             for _ in 0..evicted {
@@ -748,7 +803,6 @@ impl ContentCache {
             }
             m.set_cache_bytes(self.mem.bytes());
         }
-        Ok(data)
     }
 
     fn layer_chunk(

@@ -5,7 +5,8 @@
 //! bytes from a `BlobSource`, inflates from the nearest checkpoint, verifies
 //! the chunk digests from the index and keeps hot chunks in memory.
 //!
-//! Layout: `memory` (bounded chunk store), `plan` (per-layer span/chunk
+//! Layout: `memory` (bounded chunk store), `disk` (the node's on-disk chunk
+//! tier, by chunk digest), `plan` (per-layer span/chunk
 //! geometry), `decoder` (resumable gzip/zstd decoders), `fill` (the
 //! [`ContentCache`] read path, miss path, single-flight and decoder parking),
 //! `prefetch` (background fill threads for [`ContentReader::prefetch`] and
@@ -15,6 +16,7 @@
 use std::fmt;
 
 mod decoder;
+mod disk;
 mod fill;
 mod memory;
 mod plan;
@@ -25,6 +27,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
+pub use disk::{DiskCache, DiskStats};
 pub use fill::ContentCache;
 pub use stats::{CacheStats, CacheStatsSnapshot};
 

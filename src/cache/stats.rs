@@ -58,6 +58,8 @@ stats! {
     prefetch_bytes,
     /// Prefetch jobs that failed (logged at debug; readers retry themselves).
     prefetch_errors,
+    /// Chunks missing in memory that the disk tier supplied (verified).
+    disk_hits,
 }
 
 impl CacheStats {

@@ -983,3 +983,85 @@ fn replaying_a_profile_prefetches_its_spans_so_reads_are_hits() {
     assert_eq!(src.calls(), 0);
     assert_eq!(c.stats().misses, 0);
 }
+
+// ---------------------------------------------------------------- disk tier
+
+/// Every chunk file under a disk cache dir: (path, len).
+fn disk_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(dir).unwrap().flatten() {
+        for f in std::fs::read_dir(sub.path()).unwrap().flatten() {
+            if !f.file_name().to_string_lossy().starts_with('.') {
+                out.push((f.path(), f.metadata().unwrap().len()));
+            }
+        }
+    }
+    out
+}
+
+fn with_disk(
+    index: &Arc<Index>,
+    src: &Arc<FaultySource>,
+    dir: &std::path::Path,
+    budget: u64,
+) -> Arc<ContentCache> {
+    let disk = Arc::new(DiskCache::open(dir, budget).unwrap());
+    Arc::new(ContentCache::new(index.clone(), src.clone(), cfg(64 << 20)).with_disk(disk))
+}
+
+#[test]
+fn disk_tier_serves_a_restarted_cache_without_fetching() {
+    let data = sample_tar(40, 3 << 20);
+    let (index, src) = image(vec![gzip_layer(&data, 1 << 20, 64 << 10, 1)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("chunks");
+    let (off, len) = (1_500_000u64, 300_000usize);
+    let first = with_disk(&index, &src, &dir, 1 << 30);
+    assert_eq!(read_all(&first, 0, off, len), data[off as usize..][..len]);
+    let produced = first.stats().bytes_inflated / (64 << 10);
+    wait_for("chunks written", || {
+        disk_files(&dir).len() as u64 >= produced
+    });
+    drop(first);
+
+    // A fresh cache (a restarted daemon) over the same directory.
+    src.reset_counts();
+    let second = with_disk(&index, &src, &dir, 1 << 30);
+    assert_eq!(read_all(&second, 0, off, len), data[off as usize..][..len]);
+    assert_eq!(src.calls(), 0, "served from disk");
+    let st = second.stats();
+    assert!(st.disk_hits >= 4, "{st:?}");
+    assert_eq!(st.bytes_fetched, 0);
+
+    // A damaged file is a miss: refetched, never served.
+    for (path, _) in disk_files(&dir) {
+        let mut b = std::fs::read(&path).unwrap();
+        b[100] ^= 0xff;
+        std::fs::write(&path, b).unwrap();
+    }
+    let third = with_disk(&index, &src, &dir, 1 << 30);
+    assert_eq!(read_all(&third, 0, off, len), data[off as usize..][..len]);
+    assert!(src.calls() > 0);
+    assert_eq!(third.stats().disk_hits, 0);
+    assert_eq!(third.stats().digest_mismatches, 0);
+}
+
+#[test]
+fn disk_tier_stays_within_its_budget() {
+    let data = sample_tar(41, 4 << 20);
+    let (index, src) = image(vec![gzip_layer(&data, 1 << 20, 64 << 10, 1)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("chunks");
+    let budget = 10 * (64 << 10);
+    let c = with_disk(&index, &src, &dir, budget);
+    let disk = c.disk_for_tests().unwrap();
+    assert_eq!(read_all(&c, 0, 0, data.len()), data);
+    let chunks = index.layer(0).unwrap().chunk_count() as u64;
+    wait_for("all written or dropped", || {
+        let s = disk.stats();
+        s.writes.load(Relaxed) + s.write_drops.load(Relaxed) >= chunks
+    });
+    let used: u64 = disk_files(&dir).iter().map(|f| f.1).sum();
+    assert!(used <= budget, "{used} > {budget}");
+    assert!(disk.stats().evictions.load(Relaxed) > 0);
+}

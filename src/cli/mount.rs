@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::cache::{CacheConfig, ContentCache, ContentReader};
+use crate::cache::{CacheConfig, ContentCache, ContentReader, DiskCache};
 use crate::format::{AccessProfile, Index, ProfileError};
 use crate::fuse::{ClipFs, FsConfig};
 use crate::metrics::{Labels, Metrics};
@@ -87,6 +87,10 @@ pub struct MountArgs {
     /// Threads fetching a profile's ranges.
     #[arg(long, default_value_t = 4)]
     pub profile_threads: usize,
+    /// Budget of the node's on-disk chunk cache (<node-dir>/chunks, shared
+    /// by every image, kept across daemon restarts), e.g. 4G; 0 turns it off.
+    #[arg(long, default_value = "4G", value_name = "SIZE")]
+    pub disk_cache: String,
 }
 
 /// Arguments of `clipctl umount`.
@@ -213,17 +217,26 @@ pub struct Tuning {
     pub profile_window: Duration,
     /// Threads replaying a profile.
     pub profile_threads: usize,
+    /// The node's chunk directory and its budget in bytes (None: off).
+    pub disk_cache: Option<(PathBuf, u64)>,
 }
 
 impl Tuning {
-    fn of(args: &MountArgs, profile: ProfileMode) -> Self {
-        Tuning {
+    fn of(args: &MountArgs, profile: ProfileMode) -> Result<Self> {
+        let budget = super::util::parse_size(&args.disk_cache).context("--disk-cache")?;
+        let disk_cache = if budget == 0 {
+            None
+        } else {
+            Some((std::path::absolute(args.node_dir.join("chunks"))?, budget))
+        };
+        Ok(Tuning {
             prefetch_threads: args.prefetch_threads,
             prefetch_min_kb: args.prefetch_min_kb,
             profile,
             profile_window: Duration::from_secs(args.profile_window),
             profile_threads: args.profile_threads.max(1),
-        }
+            disk_cache,
+        })
     }
 
     /// The extra `__daemon` arguments that carry these knobs.
@@ -246,6 +259,14 @@ impl Tuning {
             "--profile-threads".into(),
             self.profile_threads.to_string().into(),
         ]);
+        if let Some((dir, budget)) = &self.disk_cache {
+            a.extend([
+                "--disk-cache-dir".into(),
+                dir.into(),
+                "--disk-cache-bytes".into(),
+                budget.to_string().into(),
+            ]);
+        }
         a
     }
 
@@ -345,11 +366,18 @@ fn content_for(
         }))
     });
     let source = open_source(&index, choice, observer)?;
-    let cache = ContentCache::new(index, source, tuning.cache_config());
-    let cache = Arc::new(match metrics {
-        Some(m) => cache.with_metrics(m),
-        None => cache,
-    });
+    let mut cache = ContentCache::new(index, source, tuning.cache_config());
+    if let Some(m) = metrics {
+        cache = cache.with_metrics(m);
+    }
+    if let Some((dir, budget)) = &tuning.disk_cache {
+        match DiskCache::open(dir, *budget) {
+            Ok(disk) => cache = cache.with_disk(Arc::new(disk)),
+            // Best effort: the mount works without it.
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "no disk cache"),
+        }
+    }
+    let cache = Arc::new(cache);
     cache.start_prefetch();
     start_profile(&cache, tuning)?;
     Ok(cache)
@@ -500,7 +528,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         layout: args.layout.clone(),
         insecure: args.insecure_registry.clone(),
     };
-    let tuning = Tuning::of(&args, ProfileMode::resolve(&args, &clip)?);
+    let tuning = Tuning::of(&args, ProfileMode::resolve(&args, &clip)?)?;
     if let Some(mnt) = &args.mount_point {
         let index =
             Arc::new(Index::open(&clip).with_context(|| format!("opening {}", clip.display()))?);
@@ -600,6 +628,7 @@ pub fn run_ps(args: PsArgs) -> Result<()> {
 pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
     let mut choice = SourceChoice::default();
     let mut tuning = Tuning::default();
+    let (mut disk_dir, mut disk_bytes) = (None, None);
     let mut rest = Vec::new();
     let mut it = args.args.into_iter();
     while let Some(a) = it.next() {
@@ -627,8 +656,15 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
             Some("--profile-threads") => {
                 tuning.profile_threads = value()?.parse().context("--profile-threads")?
             }
+            Some("--disk-cache-dir") => disk_dir = Some(PathBuf::from(value()?)),
+            Some("--disk-cache-bytes") => {
+                disk_bytes = Some(value()?.parse().context("--disk-cache-bytes")?)
+            }
             _ => rest.push(a),
         }
+    }
+    if let (Some(dir), Some(budget)) = (disk_dir, disk_bytes) {
+        tuning.disk_cache = Some((dir, budget));
     }
     let dargs = DaemonArgs::parse(rest)?;
     let metrics = Arc::new(Metrics::new());

@@ -105,8 +105,9 @@ fn text_one(out: &mut String, s: &Snapshot) {
     );
     let _ = writeln!(
         out,
-        "  cache       hits {}  misses {}  evictions {}  size {}",
+        "  cache       hits {} (disk {})  misses {}  evictions {}  size {}",
         c.cache_hits,
+        c.disk_hits,
         c.cache_misses,
         c.cache_evictions,
         human_bytes(c.cache_bytes)
@@ -300,7 +301,7 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             &l,
             s.labels.cids.len() as f64,
         );
-        let counters: [(&'static str, &'static str, f64); 10] = [
+        let counters: [(&'static str, &'static str, f64); 11] = [
             (
                 "clip_bytes_served_total",
                 "Bytes returned to readers.",
@@ -345,6 +346,11 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
                 "clip_network_blocked_seconds_total",
                 "Seconds readers spent waiting on the network.",
                 c.network_blocked_ns_total as f64 / 1e9,
+            ),
+            (
+                "clip_disk_hits_total",
+                "Chunks served from the node's disk cache instead of the network.",
+                c.disk_hits as f64,
             ),
             (
                 "clip_prefetch_bytes_total",

@@ -36,7 +36,8 @@
 //!     "cache_hits": 0, "cache_misses": 0, "cache_evictions": 0,
 //!     "cache_bytes": 0,                     // gauge: bytes currently cached
 //!     "retries": 0, "network_blocked_ns_total": 0,
-//!     "prefetch_bytes": 0                   // of bytes_fetched: fetched ahead of readers
+//!     "prefetch_bytes": 0,                  // of bytes_fetched: fetched ahead of readers
+//!     "disk_hits": 0                        // chunks from the node's disk cache
 //!   },
 //!   "errors": { "fetch": 0, "digest_mismatch": 0, "inflate": 0, "fuse_eio": 0,
 //!               "timeout": 0, "other": 0 },

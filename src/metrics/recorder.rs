@@ -58,8 +58,9 @@ enum Ctr {
     Retries,
     NetworkBlockedNs,
     PrefetchBytes,
+    DiskHits,
 }
-const N_CTRS: usize = 10;
+const N_CTRS: usize = 11;
 
 /// An empty auto-resizing nanosecond histogram with the crate's precision.
 pub(super) fn new_histogram() -> Histogram<u64> {
@@ -259,6 +260,11 @@ impl Metrics {
         self.add(Ctr::PrefetchBytes, n);
     }
 
+    /// A chunk came from the node's disk cache instead of the network.
+    pub fn add_disk_hit(&self) {
+        self.add(Ctr::DiskHits, 1);
+    }
+
     /// `n` bytes were returned to a reader (FUSE read replies).
     #[inline]
     pub fn add_served(&self, n: u64) {
@@ -330,6 +336,7 @@ impl Metrics {
             retries: ctr[Ctr::Retries as usize],
             network_blocked_ns_total: ctr[Ctr::NetworkBlockedNs as usize],
             prefetch_bytes: ctr[Ctr::PrefetchBytes as usize],
+            disk_hits: ctr[Ctr::DiskHits as usize],
         };
         let mut snap = Snapshot {
             schema_version: SCHEMA_VERSION,

@@ -54,6 +54,8 @@ pub struct Counters {
     pub network_blocked_ns_total: u64,
     /// Of `bytes_fetched`, fetched ahead of readers (prefetch, profile replay).
     pub prefetch_bytes: u64,
+    /// Chunks served from the node's disk cache instead of the network.
+    pub disk_hits: u64,
 }
 
 impl Counters {
@@ -78,6 +80,7 @@ impl Counters {
                 o.network_blocked_ns_total,
             ),
             (&mut self.prefetch_bytes, o.prefetch_bytes),
+            (&mut self.disk_hits, o.disk_hits),
         ];
         for (d, s) in pairs {
             *d = d.saturating_add(s);
