@@ -6,6 +6,10 @@
 //! Reads are synchronous (one file per chunk, read on the FUSE thread that
 //! missed in memory) and every chunk read back is verified again by the
 //! caller, so a damaged or half-written file is a miss, never wrong bytes.
+//! Plain `std::fs`, not io_uring: for one 256 KiB read that a thread waits
+//! on, io_uring measured 0.9–1.4× the time of open + read_exact + close,
+//! warm (the page-cache copy dominates) and cold (the disk does); see
+//! BENCHMARKS.md, "Disk tier I/O".
 //! Writes go to one background thread over a bounded queue (a full queue
 //! drops the write: the cache is best effort) as temp file + rename. When
 //! the directory grows past its budget the writer deletes the least
