@@ -35,6 +35,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Largest follow-up fetch when a decoder keeps starving within one fill.
 const MAX_REFETCH: u64 = 8 << 20;
 
+/// Continuations in a row after which a decoder counts as a stream and
+/// fills read ahead. Measured (cold, python image): from 4 on, `import
+/// numpy` fetches no more than without read-ahead (21.0 MB; 24.1 MB from
+/// 2) while `tar -cf - . | cat` of the tree takes 5.2 s instead of 9.5 s
+/// (276 GETs instead of 1255, 144 MB fetched for the 120 MB image).
+const STREAM_AFTER: u32 = 8;
+
 /// Largest read-ahead piece of a prefetch (one GET).
 const PREFETCH_PIECE: u64 = 4 << 20;
 
@@ -45,6 +52,8 @@ struct Parked {
     dec: Decoder,
     input: Vec<u8>,
     consumed: usize,
+    /// Fills in a row that continued this decoder (0 for a fresh one).
+    streak: u32,
 }
 
 impl Parked {
@@ -514,8 +523,15 @@ impl ContentCache {
             lock(&self.parked).take(plan.number, s)
         };
         let (mut st, sequential) = match parked {
-            Some(p) if p.dec.output_position() <= target => {
+            Some(mut p) if p.dec.output_position() <= target => {
                 CacheStats::add(&self.stats.decoder_resumes, 1);
+                // A stream continues exactly where the last fill stopped;
+                // skipping ahead (the next file in the directory) is not one.
+                p.streak = if p.dec.output_position() == target {
+                    p.streak + 1
+                } else {
+                    1
+                };
                 (p, true)
             }
             _ => {
@@ -539,7 +555,7 @@ impl ContentCache {
                 want = want.max(
                     st.dec
                         .input_position()
-                        .saturating_add(self.config.sequential_fetch),
+                        .saturating_add(self.readahead(st.streak)),
                 );
             }
             want.min(plan.compressed_size)
@@ -583,6 +599,22 @@ impl ContentCache {
         Ok(out)
     }
 
+    /// Compressed bytes to read ahead for a decoder continued exactly where
+    /// it stopped `streak` fills in a row: nothing for short runs (page
+    /// faults of a mapped library come in runs of a few chunks), then
+    /// `sequential_fetch`, doubling per fill up to `sequential_max` (a
+    /// stream: a whole-file or whole-tree read).
+    fn readahead(&self, streak: u32) -> u64 {
+        if streak < STREAM_AFTER {
+            return 0;
+        }
+        let ramp = self
+            .config
+            .sequential_fetch
+            .saturating_mul(1 << (streak - STREAM_AFTER).min(20));
+        ramp.min(self.config.sequential_max)
+    }
+
     /// A decoder positioned at the checkpoint starting span `s` (span 0 for
     /// single-frame zstd), with no input yet.
     fn start_decoder(&self, plan: &LayerPlan, s: usize) -> Result<Parked, CacheError> {
@@ -614,6 +646,7 @@ impl ContentCache {
             dec,
             input: Vec::new(),
             consumed: 0,
+            streak: 0,
         })
     }
 

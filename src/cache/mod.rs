@@ -105,14 +105,18 @@ pub struct CacheConfig {
     /// on top of `fetch_slack` (default 0).
     pub fetch_ahead: u64,
     /// Compressed bytes fetched past a chunk's `in_end` hint so the decoder
-    /// rarely starves right at the end of a chunk (default 64 KiB).
+    /// rarely starves right at the end of a chunk (default 16 KiB).
     pub fetch_slack: u64,
     /// Minimum size of a follow-up fetch when the decoder ran out of input
     /// mid-fill; doubles on each further starvation (default 256 KiB).
     pub min_refetch: u64,
-    /// Minimum fetch when continuing a parked decoder (sequential access
-    /// detected): a readahead (default 1 MiB; 0 disables).
+    /// Readahead of a streaming decoder: once a parked decoder has been
+    /// continued exactly where it stopped several fills in a row, fills
+    /// fetch this many compressed bytes past what they need, doubling with
+    /// every further continuation (default 256 KiB; 0 disables).
     pub sequential_fetch: u64,
+    /// Cap of that readahead (default 4 MiB).
+    pub sequential_max: u64,
     /// At most this many `read_at` calls in flight at once (default 16).
     pub max_in_flight: usize,
     /// Live decoders kept parked for resumption (default 32).
@@ -136,7 +140,8 @@ impl Default for CacheConfig {
             fetch_ahead: 0,
             fetch_slack: 16 << 10,
             min_refetch: 256 << 10,
-            sequential_fetch: 0,
+            sequential_fetch: 256 << 10,
+            sequential_max: 4 << 20,
             max_in_flight: 16,
             parked_decoders: 32,
             prefetch_threads: 0,

@@ -1065,3 +1065,29 @@ fn disk_tier_stays_within_its_budget() {
     assert!(used <= budget, "{used} > {budget}");
     assert!(disk.stats().evictions.load(Relaxed) > 0);
 }
+
+#[test]
+fn a_long_stream_reads_ahead_in_growing_pieces() {
+    let data = sample_tar(50, 8 << 20);
+    let (index, src) = image(vec![gzip_layer(&data, 1 << 20, 64 << 10, 1)]);
+    let read_in_steps = |config: CacheConfig| {
+        src.reset_counts();
+        let c = cache(&index, &src, config);
+        for off in (0..data.len()).step_by(64 << 10) {
+            let n = (64 << 10).min(data.len() - off);
+            assert_eq!(read_all(&c, 0, off as u64, n), data[off..off + n]);
+        }
+        (src.calls(), src.bytes())
+    };
+    let (calls_off, bytes_off) = read_in_steps(CacheConfig {
+        sequential_fetch: 0,
+        ..cfg(64 << 20)
+    });
+    let (calls_on, bytes_on) = read_in_steps(cfg(64 << 20));
+    // One GET per chunk without read-ahead; a handful with it.
+    assert!(calls_off >= 64, "{calls_off}");
+    assert!(calls_on * 4 < calls_off, "{calls_on} vs {calls_off}");
+    // The whole blob once either way (a stream wastes nothing).
+    let blob = index.layer(0).unwrap().compressed_size();
+    assert!(bytes_on <= blob && bytes_off <= blob + (64 << 10));
+}
