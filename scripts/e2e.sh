@@ -39,8 +39,9 @@ step "6/11 clipctl inspect / ls /app"
 "$CLIPCTL" inspect "$W/python.clip"
 "$CLIPCTL" ls "$W/python.clip" /app
 
-# A node dir of its own, so the demo always shows the first start (no startup profile yet).
-NODE_ARGS=(--node-dir "$W/node")
+# A node dir of its own, so the demo always shows the first start (no startup profile
+# yet), and no disk tier, so the second start really fetches from the registry.
+NODE_ARGS=(--node-dir "$W/node" --disk-cache 0)
 run_numpy() {   # run_numpy ROOTFS: import numpy in runc, check the version, print the run time
   local s out
   s=$(date +%s%N)

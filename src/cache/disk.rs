@@ -4,44 +4,53 @@
 //! container that comes back to a node does not go back to the registry.
 //!
 //! Reads are synchronous (one file per chunk, read on the FUSE thread that
-//! missed in memory) and every chunk read back is verified again by the
-//! caller, so a damaged or half-written file is a miss, never wrong bytes.
+//! missed in memory) and every chunk read back is verified against its
+//! digest, so a damaged file is a miss (and is deleted), never wrong bytes.
 //! Plain `std::fs`, not io_uring: for one 256 KiB read that a thread waits
 //! on, io_uring measured 0.9–1.4× the time of open + read_exact + close,
 //! warm (the page-cache copy dominates) and cold (the disk does); see
 //! BENCHMARKS.md, "Disk tier I/O".
-//! Writes go to one background thread over a bounded queue (a full queue
-//! drops the write: the cache is best effort) as temp file + rename. When
-//! the directory grows past its budget the writer deletes the least
-//! recently used files (by mtime, which a disk hit refreshes) down to 90 %.
+//! Writes go to one background thread over a queue bounded in bytes (a
+//! full queue drops the write: the cache is best effort) as a uniquely
+//! named temp file + rename. When the directory grows past its budget the
+//! writer deletes the least recently used files (by mtime, which a disk hit
+//! refreshes) down to 90 %; it recounts the directory every tenth of the
+//! budget written, so several daemons sharing it stay near the budget.
 
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 
 use crate::digest::Digest;
 
-/// Chunks waiting for the writer; more are dropped.
-const WRITE_QUEUE: usize = 256;
+/// Bytes of chunks waiting for the writer; more are dropped.
+const WRITE_QUEUE_BYTES: u64 = 64 << 20;
+
+/// Temp files older than this are left over from a killed writer.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
 
 /// The node's chunk directory.
 #[derive(Debug)]
 pub struct DiskCache {
     dir: PathBuf,
     tx: Sender<(Digest, Arc<[u8]>)>,
+    /// Bytes queued for the writer.
+    queued: Arc<AtomicU64>,
     stats: Arc<DiskStats>,
 }
 
 /// Counters of a [`DiskCache`].
 #[derive(Debug, Default)]
 pub struct DiskStats {
-    /// Chunks read back from disk.
+    /// Chunks read back from disk (verified).
     pub hits: AtomicU64,
+    /// Damaged files found (and deleted).
+    pub damaged: AtomicU64,
     /// Chunks written.
     pub writes: AtomicU64,
     /// Writes dropped (queue full) or failed.
@@ -59,25 +68,30 @@ impl DiskCache {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
-        let (tx, rx) = crossbeam_channel::bounded::<(Digest, Arc<[u8]>)>(WRITE_QUEUE);
+        let (tx, rx) = crossbeam_channel::unbounded::<(Digest, Arc<[u8]>)>();
         let stats = Arc::new(DiskStats::default());
+        let queued = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             dir: dir.to_path_buf(),
             budget,
             used: None,
+            since_scan: 0,
             stats: stats.clone(),
         };
+        let q = queued.clone();
         std::thread::Builder::new()
             .name("clip-disk-cache".into())
             .spawn(move || {
                 let mut w = writer;
                 while let Ok((digest, data)) = rx.recv() {
                     w.write(&digest, &data);
+                    q.fetch_sub(data.len() as u64, Relaxed);
                 }
             })?;
         Ok(DiskCache {
             dir: dir.to_path_buf(),
             tx,
+            queued,
             stats,
         })
     }
@@ -87,29 +101,35 @@ impl DiskCache {
         &self.stats
     }
 
-    /// The stored bytes of chunk `digest` if a file of exactly `len` bytes
-    /// holds them (unverified: the caller checks the digest).
+    /// Chunk `digest` (`len` bytes) if a file holds exactly those bytes.
+    /// A file of another length or content is deleted (so the next fill
+    /// writes it again) and is a miss.
     pub fn get(&self, digest: &Digest, len: usize) -> Option<Vec<u8>> {
         let path = path_of(&self.dir, digest);
         let mut f = std::fs::File::open(&path).ok()?;
-        if f.metadata().ok()?.len() != len as u64 {
+        let mut buf = vec![0u8; len];
+        let whole = f.metadata().ok()?.len() == len as u64 && f.read_exact(&mut buf).is_ok();
+        if !whole || Digest::of(&buf) != *digest {
+            self.stats.damaged.fetch_add(1, Relaxed);
+            tracing::warn!(path = %path.display(), "damaged chunk in the disk cache; deleted");
+            let _ = std::fs::remove_file(&path);
             return None;
         }
-        let mut buf = vec![0u8; len];
-        f.read_exact(&mut buf).ok()?;
         // Refresh the LRU clock; a failure only ages the file.
         let _ = f.set_modified(SystemTime::now());
         self.stats.hits.fetch_add(1, Relaxed);
         Some(buf)
     }
 
-    /// Queues chunk `digest` (already verified) for writing.
+    /// Queues chunk `digest` (already verified) for writing; dropped when
+    /// the queue holds too many bytes.
     pub fn put(&self, digest: Digest, data: Arc<[u8]>) {
-        match self.tx.try_send((digest, data)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.stats.write_drops.fetch_add(1, Relaxed);
-            }
+        let len = data.len() as u64;
+        if self.queued.fetch_add(len, Relaxed) + len > WRITE_QUEUE_BYTES
+            || self.tx.send((digest, data)).is_err()
+        {
+            self.queued.fetch_sub(len, Relaxed);
+            self.stats.write_drops.fetch_add(1, Relaxed);
         }
     }
 }
@@ -126,6 +146,8 @@ struct Writer {
     budget: u64,
     /// Bytes in the directory; learnt by a scan on the first write.
     used: Option<u64>,
+    /// Bytes written since the last scan.
+    since_scan: u64,
     stats: Arc<DiskStats>,
 }
 
@@ -138,9 +160,14 @@ impl Writer {
         match write_atomic(&path, data) {
             Ok(()) => {
                 self.stats.writes.fetch_add(1, Relaxed);
+                self.since_scan += data.len() as u64;
+                // Recount now and then: other daemons write here too.
                 let used = match self.used {
-                    Some(u) => u + data.len() as u64,
-                    None => scan(&self.dir).iter().map(|f| f.1).sum(),
+                    Some(u) if self.since_scan < self.budget / 10 => u + data.len() as u64,
+                    _ => {
+                        self.since_scan = 0;
+                        scan(&self.dir).iter().map(|f| f.1).sum()
+                    }
                 };
                 self.used = Some(used);
                 if used > self.budget {
@@ -174,29 +201,25 @@ impl Writer {
     }
 }
 
-/// Temp file in the chunk's directory, then rename: a reader never sees a
-/// partial chunk under its final name.
+/// A uniquely named temp file (O_EXCL) in the chunk's directory, then
+/// rename: a reader never sees a partial chunk under its final name, and
+/// concurrent writers (threads or daemons) never share a temp file.
 fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(parent)?;
-    let tmp = parent.join(format!(".tmp-{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    let written = f.write_all(data).and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(parent)?;
+    tmp.write_all(data)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
-/// Every chunk file: (path, length, mtime). Temp files are skipped.
+/// Every chunk file: (path, length, mtime). Temp files are skipped, and
+/// deleted when a killed writer left them long ago.
 fn scan(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
     let mut out = Vec::new();
     let Ok(subdirs) = std::fs::read_dir(dir) else {
@@ -208,6 +231,13 @@ fn scan(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
         };
         for f in files.flatten() {
             if f.file_name().as_encoded_bytes().starts_with(b".") {
+                let stale = f
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_TEMP));
+                if stale {
+                    let _ = std::fs::remove_file(f.path());
+                }
                 continue;
             }
             if let Ok(md) = f.metadata() {

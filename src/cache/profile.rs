@@ -14,7 +14,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use super::plan::LayerPlan;
 use super::prefetch::Job;
@@ -30,6 +31,8 @@ pub(super) struct AccessRecorder {
     seen: Vec<Vec<AtomicU64>>,
     /// `(layer, chunk)` in first-touch order.
     log: Mutex<Vec<(u32, u32)>>,
+    /// When the first chunk was noted: the recording window starts there.
+    first: OnceLock<Instant>,
 }
 
 impl AccessRecorder {
@@ -41,6 +44,7 @@ impl AccessRecorder {
                 .map(|n| (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
                 .collect(),
             log: Mutex::new(Vec::new()),
+            first: OnceLock::new(),
         }
     }
 
@@ -67,11 +71,17 @@ impl AccessRecorder {
         };
         let bit = 1u64 << (chunk % 64);
         if word.fetch_or(bit, Relaxed) & bit == 0 {
+            self.first.get_or_init(Instant::now);
             let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
             if log.len() < MAX_RANGES {
                 log.push((layer, chunk));
             }
         }
+    }
+
+    /// When the first chunk was noted, if one was.
+    pub fn first_touch(&self) -> Option<Instant> {
+        self.first.get().copied()
     }
 
     /// Stops recording and hands out the log; `None` if it was not on (so

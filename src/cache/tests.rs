@@ -1039,11 +1039,32 @@ fn disk_tier_serves_a_restarted_cache_without_fetching() {
         b[100] ^= 0xff;
         std::fs::write(&path, b).unwrap();
     }
+    let damaged = disk_files(&dir).len() as u64;
     let third = with_disk(&index, &src, &dir, 1 << 30);
     assert_eq!(read_all(&third, 0, off, len), data[off as usize..][..len]);
     assert!(src.calls() > 0);
     assert_eq!(third.stats().disk_hits, 0);
     assert_eq!(third.stats().digest_mismatches, 0);
+    let disk = third.disk_for_tests().unwrap();
+    assert!(disk.stats().damaged.load(Relaxed) > 0);
+    // ... and repaired: a damaged file found is deleted, and the fill that
+    // replaced it writes it again.
+    let c = third.layers_for_tests()[0].chunk_at(off).1;
+    let want = Digest::from_bytes(index.layer(0).unwrap().chunk(c).unwrap().digest);
+    let r = third.layers_for_tests()[0].chunk_range_of(c).unwrap();
+    wait_for("rewritten", || {
+        disk.get(&want, (r.end - r.start) as usize).is_some()
+    });
+    assert!(damaged > 0);
+    drop(third);
+    // Several writers on one directory never leave temp files behind.
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .filter(|f| f.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
 }
 
 #[test]

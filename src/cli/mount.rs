@@ -80,8 +80,8 @@ pub struct MountArgs {
     /// Applies when the mount starts the image's daemon.
     #[arg(long, default_value = "auto", value_name = "auto|off|PATH")]
     pub profile: String,
-    /// Seconds after the mount starts during which reads are recorded
-    /// into a new profile (it is also saved at unmount).
+    /// Seconds from the first read during which reads are recorded into a
+    /// new profile (what there is is also saved at unmount).
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub profile_window: u64,
     /// Threads fetching a profile's ranges.
@@ -182,7 +182,10 @@ impl ProfileMode {
                             .join(format!("{}.json", d.hex())),
                     ),
                     // No manifest digest to key a node-wide profile by.
-                    None => ProfileMode::Off,
+                    None => {
+                        tracing::info!("the index names no manifest digest: no startup profile");
+                        ProfileMode::Off
+                    }
                 }
             }
             path => {
@@ -429,12 +432,22 @@ fn start_profile(cache: &Arc<ContentCache>, tuning: &Tuning) -> Result<()> {
         path.to_path_buf(),
         tuning.profile_window,
     );
+    // The window runs from the first read (a container may start long
+    // after its rootfs is mounted); the unmount saves what there is.
     std::thread::Builder::new()
         .name("clip-profile".into())
-        .spawn(move || {
-            std::thread::sleep(window);
-            if let Some(cache) = weak.upgrade() {
-                save_profile(&cache, &path, window);
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let Some(cache) = weak.upgrade() else { return };
+            if !cache.is_recording() {
+                return;
+            }
+            if cache
+                .recording_since()
+                .is_some_and(|t| t.elapsed() >= window)
+            {
+                save_profile(&cache, &path);
+                return;
             }
         })
         .context("starting the profile timer")?;
@@ -465,14 +478,13 @@ fn check_profile_image(
 
 /// Saves the recording, if one is running and noted anything (an empty
 /// profile would stop every later mount from recording a useful one).
-fn save_profile(cache: &ContentCache, path: &Path, window: Duration) {
-    let Some(mut p) = cache.finish_recording() else {
+fn save_profile(cache: &ContentCache, path: &Path) {
+    let Some(p) = cache.finish_recording() else {
         return;
     };
     if p.ranges.is_empty() {
         return;
     }
-    p.window_secs = window.as_secs();
     match p.save(path) {
         Ok(()) => tracing::info!(
             profile = %path.display(),
@@ -549,7 +561,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         );
         handle.wait();
         if let Some(path) = tuning.profile.path() {
-            save_profile(&cache, path, tuning.profile_window);
+            save_profile(&cache, path);
         }
         return Ok(());
     }
@@ -687,10 +699,7 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
     let cache_slot: Arc<OnceLock<Arc<ContentCache>>> = Arc::default();
     let slot = cache_slot.clone();
     let fs = tuning.fs_config();
-    let profile = (
-        tuning.profile.path().map(Path::to_path_buf),
-        tuning.profile_window,
-    );
+    let profile = tuning.profile.path().map(Path::to_path_buf);
     let config = DaemonConfig {
         args: dargs,
         content: Box::new(move |index: &Arc<Index>| {
@@ -717,8 +726,8 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
         metrics: Some(metrics),
     };
     let served = mount::run_daemon(config);
-    if let (Some(cache), (Some(path), window)) = (cache_slot.get(), &profile) {
-        save_profile(cache, path, *window);
+    if let (Some(cache), Some(path)) = (cache_slot.get(), &profile) {
+        save_profile(cache, path);
     }
     served?;
     Ok(())

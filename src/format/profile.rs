@@ -5,7 +5,7 @@
 //! offset, so a profile stays valid for another index of the same image.
 //! Recording and replay live in `cache`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -75,14 +75,17 @@ impl AccessProfile {
             path: path.to_path_buf(),
             source,
         };
-        let len = std::fs::metadata(path).map_err(io)?.len();
-        if len > MAX_FILE {
+        // Bounded read: the size in metadata says nothing for /dev/zero.
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut bytes))
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_FILE {
             return Err(ProfileError::Invalid {
                 path: path.to_path_buf(),
-                message: format!("{len} bytes (at most {MAX_FILE})"),
+                message: format!("more than {MAX_FILE} bytes"),
             });
         }
-        let bytes = std::fs::read(path).map_err(io)?;
         Self::from_json(&bytes).map_err(|message| ProfileError::Invalid {
             path: path.to_path_buf(),
             message,
@@ -130,6 +133,18 @@ impl AccessProfile {
 
     /// Bytes covered by the ranges (uncompressed).
     pub fn bytes(&self) -> u64 {
-        self.ranges.iter().map(|r| r.len).sum()
+        self.ranges.iter().fold(0, |n, r| n.saturating_add(r.len))
+    }
+
+    /// The profile in an index's PROFILE section: `Ok(None)` for a profile
+    /// version this build does not read (a newer writer's; the index stays
+    /// usable), an error for bytes that are not a profile at all.
+    pub(crate) fn from_section(bytes: &[u8]) -> Result<Option<Self>, String> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        match v.get("version").and_then(serde_json::Value::as_u64) {
+            Some(n) if n == u64::from(PROFILE_VERSION) => Self::from_json(bytes).map(Some),
+            Some(_) => Ok(None),
+            None => Err("no version".into()),
+        }
     }
 }

@@ -188,10 +188,8 @@ impl Index {
             .map_err(|_| corrupt("metadata is not valid JSON"))?;
         let profile = index.section(kind::PROFILE);
         if !profile.is_empty() {
-            index.profile = Some(
-                AccessProfile::from_json(profile)
-                    .map_err(|_| corrupt("PROFILE section is not a valid access profile"))?,
-            );
+            index.profile = AccessProfile::from_section(profile)
+                .map_err(|_| corrupt("PROFILE section is not a valid access profile"))?;
         }
         index.validate()?;
         Ok(index)

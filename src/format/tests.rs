@@ -254,6 +254,14 @@ fn embedded_profile_round_trips_and_is_checked_at_open() {
             "PROFILE section is not a valid access profile"
         ))
     ));
+    // A profile version this reader does not know: no profile, index usable.
+    let mut bytes = write_index(&with, WriteOptions { compress: false }).unwrap();
+    patch_section(&mut bytes, kind::PROFILE, |_, b| {
+        let at = b.windows(11).position(|w| w == b"\"version\":1").unwrap();
+        b[at + 10] = b'7';
+    });
+    let idx = Index::from_bytes(bytes).unwrap();
+    assert_eq!(idx.profile(), None);
     // A section kind this reader does not know is skipped (how a 2.0
     // reader opens a 2.1 file with a PROFILE).
     let mut bytes = write_index(&with, WriteOptions { compress: false }).unwrap();
@@ -292,6 +300,9 @@ fn profile_files_round_trip_and_bad_ones_are_named_errors() {
     ] {
         std::fs::write(&path, bad).unwrap();
         let e = AccessProfile::load(&path).unwrap_err().to_string();
-        assert!(e.contains(why) && e.contains("p.json"), "{e}");
+        assert!(
+            e.contains(why) && e.contains("not a clip access profile") && e.contains("p.json"),
+            "{e}"
+        );
     }
 }

@@ -105,7 +105,7 @@ fn text_one(out: &mut String, s: &Snapshot) {
     );
     let _ = writeln!(
         out,
-        "  cache       hits {} (disk {})  misses {}  evictions {}  size {}",
+        "  cache       hits {}  chunks from disk {}  misses {}  evictions {}  size {}",
         c.cache_hits,
         c.disk_hits,
         c.cache_misses,
