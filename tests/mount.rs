@@ -55,7 +55,9 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
     let bytes: u64 = ranges.iter().map(|r| r["len"].as_u64().unwrap()).sum();
     assert!(bytes > 10 << 20, "import numpy touches > 10 MiB: {bytes}");
     // A fresh daemon replays it: bytes are fetched ahead of any reader
-    // (from the registry: the node's disk cache is off for this one).
+    // (from the registry: the node's disk cache is off for this one). The
+    // same workload still fits the profile: it is left as it was.
+    let recorded = std::fs::read(&profiles[0]).unwrap();
     let rootfs = d
         .mount("numpy3", &["--image", &reference, "--disk-cache", "0"])
         .unwrap();
@@ -63,9 +65,10 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
     import_numpy(&rootfs);
     let o = d.umount("numpy3");
     assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&profiles[0]).unwrap(), recorded);
 
     // Shipped in an index instead: a node without a profile of its own
-    // replays the embedded one (and records none).
+    // replays the embedded one (and, as it fits, saves none).
     let shipped = d.tmp.path().join("shipped.clip");
     let o = run(&[
         "index",
@@ -88,7 +91,7 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
     import_numpy(&rootfs);
     let o = d.umount("numpy4");
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(!profiles[0].exists(), "replaying must not record");
+    assert!(!profiles[0].exists(), "a fitting replay saves nothing");
 
     // The node's disk cache, filled by the first start: a fresh daemon
     // serves the import mostly from disk.
@@ -99,6 +102,27 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
     assert!(disk_hits > 20, "{m}");
     let o = d.umount("numpy5");
     assert!(o.status.success(), "{}", stderr(&o));
+
+    // The workload changes (pandas reads far more than numpy): the replayed
+    // profile no longer fits and the node's profile is replaced.
+    let numpy_only = std::fs::read(&profiles[0]).unwrap();
+    let rootfs = d.mount("pandas", &["--image", &reference]).unwrap();
+    let out = Command::new("bash")
+        .arg(runc_script())
+        .arg(&rootfs)
+        .args(["python3", "-c", "import pandas; print(pandas.__version__)"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2.2.3");
+    let o = d.umount("pandas");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let with_pandas = std::fs::read(&profiles[0]).unwrap();
+    assert!(
+        with_pandas.len() > numpy_only.len(),
+        "profile not replaced: {} -> {} bytes",
+        numpy_only.len(),
+        with_pandas.len()
+    );
     d.cids.clear();
     assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
 }

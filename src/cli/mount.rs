@@ -74,10 +74,12 @@ pub struct MountArgs {
     pub prefetch_min_kb: Option<u64>,
     /// Startup access profile. `auto`: <node-dir>/profiles/<manifest>.json
     /// is replayed (its ranges fetched ahead, in parallel) when it exists,
-    /// else the profile embedded in the index (`clipctl index --profile`),
-    /// else this mount records one there. A PATH: replayed if it exists
-    /// (it must be for this image), else recorded. `off`: none of this.
-    /// Applies when the mount starts the image's daemon.
+    /// else the profile embedded in the index (`clipctl index --profile`);
+    /// either way this mount records its reads and saves them there when
+    /// there was no profile or the workload no longer matches it. A PATH:
+    /// replayed if it exists (it must be for this image), else recorded
+    /// into. `off`: none of this. Applies when the mount starts the image's
+    /// daemon.
     #[arg(long, default_value = "auto", value_name = "auto|off|PATH")]
     pub profile: String,
     /// Seconds from the first read during which reads are recorded into a
@@ -353,13 +355,14 @@ pub fn open_source(
 }
 
 /// The chunk cache of a mount over the image's source, with its prefetch
-/// threads running and its profile being replayed or recorded.
+/// threads running and its profile being replayed or recorded; and what to
+/// do with the recording when the mount ends.
 fn content_for(
     index: Arc<Index>,
     choice: &SourceChoice,
     tuning: &Tuning,
     metrics: Option<Arc<Metrics>>,
-) -> Result<Arc<ContentCache>> {
+) -> Result<(Arc<ContentCache>, Option<ProfileSave>)> {
     // Registry responses by status and retries, into the mount's metrics.
     let observer = metrics.clone().map(|m| {
         RequestObserver(Arc::new(move |event| match event {
@@ -382,58 +385,65 @@ fn content_for(
     }
     let cache = Arc::new(cache);
     cache.start_prefetch();
-    start_profile(&cache, tuning)?;
-    Ok(cache)
+    let save = start_profile(&cache, tuning)?;
+    Ok((cache, save))
 }
 
-/// Replays the mount's profile if it exists, else starts recording one and
-/// a timer that saves it when the window closes.
-fn start_profile(cache: &Arc<ContentCache>, tuning: &Tuning) -> Result<()> {
+/// Where a mount's recording goes when its window closes or the mount ends.
+#[derive(Debug, Clone)]
+struct ProfileSave {
+    path: PathBuf,
+    /// The profile this mount replayed: the recording replaces it only if
+    /// the workload no longer matches it.
+    replayed: Option<Arc<AccessProfile>>,
+}
+
+/// Starts the mount's profile: replays the node's (or the index's) profile
+/// if there is one, and records what readers touch, for the window from
+/// the first read (a timer saves it then; the unmount saves what there is).
+/// A profile file given by the user is replayed, never overwritten.
+fn start_profile(cache: &Arc<ContentCache>, tuning: &Tuning) -> Result<Option<ProfileSave>> {
     let Some(path) = tuning.profile.path() else {
-        return Ok(());
+        return Ok(None);
     };
     let explicit = matches!(tuning.profile, ProfileMode::File(_));
     let manifest = cache.index().meta().manifest_digest;
     let loaded = AccessProfile::load(path)
         .map_err(anyhow::Error::from)
         .and_then(|p| check_profile_image(&p, path, manifest).map(|()| p));
-    match loaded {
-        Ok(p) => {
-            let jobs = cache.replay(&p, tuning.profile_threads);
-            tracing::info!(
-                profile = %path.display(),
-                ranges = p.ranges.len(),
-                bytes = p.bytes(),
-                jobs,
-                "replaying the startup profile"
-            );
-            return Ok(());
-        }
-        Err(e) if is_not_found(&e) => {
+    let replayed = match loaded {
+        Ok(p) => Some((p, path.display().to_string())),
+        Err(e) if is_not_found(&e) => match (explicit, cache.index().profile()) {
             // The node has none yet: the one shipped in the index, if any.
-            if let (false, Some(p)) = (explicit, cache.index().profile()) {
-                let jobs = cache.replay(p, tuning.profile_threads);
-                tracing::info!(
-                    ranges = p.ranges.len(),
-                    bytes = p.bytes(),
-                    jobs,
-                    "replaying the profile embedded in the index"
-                );
-                return Ok(());
-            }
-        }
+            (false, Some(p)) => Some((p.clone(), "the index".to_string())),
+            _ => None,
+        },
         Err(e) if explicit => return Err(e),
-        Err(e) => tracing::warn!("{e:#}; recording a new profile"),
+        Err(e) => {
+            tracing::warn!("{e:#}; recording a new profile");
+            None
+        }
+    };
+    if let Some((p, from)) = &replayed {
+        let jobs = cache.replay(p, tuning.profile_threads);
+        tracing::info!(
+            from,
+            ranges = p.ranges.len(),
+            bytes = p.bytes(),
+            jobs,
+            "replaying the startup profile"
+        );
+        if explicit {
+            return Ok(None);
+        }
     }
+    let save = ProfileSave {
+        path: path.to_path_buf(),
+        replayed: replayed.map(|(p, _)| Arc::new(p)),
+    };
     cache.start_recording();
-    tracing::info!(profile = %path.display(), window = ?tuning.profile_window, "recording a startup profile");
-    let (weak, path, window) = (
-        Arc::downgrade(cache),
-        path.to_path_buf(),
-        tuning.profile_window,
-    );
-    // The window runs from the first read (a container may start long
-    // after its rootfs is mounted); the unmount saves what there is.
+    tracing::info!(profile = %path.display(), window = ?tuning.profile_window, "recording the startup reads");
+    let (weak, timer_save, window) = (Arc::downgrade(cache), save.clone(), tuning.profile_window);
     std::thread::Builder::new()
         .name("clip-profile".into())
         .spawn(move || loop {
@@ -446,12 +456,55 @@ fn start_profile(cache: &Arc<ContentCache>, tuning: &Tuning) -> Result<()> {
                 .recording_since()
                 .is_some_and(|t| t.elapsed() >= window)
             {
-                save_profile(&cache, &path);
+                save_profile(&cache, &timer_save);
                 return;
             }
         })
         .context("starting the profile timer")?;
-    Ok(())
+    Ok(Some(save))
+}
+
+/// Saves the recording, if one is running and noted anything (an empty
+/// profile would stop every later mount from recording a useful one). After
+/// a replay, only when the workload changed: less than 90 % of what was read
+/// is in the replayed profile, or the replayed profile is more than twice
+/// what was read.
+fn save_profile(cache: &ContentCache, save: &ProfileSave) {
+    let Some(p) = cache.finish_recording() else {
+        return;
+    };
+    if p.ranges.is_empty() {
+        return;
+    }
+    let read = p.bytes();
+    if let Some(old) = &save.replayed {
+        let covered = p.overlap_bytes(old);
+        if covered.saturating_mul(10) >= read.saturating_mul(9)
+            && old.bytes() <= read.saturating_mul(2)
+        {
+            tracing::info!(
+                covered,
+                read,
+                "the replayed profile still fits the workload"
+            );
+            return;
+        }
+        tracing::info!(
+            covered,
+            read,
+            replayed = old.bytes(),
+            "the workload changed; replacing the startup profile"
+        );
+    }
+    match p.save(&save.path) {
+        Ok(()) => tracing::info!(
+            profile = %save.path.display(),
+            ranges = p.ranges.len(),
+            bytes = read,
+            "saved the startup profile"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot save the startup profile"),
+    }
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {
@@ -473,26 +526,6 @@ fn check_profile_image(
             path.display()
         ),
         _ => Ok(()),
-    }
-}
-
-/// Saves the recording, if one is running and noted anything (an empty
-/// profile would stop every later mount from recording a useful one).
-fn save_profile(cache: &ContentCache, path: &Path) {
-    let Some(p) = cache.finish_recording() else {
-        return;
-    };
-    if p.ranges.is_empty() {
-        return;
-    }
-    match p.save(path) {
-        Ok(()) => tracing::info!(
-            profile = %path.display(),
-            ranges = p.ranges.len(),
-            bytes = p.bytes(),
-            "saved the startup profile"
-        ),
-        Err(e) => tracing::warn!(error = %e, "cannot save the startup profile"),
     }
 }
 
@@ -544,7 +577,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     if let Some(mnt) = &args.mount_point {
         let index =
             Arc::new(Index::open(&clip).with_context(|| format!("opening {}", clip.display()))?);
-        let cache = content_for(index.clone(), &choice, &tuning, None)?;
+        let (cache, save) = content_for(index.clone(), &choice, &tuning, None)?;
         let fs = ClipFs::new(index, cache.clone(), tuning.fs_config())?;
         let opts = ServeOptions {
             threads: args.threads.max(1),
@@ -560,8 +593,8 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
             mnt.display()
         );
         handle.wait();
-        if let Some(path) = tuning.profile.path() {
-            save_profile(&cache, path);
+        if let Some(save) = &save {
+            save_profile(&cache, save);
         }
         return Ok(());
     }
@@ -696,10 +729,10 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
     });
     let m = metrics.clone();
     // The cache, kept to save a profile still being recorded at unmount.
-    let cache_slot: Arc<OnceLock<Arc<ContentCache>>> = Arc::default();
+    type Slot = OnceLock<(Arc<ContentCache>, Option<ProfileSave>)>;
+    let cache_slot: Arc<Slot> = Arc::default();
     let slot = cache_slot.clone();
     let fs = tuning.fs_config();
-    let profile = tuning.profile.path().map(Path::to_path_buf);
     let config = DaemonConfig {
         args: dargs,
         content: Box::new(move |index: &Arc<Index>| {
@@ -716,9 +749,9 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
                     .unwrap_or_default(),
                 cids: Vec::new(),
             });
-            let cache = content_for(index.clone(), &choice, &tuning, Some(m.clone()))
+            let (cache, save) = content_for(index.clone(), &choice, &tuning, Some(m.clone()))
                 .map_err(|e| MountError::Fs(format!("{e:#}")))?;
-            let _ = slot.set(cache.clone());
+            let _ = slot.set((cache.clone(), save));
             Ok(cache as Arc<dyn ContentReader>)
         }),
         stats: Some(stats),
@@ -726,8 +759,8 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
         metrics: Some(metrics),
     };
     let served = mount::run_daemon(config);
-    if let (Some(cache), Some(path)) = (cache_slot.get(), &profile) {
-        save_profile(cache, path);
+    if let Some((cache, Some(save))) = cache_slot.get() {
+        save_profile(cache, save);
     }
     served?;
     Ok(())

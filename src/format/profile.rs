@@ -5,6 +5,7 @@
 //! offset, so a profile stays valid for another index of the same image.
 //! Recording and replay live in `cache`.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -134,6 +135,39 @@ impl AccessProfile {
     /// Bytes covered by the ranges (uncompressed).
     pub fn bytes(&self) -> u64 {
         self.ranges.iter().fold(0, |n, r| n.saturating_add(r.len))
+    }
+
+    /// Bytes of this profile's ranges that `other`'s ranges also cover.
+    pub fn overlap_bytes(&self, other: &AccessProfile) -> u64 {
+        let mut theirs: HashMap<Digest, Vec<(u64, u64)>> = HashMap::new();
+        for r in &other.ranges {
+            let end = r.offset.saturating_add(r.len);
+            theirs.entry(r.layer).or_default().push((r.offset, end));
+        }
+        // Sorted and merged, so each layer's list is disjoint and ascending.
+        for list in theirs.values_mut() {
+            list.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(list.len());
+            for &(s, e) in list.iter() {
+                match merged.last_mut() {
+                    Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                    _ => merged.push((s, e)),
+                }
+            }
+            *list = merged;
+        }
+        let mut n = 0u64;
+        for r in &self.ranges {
+            let Some(list) = theirs.get(&r.layer) else {
+                continue;
+            };
+            let (start, end) = (r.offset, r.offset.saturating_add(r.len));
+            let first = list.partition_point(|&(_, e)| e <= start);
+            for &(s, e) in list[first..].iter().take_while(|&&(s, _)| s < end) {
+                n = n.saturating_add(end.min(e) - start.max(s));
+            }
+        }
+        n
     }
 
     /// The profile in an index's PROFILE section: `Ok(None)` for a profile

@@ -306,3 +306,25 @@ fn profile_files_round_trip_and_bad_ones_are_named_errors() {
         );
     }
 }
+
+#[test]
+fn overlap_counts_shared_bytes_per_layer() {
+    let (a, b) = (crate::Digest::of(b"a"), crate::Digest::of(b"b"));
+    let p = |ranges: &[(crate::Digest, u64, u64)]| AccessProfile {
+        version: PROFILE_VERSION,
+        manifest: None,
+        window_secs: 1,
+        ranges: ranges
+            .iter()
+            .map(|&(layer, offset, len)| ProfileRange { layer, offset, len })
+            .collect(),
+    };
+    let old = p(&[(a, 0, 100), (a, 50, 100), (b, 1000, 10), (a, 500, 10)]);
+    assert_eq!(old.overlap_bytes(&old), old.bytes());
+    let c = crate::Digest::of(b"c");
+    let new = p(&[(a, 90, 20), (a, 140, 400), (b, 0, 1005), (c, 0, 9)]);
+    // a: 90..110 → 20; 140..540 → 140..150 + 500..510 = 20; b: 1000..1005 → 5.
+    assert_eq!(new.overlap_bytes(&old), 45);
+    assert_eq!(p(&[]).overlap_bytes(&old), 0);
+    assert_eq!(new.overlap_bytes(&p(&[])), 0);
+}
