@@ -12,8 +12,8 @@ use super::clip;
 use std::io::{Cursor, Read, Write};
 
 use clip::format::{
-    write_index, Checkpoint, Chunk, DataRef, ImageMeta, Index, IndexData, Layer, LayerKind, Node,
-    NodeKind, Tree, WriteOptions, ROOT_INO,
+    write_index, AccessProfile, Checkpoint, Chunk, DataRef, ImageMeta, Index, IndexData, Layer,
+    LayerKind, Node, NodeKind, ProfileRange, Tree, WriteOptions, PROFILE_VERSION, ROOT_INO,
 };
 use clip::gzip::{read_range, IndexerConfig, SpanDecoder, ZranReader};
 use clip::tar::{read_entries, Entry, EntryKind};
@@ -173,6 +173,10 @@ fn check_index_bytes(data: &[u8]) {
     }
     let _ = idx.resolve(b"/usr/bin/python3");
     let _ = idx.resolve(b"./etc/../etc/");
+    if let Some(p) = idx.profile() {
+        assert_eq!(p.version, PROFILE_VERSION);
+        let _ = (p.bytes(), p.overlap_bytes(p));
+    }
     let layers = idx.layer_count();
     assert!(idx.layer(layers).is_err());
     for l in 0..layers.min(16) {
@@ -305,9 +309,22 @@ fn gen_index_data(b: &mut Bytes<'_>) -> IndexData {
             compressed_size: b.u64(),
             ..ImageMeta::default()
         },
+        profile: (b.u8() & 1 == 1).then(|| AccessProfile {
+            version: PROFILE_VERSION,
+            manifest: (b.u8() & 1 == 1).then(|| Digest::of(&b.bytes(8))),
+            window_secs: b.u64(),
+            ranges: (0..b.u8() % 8)
+                .map(|_| ProfileRange {
+                    layer: layers
+                        .get(b.u8() as usize % layers.len().max(1))
+                        .map_or_else(|| Digest::of(b"none"), |l| l.digest),
+                    offset: b.u64(),
+                    len: b.u64(),
+                })
+                .collect(),
+        }),
         layers,
         tree,
-        profile: None,
     }
 }
 
@@ -319,6 +336,7 @@ fn index_round_trip(data: &[u8]) {
     let d = gen_index_data(&mut b);
     let bytes = write_index(&d, WriteOptions { compress }).expect("write_index on a valid tree");
     let idx = Index::from_bytes(bytes.clone()).expect("reading back a freshly written index");
+    assert_eq!(idx.profile(), d.profile.as_ref());
     assert_eq!(idx.file_size(), bytes.len() as u64);
     assert_eq!(idx.meta(), &d.meta);
     assert_eq!(idx.layer_count() as usize, d.layers.len());

@@ -14,8 +14,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use clip::format::{
-    write_index, Checkpoint, Chunk, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node,
-    NodeKind, Tree, WriteOptions,
+    write_index, AccessProfile, Checkpoint, Chunk, DataRef, ImageMeta, IndexData, Layer, LayerKind,
+    Node, NodeKind, ProfileRange, Tree, WriteOptions, PROFILE_VERSION,
 };
 use clip::gzip::{IndexerConfig, ZranReader};
 use clip::Digest;
@@ -227,9 +227,25 @@ fn index_seeds(out: &mut Out) {
             span: 16_384,
             ..ImageMeta::default()
         },
+        profile: Some(AccessProfile {
+            version: PROFILE_VERSION,
+            manifest: None,
+            window_secs: 30,
+            ranges: vec![
+                ProfileRange {
+                    layer: tar_layer.digest,
+                    offset: 512,
+                    len: 4096,
+                },
+                ProfileRange {
+                    layer: layer.digest,
+                    offset: 0,
+                    len: 65_536,
+                },
+            ],
+        }),
         layers: vec![layer, tar_layer],
         tree: Tree { nodes },
-        profile: None,
     };
     for compress in [false, true] {
         let bytes = write_index(&data, WriteOptions { compress }).unwrap();
