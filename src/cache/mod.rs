@@ -115,7 +115,10 @@ pub struct CacheConfig {
     /// fetch this many compressed bytes past what they need, doubling with
     /// every further continuation (default 256 KiB; 0 disables).
     pub sequential_fetch: u64,
-    /// Cap of that readahead (default 4 MiB).
+    /// Cap of that readahead (default 4 MiB). A parked decoder keeps what
+    /// it read ahead and has not inflated yet, so besides `memory_bytes`
+    /// up to `parked_decoders × sequential_max` of compressed input can be
+    /// held (128 MiB with the defaults, in practice a few streams' worth).
     pub sequential_max: u64,
     /// At most this many `read_at` calls in flight at once (default 16).
     pub max_in_flight: usize,
