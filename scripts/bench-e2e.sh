@@ -166,6 +166,20 @@ sq_mount() {
 
 # numpy_in ROOTFS: run the numpy command in runc; sets TOTAL (wall s of run-container.sh)
 # and PY (bash `time` of python3 inside the container)
+# clip_cold_numpy CID KEY: wait until no daemon of ours runs (fresh daemon, empty memory
+# cache), drop caches, then timed: mount CID + the numpy container. Adds KEY_total_s and
+# KEY_py_s; the container's metrics are in $W/metrics.json.
+clip_cold_numpy() {
+  local s
+  wait_daemons_gone
+  drop_caches
+  s=$(now)
+  clip_mount_cid "$1"
+  numpy_in "$ROOTFS"
+  add "$2_total_s" "$(secs $(( $(now) - s )))"
+  add "$2_py_s" "$PY"
+  "$CLIPCTL" metrics --cid "$1" --run-dir "$RUN_DIR" --format json > "$W/metrics.json"
+}
 numpy_in() {
   local s out
   s=$(now)
@@ -255,17 +269,10 @@ section_numpy() {
   R[numpy_load0]="$(load)"
   local i s s2 s3 cid
   for i in $(seq 1 "$RUNS"); do
-    # clip: no daemon of ours running -> fresh daemon, empty chunk cache; cold page cache
-    wait_daemons_gone
-    drop_caches
+    # clip, the image's first start here: no profile, nothing on the node's disk
     cid="bench-$$-$i"
-    rm -rf "$NODE_DIR/profiles" "$NODE_DIR/chunks"      # the image's first start here
-    s=$(now)
-    clip_mount_cid "$cid"
-    numpy_in "$ROOTFS"
-    add clip_cold_total_s "$(secs $(( $(now) - s )))"
-    add clip_cold_py_s "$PY"
-    "$CLIPCTL" metrics --cid "$cid" --run-dir "$RUN_DIR" --format json > "$W/metrics.json"
+    wait_daemons_gone; rm -rf "$NODE_DIR/profiles" "$NODE_DIR/chunks"
+    clip_cold_numpy "$cid" clip_cold
     add clip_fetched "$(metric .counters.bytes_fetched)"
     add clip_gets "$(metric .counters.fetch_count)"
     add clip_served "$(metric .counters.bytes_served)"
@@ -280,16 +287,9 @@ section_numpy() {
 
     # clip again, cold, replaying the startup profile the first start recorded
     ls "$NODE_DIR"/profiles/*.json >/dev/null 2>&1 || die "no startup profile saved in $NODE_DIR/profiles"
-    wait_daemons_gone
-    rm -rf "$NODE_DIR/chunks"                            # cold: nothing on the node's disk
-    drop_caches
     cid="bench-$$-$i-p"
-    s=$(now)
-    clip_mount_cid "$cid"
-    numpy_in "$ROOTFS"
-    add clipp_cold_total_s "$(secs $(( $(now) - s )))"
-    add clipp_cold_py_s "$PY"
-    "$CLIPCTL" metrics --cid "$cid" --run-dir "$RUN_DIR" --format json > "$W/metrics.json"
+    wait_daemons_gone; rm -rf "$NODE_DIR/chunks"          # cold: nothing on the node's disk
+    clip_cold_numpy "$cid" clipp_cold
     add clipp_fetched "$(metric .counters.bytes_fetched)"
     add clipp_gets "$(metric .counters.fetch_count)"
     add clipp_net_s "$(metric '(.counters.network_blocked_ns_total // 0) / 1e9')"
@@ -297,15 +297,8 @@ section_numpy() {
 
     # clip restarted on the same node: fresh daemon, page cache dropped, the node's
     # disk chunk cache (and profile) from the runs above
-    wait_daemons_gone
-    drop_caches
     cid="bench-$$-$i-r"
-    s=$(now)
-    clip_mount_cid "$cid"
-    numpy_in "$ROOTFS"
-    add clipr_total_s "$(secs $(( $(now) - s )))"
-    add clipr_py_s "$PY"
-    "$CLIPCTL" metrics --cid "$cid" --run-dir "$RUN_DIR" --format json > "$W/metrics.json"
+    clip_cold_numpy "$cid" clipr
     add clipr_fetched "$(metric .counters.bytes_fetched)"
     add clipr_disk_hits "$(metric .counters.disk_hits)"
     clip_umount_cid "$cid"
