@@ -25,6 +25,8 @@ pub mod mount;
 pub mod oci;
 pub mod source;
 pub mod tar;
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;
 
 pub use digest::Digest;
 pub use error::{Error, Result};

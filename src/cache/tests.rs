@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::digest::Digest;
@@ -17,6 +17,7 @@ use crate::format::{
     PROFILE_VERSION,
 };
 use crate::source::{BlobSource, MemSource, SourceError};
+use crate::testutil::{gzip_layer, sample_tar};
 
 // ---------------------------------------------------------------- fakes
 
@@ -82,64 +83,6 @@ impl BlobSource for FaultySource {
 }
 
 // ---------------------------------------------------------------- fixtures
-
-/// Mixed content: text-like runs, zeros and incompressible random runs.
-fn mixed_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        let run = rng.gen_range(1..64 << 10).min(len - out.len());
-        match rng.gen_range(0..3) {
-            0 => {
-                let words: [&[u8]; 6] = [
-                    b"import ",
-                    b"numpy ",
-                    b"def f(x):\n",
-                    b"    return ",
-                    b"self.",
-                    b"# comment\n",
-                ];
-                let stop = out.len() + run;
-                while out.len() < stop {
-                    out.extend_from_slice(words[rng.gen_range(0..words.len())]);
-                }
-                out.truncate(len);
-            }
-            1 => out.resize(out.len() + run, 0),
-            _ => {
-                let start = out.len();
-                out.resize(start + run, 0);
-                rng.fill_bytes(&mut out[start..]);
-            }
-        }
-    }
-    out
-}
-
-/// A multi-file tar of about `size` bytes of mixed content.
-fn sample_tar(seed: u64, size: usize) -> Vec<u8> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut b = tar::Builder::new(Vec::new());
-    let mut total = 0;
-    let mut i = 0;
-    while total < size {
-        let len = match i % 4 {
-            0 => rng.gen_range(0..2000),
-            1 => rng.gen_range(0..100_000),
-            2 => rng.gen_range(100_000..1_500_000),
-            _ => rng.gen_range(0..300_000),
-        };
-        let data = mixed_bytes(&mut rng, len);
-        let mut h = tar::Header::new_ustar();
-        h.set_size(len as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, format!("dir{}/file{i}.bin", i % 5), &data[..])
-            .unwrap();
-        total += len + 512;
-        i += 1;
-    }
-    b.into_inner().unwrap()
-}
 
 /// Chunk records for spans starting at `starts`, with `in_end` from `hint`.
 fn chunks_for(data: &[u8], starts: &[u64], chunk: u64, hint: impl Fn(u64) -> u64) -> Vec<Chunk> {
@@ -237,42 +180,6 @@ fn zstd_layer(data: &[u8], span: u64, chunk: u64, whole: bool) -> (Layer, Vec<u8
         chunk_size: chunk as u32,
         checkpoints,
         chunks,
-    };
-    (layer, blob)
-}
-
-/// A gzip layer (`members` concatenated gzip members) indexed by `ZranReader`.
-fn gzip_layer(data: &[u8], span: u64, chunk: u64, members: usize) -> (Layer, Vec<u8>) {
-    use std::io::Write;
-    let mut blob = Vec::new();
-    let per = data.len().div_ceil(members.max(1));
-    for part in data.chunks(per.max(1)) {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-        e.write_all(part).unwrap();
-        blob.extend(e.finish().unwrap());
-    }
-    let mut r = crate::gzip::ZranReader::new(
-        &blob[..],
-        crate::gzip::IndexerConfig {
-            span,
-            chunk_size: chunk as u32,
-        },
-    );
-    let mut out = Vec::new();
-    r.read_to_end(&mut out).unwrap();
-    assert!(out == data, "gunzip ground truth");
-    let idx = r.finish().unwrap();
-    assert_eq!(idx.compressed_size, blob.len() as u64);
-    let layer = Layer {
-        digest: Digest::of(&blob),
-        diff_id: Digest::of(data),
-        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-        kind: LayerKind::Gzip,
-        compressed_size: idx.compressed_size,
-        uncompressed_size: idx.uncompressed_size,
-        chunk_size: chunk as u32,
-        checkpoints: idx.checkpoints,
-        chunks: idx.chunks,
     };
     (layer, blob)
 }
