@@ -390,9 +390,10 @@ impl ContentCache {
             .get(layer as usize)
             .ok_or(CacheError::NoSuchLayer { layer })?;
         match &plan.broken {
-            Some(why) => Err(CacheError::Other {
+            Some(why) => Err(CacheError::UnusableLayer {
                 layer,
-                message: format!("{} ({}): {why}", "unusable index entry", plan.digest),
+                digest: plan.digest,
+                reason: why.clone(),
             }),
             None => Ok(plan),
         }
@@ -629,23 +630,31 @@ impl ContentCache {
         } else {
             s
         };
-        let other = |message: String| CacheError::Other {
-            layer: plan.number,
-            message,
+        let index_err = |what: String| {
+            move |source| CacheError::Index {
+                layer: plan.number,
+                what,
+                source,
+            }
         };
         let view = self
             .index
             .layer(plan.number)
-            .map_err(|e| other(e.to_string()))?;
+            .map_err(index_err("layer record".into()))?;
         let cp = view
             .checkpoint(s as u32)
-            .map_err(|e| other(format!("checkpoint {s}: {e}")))?;
+            .map_err(index_err(format!("checkpoint {s}")))?;
         let sp = plan.spans[s];
         if cp.out_offset != sp.start || cp.first_chunk != sp.first_chunk {
-            return Err(other(format!(
-                "checkpoint {s} ({}) disagrees with the chunk table (out {} chunk {}, expected {} {})",
-                plan.digest, cp.out_offset, cp.first_chunk, sp.start, sp.first_chunk
-            )));
+            return Err(CacheError::CheckpointMismatch {
+                layer: plan.number,
+                digest: plan.digest,
+                span: s as u32,
+                out_offset: cp.out_offset,
+                first_chunk: cp.first_chunk,
+                want_offset: sp.start,
+                want_chunk: sp.first_chunk,
+            });
         }
         let dec = Decoder::new(plan.kind, &cp).map_err(|m| self.decode_err(plan, s, m))?;
         Ok(Parked {
@@ -846,9 +855,9 @@ impl ContentCache {
             .layer(plan.number)
             .ok()
             .and_then(|l| l.chunk(chunk))
-            .ok_or_else(|| CacheError::Other {
+            .ok_or(CacheError::NoSuchChunk {
                 layer: plan.number,
-                message: format!("no chunk {chunk} in the index"),
+                chunk,
             })
     }
 

@@ -72,13 +72,55 @@ pub enum CacheError {
         /// Layer number asked for.
         layer: u32,
     },
-    /// Anything else, with its context.
-    #[error("layer {layer}: {message}")]
-    Other {
+    /// The layer's index entry is inconsistent (checked when the cache is
+    /// built; every read of the layer fails with this).
+    #[error("layer {layer}: unusable index entry ({digest}): {reason}")]
+    UnusableLayer {
         /// Layer number.
         layer: u32,
-        /// What went wrong.
-        message: String,
+        /// Layer blob digest.
+        digest: crate::Digest,
+        /// What is inconsistent.
+        reason: String,
+    },
+    /// A record the read needs could not be read from the index.
+    #[error("layer {layer}: {what}: {source}")]
+    Index {
+        /// Layer number.
+        layer: u32,
+        /// Which record.
+        what: String,
+        /// The error.
+        source: crate::format::FormatError,
+    },
+    /// The index has no record of this chunk.
+    #[error("layer {layer}: no chunk {chunk} in the index")]
+    NoSuchChunk {
+        /// Layer number.
+        layer: u32,
+        /// Chunk number asked for.
+        chunk: u32,
+    },
+    /// A checkpoint disagrees with the layer's chunk table.
+    #[error(
+        "layer {layer}: checkpoint {span} ({digest}) disagrees with the chunk table \
+         (out {out_offset} chunk {first_chunk}, expected {want_offset} {want_chunk})"
+    )]
+    CheckpointMismatch {
+        /// Layer number.
+        layer: u32,
+        /// Layer blob digest.
+        digest: crate::Digest,
+        /// Checkpoint (span) number.
+        span: u32,
+        /// Its uncompressed offset.
+        out_offset: u64,
+        /// Its first chunk.
+        first_chunk: u32,
+        /// The span start the chunk table implies.
+        want_offset: u64,
+        /// The first chunk the chunk table implies.
+        want_chunk: u32,
     },
 }
 

@@ -16,7 +16,7 @@ use crate::format::{
     write_index, Checkpoint, Chunk, Index, IndexData, Layer, LayerKind, ProfileRange, WriteOptions,
     PROFILE_VERSION,
 };
-use crate::source::{BlobSource, MemSource, SourceError};
+use crate::source::{BlobSource, MemSource, RemoteKind, SourceError};
 use crate::testutil::{gzip_layer, sample_tar};
 
 // ---------------------------------------------------------------- fakes
@@ -65,7 +65,10 @@ impl BlobSource for FaultySource {
             std::thread::sleep(Duration::from_millis(ms));
         }
         if self.fail.load(Relaxed) {
-            return Err(SourceError::Remote("injected failure".into()));
+            return Err(SourceError::remote(
+                RemoteKind::Transient,
+                "injected failure",
+            ));
         }
         let n = self.inner.read_at(digest, offset, buf)?;
         self.bytes.fetch_add(n as u64, Relaxed);

@@ -84,6 +84,14 @@ pub enum FsError {
     /// A mutating operation on the read-only image.
     #[error("read-only filesystem")]
     ReadOnly,
+    /// OPEN/OPENDIR after FUSE_NO_OPEN/NO_OPENDIR was negotiated: answered
+    /// with ENOSYS, which then means "success, and send no more OPEN or
+    /// RELEASE" (the page cache is kept across opens).
+    #[error("open is not needed (no-open negotiated)")]
+    OpenNotNeeded,
+    /// A read without an offset: layer contents are read only positionally.
+    #[error("layer contents are read only at an offset")]
+    NotPositional,
     /// The index is corrupt or inconsistent.
     #[error("index: {0}")]
     Index(#[from] FormatError),
@@ -126,6 +134,8 @@ impl FsError {
             FsError::NoXattrs => libc::ENOSYS,
             FsError::Range(_) => libc::ERANGE,
             FsError::ReadOnly => libc::EROFS,
+            FsError::OpenNotNeeded => libc::ENOSYS,
+            FsError::NotPositional => libc::ESPIPE,
             FsError::Index(FormatError::NoSuchInode(_)) => libc::ENOENT,
             FsError::Index(FormatError::NotADirectory(_)) => libc::ENOTDIR,
             FsError::Index(_) => libc::EIO,

@@ -111,9 +111,7 @@ impl FileSystem for ClipFs {
             return Err(FsError::IsADirectory(inode).into());
         }
         if self.no_open.load(Ordering::Relaxed) {
-            // With FUSE_NO_OPEN negotiated, ENOSYS means "success, and do not
-            // send OPEN/RELEASE again"; the page cache is kept across opens.
-            return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+            return Err(FsError::OpenNotNeeded.into());
         }
         Ok((None, OpenOptions::KEEP_CACHE, None))
     }
@@ -159,7 +157,7 @@ impl FileSystem for ClipFs {
             return Err(FsError::NotADirectory(inode).into());
         }
         if self.no_opendir.load(Ordering::Relaxed) {
-            return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+            return Err(FsError::OpenNotNeeded.into());
         }
         Ok((None, OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR))
     }

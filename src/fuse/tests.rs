@@ -141,12 +141,15 @@ fn errno_table() {
                 ino: 2,
                 layer: 0,
                 offset: 5,
-                source: CacheError::Other {
-                    layer: 0,
-                    message: "boom".into(),
-                },
+                source: CacheError::NoSuchChunk { layer: 0, chunk: 7 },
             },
             libc::EIO,
+        ),
+        (FsError::OpenNotNeeded, libc::ENOSYS),
+        (FsError::NotPositional, libc::ESPIPE),
+        (
+            FsError::Reply(io::Error::from_raw_os_error(libc::EPIPE)),
+            libc::EPIPE,
         ),
         (
             FsError::ShortLayer {

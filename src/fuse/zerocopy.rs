@@ -4,9 +4,9 @@
 //! `fuse_out_header`, then the data. Anything written through
 //! `io::Write` is `memcpy`'d to buffer+16. On this machine's CPU a `memcpy`
 //! whose source and destination differ in alignment mod 64 runs ~10x slower
-//! (glibc `rep movsb`; see FACTS-fuse-io-gzip.md), so a "read into my
-//! aligned buffer, then `write_all`" path pays one fast copy plus one slow
-//! one. [`copy_direct`] instead hands the reader the reply buffer itself
+//! (glibc `rep movsb`; see BENCHMARKS.md and `GLIBC_TUNABLES` in
+//! `mount/spawn.rs`), so a "read into my aligned buffer, then `write_all`"
+//! path pays one fast copy plus one slow one. [`copy_direct`] instead hands the reader the reply buffer itself
 //! (through `ZeroCopyWriter::write_from`), so there is exactly one copy, from
 //! the cache into the reply. Measured against a read-into-aligned-buffer-then-copy
 //! path (removed): 1.3–1.7 GB/s vs 0.5–1.6 GB/s; see BENCHMARKS.md.
@@ -22,14 +22,15 @@ use fuse_backend_rs::file_buf::FileVolatileSlice;
 use fuse_backend_rs::file_traits::FileReadWriteVolatile;
 
 use super::FsError;
-use crate::cache::{CacheError, ContentReader};
+use crate::cache::ContentReader;
 
 /// A layer's uncompressed stream seen as a read-only "file" by the writer.
 struct LayerFile<'a> {
     content: &'a dyn ContentReader,
+    ino: u64,
     layer: u32,
     /// The reader's error, kept typed (the trait only carries `io::Error`).
-    failed: Option<(u64, CacheError)>,
+    failed: Option<FsError>,
 }
 
 impl LayerFile<'_> {
@@ -45,30 +46,33 @@ impl LayerFile<'_> {
         let buf = unsafe { std::slice::from_raw_parts_mut(slice.as_ptr(), slice.len()) };
         match self.content.read(self.layer, offset, buf) {
             Ok(n) => Ok(n),
-            Err(e) => {
-                self.failed = Some((offset, e));
-                Err(io::Error::from_raw_os_error(libc::EIO))
+            Err(source) => {
+                let e = FsError::Content {
+                    ino: self.ino,
+                    layer: self.layer,
+                    offset,
+                    source,
+                };
+                let io = io::Error::from_raw_os_error(e.errno());
+                self.failed = Some(e);
+                Err(io)
             }
         }
     }
 }
 
-fn read_only() -> io::Error {
-    io::Error::from_raw_os_error(libc::EROFS)
-}
-
 impl FileReadWriteVolatile for LayerFile<'_> {
     fn read_volatile(&mut self, _slice: FileVolatileSlice) -> io::Result<usize> {
-        Err(io::Error::from_raw_os_error(libc::ESPIPE))
+        Err(FsError::NotPositional.into())
     }
     fn write_volatile(&mut self, _slice: FileVolatileSlice) -> io::Result<usize> {
-        Err(read_only())
+        Err(FsError::ReadOnly.into())
     }
     fn read_at_volatile(&mut self, slice: FileVolatileSlice, offset: u64) -> io::Result<usize> {
         self.read_into(slice, offset)
     }
     fn write_at_volatile(&mut self, _slice: FileVolatileSlice, _offset: u64) -> io::Result<usize> {
-        Err(read_only())
+        Err(FsError::ReadOnly.into())
     }
 }
 
@@ -83,6 +87,7 @@ pub(super) fn copy_direct(
 ) -> Result<(), FsError> {
     let mut src = LayerFile {
         content,
+        ino,
         layer,
         failed: None,
     };
@@ -98,17 +103,7 @@ pub(super) fn copy_direct(
                 })
             }
             Ok(n) => done += n,
-            Err(e) => {
-                return Err(match src.failed.take() {
-                    Some((offset, source)) => FsError::Content {
-                        ino,
-                        layer,
-                        offset,
-                        source,
-                    },
-                    None => FsError::Reply(e),
-                })
-            }
+            Err(e) => return Err(src.failed.take().unwrap_or(FsError::Reply(e))),
         }
     }
     Ok(())

@@ -33,15 +33,19 @@ pub(super) struct MemContent(pub Vec<Vec<u8>>);
 impl ContentReader for MemContent {
     fn read(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, CacheError> {
         if layer == 1 {
-            return Err(CacheError::Other {
+            return Err(CacheError::Source {
                 layer,
-                message: "injected failure".into(),
+                digest: crate::Digest::of(b"bad"),
+                source: crate::source::SourceError::remote(
+                    crate::source::RemoteKind::Transient,
+                    "injected failure",
+                ),
             });
         }
-        let data = self.0.get(layer as usize).ok_or(CacheError::Other {
-            layer,
-            message: "no layer".into(),
-        })?;
+        let data = self
+            .0
+            .get(layer as usize)
+            .ok_or(CacheError::NoSuchLayer { layer })?;
         let start = (offset as usize).min(data.len());
         let n = buf.len().min(data.len() - start);
         buf[..n].copy_from_slice(&data[start..start + n]);

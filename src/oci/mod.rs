@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::digest::Digest;
-use crate::source::SourceError;
+use crate::source::{RemoteKind, SourceError};
 
 pub use layout::{open_layout, LayoutSource};
 pub use manifest::{
@@ -275,11 +275,34 @@ pub enum OciError {
     Setup(String),
 }
 
+impl OciError {
+    /// What kind of remote failure this is (for [`SourceError::Remote`]).
+    pub fn remote_kind(&self) -> RemoteKind {
+        match self {
+            OciError::NotFound { .. } | OciError::BlobNotFound { .. } => RemoteKind::NotFound,
+            OciError::Unauthorized { .. } | OciError::Credentials { .. } => {
+                RemoteKind::Unauthorized
+            }
+            OciError::Timeout { .. } => RemoteKind::Timeout,
+            OciError::UnknownRegistry { .. } | OciError::Connect { .. } => RemoteKind::Unreachable,
+            OciError::Http { status, .. } => match status {
+                401 | 403 => RemoteKind::Unauthorized,
+                404 => RemoteKind::NotFound,
+                408 | 429 | 500..=599 => RemoteKind::Transient,
+                _ => RemoteKind::Permanent,
+            },
+            // A broken or short body: retried, and still broken.
+            OciError::Protocol { .. } => RemoteKind::Transient,
+            _ => RemoteKind::Permanent,
+        }
+    }
+}
+
 impl From<OciError> for SourceError {
     fn from(e: OciError) -> Self {
         match e {
             OciError::BlobNotFound { digest, .. } => SourceError::NotFound { digest },
-            other => SourceError::Remote(other.to_string()),
+            other => SourceError::remote(other.remote_kind(), other),
         }
     }
 }

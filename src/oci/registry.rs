@@ -16,7 +16,7 @@ use super::client::{self, Client, Failure};
 use super::manifest::{self, Descriptor, DocumentStore, MANIFEST_ACCEPT};
 use super::{ImageRef, OciError, Platform, RegistryOptions, ResolvedImage, MAX_DOCUMENT_BYTES};
 use crate::digest::Digest;
-use crate::source::{BlobSource, SourceError};
+use crate::source::{BlobSource, RemoteKind, SourceError};
 
 /// Chunks buffered between the download task and a reader of `open()`.
 const STREAM_CHANNEL_DEPTH: usize = 16;
@@ -325,9 +325,10 @@ impl BlobSource for RegistrySource {
                 _runtime: self.runtime.clone(),
             })),
             Some(Msg::Failed(e)) => Err(e.into()),
-            _ => Err(SourceError::Remote(format!(
-                "download of blob {digest} ended before it started"
-            ))),
+            _ => Err(SourceError::remote(
+                RemoteKind::Transient,
+                format!("download of blob {digest} ended before it started"),
+            )),
         }
     }
 }

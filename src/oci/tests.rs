@@ -1194,7 +1194,9 @@ fn errors_map_to_source_errors() {
         detail: String::new(),
     }
     .into();
-    assert!(matches!(e, SourceError::Remote(ref m) if m.contains("502")));
+    assert!(
+        matches!(e, SourceError::Remote { kind: RemoteKind::Transient, .. } if e.to_string().contains("502"))
+    );
 }
 
 // ---------------------------------------------------------------- real registry
