@@ -13,7 +13,6 @@
 pub mod cache;
 pub mod cli;
 pub mod digest;
-pub mod error;
 pub mod format;
 pub mod fuse;
 #[cfg(test)]
@@ -24,10 +23,10 @@ pub mod metrics;
 pub mod mount;
 pub mod oci;
 pub mod source;
+mod sync;
 pub mod tar;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 
 pub use digest::Digest;
-pub use error::{Error, Result};
 pub use source::BlobSource;

@@ -13,7 +13,7 @@ use crate::metrics::{ErrorKind, Metrics};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use super::decoder::Decoder;
@@ -27,10 +27,7 @@ use super::{CacheConfig, CacheError, ContentReader};
 use crate::digest::Digest;
 use crate::format::{AccessProfile, Index, LayerKind, PROFILE_VERSION};
 use crate::source::BlobSource;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::sync::{lock, wait};
 
 /// Largest follow-up fetch when a decoder keeps starving within one fill.
 const MAX_REFETCH: u64 = 8 << 20;
@@ -115,7 +112,7 @@ impl Semaphore {
     fn acquire(&self) -> Permit<'_> {
         let mut free = lock(&self.free);
         while *free == 0 {
-            free = self.cv.wait(free).unwrap_or_else(|e| e.into_inner());
+            free = wait(&self.cv, free);
         }
         *free -= 1;
         Permit(self)

@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 
+/// Resume points and chunk records are what the gzip indexer produces; the
+/// index stores them as they are (zstd layers reuse the checkpoint record
+/// with an empty window).
+pub use crate::gzip::{Checkpoint, Chunk};
+
 /// Where the image came from and what it is; stored as JSON in the META section.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ImageMeta {
@@ -58,37 +63,6 @@ impl LayerKind {
             _ => return None,
         })
     }
-}
-
-/// A resume point inside a compressed layer.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Checkpoint {
-    /// Offset in the blob of the first byte holding bits of the next block.
-    /// For gzip with `bits > 0` the byte at `in_offset - 1` holds the
-    /// `bits` high bits that start the block.
-    pub in_offset: u64,
-    /// Number of bits of byte `in_offset - 1` still unread (0..=7).
-    pub bits: u8,
-    /// Uncompressed offset of the checkpoint.
-    pub out_offset: u64,
-    /// The preceding window (up to 32 KiB), raw-deflate compressed; empty for
-    /// a checkpoint at a member start or for non-gzip layers.
-    pub window: Vec<u8>,
-    /// Length of the window once inflated.
-    pub window_len: u32,
-    /// Index (into [`Layer::chunks`]) of the first chunk of this span.
-    pub first_chunk: u32,
-}
-
-/// A verification unit: a run of at most [`Layer::chunk_size`] uncompressed
-/// bytes inside one span; spans are cut into chunks from their start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Chunk {
-    /// sha256 of the chunk's uncompressed bytes.
-    pub digest: [u8; 32],
-    /// Blob offset by which the compressed stream had produced the end of
-    /// this chunk (a hint for how much to fetch; readers fetch more on demand).
-    pub in_end: u64,
 }
 
 /// One layer of the image.

@@ -11,7 +11,7 @@ use super::header::{HeaderParser, Trailer};
 use super::trim::Trimmer;
 use super::{
     compress_window_with, trimmed_window_compressor, window_compressor, Checkpoint, Chunk,
-    GzipError, IndexerConfig, SpanDecoder, ZranIndex, WINDOW_SIZE,
+    GzipError, IndexerConfig, SpanDecoder, ZranIndex, MAX_STALLS, WINDOW_SIZE,
 };
 
 /// Compressed input buffer size.
@@ -20,8 +20,6 @@ const IN_BUF: usize = 256 * 1024;
 const STAGE_BUF: usize = 128 * 1024;
 /// Reads at least this large inflate straight into the caller's buffer.
 const DIRECT_MIN: usize = 32 * 1024;
-/// Consecutive inflate calls without visible progress before giving up.
-const MAX_STALLS: u32 = 8;
 /// Most compressed bytes logged for window trimming; past this (only
 /// pathological streams, e.g. long runs of empty blocks, need that much for
 /// 32 KiB of output) the checkpoints in flight keep their full windows.

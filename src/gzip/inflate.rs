@@ -2,7 +2,7 @@
 
 use super::ffi::{ZStream, Z_BUF_ERROR, Z_NO_FLUSH, Z_STREAM_END};
 use super::header::{HeaderParser, Trailer};
-use super::{decompress_window, Checkpoint, GzipError, ZranIndex};
+use super::{decompress_window, Checkpoint, GzipError, ZranIndex, MAX_STALLS};
 
 /// Where the decoder is in the gzip framing.
 #[derive(Debug)]
@@ -152,7 +152,7 @@ impl SpanDecoder {
                                     break;
                                 }
                                 self.stalls += 1;
-                                if self.stalls > 8 {
+                                if self.stalls > MAX_STALLS {
                                     return Err(GzipError::Zlib {
                                         code: step.code,
                                         msg: "inflate makes no progress".into(),

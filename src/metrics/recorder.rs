@@ -120,8 +120,7 @@ impl Shard {
     }
 
     fn lock(&self) -> MutexGuard<'_, Locked> {
-        // A panic while holding the lock leaves consistent data: keep going.
-        self.locked.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.locked)
     }
 }
 

@@ -103,12 +103,9 @@ pub fn put_blob(dir: &std::path::Path, data: &[u8]) -> String {
 
 /// A gzip'ed layer from an uncompressed tar.
 pub fn gzip_layer(tar: &[u8]) -> TestLayer {
-    use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-    enc.write_all(tar).unwrap();
     TestLayer {
         media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-        blob: enc.finish().unwrap(),
+        blob: clip::testutil::gzip(tar, 6),
         diff_id: format!("sha256:{}", sha256_hex(tar)),
     }
 }
