@@ -73,12 +73,12 @@ fn benches(c: &mut Criterion) {
             })
         });
         g.finish();
-        let st = cold.stats();
+        let st = cold.metrics().counters();
         eprintln!(
             "span {}M cold: {:.0} KiB fetched/read, {:.0} KiB inflated/read",
             span >> 20,
-            st.bytes_fetched as f64 / st.misses.max(1) as f64 / 1024.0,
-            st.bytes_inflated as f64 / st.misses.max(1) as f64 / 1024.0
+            st.bytes_fetched as f64 / st.chunk_misses.max(1) as f64 / 1024.0,
+            st.inflate_bytes as f64 / st.chunk_misses.max(1) as f64 / 1024.0
         );
         if span == 1 << 20 {
             let warm = cache(&f, CacheConfig::default());

@@ -9,7 +9,7 @@
 //! 2. short leaf locks: the parked-decoder pool, a memory shard, the
 //!    in-flight semaphore. None of them is held across I/O or decoding.
 
-use crate::metrics::{ErrorKind, Metrics};
+use crate::metrics::{Counter, ErrorKind, Metrics};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
@@ -22,11 +22,10 @@ use super::memory::{key, MemoryCache};
 use super::plan::LayerPlan;
 use super::prefetch::{in_prefetch_thread, Job, Prefetcher};
 use super::profile::{self, AccessRecorder};
-use super::stats::{CacheStats, CacheStatsSnapshot};
 use super::{CacheConfig, CacheError, ContentReader};
 use crate::digest::Digest;
 use crate::format::{AccessProfile, Index, LayerKind, PROFILE_VERSION};
-use crate::source::BlobSource;
+use crate::source::{BlobSource, RemoteKind};
 use crate::sync::{lock, wait};
 
 /// Largest follow-up fetch when a decoder keeps starving within one fill.
@@ -135,8 +134,9 @@ pub struct ContentCache {
     mem: MemoryCache,
     parked: Mutex<ParkPool>,
     in_flight: Semaphore,
-    stats: CacheStats,
-    metrics: Option<Arc<Metrics>>,
+    /// Every counter and latency of the cache (a private registry unless
+    /// [`ContentCache::with_metrics`] shares the mount's).
+    metrics: Arc<Metrics>,
     prefetcher: Prefetcher,
     recorder: AccessRecorder,
     disk: Option<Arc<DiskCache>>,
@@ -178,8 +178,7 @@ impl ContentCache {
             source,
             config,
             layers,
-            stats: CacheStats::default(),
-            metrics: None,
+            metrics: Arc::new(Metrics::new()),
             prefetcher: Prefetcher::default(),
         }
     }
@@ -233,7 +232,7 @@ impl ContentCache {
     pub fn replay(self: &Arc<Self>, profile: &AccessProfile, threads: usize) -> usize {
         let jobs = profile::replay_jobs(profile, &self.layers);
         let n = jobs.len();
-        CacheStats::add(&self.stats.prefetch_jobs, n as u64);
+        self.metrics.count(Counter::PrefetchJobs, n as u64);
         self.prefetcher.run_list(
             threads.max(1),
             jobs,
@@ -265,7 +264,7 @@ impl ContentCache {
             start: offset,
             end,
         }) {
-            CacheStats::add(&self.stats.prefetch_jobs, 1);
+            self.metrics.count(Counter::PrefetchJobs, 1);
         }
     }
 
@@ -280,7 +279,7 @@ impl ContentCache {
             return;
         };
         if let Err(e) = self.prefetch_range(plan, job.start, job.end) {
-            CacheStats::add(&self.stats.prefetch_errors, 1);
+            self.metrics.count(Counter::PrefetchErrors, 1);
             tracing::debug!(
                 layer = job.layer,
                 start = job.start,
@@ -328,10 +327,11 @@ impl ContentCache {
         Ok(())
     }
 
-    /// Also records latencies and counters into `metrics` (fetches, inflate,
-    /// hits and misses, bytes served, errors, evictions).
+    /// Records latencies and counters into `metrics` (fetches, inflate,
+    /// hits and misses, bytes served, errors, evictions) instead of a
+    /// private registry.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        self.metrics = metrics;
         self
     }
 
@@ -341,14 +341,9 @@ impl ContentCache {
         self
     }
 
-    /// The live counters (for metrics hooks).
-    pub fn counters(&self) -> &CacheStats {
-        &self.stats
-    }
-
-    /// A copy of the counters.
-    pub fn stats(&self) -> CacheStatsSnapshot {
-        self.stats.snapshot()
+    /// Where the cache records its counters and latencies.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Bytes of verified chunks currently held in memory.
@@ -423,7 +418,7 @@ impl ContentCache {
             self.recorder.note(layer, c);
             let start = plan.chunk_range(s, c).start;
             if let Some(data) = self.mem.get(key(layer, c)) {
-                CacheStats::add(&self.stats.hits, 1);
+                self.metrics.count(Counter::ChunkHits, 1);
                 copy(&mut pos, start, &data);
                 continue;
             }
@@ -431,7 +426,7 @@ impl ContentCache {
                 copy(&mut pos, start, &data);
                 continue;
             }
-            CacheStats::add(&self.stats.misses, 1);
+            self.metrics.count(Counter::ChunkMisses, 1);
             *missed = true;
             let (_, last) = plan.chunk_at(end.min(plan.spans[s].end) - 1);
             let chunks = self.fill(plan, s, c, last)?;
@@ -447,7 +442,6 @@ impl ContentCache {
             }
         }
         let n = (end - offset) as usize;
-        CacheStats::add(&self.stats.bytes_served, n as u64);
         Ok(n)
     }
 
@@ -462,7 +456,7 @@ impl ContentCache {
     ) -> Result<Vec<Arc<[u8]>>, CacheError> {
         let _flight = lock(&plan.locks[plan.lock_for(s)]);
         if let Some(data) = self.mem.get(key(plan.number, first)) {
-            CacheStats::add(&self.stats.shared_fills, 1);
+            self.metrics.count(Counter::SharedFills, 1);
             return Ok(vec![data]);
         }
         self.fill_locked(plan, s, first, last, 0)
@@ -528,7 +522,7 @@ impl ContentCache {
         };
         let (mut st, sequential) = match parked {
             Some(mut p) if p.dec.output_position() <= target => {
-                CacheStats::add(&self.stats.decoder_resumes, 1);
+                self.metrics.count(Counter::DecoderResumes, 1);
                 // A stream continues exactly where the last fill stopped;
                 // skipping ahead (the next file in the directory) is not one.
                 p.streak = if p.dec.output_position() == target {
@@ -539,7 +533,7 @@ impl ContentCache {
                 (p, true)
             }
             _ => {
-                CacheStats::add(&self.stats.decoder_starts, 1);
+                self.metrics.count(Counter::DecoderStarts, 1);
                 (self.start_decoder(plan, s)?, false)
             }
         };
@@ -689,7 +683,6 @@ impl ContentCache {
                 *refills += 1;
             }
         }
-        CacheStats::add(&self.stats.bytes_inflated, buf.len() as u64);
         Ok(())
     }
 
@@ -704,12 +697,10 @@ impl ContentCache {
         let t = Instant::now();
         let r = st.dec.decode(&st.input[st.consumed..], out);
         let took = t.elapsed();
-        CacheStats::add(&self.stats.inflate_time_ns, took.as_nanos() as u64);
-        if let Some(m) = &self.metrics {
-            m.record_inflate(took, r.as_ref().map_or(0, |&(_, p)| p as u64));
-            if r.is_err() {
-                m.count_error(ErrorKind::Inflate);
-            }
+        self.metrics
+            .record_inflate(took, r.as_ref().map_or(0, |&(_, p)| p as u64));
+        if r.is_err() {
+            self.metrics.count_error(ErrorKind::Inflate);
         }
         let (c, p) = r.map_err(|m| self.decode_err(plan, s, m))?;
         st.consumed += c;
@@ -756,23 +747,23 @@ impl ContentCache {
         let r = self.source.read_exact_at(&plan.digest, offset, buf);
         let took = t.elapsed();
         let prefetch = in_prefetch_thread();
-        CacheStats::add(&self.stats.fetch_time_ns, took.as_nanos() as u64);
-        CacheStats::add(&self.stats.fetch_count, 1);
-        if let Some(m) = &self.metrics {
-            // A fetch on a reader's thread is a wait; a prefetch thread's is not.
-            if !prefetch {
-                m.record_blocked(took);
-            }
-            match &r {
-                Ok(()) => {
-                    m.record_range_get(took, buf.len() as u64);
-                    if prefetch {
-                        m.add_prefetched(buf.len() as u64);
-                    }
+        let m = &self.metrics;
+        // A fetch on a reader's thread is a wait; a prefetch thread's is not.
+        if !prefetch {
+            m.record_blocked(took);
+        }
+        match &r {
+            Ok(()) => {
+                m.record_range_get(took, buf.len() as u64);
+                if prefetch {
+                    m.add_prefetched(buf.len() as u64);
                 }
-                Err(_) => {
-                    m.record_range_get(took, 0);
-                    m.count_error(ErrorKind::Fetch);
+            }
+            Err(e) => {
+                m.record_range_get(took, 0);
+                m.count_error(ErrorKind::Fetch);
+                if e.remote_kind() == Some(RemoteKind::Timeout) {
+                    m.count_error(ErrorKind::Timeout);
                 }
             }
         }
@@ -780,22 +771,14 @@ impl ContentCache {
             layer: plan.number,
             digest: plan.digest,
             source,
-        })?;
-        CacheStats::add(&self.stats.bytes_fetched, buf.len() as u64);
-        if prefetch {
-            CacheStats::add(&self.stats.prefetch_bytes, buf.len() as u64);
-        }
-        Ok(())
+        })
     }
 
     /// Verifies chunk `chunk` against the index and stores it.
     fn admit(&self, plan: &LayerPlan, chunk: u32, data: &[u8]) -> Result<Arc<[u8]>, CacheError> {
         let want = self.layer_chunk(plan, chunk)?.digest;
         if Digest::of(data).as_bytes() != &want {
-            CacheStats::add(&self.stats.digest_mismatches, 1);
-            if let Some(m) = &self.metrics {
-                m.count_error(ErrorKind::DigestMismatch);
-            }
+            self.metrics.count_error(ErrorKind::DigestMismatch);
             tracing::error!(
                 layer = plan.number,
                 digest = %plan.digest,
@@ -822,10 +805,7 @@ impl ContentCache {
         let r = plan.chunk_range_of(chunk)?;
         // Verified against the chunk digest inside.
         let data = disk.get(&Digest::from_bytes(want), (r.end - r.start) as usize)?;
-        CacheStats::add(&self.stats.disk_hits, 1);
-        if let Some(m) = &self.metrics {
-            m.add_disk_hit();
-        }
+        self.metrics.add_disk_hit();
         let data: Arc<[u8]> = Arc::from(data);
         self.keep(plan, chunk, data.clone());
         Some(data)
@@ -834,13 +814,8 @@ impl ContentCache {
     /// Puts a verified chunk in memory, counting evictions.
     fn keep(&self, plan: &LayerPlan, chunk: u32, data: Arc<[u8]>) {
         let evicted = self.mem.insert(key(plan.number, chunk), data);
-        CacheStats::add(&self.stats.evictions, evicted);
-        if let Some(m) = &self.metrics {
-            for _ in 0..evicted {
-                m.count_eviction();
-            }
-            m.set_cache_bytes(self.mem.bytes());
-        }
+        self.metrics.count(Counter::CacheEvictions, evicted);
+        self.metrics.set_cache_bytes(self.mem.bytes());
     }
 
     fn layer_chunk(
@@ -871,14 +846,11 @@ impl ContentCache {
 impl ContentReader for ContentCache {
     fn read(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, CacheError> {
         let mut missed = false;
-        let Some(m) = &self.metrics else {
-            return self.read_impl(layer, offset, buf, &mut missed);
-        };
         let t = Instant::now();
         let r = self.read_impl(layer, offset, buf, &mut missed);
-        m.record_cache(!missed, t.elapsed());
+        self.metrics.record_cache(!missed, t.elapsed());
         if let Ok(n) = r {
-            m.add_served(n as u64);
+            self.metrics.add_served(n as u64);
         }
         r
     }

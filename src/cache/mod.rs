@@ -11,7 +11,7 @@
 //! [`ContentCache`] read path, miss path, single-flight and decoder parking),
 //! `prefetch` (background fill threads for [`ContentReader::prefetch`] and
 //! profile replay), `profile` (record and replay of startup access
-//! profiles), `stats` (counters).
+//! profiles). Counters and latencies go to a [`crate::metrics::Metrics`].
 
 use std::fmt;
 
@@ -22,14 +22,12 @@ mod memory;
 mod plan;
 mod prefetch;
 mod profile;
-mod stats;
 
 #[cfg(test)]
 mod tests;
 
-pub use disk::{DiskCache, DiskStats};
+pub use disk::DiskCache;
 pub use fill::ContentCache;
-pub use stats::{CacheStats, CacheStatsSnapshot};
 
 /// Why layer bytes could not be served.
 #[derive(Debug, thiserror::Error)]

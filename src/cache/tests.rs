@@ -16,6 +16,7 @@ use crate::format::{
     write_index, Checkpoint, Chunk, Index, IndexData, Layer, LayerKind, ProfileRange, WriteOptions,
     PROFILE_VERSION,
 };
+use crate::metrics::{Counters, ErrorKind, Metrics};
 use crate::source::{BlobSource, MemSource, RemoteKind, SourceError};
 use crate::testutil::{gzip_layer, sample_tar};
 
@@ -206,6 +207,11 @@ fn cache(index: &Arc<Index>, src: &Arc<FaultySource>, config: CacheConfig) -> Ar
     Arc::new(ContentCache::new(index.clone(), src.clone(), config))
 }
 
+/// The cache's counters.
+fn stats(c: &ContentCache) -> Counters {
+    c.metrics().counters()
+}
+
 fn cfg(memory_bytes: u64) -> CacheConfig {
     CacheConfig {
         memory_bytes,
@@ -271,18 +277,18 @@ fn check_every_path(
     // Cold then warm on the same cache.
     let c = cache(&index, &src, cfg(512 << 20));
     check_random_reads(&c, 0, &truth, reads, 1, span, chunk);
-    let before = c.stats();
+    let before = stats(&c);
     check_random_reads(&c, 0, &truth, reads, 1, span, chunk);
-    let warm = c.stats();
+    let warm = stats(&c);
     assert_eq!(
-        warm.misses, before.misses,
+        warm.chunk_misses, before.chunk_misses,
         "second identical pass must be all hits"
     );
     assert_eq!(warm.fetch_count, before.fetch_count);
     // Tiny budget: constant eviction.
     let c = cache(&index, &src, cfg(3 * chunk));
     check_random_reads(&c, 0, &truth, tiny_reads, 2, span, chunk);
-    assert!(c.stats().evictions > 0);
+    assert!(stats(&c).cache_evictions > 0);
     assert!(c.memory_used() <= 3 * chunk);
     // Concurrent readers, modest budget so hits, misses and evictions mix.
     let c = cache(&index, &src, cfg(truth.len() as u64 / 3));
@@ -403,7 +409,7 @@ fn gzip_random_read_fetches_only_what_it_needs() {
         read_all(&c, 0, off + (64 << 10), 100),
         data[(off + (64 << 10)) as usize..][..100]
     );
-    let st = c.stats();
+    let st = stats(&c);
     assert_eq!((st.decoder_starts, st.decoder_resumes), (1, 1));
     assert_eq!(src.log.lock().unwrap()[0].0, ck.in_end);
 }
@@ -478,9 +484,9 @@ fn single_flight_for_one_cold_chunk() {
             1,
             "8 concurrent cold reads of one chunk must share one fetch"
         );
-        let st = c.stats();
+        let st = stats(&c);
         assert_eq!(st.fetch_count, 1);
-        assert_eq!(st.shared_fills + st.hits, 7);
+        assert_eq!(st.shared_fills + st.chunk_hits, 7);
     }
 }
 
@@ -497,7 +503,7 @@ fn flipped_source_byte_is_a_digest_mismatch_never_wrong_data() {
             other => panic!("expected a digest mismatch, got {other:?}"),
         }
     }
-    assert_eq!(c.stats().digest_mismatches, 2);
+    assert_eq!(c.metrics().error_count(ErrorKind::DigestMismatch), 2);
     // Other chunks are fine; once the source is healthy the chunk is served.
     assert_eq!(read_all(&c, 0, 0, 1000), data[..1000]);
     *src.flip_at.lock().unwrap() = None;
@@ -594,7 +600,7 @@ fn check_sequential_volume(
     truth: &[u8],
     step: usize,
     config: CacheConfig,
-) -> CacheStatsSnapshot {
+) -> Counters {
     let compressed = layer.1.len() as u64;
     let (index, src) = image(vec![layer]);
     let c = cache(&index, &src, config);
@@ -608,7 +614,7 @@ fn check_sequential_volume(
         );
         off += got.len();
     }
-    let st = c.stats();
+    let st = stats(&c);
     assert_eq!(st.bytes_fetched, src.bytes());
     assert!(
         src.bytes() as f64 <= 1.1 * compressed as f64,
@@ -681,7 +687,7 @@ fn prefetch_fills_the_range_in_few_fetches() {
     let (start, end) = (300_000u64, 2_900_000u64);
     c.prefetch(0, start, end - start);
     wait_for("prefetched", || all_cached(&c, start, end));
-    let st = c.stats();
+    let st = stats(&c);
     assert_eq!(st.prefetch_jobs, 1);
     assert_eq!(st.prefetch_errors, 0);
     assert_eq!(st.prefetch_bytes, st.bytes_fetched);
@@ -693,10 +699,10 @@ fn prefetch_fills_the_range_in_few_fetches() {
     src.reset_counts();
     assert!(read_all(&c, 0, start, (end - start) as usize) == data[start as usize..end as usize]);
     assert_eq!(src.calls(), 0);
-    assert_eq!(c.stats().misses, 0);
+    assert_eq!(stats(&c).chunk_misses, 0);
     // A hint for cached bytes costs nothing.
     c.prefetch(0, start, 1000);
-    wait_for("idle", || c.stats().prefetch_jobs == 2);
+    wait_for("idle", || stats(&c).prefetch_jobs == 2);
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(src.calls(), 0);
 }
@@ -711,7 +717,7 @@ fn prefetch_hints_are_ignored_until_started_or_with_zero_threads() {
     c0.prefetch(0, 0, 1 << 20);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(src.calls(), 0);
-    assert_eq!(c.stats().prefetch_jobs + c0.stats().prefetch_jobs, 0);
+    assert_eq!(stats(&c).prefetch_jobs + stats(&c0).prefetch_jobs, 0);
     assert_eq!(c0.prefetch_threads_live().load(Relaxed), 0);
 }
 
@@ -740,7 +746,7 @@ fn prefetch_and_reader_of_one_span_share_one_fetch() {
         } else {
             assert_eq!(src.calls(), 1, "{:?}", src.log.lock().unwrap());
         }
-        assert_eq!(c.stats().prefetch_errors, 0);
+        assert_eq!(stats(&c).prefetch_errors, 0);
     }
 }
 
@@ -751,7 +757,7 @@ fn prefetch_errors_are_counted_and_readers_still_see_theirs() {
     src.fail.store(true, Relaxed);
     let c = prefetching(&index, &src, 2);
     c.prefetch(0, 0, 1 << 20);
-    wait_for("prefetch error", || c.stats().prefetch_errors == 1);
+    wait_for("prefetch error", || stats(&c).prefetch_errors == 1);
     let mut buf = [0u8; 10];
     assert!(matches!(
         c.read(0, 500_000, &mut buf),
@@ -767,7 +773,7 @@ fn prefetch_errors_are_counted_and_readers_still_see_theirs() {
         all_cached(&c, 0, (1 << 20).min(data.len() as u64))
     });
     assert_eq!(read_all(&c, 0, 500_000, 10), data[500_000..500_010]);
-    assert_eq!(c.stats().prefetch_errors, 1);
+    assert_eq!(stats(&c).prefetch_errors, 1);
 }
 
 #[test]
@@ -848,7 +854,7 @@ fn replaying_a_profile_prefetches_its_spans_so_reads_are_hits() {
         assert_eq!(read_all(&rec, 0, off, len), data[off as usize..][..len]);
     }
     let mut profile = rec.finish_recording().unwrap();
-    let recorded_bytes = rec.stats().bytes_fetched;
+    let recorded_bytes = stats(&rec).bytes_fetched;
     // A range of a layer this image does not have is ignored.
     profile.ranges.insert(
         0,
@@ -876,7 +882,7 @@ fn replaying_a_profile_prefetches_its_spans_so_reads_are_hits() {
     wait_for("replay threads done", || {
         c.prefetch_threads_live().load(Relaxed) == 0
     });
-    let st = c.stats();
+    let st = stats(&c);
     assert_eq!(st.prefetch_errors, 0);
     assert_eq!(st.prefetch_bytes, st.bytes_fetched);
     assert_eq!(src.calls(), jobs as u64, "one fetch per span");
@@ -891,7 +897,7 @@ fn replaying_a_profile_prefetches_its_spans_so_reads_are_hits() {
         assert_eq!(read_all(&c, 0, off, len), data[off as usize..][..len]);
     }
     assert_eq!(src.calls(), 0);
-    assert_eq!(c.stats().misses, 0);
+    assert_eq!(stats(&c).chunk_misses, 0);
 }
 
 // ---------------------------------------------------------------- disk tier
@@ -915,8 +921,13 @@ fn with_disk(
     dir: &std::path::Path,
     budget: u64,
 ) -> Arc<ContentCache> {
-    let disk = Arc::new(DiskCache::open(dir, budget).unwrap());
-    Arc::new(ContentCache::new(index.clone(), src.clone(), cfg(64 << 20)).with_disk(disk))
+    let metrics = Arc::new(Metrics::new());
+    let disk = Arc::new(DiskCache::open(dir, budget, metrics.clone()).unwrap());
+    Arc::new(
+        ContentCache::new(index.clone(), src.clone(), cfg(64 << 20))
+            .with_metrics(metrics)
+            .with_disk(disk),
+    )
 }
 
 #[test]
@@ -928,7 +939,7 @@ fn disk_tier_serves_a_restarted_cache_without_fetching() {
     let (off, len) = (1_500_000u64, 300_000usize);
     let first = with_disk(&index, &src, &dir, 1 << 30);
     assert_eq!(read_all(&first, 0, off, len), data[off as usize..][..len]);
-    let produced = first.stats().bytes_inflated / (64 << 10);
+    let produced = stats(&first).inflate_bytes / (64 << 10);
     wait_for("chunks written", || {
         disk_files(&dir).len() as u64 >= produced
     });
@@ -939,7 +950,7 @@ fn disk_tier_serves_a_restarted_cache_without_fetching() {
     let second = with_disk(&index, &src, &dir, 1 << 30);
     assert_eq!(read_all(&second, 0, off, len), data[off as usize..][..len]);
     assert_eq!(src.calls(), 0, "served from disk");
-    let st = second.stats();
+    let st = stats(&second);
     assert!(st.disk_hits >= 4, "{st:?}");
     assert_eq!(st.bytes_fetched, 0);
 
@@ -953,10 +964,10 @@ fn disk_tier_serves_a_restarted_cache_without_fetching() {
     let third = with_disk(&index, &src, &dir, 1 << 30);
     assert_eq!(read_all(&third, 0, off, len), data[off as usize..][..len]);
     assert!(src.calls() > 0);
-    assert_eq!(third.stats().disk_hits, 0);
-    assert_eq!(third.stats().digest_mismatches, 0);
+    assert_eq!(stats(&third).disk_hits, 0);
+    assert_eq!(third.metrics().error_count(ErrorKind::DigestMismatch), 0);
     let disk = third.disk_for_tests().unwrap();
-    assert!(disk.stats().damaged.load(Relaxed) > 0);
+    assert!(stats(&third).disk_damaged > 0);
     // ... and repaired: a damaged file found is deleted, and the fill that
     // replaced it writes it again.
     let c = third.layers_for_tests()[0].chunk_at(off).1;
@@ -985,16 +996,15 @@ fn disk_tier_stays_within_its_budget() {
     let dir = tmp.path().join("chunks");
     let budget = 10 * (64 << 10);
     let c = with_disk(&index, &src, &dir, budget);
-    let disk = c.disk_for_tests().unwrap();
     assert_eq!(read_all(&c, 0, 0, data.len()), data);
     let chunks = index.layer(0).unwrap().chunk_count() as u64;
     wait_for("all written or dropped", || {
-        let s = disk.stats();
-        s.writes.load(Relaxed) + s.write_drops.load(Relaxed) >= chunks
+        let s = stats(&c);
+        s.disk_writes + s.disk_write_drops >= chunks
     });
     let used: u64 = disk_files(&dir).iter().map(|f| f.1).sum();
     assert!(used <= budget, "{used} > {budget}");
-    assert!(disk.stats().evictions.load(Relaxed) > 0);
+    assert!(stats(&c).disk_evictions > 0);
 }
 
 #[test]

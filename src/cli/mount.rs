@@ -11,7 +11,7 @@ use clap::Args;
 use crate::cache::{CacheConfig, ContentCache, ContentReader, DiskCache};
 use crate::format::{AccessProfile, Index, ProfileError};
 use crate::fuse::{ClipFs, FsConfig};
-use crate::metrics::{Labels, Metrics};
+use crate::metrics::Metrics;
 use crate::mount::{self, DaemonArgs, DaemonConfig, MountError, MountRequest, ServeOptions};
 use crate::oci::{
     open_layout, ImageRef, RegistryOptions, RegistrySource, RequestEvent, RequestObserver,
@@ -361,23 +361,20 @@ fn content_for(
     index: Arc<Index>,
     choice: &SourceChoice,
     tuning: &Tuning,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 ) -> Result<(Arc<ContentCache>, Option<ProfileSave>)> {
     // Registry responses by status and retries, into the mount's metrics.
-    let observer = metrics.clone().map(|m| {
-        RequestObserver(Arc::new(move |event| match event {
-            RequestEvent::Status(status) => m.count_http_status(status),
-            RequestEvent::NoResponse => m.count_http_status(0),
-            RequestEvent::Retry => m.count_retry(),
-        }))
-    });
+    let m = metrics.clone();
+    let observer = Some(RequestObserver(Arc::new(move |event| match event {
+        RequestEvent::Status(status) => m.count_http_status(status),
+        RequestEvent::NoResponse => m.count_http_status(0),
+        RequestEvent::Retry => m.count_retry(),
+    })));
     let source = open_source(&index, choice, observer)?;
-    let mut cache = ContentCache::new(index, source, tuning.cache_config());
-    if let Some(m) = metrics {
-        cache = cache.with_metrics(m);
-    }
+    let mut cache =
+        ContentCache::new(index, source, tuning.cache_config()).with_metrics(metrics.clone());
     if let Some((dir, budget)) = &tuning.disk_cache {
-        match DiskCache::open(dir, *budget) {
+        match DiskCache::open(dir, *budget, metrics) {
             Ok(disk) => cache = cache.with_disk(Arc::new(disk)),
             // Best effort: the mount works without it.
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "no disk cache"),
@@ -577,7 +574,8 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     if let Some(mnt) = &args.mount_point {
         let index =
             Arc::new(Index::open(&clip).with_context(|| format!("opening {}", clip.display()))?);
-        let (cache, save) = content_for(index.clone(), &choice, &tuning, None)?;
+        let (cache, save) =
+            content_for(index.clone(), &choice, &tuning, Arc::new(Metrics::new()))?;
         let fs = ClipFs::new(index, cache.clone(), tuning.fs_config())?;
         let opts = ServeOptions {
             threads: args.threads.max(1),
@@ -713,20 +711,6 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
     }
     let dargs = DaemonArgs::parse(rest)?;
     let metrics = Arc::new(Metrics::new());
-    // Filled in once the daemon has opened the index.
-    let labels: Arc<OnceLock<Labels>> = Arc::default();
-    let containers_file = dargs.image_dir.join("containers");
-    let (m, l) = (metrics.clone(), labels.clone());
-    let stats: mount::StatsFn = Arc::new(move || {
-        let mut labels = l.get().cloned().unwrap_or_default();
-        labels.cids = std::fs::read_to_string(&containers_file)
-            .unwrap_or_default()
-            .lines()
-            .filter(|c| !c.is_empty())
-            .map(str::to_string)
-            .collect();
-        serde_json::to_value(m.snapshot(labels)).unwrap_or_default()
-    });
     let m = metrics.clone();
     // The cache, kept to save a profile still being recorded at unmount.
     type Slot = OnceLock<(Arc<ContentCache>, Option<ProfileSave>)>;
@@ -736,27 +720,13 @@ pub fn run_daemon(args: DaemonCliArgs) -> Result<()> {
     let config = DaemonConfig {
         args: dargs,
         content: Box::new(move |index: &Arc<Index>| {
-            let meta = index.meta();
-            let _ = labels.set(Labels {
-                image: meta
-                    .reference
-                    .clone()
-                    .or_else(|| meta.layout.clone())
-                    .unwrap_or_default(),
-                digest: meta
-                    .manifest_digest
-                    .map(|d| d.to_string())
-                    .unwrap_or_default(),
-                cids: Vec::new(),
-            });
-            let (cache, save) = content_for(index.clone(), &choice, &tuning, Some(m.clone()))
-                .map_err(|e| MountError::Fs(format!("{e:#}")))?;
+            let (cache, save) = content_for(index.clone(), &choice, &tuning, m.clone())
+                .map_err(|e| format!("{e:#}"))?;
             let _ = slot.set((cache.clone(), save));
             Ok(cache as Arc<dyn ContentReader>)
         }),
-        stats: Some(stats),
         fs,
-        metrics: Some(metrics),
+        metrics,
     };
     let served = mount::run_daemon(config);
     if let Some((cache, Some(save))) = cache_slot.get() {

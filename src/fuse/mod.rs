@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use crate::cache::{CacheError, ContentReader};
 use crate::format::{FormatError, Index, NodeKind, ROOT_INO};
+use crate::metrics::{Counter, ErrorKind, Metrics};
 
 pub use attr::{dirent_type, stat_of};
 
@@ -154,19 +155,6 @@ impl From<FsError> for io::Error {
 /// Receives (cookie, name, ino, kind) per directory entry; `false` = reply full.
 type DirEmit<'a> = dyn FnMut(u64, &[u8], u64, Option<NodeKind>) -> Result<bool, FsError> + 'a;
 
-/// Counters the filesystem keeps (cheap relaxed atomics).
-#[derive(Debug, Default)]
-pub struct FsStats {
-    /// READ requests served.
-    pub reads: AtomicU64,
-    /// Bytes returned by READ.
-    pub read_bytes: AtomicU64,
-    /// READs that failed with EIO.
-    pub read_errors: AtomicU64,
-    /// LOOKUP requests.
-    pub lookups: AtomicU64,
-}
-
 /// The filesystem: an index, a content reader and a parent map for "..".
 #[derive(Debug)]
 pub struct ClipFs {
@@ -182,7 +170,9 @@ pub struct ClipFs {
     prefetched: Vec<AtomicU64>,
     /// No inode has an xattr ([`FsError::NoXattrs`]).
     no_xattrs: bool,
-    stats: Arc<FsStats>,
+    /// READ and LOOKUP counters (a private registry unless
+    /// [`ClipFs::with_metrics`] shares the mount's).
+    metrics: Arc<Metrics>,
 }
 
 impl ClipFs {
@@ -221,8 +211,14 @@ impl ClipFs {
             no_opendir: AtomicBool::new(false),
             prefetched: (0..(n / 64 + 1)).map(|_| AtomicU64::new(0)).collect(),
             no_xattrs,
-            stats: Arc::new(FsStats::default()),
+            metrics: Arc::new(Metrics::new()),
         })
+    }
+
+    /// Counts into `metrics` instead of a private registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The index being served.
@@ -230,9 +226,9 @@ impl ClipFs {
         &self.index
     }
 
-    /// Live counters.
-    pub fn stats(&self) -> Arc<FsStats> {
-        self.stats.clone()
+    /// Where the filesystem counts its reads and lookups.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Marks `ino` as hinted; `true` only the first time.
@@ -318,14 +314,15 @@ impl ClipFs {
         let res = zerocopy::copy_direct(&*self.content, ino, layer, start, len, w);
         match res {
             Ok(()) => {
-                self.stats.reads.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .read_bytes
-                    .fetch_add(len as u64, Ordering::Relaxed);
+                self.metrics.count(Counter::FuseReads, 1);
+                self.metrics.count(Counter::FuseReadBytes, len as u64);
                 Ok(len)
             }
             Err(e) => {
-                self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.count(Counter::FuseReadErrors, 1);
+                if e.errno() == libc::EIO {
+                    self.metrics.count_error(ErrorKind::FuseEio);
+                }
                 tracing::error!(ino, layer, offset = start, len, error = %e, "read failed; returning EIO");
                 Err(e)
             }

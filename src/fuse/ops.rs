@@ -15,6 +15,7 @@ use fuse_backend_rs::api::filesystem::{
 use super::attr::{dirent_type, entry_of, negative_entry, stat_of, statfs_of};
 use super::{ClipFs, FsError};
 use crate::format::NodeKind;
+use crate::metrics::Counter;
 
 type Res<T> = io::Result<T>;
 
@@ -56,7 +57,7 @@ impl FileSystem for ClipFs {
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> Res<Entry> {
-        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        self.metrics.count(Counter::FuseLookups, 1);
         let name = name.to_bytes();
         let ino = match name {
             b"." => Some(parent),

@@ -259,7 +259,7 @@ fn frames_become_checkpoints_and_reads_agree() {
     let off = tar.len() as u64 - 100;
     assert_eq!(c.read(0, off, &mut buf).unwrap(), 100);
     assert!(buf[..] == tar[off as usize..]);
-    let fetched = c.stats().bytes_fetched;
+    let fetched = c.metrics().counters().bytes_fetched;
     assert!(
         fetched < blob.len() as u64 / 2,
         "fetched {fetched} of {}",

@@ -301,7 +301,7 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             &l,
             s.labels.cids.len() as f64,
         );
-        let counters: [(&'static str, &'static str, f64); 11] = [
+        let counters: [(&'static str, &'static str, f64); 26] = [
             (
                 "clip_bytes_served_total",
                 "Bytes returned to readers.",
@@ -356,6 +356,81 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
                 "clip_prefetch_bytes_total",
                 "Compressed bytes fetched ahead of readers (prefetch, startup profile).",
                 c.prefetch_bytes as f64,
+            ),
+            (
+                "clip_chunk_hits_total",
+                "Chunk lookups of readers served from memory.",
+                c.chunk_hits as f64,
+            ),
+            (
+                "clip_chunk_misses_total",
+                "Chunk lookups of readers that had to fill.",
+                c.chunk_misses as f64,
+            ),
+            (
+                "clip_shared_fills_total",
+                "Misses served by another reader's fill.",
+                c.shared_fills as f64,
+            ),
+            (
+                "clip_decoder_starts_total",
+                "Fills that started a decoder at a checkpoint.",
+                c.decoder_starts as f64,
+            ),
+            (
+                "clip_decoder_resumes_total",
+                "Fills that continued a parked decoder.",
+                c.decoder_resumes as f64,
+            ),
+            (
+                "clip_prefetch_jobs_total",
+                "Span jobs queued by prefetch hints and profile replay.",
+                c.prefetch_jobs as f64,
+            ),
+            (
+                "clip_prefetch_errors_total",
+                "Prefetch jobs that failed.",
+                c.prefetch_errors as f64,
+            ),
+            (
+                "clip_fuse_reads_total",
+                "FUSE READ requests served.",
+                c.fuse_reads as f64,
+            ),
+            (
+                "clip_fuse_read_bytes_total",
+                "Bytes returned by FUSE READ.",
+                c.fuse_read_bytes as f64,
+            ),
+            (
+                "clip_fuse_read_errors_total",
+                "FUSE READs that failed.",
+                c.fuse_read_errors as f64,
+            ),
+            (
+                "clip_fuse_lookups_total",
+                "FUSE LOOKUP requests.",
+                c.fuse_lookups as f64,
+            ),
+            (
+                "clip_disk_damaged_total",
+                "Damaged chunk files found in the disk cache.",
+                c.disk_damaged as f64,
+            ),
+            (
+                "clip_disk_writes_total",
+                "Chunks written to the disk cache.",
+                c.disk_writes as f64,
+            ),
+            (
+                "clip_disk_write_drops_total",
+                "Disk cache writes dropped or failed.",
+                c.disk_write_drops as f64,
+            ),
+            (
+                "clip_disk_evictions_total",
+                "Chunk files deleted to keep the disk cache within its budget.",
+                c.disk_evictions as f64,
             ),
         ];
         for (name, help, v) in counters {

@@ -37,7 +37,13 @@
 //!     "cache_bytes": 0,                     // gauge: bytes currently cached
 //!     "retries": 0, "network_blocked_ns_total": 0,
 //!     "prefetch_bytes": 0,                  // of bytes_fetched: fetched ahead of readers
-//!     "disk_hits": 0                        // chunks from the node's disk cache
+//!     "disk_hits": 0,                       // chunks from the node's disk cache
+//!     "chunk_hits": 0, "chunk_misses": 0,   // per chunk (cache_hits/misses: per read)
+//!     "shared_fills": 0,                    // misses served by another reader's fill
+//!     "decoder_starts": 0, "decoder_resumes": 0,
+//!     "prefetch_jobs": 0, "prefetch_errors": 0,
+//!     "fuse_reads": 0, "fuse_read_bytes": 0, "fuse_read_errors": 0, "fuse_lookups": 0,
+//!     "disk_damaged": 0, "disk_writes": 0, "disk_write_drops": 0, "disk_evictions": 0
 //!   },
 //!   "errors": { "fetch": 0, "digest_mismatch": 0, "inflate": 0, "fuse_eio": 0,
 //!               "timeout": 0, "other": 0 },
@@ -84,7 +90,7 @@ pub use export::{
 };
 pub use hook::{op_for_opcode, FuseMetricsHook};
 pub use http::{MetricsServer, RenderFn};
-pub use recorder::{Metrics, OpTimer};
+pub use recorder::{Counter, Metrics, OpTimer};
 pub use snapshot::{Counters, HistSnapshot, Labels, Snapshot, Timings, SCHEMA_VERSION};
 
 /// FUSE operations with their own latency histogram.

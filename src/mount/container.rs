@@ -159,7 +159,12 @@ fn daemon_answers(image_dir: &Path) -> bool {
 }
 
 fn read_containers(image_dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(image_dir.join(CONTAINERS_FILE))
+    read_cids(&image_dir.join(CONTAINERS_FILE))
+}
+
+/// The cids listed in a `containers` file (none if it is missing).
+pub(super) fn read_cids(containers_file: &Path) -> Vec<String> {
+    std::fs::read_to_string(containers_file)
         .unwrap_or_default()
         .lines()
         .filter(|l| !l.is_empty())
@@ -305,7 +310,10 @@ fn attach_locked(
             .map_or(0, |d| d.as_secs()),
     };
     let rec_path = cdir.join("container.json");
-    let json = serde_json::to_vec_pretty(&rec).map_err(|e| MountError::Fs(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&rec).map_err(|source| MountError::Json {
+        path: rec_path.clone(),
+        source,
+    })?;
     std::fs::write(&rec_path, json).map_err(MountError::io("write", &rec_path))?;
     let mut cids = read_containers(image_dir);
     cids.push(req.cid.clone());

@@ -3,25 +3,27 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
 
 use super::control::{self, Handler};
 use super::session::{serve_with, ServeOptions};
 use super::MountError;
 use crate::cache::ContentReader;
 use crate::format::Index;
-use crate::fuse::{ClipFs, FsConfig, FsStats};
-use crate::metrics::Metrics;
+use crate::fuse::{ClipFs, FsConfig};
+use crate::metrics::{Labels, Metrics, Snapshot};
 
 /// Builds the content reader for an opened index (the CLI wires the
-/// registry source and the cache in here).
-pub type ContentFactory =
-    Box<dyn Fn(&Arc<Index>) -> Result<Arc<dyn ContentReader>, MountError> + Send + Sync>;
-
-/// Extra metrics for the `stats` reply; its value appears under `"metrics"`.
-pub type StatsFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+/// registry source and the cache in here); its error is reported as
+/// [`MountError::Content`].
+pub type ContentFactory = Box<
+    dyn Fn(&Arc<Index>) -> Result<Arc<dyn ContentReader>, Box<dyn std::error::Error + Send + Sync>>
+        + Send
+        + Sync,
+>;
 
 /// What the daemon process is told on its command line
 /// (`clipctl __daemon <DaemonArgs::to_args()>`).
@@ -54,7 +56,7 @@ impl DaemonArgs {
 
     /// Parses what [`DaemonArgs::to_args`] wrote.
     pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Self, MountError> {
-        let bad = |m: String| MountError::Fs(format!("daemon arguments: {m}"));
+        let bad = |m: String| MountError::Content(format!("daemon arguments: {m}").into());
         let (mut clip, mut dir, mut threads, mut ra) = (None, None, 2usize, 4096u32);
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
@@ -93,12 +95,11 @@ pub struct DaemonConfig {
     pub args: DaemonArgs,
     /// Builds the content reader.
     pub content: ContentFactory,
-    /// Extra `stats` (None: only the filesystem counters).
-    pub stats: Option<StatsFn>,
     /// Filesystem knobs.
     pub fs: FsConfig,
-    /// Latency recording for FUSE requests (None: off).
-    pub metrics: Option<Arc<Metrics>>,
+    /// Where the FUSE requests, the filesystem and (when the factory
+    /// shares it) the content reader record; the `stats` reply reads it.
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for DaemonConfig {
@@ -116,29 +117,71 @@ pub(super) const LOG_FILE: &str = "daemon.log";
 pub(super) const SOCK_FILE: &str = "control.sock";
 pub(super) const CONTAINERS_FILE: &str = "containers";
 
+/// The control socket's `stats` reply (one JSON line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// The daemon's pid.
+    pub pid: u32,
+    /// Seconds since the daemon mounted.
+    pub uptime_s: f64,
+    /// The image's FUSE mount.
+    pub mountpoint: PathBuf,
+    /// The filesystem's request counters (also in `metrics.counters`).
+    pub fs: FsCounters,
+    /// Everything the daemon recorded, labelled with the image and its
+    /// containers.
+    pub metrics: Snapshot,
+}
+
+/// The `fs` part of a [`StatsReply`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FsCounters {
+    /// READ requests served.
+    pub reads: u64,
+    /// Bytes returned by READ.
+    pub read_bytes: u64,
+    /// READs that failed.
+    pub read_errors: u64,
+    /// LOOKUP requests.
+    pub lookups: u64,
+}
+
 struct DaemonHandler {
     mnt: PathBuf,
-    fs_stats: Arc<FsStats>,
-    extra: Option<StatsFn>,
+    metrics: Arc<Metrics>,
+    /// Image and digest; the containers are read at each request.
+    labels: Labels,
+    containers_file: PathBuf,
     started: Instant,
+}
+
+impl DaemonHandler {
+    fn reply(&self) -> StatsReply {
+        let labels = Labels {
+            cids: super::container::read_cids(&self.containers_file),
+            ..self.labels.clone()
+        };
+        let metrics = self.metrics.snapshot(labels);
+        let c = &metrics.counters;
+        StatsReply {
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            mountpoint: self.mnt.clone(),
+            fs: FsCounters {
+                reads: c.fuse_reads,
+                read_bytes: c.fuse_read_bytes,
+                read_errors: c.fuse_read_errors,
+                lookups: c.fuse_lookups,
+            },
+            metrics,
+        }
+    }
 }
 
 impl Handler for DaemonHandler {
     fn stats(&self) -> String {
-        let s = &self.fs_stats;
-        serde_json::json!({
-            "pid": std::process::id(),
-            "uptime_s": self.started.elapsed().as_secs_f64(),
-            "mountpoint": self.mnt,
-            "fs": {
-                "reads": s.reads.load(Ordering::Relaxed),
-                "read_bytes": s.read_bytes.load(Ordering::Relaxed),
-                "read_errors": s.read_errors.load(Ordering::Relaxed),
-                "lookups": s.lookups.load(Ordering::Relaxed),
-            },
-            "metrics": self.extra.as_ref().map(|f| f()),
-        })
-        .to_string()
+        // A plain struct of numbers, strings and maps: serializing cannot fail.
+        serde_json::to_string(&self.reply()).unwrap_or_default()
     }
 
     fn shutdown(&self) {
@@ -182,22 +225,37 @@ fn serve_until_unmounted(config: &DaemonConfig, sock: &Path) -> Result<(), Mount
             source,
         })?,
     );
-    let content = (config.content)(&index)?;
+    let meta = index.meta();
+    let labels = Labels {
+        image: meta
+            .reference
+            .clone()
+            .or_else(|| meta.layout.clone())
+            .unwrap_or_default(),
+        digest: meta
+            .manifest_digest
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
+        cids: Vec::new(),
+    };
+    let content = (config.content)(&index).map_err(MountError::Content)?;
     let fs = ClipFs::new(index, content, config.fs.clone())
-        .map_err(|e| MountError::Fs(e.to_string()))?;
+        .map_err(|e| MountError::Fs(Box::new(e)))?
+        .with_metrics(config.metrics.clone());
     let mnt = args.mnt();
     std::fs::create_dir_all(&mnt).map_err(MountError::io("create", &mnt))?;
     let opts = ServeOptions {
         threads: args.threads,
         allow_other: true,
         read_ahead_kb: (args.read_ahead_kb > 0).then_some(args.read_ahead_kb),
-        metrics: config.metrics.clone(),
+        metrics: Some(config.metrics.clone()),
     };
     let handle = serve_with(&mnt, fs, &opts)?;
     let handler = Arc::new(DaemonHandler {
         mnt: mnt.clone(),
-        fs_stats: handle.stats().clone(),
-        extra: config.stats.clone(),
+        metrics: config.metrics.clone(),
+        labels,
+        containers_file: args.image_dir.join(CONTAINERS_FILE),
         started: Instant::now(),
     });
     control::listen(sock, handler)?;

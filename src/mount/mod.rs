@@ -38,7 +38,7 @@ pub use container::{
     attach_container, detach_container, list, ContainerInfo, DetachOutcome, MountRequest,
 };
 pub use control::{control_request, ControlReply};
-pub use daemon::{run_daemon, ContentFactory, DaemonArgs, DaemonConfig, StatsFn};
+pub use daemon::{run_daemon, ContentFactory, DaemonArgs, DaemonConfig, FsCounters, StatsReply};
 pub use mountinfo::{is_mounted, mount_fstype};
 pub use session::{serve, serve_with, MountHandle, ServeOptions};
 pub use spawn::{start_daemon, Launcher};
@@ -91,9 +91,20 @@ pub enum MountError {
         /// The error.
         source: crate::format::FormatError,
     },
-    /// The filesystem could not be built, or the content reader factory failed.
+    /// The filesystem could not be built.
     #[error("filesystem: {0}")]
-    Fs(String),
+    Fs(#[source] Box<crate::fuse::FsError>),
+    /// The content reader could not be built (the factory's own error).
+    #[error("{0}")]
+    Content(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A record could not be written as JSON.
+    #[error("writing {}: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: serde_json::Error,
+    },
     /// The control socket misbehaved.
     #[error("control socket {}: {message}", path.display())]
     Control {

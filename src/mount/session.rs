@@ -9,7 +9,7 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::FuseSession;
 
 use super::MountError;
-use crate::fuse::{ClipFs, FsStats};
+use crate::fuse::ClipFs;
 use crate::metrics::{FuseMetricsHook, Metrics};
 use fuse_backend_rs::api::server::MetricsHook;
 
@@ -53,7 +53,6 @@ pub struct MountHandle {
     session: Option<FuseSession>,
     workers: Vec<JoinHandle<()>>,
     mountpoint: PathBuf,
-    stats: Arc<FsStats>,
 }
 
 /// Mounts `fs` at `mountpoint` (fsname and subtype "clip", read-only,
@@ -79,7 +78,6 @@ pub fn serve_with(
     if super::is_mounted(mountpoint) {
         return Err(MountError::MountBusy(mountpoint.to_path_buf()));
     }
-    let stats = fs.stats();
     let mut se = FuseSession::new(mountpoint, "clip", "clip", true)
         .map_err(|e| MountError::Session(e.to_string()))?;
     se.set_allow_other(opts.allow_other);
@@ -90,7 +88,6 @@ pub fn serve_with(
         session: None,
         workers: Vec::new(),
         mountpoint: mountpoint.to_path_buf(),
-        stats,
     };
     for i in 0..opts.threads.max(1) {
         let mut ch = match se.new_channel() {
@@ -163,11 +160,6 @@ impl MountHandle {
     /// Where it is mounted.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
-    }
-
-    /// The filesystem's live counters.
-    pub fn stats(&self) -> &Arc<FsStats> {
-        &self.stats
     }
 
     /// Blocks until the filesystem is unmounted from outside (`umount`,

@@ -298,7 +298,9 @@ fn privileged_fuse_metadata_reads_xattrs() {
     let clip = write_image(tmp.path(), "meta");
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let h = serve(&mnt, clipfs(&clip), 2).unwrap();
+    let fs = clipfs(&clip);
+    let metrics = fs.metrics().clone();
+    let h = serve(&mnt, fs, 2).unwrap();
     assert_eq!(mount_fstype(&mnt).as_deref(), Some("fuse.clip"));
 
     // Metadata.
@@ -440,8 +442,7 @@ fn privileged_fuse_metadata_reads_xattrs() {
         libc::EROFS
     );
 
-    let st = h.stats().clone();
-    assert!(st.read_errors.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(metrics.counters().fuse_read_errors >= 1);
     h.unmount().unwrap();
     assert!(!is_mounted(&mnt), "still in mountinfo after unmount");
 }
@@ -537,9 +538,8 @@ fn in_process_launcher() -> Launcher {
             content: Box::new(|_| {
                 Ok(Arc::new(MemContent(vec![layer0()])) as Arc<dyn ContentReader>)
             }),
-            stats: Some(Arc::new(|| serde_json::json!({"plugged": true}))),
             fs: FsConfig::default(),
-            metrics: None,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         };
         if let Err(e) = run_daemon(cfg) {
             eprintln!("daemon: {e}");
@@ -622,7 +622,12 @@ fn privileged_daemon_attach_reuse_detach() {
             .0,
     )
     .unwrap();
-    assert_eq!(stats["metrics"]["plugged"], true);
+    // The daemon's metrics, labelled with the image and its containers.
+    assert_eq!(
+        stats["metrics"]["labels"]["digest"],
+        crate::Digest::of(b"shared").to_string()
+    );
+    assert_eq!(stats["metrics"]["labels"]["cids"], serde_json::json!(["c1", "c2"]));
     assert!(stats["fs"]["reads"].as_u64().unwrap() >= 1);
     assert!(control_request(&sock, "bogus", Duration::from_secs(2))
         .unwrap()
@@ -674,9 +679,8 @@ fn daemon_child_entry() {
     let cfg = DaemonConfig {
         args: DaemonArgs::parse(args).unwrap(),
         content: Box::new(|_| Ok(Arc::new(MemContent(vec![layer0()])) as Arc<dyn ContentReader>)),
-        stats: None,
         fs: FsConfig::default(),
-        metrics: None,
+        metrics: Arc::new(crate::metrics::Metrics::new()),
     };
     run_daemon(cfg).unwrap();
 }
