@@ -16,6 +16,7 @@ declare -A allowed=(
   [index]="oci tar gzip format source"
   [fuse]="cache format metrics"
   [mount]="fuse cache format metrics"
+  [node]="mount cache fuse oci format index metrics source"
 )
 # Root re-exports and the module each stands for.
 declare -A root=([Digest]=digest [BlobSource]=source)

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::format::{write_index_file, AccessProfile, ImageMeta, IndexData, WriteOptions};
+use crate::format::{write_index_file, AccessProfile, IndexData, WriteOptions};
 use crate::index::{build, IndexOptions, Progress, DEFAULT_CHUNK, DEFAULT_SPAN};
-use crate::oci::{open_layout, ImageRef, Platform, RegistryOptions, RegistrySource, ResolvedImage};
-use crate::source::BlobSource;
+use crate::node;
+use crate::oci::{Platform, ResolvedImage};
 
 use super::util::{human, parse_size};
 
@@ -52,73 +52,6 @@ pub struct IndexArgs {
     pub profile: Option<PathBuf>,
 }
 
-/// The resolved image, its blob source and where it came from.
-pub struct Opened {
-    /// Manifest, config, layers.
-    pub image: ResolvedImage,
-    /// Serves the layer blobs.
-    pub source: Box<dyn BlobSource>,
-    /// Provenance for the index META.
-    pub meta: ImageMeta,
-}
-
-/// Resolves `--image` or `--layout` into an image and a blob source.
-pub fn open_image(
-    image: Option<&str>,
-    layout: Option<&str>,
-    platform: Option<&str>,
-    insecure: &[String],
-) -> Result<Opened> {
-    let platform: Option<Platform> = platform
-        .map(|p| {
-            p.parse()
-                .with_context(|| format!("invalid --platform {p:?}"))
-        })
-        .transpose()?;
-    if let Some(spec) = layout {
-        let (image, source) =
-            open_layout(spec, platform.as_ref()).with_context(|| format!("OCI layout {spec}"))?;
-        let meta = ImageMeta {
-            layout: Some(spec.to_string()),
-            ..Default::default()
-        };
-        return Ok(Opened {
-            image,
-            source: Box::new(source),
-            meta,
-        });
-    }
-    let reference = image.context("give --image REF or --layout DIR[:TAG]")?;
-    let r: ImageRef = reference
-        .parse()
-        .with_context(|| format!("invalid image reference {reference:?}"))?;
-    let opts = RegistryOptions {
-        insecure_registries: insecure.to_vec(),
-        platform,
-        ..Default::default()
-    };
-    let source =
-        RegistrySource::connect(&r, &opts).with_context(|| format!("registry for {reference}"))?;
-    let image = source
-        .resolve()
-        .with_context(|| format!("resolving {reference}"))?;
-    let pinned = ImageRef {
-        tag: None,
-        digest: Some(image.manifest_digest),
-        ..r.clone()
-    };
-    let meta = ImageMeta {
-        reference: Some(reference.to_string()),
-        pinned_reference: Some(pinned.to_string()),
-        ..Default::default()
-    };
-    Ok(Opened {
-        image,
-        source: Box::new(source),
-        meta,
-    })
-}
-
 /// Runs `clipctl index`.
 pub fn run(args: IndexArgs) -> Result<()> {
     let span = parse_size(&args.span).context("--span")?;
@@ -133,10 +66,18 @@ pub fn run(args: IndexArgs) -> Result<()> {
         .as_deref()
         .map(AccessProfile::load)
         .transpose()?;
-    let opened = open_image(
+    let platform: Option<Platform> = args
+        .platform
+        .as_deref()
+        .map(|p| {
+            p.parse()
+                .with_context(|| format!("invalid --platform {p:?}"))
+        })
+        .transpose()?;
+    let opened = node::open_image(
         args.image.as_deref(),
         args.layout.as_deref(),
-        args.platform.as_deref(),
+        platform.as_ref(),
         &args.insecure_registry,
     )?;
     if let Some(p) = &profile {

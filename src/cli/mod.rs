@@ -5,10 +5,14 @@
 //! Exit codes: 0 success, 1 error, 2 usage error (clap), 3 the named thing
 //! (container id, daemon) does not exist.
 
+mod daemon;
 mod index;
 mod inspect;
+mod ls;
 mod metrics;
 mod mount;
+mod ps;
+mod umount;
 mod util;
 
 use std::process::ExitCode;
@@ -33,18 +37,18 @@ enum Command {
     /// Summarise a .clip index: image, layers, checkpoints, sizes.
     Inspect(inspect::InspectArgs),
     /// List the merged file tree of a .clip index, like `ls -l`.
-    Ls(inspect::LsArgs),
+    Ls(ls::LsArgs),
     /// Mount an image: a per-container overlay rootfs, or the read-only tree alone.
     Mount(mount::MountArgs),
     /// Remove a container's rootfs; the image mount goes with its last container.
-    Umount(mount::UmountArgs),
+    Umount(umount::UmountArgs),
     /// List mounted images and containers.
-    Ps(mount::PsArgs),
+    Ps(ps::PsArgs),
     /// Show FUSE/fetch/cache latencies and counters of the running mount daemons.
     Metrics(metrics::MetricsArgs),
     /// Internal: the long-lived mount daemon (started by `mount`).
     #[command(name = "__daemon", hide = true)]
-    Daemon(mount::DaemonCliArgs),
+    Daemon(daemon::DaemonArgs),
 }
 
 /// An error that carries its own exit code.
@@ -63,13 +67,13 @@ pub fn main() -> ExitCode {
     util::init_logging(matches!(cli.command, Command::Daemon(_)));
     let result = match cli.command {
         Command::Index(a) => index::run(a),
-        Command::Inspect(a) => inspect::run_inspect(a),
-        Command::Ls(a) => inspect::run_ls(a),
-        Command::Mount(a) => mount::run_mount(a),
-        Command::Umount(a) => mount::run_umount(a),
-        Command::Ps(a) => mount::run_ps(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Ls(a) => ls::run(a),
+        Command::Mount(a) => mount::run(a),
+        Command::Umount(a) => umount::run(a),
+        Command::Ps(a) => ps::run(a),
         Command::Metrics(a) => metrics::run(a),
-        Command::Daemon(a) => mount::run_daemon(a),
+        Command::Daemon(a) => daemon::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,6 +84,18 @@ pub fn main() -> ExitCode {
             eprintln!("clipctl: error: {}", dedup_chain(&chain));
             ExitCode::from(code)
         }
+    }
+}
+
+/// Maps "no such container" to its documented exit code.
+fn coded(e: crate::mount::MountError) -> anyhow::Error {
+    match e {
+        crate::mount::MountError::UnknownCid(_) => CodedError {
+            code: EXIT_NOT_FOUND,
+            message: e.to_string(),
+        }
+        .into(),
+        other => other.into(),
     }
 }
 

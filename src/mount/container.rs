@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::control::control_request;
-use super::daemon::{DaemonArgs, CONTAINERS_FILE, PID_FILE, SOCK_FILE};
+use super::daemon::{CONTAINERS_FILE, PID_FILE, SOCK_FILE};
 use super::spawn::{start_daemon, Launcher};
+use super::spec::{DaemonSpec, StackPart};
 use super::{is_mounted, mount_overlay, unmount, validate_cid, MountError};
 use crate::format::Index;
 
-/// What the CLI asks for in `clipctl mount`.
+/// What the CLI asks for in `clipctl mount`; `S` is what a newly started
+/// daemon serves (the [`DaemonSpec`]'s stack part).
 #[derive(Debug, Clone)]
-pub struct MountRequest {
+pub struct MountRequest<S> {
     /// Container id.
     pub cid: String,
     /// The image's `.clip` index.
@@ -26,29 +28,26 @@ pub struct MountRequest {
     pub run_dir: PathBuf,
     /// Base of the writable layers (default `/var/lib/clip`).
     pub node_dir: PathBuf,
-    /// FUSE worker threads of a newly started daemon.
-    pub threads: usize,
-    /// bdi read-ahead of a newly started daemon (KiB; 0 = kernel default).
-    pub read_ahead_kb: u32,
     /// How to start the daemon.
-    pub launcher: Launcher,
+    pub launcher: Launcher<S>,
     /// How long to wait for a new daemon to be ready.
     pub ready_timeout: Duration,
+    /// What a newly started daemon serves (a running one is reused as is).
+    pub stack: S,
 }
 
-impl MountRequest {
-    /// A request with the default dirs, 2 threads, 4 MiB read-ahead and the
-    /// default launcher (`current_exe __daemon …`).
+impl<S: Default> MountRequest<S> {
+    /// A request with the default dirs, the default launcher
+    /// (`current_exe __daemon --spec …`) and a default stack.
     pub fn new(cid: impl Into<String>, clip_path: impl Into<PathBuf>) -> Self {
         MountRequest {
             cid: cid.into(),
             clip_path: clip_path.into(),
             run_dir: super::DEFAULT_RUN_DIR.into(),
             node_dir: super::DEFAULT_NODE_DIR.into(),
-            threads: 2,
-            read_ahead_kb: 4096,
             launcher: Launcher::default(),
             ready_timeout: Duration::from_secs(60),
+            stack: S::default(),
         }
     }
 }
@@ -225,7 +224,7 @@ fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
 
 /// Attaches container `req.cid`: starts (or reuses) the image's daemon and
 /// mounts an overlay over its FUSE mount; returns the rootfs path.
-pub fn attach_container(req: &MountRequest) -> Result<PathBuf, MountError> {
+pub fn attach_container<S: StackPart>(req: &MountRequest<S>) -> Result<PathBuf, MountError> {
     validate_cid(&req.cid)?;
     super::check_privileges()?;
     let cdir = req.run_dir.join(&req.cid);
@@ -263,8 +262,8 @@ pub fn attach_container(req: &MountRequest) -> Result<PathBuf, MountError> {
     res
 }
 
-fn attach_locked(
-    req: &MountRequest,
+fn attach_locked<S: StackPart>(
+    req: &MountRequest<S>,
     image: &str,
     image_dir: &Path,
     cdir: &Path,
@@ -276,16 +275,14 @@ fn attach_locked(
             tracing::warn!(image_dir = %image_dir.display(), "stale image daemon state; cleaning up");
             stop_image(image_dir)?;
         }
-        let args = DaemonArgs {
-            clip_path: req
-                .clip_path
+        let spec = DaemonSpec::new(
+            req.clip_path
                 .canonicalize()
                 .map_err(MountError::io("resolve", &req.clip_path))?,
-            image_dir: image_dir.to_path_buf(),
-            threads: req.threads,
-            read_ahead_kb: req.read_ahead_kb,
-        };
-        start_daemon(&args, &req.launcher, req.ready_timeout)?;
+            image_dir.to_path_buf(),
+            req.stack.clone(),
+        );
+        start_daemon(&spec, &req.launcher, req.ready_timeout)?;
     }
     let (upper, work, rootfs) = (
         node_cdir.join("upper"),

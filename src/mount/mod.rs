@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! images/<manifest-hex>/mnt            shared read-only FUSE mount of the image
+//! images/<manifest-hex>/daemon.json    what the daemon serves (DaemonSpec, 0600)
 //! images/<manifest-hex>/daemon.pid     the daemon's pid
 //! images/<manifest-hex>/daemon.log     its stdout/stderr
 //! images/<manifest-hex>/containers     cids using the image, one per line
@@ -29,6 +30,7 @@ mod daemon;
 mod mountinfo;
 mod session;
 mod spawn;
+mod spec;
 mod sys;
 
 use std::io;
@@ -38,10 +40,11 @@ pub use container::{
     attach_container, detach_container, list, ContainerInfo, DetachOutcome, MountRequest,
 };
 pub use control::{control_request, ControlReply};
-pub use daemon::{run_daemon, ContentFactory, DaemonArgs, DaemonConfig, FsCounters, StatsReply};
+pub use daemon::{run_daemon, ContentFactory, DaemonConfig, FsCounters, StatsReply};
 pub use mountinfo::{is_mounted, mount_fstype};
 pub use session::{serve, serve_with, MountHandle, ServeOptions};
-pub use spawn::{start_daemon, Launcher};
+pub use spawn::{start_daemon, Launcher, GLIBC_TUNABLES};
+pub use spec::{DaemonSpec, StackPart, DAEMON_SPEC_VERSION, SPEC_FILE};
 pub use sys::{mount_overlay, unmount};
 
 /// Default base of the run-time state.
@@ -97,6 +100,24 @@ pub enum MountError {
     /// The content reader could not be built (the factory's own error).
     #[error("{0}")]
     Content(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A daemon spec file is not valid JSON of the expected shape.
+    #[error("daemon spec {}: {source}", path.display())]
+    BadSpec {
+        /// The spec file.
+        path: PathBuf,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// A daemon spec file of another version.
+    #[error("daemon spec {}: version {found}, this clipctl reads version {supported}", path.display())]
+    SpecVersion {
+        /// The spec file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
     /// A record could not be written as JSON.
     #[error("writing {}: {source}", path.display())]
     Json {

@@ -278,15 +278,27 @@ fn cid_validation() {
 }
 
 #[test]
-fn daemon_args_roundtrip() {
-    let a = DaemonArgs {
-        clip_path: "/x/y.clip".into(),
-        image_dir: "/run/clip/images/ab".into(),
-        threads: 3,
-        read_ahead_kb: 1024,
-    };
-    assert_eq!(DaemonArgs::parse(a.to_args()).unwrap(), a);
-    assert!(DaemonArgs::parse(vec!["--bogus".into(), "1".into()]).is_err());
+fn daemon_spec_roundtrip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = DaemonSpec::new(
+        "/x/y.clip".into(),
+        tmp.path().to_path_buf(),
+        (3u32, "stack".to_string()),
+    );
+    let path = a.save().unwrap();
+    assert_eq!(path, tmp.path().join(SPEC_FILE));
+    assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(DaemonSpec::load(&path).unwrap(), a);
+    fs::write(&path, br#"{"version": 1, "bogus": true}"#).unwrap();
+    assert!(matches!(
+        DaemonSpec::<(u32, String)>::load(&path),
+        Err(MountError::BadSpec { .. })
+    ));
+    fs::write(&path, br#"{"version": 99}"#).unwrap();
+    assert!(matches!(
+        DaemonSpec::<(u32, String)>::load(&path),
+        Err(MountError::SpecVersion { found: 99, .. })
+    ));
 }
 
 #[test]
@@ -531,23 +543,20 @@ fn privileged_overlay_on_fuse() {
     assert!(!is_mounted(&mnt));
 }
 
-fn in_process_launcher() -> Launcher {
-    Launcher::InProcess(Arc::new(|args: DaemonArgs| {
-        let cfg = DaemonConfig {
-            args,
-            content: Box::new(|_| {
-                Ok(Arc::new(MemContent(vec![layer0()])) as Arc<dyn ContentReader>)
-            }),
-            fs: FsConfig::default(),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
-        };
+fn mem_content() -> ContentFactory {
+    Box::new(|_| Ok(Arc::new(MemContent(vec![layer0()])) as Arc<dyn ContentReader>))
+}
+
+fn in_process_launcher() -> Launcher<()> {
+    Launcher::InProcess(Arc::new(|spec: DaemonSpec<()>| {
+        let cfg = DaemonConfig::new(&spec, mem_content());
         if let Err(e) = run_daemon(cfg) {
             eprintln!("daemon: {e}");
         }
     }))
 }
 
-fn request(tmp: &Path, cid: &str, clip: &Path, launcher: Launcher) -> MountRequest {
+fn request(tmp: &Path, cid: &str, clip: &Path, launcher: Launcher<()>) -> MountRequest<()> {
     MountRequest {
         run_dir: tmp.join("run"),
         node_dir: tmp.join("node"),
@@ -627,7 +636,10 @@ fn privileged_daemon_attach_reuse_detach() {
         stats["metrics"]["labels"]["digest"],
         crate::Digest::of(b"shared").to_string()
     );
-    assert_eq!(stats["metrics"]["labels"]["cids"], serde_json::json!(["c1", "c2"]));
+    assert_eq!(
+        stats["metrics"]["labels"]["cids"],
+        serde_json::json!(["c1", "c2"])
+    );
     assert!(stats["fs"]["reads"].as_u64().unwrap() >= 1);
     assert!(control_request(&sock, "bogus", Duration::from_secs(2))
         .unwrap()
@@ -676,13 +688,10 @@ fn daemon_child_entry() {
         .skip_while(|a| a != "--")
         .skip(1)
         .collect();
-    let cfg = DaemonConfig {
-        args: DaemonArgs::parse(args).unwrap(),
-        content: Box::new(|_| Ok(Arc::new(MemContent(vec![layer0()])) as Arc<dyn ContentReader>)),
-        fs: FsConfig::default(),
-        metrics: Arc::new(crate::metrics::Metrics::new()),
-    };
-    run_daemon(cfg).unwrap();
+    assert_eq!(args.len(), 2, "want --spec PATH after --: {args:?}");
+    assert_eq!(args[0], "--spec");
+    let spec = DaemonSpec::<()>::load(Path::new(&args[1])).unwrap();
+    run_daemon(DaemonConfig::new(&spec, mem_content())).unwrap();
 }
 
 #[test]
