@@ -11,9 +11,9 @@ use clap::Args;
 use crate::format::{write_index_file, AccessProfile, IndexData, WriteOptions};
 use crate::index::{build, IndexOptions, Progress, DEFAULT_CHUNK, DEFAULT_SPAN};
 use crate::node;
-use crate::oci::{Platform, ResolvedImage};
+use crate::oci::ResolvedImage;
 
-use super::util::{human, parse_size};
+use super::util::{human, parse_platform, parse_size};
 
 /// Arguments of `clipctl index`.
 #[derive(Debug, Args)]
@@ -66,14 +66,7 @@ pub fn run(args: IndexArgs) -> Result<()> {
         .as_deref()
         .map(AccessProfile::load)
         .transpose()?;
-    let platform: Option<Platform> = args
-        .platform
-        .as_deref()
-        .map(|p| {
-            p.parse()
-                .with_context(|| format!("invalid --platform {p:?}"))
-        })
-        .transpose()?;
+    let platform = parse_platform(args.platform.as_deref())?;
     let opened = node::open_image(
         args.image.as_deref(),
         args.layout.as_deref(),

@@ -10,9 +10,8 @@ use crate::mount;
 use crate::node::{
     self, DiskTier, ProfileMode, SourceChoice, StackSpec, Tuning, DEFAULT_READ_AHEAD_KB,
 };
-use crate::oci::Platform;
 
-use super::util::parse_size;
+use super::util::{parse_platform, parse_size};
 
 /// Arguments of `clipctl mount`.
 #[derive(Debug, Args)]
@@ -92,14 +91,7 @@ pub fn run(args: MountArgs) -> Result<()> {
     let clip = match (&args.clip, &args.image) {
         (Some(c), _) => c.clone(),
         (None, Some(r)) => {
-            let platform: Option<Platform> = args
-                .platform
-                .as_deref()
-                .map(|p| {
-                    p.parse()
-                        .with_context(|| format!("invalid --platform {p:?}"))
-                })
-                .transpose()?;
+            let platform = parse_platform(args.platform.as_deref())?;
             node::index_for_image(
                 &args.node_dir,
                 r,

@@ -1,6 +1,8 @@
 //! Helpers shared by the verbs: logging setup and size parsing/formatting.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+
+use crate::oci::Platform;
 
 /// Logging: `RUST_LOG`-style filter (default `warn` for the CLI, `info` for
 /// the daemon, whose stderr is its log file).
@@ -32,6 +34,15 @@ pub fn parse_size(s: &str) -> Result<u64> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| anyhow::anyhow!("size {s:?} is too large"))
+}
+
+/// Parses `--platform` (`os/arch[/variant]`), if given.
+pub fn parse_platform(p: Option<&str>) -> Result<Option<Platform>> {
+    p.map(|p| {
+        p.parse()
+            .with_context(|| format!("invalid --platform {p:?}"))
+    })
+    .transpose()
 }
 
 pub use crate::metrics::human_bytes as human;

@@ -61,6 +61,33 @@ pub struct Chunk {
 /// gives up (the indexer and the span decoder alike).
 const MAX_STALLS: u32 = 8;
 
+/// Counts inflate calls in a row that made no progress (see [`MAX_STALLS`]).
+#[derive(Debug, Default)]
+struct Stalls(u32);
+
+impl Stalls {
+    /// Notes one inflate call that returned `code`: progress resets the
+    /// count; more than [`MAX_STALLS`] calls in a row without is an error.
+    fn note(&mut self, progressed: bool, code: i32) -> Result<(), GzipError> {
+        if progressed {
+            self.0 = 0;
+            return Ok(());
+        }
+        self.0 += 1;
+        if self.0 > MAX_STALLS {
+            return Err(GzipError::Zlib {
+                code,
+                msg: "inflate makes no progress".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
 /// Largest deflate window, and so the most a checkpoint window holds.
 pub const WINDOW_SIZE: usize = 32 * 1024;
 

@@ -23,9 +23,9 @@ pub const GLIBC_TUNABLES: &str = "glibc.cpu.x86_rep_movsb_threshold=4194304";
 
 /// How the daemon process is started; `S` is the spec's stack part.
 pub enum Launcher<S> {
-    /// Writes the [`DaemonSpec`] to `<image_dir>/daemon.json` and runs
-    /// `exe <args…> --spec <that path>`, detached (new session), stdio to
-    /// `daemon.log`, with extra environment.
+    /// Runs `exe <args…> --spec <image_dir>/daemon.json` (the saved
+    /// [`DaemonSpec`]), detached (new session), stdio to `daemon.log`, with
+    /// extra environment.
     Exec {
         /// The executable (default: the current one).
         exe: PathBuf,
@@ -84,8 +84,9 @@ pub(super) fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Starts the daemon for `spec` and waits (up to `timeout`) until its mount
-/// shows in `/proc/self/mountinfo` and its control socket answers `ping`.
+/// Writes `spec` to `<image_dir>/daemon.json`, starts the daemon for it and
+/// waits (up to `timeout`) until its mount shows in `/proc/self/mountinfo`
+/// and its control socket answers `ping`.
 pub fn start_daemon<S: StackPart>(
     spec: &DaemonSpec<S>,
     launcher: &Launcher<S>,
@@ -99,6 +100,9 @@ pub fn start_daemon<S: StackPart>(
         log: log.clone(),
         log_tail: log_tail(&log, 20),
     };
+    // Kept for the daemon's whole life, whichever launcher runs it: enough
+    // to start the same daemon again.
+    let spec_path = spec.save()?;
     let mut child = None;
     match launcher {
         Launcher::Exec {
@@ -106,7 +110,6 @@ pub fn start_daemon<S: StackPart>(
             args: pre,
             env,
         } => {
-            let spec_path = spec.save()?;
             let out = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

@@ -618,6 +618,12 @@ fn privileged_daemon_attach_reuse_detach() {
     assert!(!r2.join("only-in-c1").exists());
     let mode = fs::metadata(image_dir.join("control.sock")).unwrap().mode() & 0o777;
     assert_eq!(mode, 0o600);
+    // The spec the daemon was started from stays, enough to start it again.
+    let spec_path = image_dir.join(SPEC_FILE);
+    assert_eq!(fs::metadata(&spec_path).unwrap().mode() & 0o777, 0o600);
+    let spec = DaemonSpec::<()>::load(&spec_path).unwrap();
+    assert_eq!(spec.clip_path, clip.canonicalize().unwrap());
+    assert_eq!(spec.image_dir, image_dir);
     let sock = image_dir.join("control.sock");
     assert_eq!(
         control_request(&sock, "ping", Duration::from_secs(2))
