@@ -13,14 +13,14 @@ use crate::metrics::{Counter, ErrorKind, Metrics};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use super::decoder::Decoder;
 use super::disk::DiskCache;
 use super::memory::{key, MemoryCache};
 use super::plan::LayerPlan;
-use super::prefetch::{in_prefetch_thread, Job, Prefetcher};
+use super::prefetch::{count_get, gets_on_this_thread, in_prefetch_thread, Job, Prefetcher};
 use super::profile::{self, AccessRecorder};
 use super::{CacheConfig, CacheError, ContentReader};
 use crate::digest::Digest;
@@ -310,17 +310,24 @@ impl ContentCache {
             if lo < hi {
                 let first = plan.chunk_at(lo).1;
                 let last = plan.chunk_at(hi - 1).1;
-                let _flight = lock(&plan.locks[plan.lock_for(s)]);
+                let mut flight = lock(&plan.locks[plan.lock_for(s)]);
+                let gets = gets_on_this_thread();
                 for c in first..=last {
                     if !self.mem.contains(key(plan.number, c)) {
                         self.load_from_disk(plan, c);
                     }
                 }
                 let missing = |c: &u32| !self.mem.contains(key(plan.number, *c));
-                if let Some(first) = (first..=last).find(missing) {
-                    let last = (first..=last).rev().find(missing).unwrap_or(first);
-                    self.fill_locked(plan, s, first, last, ahead)?;
-                }
+                let filled = match (first..=last).find(missing) {
+                    Some(first) => {
+                        let last = (first..=last).rev().find(missing).unwrap_or(first);
+                        self.fill_locked(plan, s, first, last, ahead).map(drop)
+                    }
+                    None => Ok(()),
+                };
+                // Readers queued on the lock meanwhile are waiting for these GETs.
+                *flight = u32::try_from(gets_on_this_thread() - gets).unwrap_or(u32::MAX);
+                filled?;
             }
             s += 1;
         }
@@ -454,12 +461,30 @@ impl ContentCache {
         first: u32,
         last: u32,
     ) -> Result<Vec<Arc<[u8]>>, CacheError> {
-        let _flight = lock(&plan.locks[plan.lock_for(s)]);
+        let _flight = self.lock_span_as_reader(plan, s);
         if let Some(data) = self.mem.get(key(plan.number, first)) {
             self.metrics.count(Counter::SharedFills, 1);
             return Ok(vec![data]);
         }
         self.fill_locked(plan, s, first, last, 0)
+    }
+
+    /// Takes span `s`'s single-flight lock for a reader. A reader that had to
+    /// wait while a prefetch thread held it waited for that holder's GETs:
+    /// they count as critical-path GETs, once (the count is taken).
+    fn lock_span_as_reader<'p>(&self, plan: &'p LayerPlan, s: usize) -> MutexGuard<'p, u32> {
+        let m = &plan.locks[plan.lock_for(s)];
+        let (mut flight, waited) = match m.try_lock() {
+            Ok(g) => (g, false),
+            Err(TryLockError::Poisoned(e)) => (e.into_inner(), false),
+            Err(TryLockError::WouldBlock) => (lock(m), true),
+        };
+        let prefetch_gets = std::mem::take(&mut *flight);
+        if waited && prefetch_gets > 0 {
+            self.metrics
+                .count(Counter::CriticalPathGets, u64::from(prefetch_gets));
+        }
+        flight
     }
 
     /// [`Self::fill`] with the span's single-flight lock held by the caller;
@@ -747,10 +772,13 @@ impl ContentCache {
         let r = self.source.read_exact_at(&plan.digest, offset, buf);
         let took = t.elapsed();
         let prefetch = in_prefetch_thread();
+        count_get();
         let m = &self.metrics;
-        // A fetch on a reader's thread is a wait; a prefetch thread's is not.
+        // A fetch on a reader's thread is a wait; a prefetch thread's is one
+        // only for a reader that queues behind it (lock_span_as_reader).
         if !prefetch {
             m.record_blocked(took);
+            m.count(Counter::CriticalPathGets, 1);
         }
         match &r {
             Ok(()) => {

@@ -24,6 +24,17 @@ pub(super) struct Job {
 
 thread_local! {
     static PREFETCH_THREAD: Cell<bool> = const { Cell::new(false) };
+    static GETS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts one GET made by the calling thread.
+pub(super) fn count_get() {
+    GETS.with(|g| g.set(g.get() + 1));
+}
+
+/// GETs the calling thread has made so far.
+pub(super) fn gets_on_this_thread() -> u64 {
+    GETS.with(Cell::get)
 }
 
 /// Whether the calling thread is a prefetch thread (its fetches are nobody's

@@ -751,6 +751,42 @@ fn prefetch_and_reader_of_one_span_share_one_fetch() {
 }
 
 #[test]
+fn critical_path_gets_are_the_gets_readers_wait_for() {
+    let data = sample_tar(25, 2 << 20);
+    let (index, src) = image(vec![gzip_layer(&data, 256 << 10, 64 << 10, 1)]);
+    src.latency_ms.store(100, Relaxed);
+    let c = prefetching(&index, &src, 2);
+    let gets = || (stats(&c).fetch_count, stats(&c).critical_path_gets);
+    let span = |i| index.layer(0).unwrap().span_range(i).unwrap();
+    // A reader's own GET.
+    let s1 = span(1);
+    assert_eq!(
+        read_all(&c, 0, s1.start, 10),
+        data[s1.start as usize..][..10]
+    );
+    assert_eq!(gets(), (1, 1));
+    // A reader that queues behind a prefetch's GET waited for it.
+    let s3 = span(3);
+    c.prefetch(0, s3.start, s3.end - s3.start);
+    wait_for("prefetch GET started", || src.calls() == 2);
+    let off = s3.end - 100;
+    assert_eq!(read_all(&c, 0, off, 100), data[off as usize..][..100]);
+    assert_eq!(gets(), (2, 2));
+    // A prefetch done before the reader comes is nobody's wait.
+    let s5 = span(5);
+    c.prefetch(0, s5.start, s5.end - s5.start);
+    wait_for("prefetched", || all_cached(&c, s5.start, s5.end));
+    assert_eq!(
+        read_all(&c, 0, s5.start, 10),
+        data[s5.start as usize..][..10]
+    );
+    assert_eq!(gets(), (3, 2));
+    // Only the reader's own GET counts as time blocked on the network.
+    let t = c.metrics().snapshot(Default::default()).timings;
+    assert_eq!(t.blocked_on_network.count, 1);
+}
+
+#[test]
 fn prefetch_errors_are_counted_and_readers_still_see_theirs() {
     let data = sample_tar(23, 1 << 20);
     let (index, src) = image(vec![gzip_layer(&data, 256 << 10, 64 << 10, 1)]);

@@ -96,10 +96,11 @@ fn text_one(out: &mut String, s: &Snapshot) {
     let _ = writeln!(out, "  uptime      {:.0}s", s.uptime_seconds);
     let _ = writeln!(
         out,
-        "  bytes       served {}  fetched {} in {} GETs ({} ahead)  inflated {}  amplification {amp}",
+        "  bytes       served {}  fetched {} in {} GETs ({} waited for; {} ahead)  inflated {}  amplification {amp}",
         human_bytes(c.bytes_served),
         human_bytes(c.bytes_fetched),
         c.fetch_count,
+        c.critical_path_gets,
         human_bytes(c.prefetch_bytes),
         human_bytes(c.inflate_bytes)
     );
@@ -301,7 +302,7 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             &l,
             s.labels.cids.len() as f64,
         );
-        let counters: [(&'static str, &'static str, f64); 26] = [
+        let counters: [(&'static str, &'static str, f64); 27] = [
             (
                 "clip_bytes_served_total",
                 "Bytes returned to readers.",
@@ -346,6 +347,11 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
                 "clip_network_blocked_seconds_total",
                 "Seconds readers spent waiting on the network.",
                 c.network_blocked_ns_total as f64 / 1e9,
+            ),
+            (
+                "clip_critical_path_gets_total",
+                "Range GETs a reader waited for (its own or a prefetch it queued behind).",
+                c.critical_path_gets as f64,
             ),
             (
                 "clip_disk_hits_total",

@@ -43,7 +43,10 @@
 //!     "decoder_starts": 0, "decoder_resumes": 0,
 //!     "prefetch_jobs": 0, "prefetch_errors": 0,
 //!     "fuse_reads": 0, "fuse_read_bytes": 0, "fuse_read_errors": 0, "fuse_lookups": 0,
-//!     "disk_damaged": 0, "disk_writes": 0, "disk_write_drops": 0, "disk_evictions": 0
+//!     "disk_damaged": 0, "disk_writes": 0, "disk_write_drops": 0, "disk_evictions": 0,
+//!     "critical_path_gets": 0               // of fetch_count: GETs a reader waited for (its
+//!                                           // own, or a prefetch thread's on a span the
+//!                                           // reader then queued on; each counted once)
 //!   },
 //!   "errors": { "fetch": 0, "digest_mismatch": 0, "inflate": 0, "fuse_eio": 0,
 //!               "timeout": 0, "other": 0 },

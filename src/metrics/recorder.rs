@@ -101,8 +101,10 @@ pub enum Counter {
     DiskWriteDrops,
     /// [`Counters::disk_evictions`].
     DiskEvictions,
+    /// [`Counters::critical_path_gets`].
+    CriticalPathGets,
 }
-const N_CTRS: usize = Counter::DiskEvictions as usize + 1;
+const N_CTRS: usize = Counter::CriticalPathGets as usize + 1;
 
 /// An empty auto-resizing nanosecond histogram with the crate's precision.
 pub(super) fn new_histogram() -> Histogram<u64> {
@@ -381,6 +383,7 @@ impl Metrics {
             disk_writes: c(Counter::DiskWrites),
             disk_write_drops: c(Counter::DiskWriteDrops),
             disk_evictions: c(Counter::DiskEvictions),
+            critical_path_gets: c(Counter::CriticalPathGets),
         }
     }
 

@@ -87,6 +87,10 @@ pub struct Counters {
     pub disk_write_drops: u64,
     /// Chunk files the disk tier deleted to stay within its budget.
     pub disk_evictions: u64,
+    /// Of `fetch_count`, the GETs a reader waited for: those made on a
+    /// reader's thread, and a prefetch thread's GETs for a span a reader then
+    /// queued on (counted once). The first start's round trips in series.
+    pub critical_path_gets: u64,
 }
 
 impl Counters {
@@ -127,6 +131,7 @@ impl Counters {
             (&mut self.disk_writes, o.disk_writes),
             (&mut self.disk_write_drops, o.disk_write_drops),
             (&mut self.disk_evictions, o.disk_evictions),
+            (&mut self.critical_path_gets, o.critical_path_gets),
         ];
         for (d, s) in pairs {
             *d = d.saturating_add(s);
