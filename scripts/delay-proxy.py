@@ -430,10 +430,10 @@ async def read_n(r, n, timeout=10):
     return got
 
 
-def near(name, got_s, want_s, slack_s):
-    ok = want_s - 0.002 <= got_s <= want_s + slack_s
+def near(name, got_s, want_s, slack_s, under_s=0.002):
+    ok = want_s - under_s <= got_s <= want_s + slack_s
     print(f"  {'ok ' if ok else 'BAD'} {name}: {got_s * 1000:.1f} ms "
-          f"(want {want_s * 1000:.0f} ms, +{slack_s * 1000:.0f} ms slack)")
+          f"(want {want_s * 1000:.0f} ms, -{under_s * 1000:.0f}/+{slack_s * 1000:.0f} ms slack)")
     return ok
 
 
@@ -464,8 +464,10 @@ async def test_timing(up_port, failures):
             assert await read_n(r, 1) == 1
             fresh.append(time.monotonic() - t)
             w.close()
+        # A fresh connection takes more wakeups (accepts at both hops): more room on a
+        # loaded machine; a missing round trip is still 20 ms short.
         failures += not near("1-byte request, fresh connection (connect RTT + RTT)",
-                             min(fresh), 4 * D, 0.015)
+                             min(fresh), 4 * D, 0.018)
         r, w = await asyncio.open_connection("127.0.0.1", px.port)
         kept = []
         for _ in range(TRIALS + 1):
@@ -632,16 +634,17 @@ def test_registry(reg, failures):
     px = Proxy(rport, "--delay", "10")
     try:
         url = f"http://127.0.0.1:{px.port}/v2/{repo}/blobs/{digest}"
-        # The registry's own time (a blob lookup, ~ms) is in both: compare with direct GETs.
+        # The registry's own time (a blob lookup, ~ms) is in both: compare with direct GETs
+        # (best of 5 each, so the difference may fall a little under the delay).
         def best(u):
             pairs = [curl_times(["-r", "0-0", u, "-r", "0-0", u]) for _ in range(TRIALS)]
             return min(p[0] for p in pairs), min(p[1] for p in pairs)
         d_fresh, d_kept = best(f"http://{reg}/v2/{repo}/blobs/{digest}")
         fresh, kept = best(url)
         failures += not near(f"curl 1-byte Range GET, fresh connection, minus direct "
-                             f"({d_fresh * 1000:.1f} ms)", fresh - d_fresh, 0.040, 0.015)
+                             f"({d_fresh * 1000:.1f} ms)", fresh - d_fresh, 0.040, 0.018, 0.005)
         failures += not near(f"curl 1-byte Range GET, kept alive, minus direct ({d_kept * 1000:.1f} ms)",
-                             kept - d_kept, 0.020, 0.010)
+                             kept - d_kept, 0.020, 0.010, 0.005)
         direct = min(curl_times([f"http://{reg}/v2/{repo}/blobs/{digest}"])[0] for _ in range(3))
         proxied = min(curl_times([url])[0] for _ in range(3))
         failures += not near(f"curl GET of the {size / 1e6:.0f} MB blob at D=10 "
