@@ -389,7 +389,7 @@ async def upstream_server():
 
 
 BLOCK = bytes(range(256)) * 4096  # 1 MiB
-TRIALS = 5
+TRIALS = 10
 
 
 class Proxy:
@@ -430,10 +430,22 @@ async def read_n(r, n, timeout=10):
     return got
 
 
-def near(name, got_s, want_s, slack_s, under_s=0.002):
-    ok = want_s - under_s <= got_s <= want_s + slack_s
+def near(name, got_s, want_s, slack_s):
+    """A delay is a floor the proxy never beats (1 ms for clock granularity); above it,
+    a loaded machine adds time, so the ceiling has slack."""
+    ok = want_s - 0.001 <= got_s <= want_s + slack_s
     print(f"  {'ok ' if ok else 'BAD'} {name}: {got_s * 1000:.1f} ms "
-          f"(want {want_s * 1000:.0f} ms, -{under_s * 1000:.0f}/+{slack_s * 1000:.0f} ms slack)")
+          f"(want {want_s * 1000:.0f} ms, +{slack_s * 1000:.0f} ms slack)")
+    return ok
+
+
+def bulk_ok(name, size, proxied_s, direct_s, delay_s):
+    """A bulk GET through the proxy: at least the round trip, at most the round trip plus
+    three times the direct transfer (the proxy copies each byte once more, in Python)."""
+    hi = 2 * delay_s + max(0.25, 3 * direct_s)
+    ok = 2 * delay_s <= proxied_s <= hi
+    print(f"  {'ok ' if ok else 'BAD'} {name}: {proxied_s * 1000:.0f} ms, {size / 1e6 / proxied_s:.0f} MB/s "
+          f"(direct {direct_s * 1000:.0f} ms, {size / 1e6 / direct_s:.0f} MB/s; want <= {hi * 1000:.0f} ms)")
     return ok
 
 
@@ -503,11 +515,7 @@ async def test_timing(up_port, failures):
         size = 44_000_000
         direct = min([await bulk(up_port, size) for _ in range(2)])
         proxied = min([await bulk(px.port, size) for _ in range(2)])
-        mbps = lambda s: size / 1e6 / s
-        slack = max(0.25, 2 * direct)  # a shared machine; the proxy costs a copy
-        failures += not near(f"44 MB kept alive at D=10 ({mbps(proxied):.0f} MB/s; "
-                             f"direct {direct * 1000:.0f} ms, {mbps(direct):.0f} MB/s)",
-                             proxied, direct + 2 * D, slack)
+        failures += not bulk_ok("44 MB kept alive at D=10", size, proxied, direct, D)
         # SIGSTOP stalls everything, SIGCONT resumes without losing a byte.
         r, w = await asyncio.open_connection("127.0.0.1", px.port)
         w.write(b"1\n")
@@ -634,23 +642,21 @@ def test_registry(reg, failures):
     px = Proxy(rport, "--delay", "10")
     try:
         url = f"http://127.0.0.1:{px.port}/v2/{repo}/blobs/{digest}"
-        # The registry's own time (a blob lookup, ~ms) is in both: compare with direct GETs
-        # (best of 5 each, so the difference may fall a little under the delay).
+        # The registry's own time (a blob lookup, ~ms) comes on top of the delay: the best
+        # direct time joins the slack.
         def best(u):
             pairs = [curl_times(["-r", "0-0", u, "-r", "0-0", u]) for _ in range(TRIALS)]
             return min(p[0] for p in pairs), min(p[1] for p in pairs)
         d_fresh, d_kept = best(f"http://{reg}/v2/{repo}/blobs/{digest}")
         fresh, kept = best(url)
-        failures += not near(f"curl 1-byte Range GET, fresh connection, minus direct "
-                             f"({d_fresh * 1000:.1f} ms)", fresh - d_fresh, 0.040, 0.018, 0.005)
-        failures += not near(f"curl 1-byte Range GET, kept alive, minus direct ({d_kept * 1000:.1f} ms)",
-                             kept - d_kept, 0.020, 0.010, 0.005)
+        failures += not near(f"curl 1-byte Range GET, fresh connection (direct {d_fresh * 1000:.1f} ms)",
+                             fresh, 0.040, d_fresh + 0.018)
+        failures += not near(f"curl 1-byte Range GET, kept alive (direct {d_kept * 1000:.1f} ms)",
+                             kept, 0.020, d_kept + 0.010)
         direct = min(curl_times([f"http://{reg}/v2/{repo}/blobs/{digest}"])[0] for _ in range(3))
         proxied = min(curl_times([url])[0] for _ in range(3))
-        failures += not near(f"curl GET of the {size / 1e6:.0f} MB blob at D=10 "
-                             f"({size / 1e6 / proxied:.0f} MB/s; direct {direct * 1000:.0f} ms, "
-                             f"{size / 1e6 / direct:.0f} MB/s)", proxied, direct + 0.040,
-                             max(0.25, 2 * direct))
+        failures += not bulk_ok(f"curl GET of the {size / 1e6:.0f} MB blob at D=10", size,
+                                proxied, direct, 0.010)
     finally:
         px.stop()
     return failures
