@@ -542,6 +542,19 @@ async def test_timing(up_port, failures):
     return failures
 
 
+async def drain(r, idle_s):
+    """Reads until EOF, an error or `idle_s` without data: (bytes read, the error)."""
+    got = 0
+    try:
+        while True:
+            d = await asyncio.wait_for(r.read(65536), idle_s)
+            if not d:
+                return got, None
+            got += len(d)
+    except (asyncio.TimeoutError, ConnectionError) as e:
+        return got, e
+
+
 async def test_faults(up_port, failures):
     # Blackhole after 3000 bytes: this connection and a new one stall, nothing is closed.
     px = Proxy(up_port, "--blackhole-after", "3000")
@@ -550,15 +563,7 @@ async def test_faults(up_port, failures):
         w.write(b"1000\n")
         a = await read_n(r, 1000)
         w.write(b"5000\n")
-        b = 0
-        try:
-            while True:
-                d = await asyncio.wait_for(r.read(65536), 0.3)
-                if not d:
-                    break
-                b += len(d)
-        except asyncio.TimeoutError:
-            pass
+        b, _ = await drain(r, 0.3)
         r2, w2 = await asyncio.open_connection("127.0.0.1", px.port)
         w2.write(b"1\n")
         try:
@@ -579,16 +584,8 @@ async def test_faults(up_port, failures):
     try:
         r, w = await asyncio.open_connection("127.0.0.1", px.port)
         w.write(b"100000\n")
-        got, err = 0, None
-        try:
-            while True:
-                d = await asyncio.wait_for(r.read(65536), 2)
-                if not d:
-                    break
-                got += len(d)
-        except ConnectionResetError as e:
-            err = e
-        ok = got == 5000 and err is not None
+        got, err = await drain(r, 2)
+        ok = got == 5000 and isinstance(err, ConnectionResetError)
         print(f"  {'ok ' if ok else 'BAD'} --reset-after 5000: got {got} bytes, then "
               f"{type(err).__name__ if err else 'a clean close'}")
         failures += not ok
