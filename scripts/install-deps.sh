@@ -7,7 +7,7 @@ set -euo pipefail
 
 PKGS=(docker-registry skopeo umoci runc mmdebstrap jq attr curl openssl fuse3 pigz gzip
       libdeflate-tools squashfs-tools squashfuse hyperfine strace prometheus ca-certificates
-      kmod python3 gcc libc6-dev pkg-config)
+      kmod python3 gcc libc6-dev pkg-config fio)
 
 missing=()
 for p in "${PKGS[@]}"; do

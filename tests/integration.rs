@@ -4,3 +4,4 @@ mod common;
 mod differential;
 mod metrics;
 mod mount;
+mod stall;

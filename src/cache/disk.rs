@@ -102,6 +102,12 @@ impl DiskCache {
         Some(buf)
     }
 
+    /// Whether a file of `len` bytes is stored for chunk `digest` (one
+    /// `stat`; its content is verified only when [`DiskCache::get`] reads it).
+    pub fn contains(&self, digest: &Digest, len: usize) -> bool {
+        std::fs::metadata(path_of(&self.dir, digest)).is_ok_and(|m| m.len() == len as u64)
+    }
+
     /// Queues chunk `digest` (already verified) for writing; dropped when
     /// the queue holds too many bytes.
     pub fn put(&self, digest: Digest, data: Arc<[u8]>) {

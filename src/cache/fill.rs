@@ -826,6 +826,15 @@ impl ContentCache {
         Ok(data)
     }
 
+    /// Whether the disk tier holds chunk `chunk` (`len` bytes).
+    fn on_disk(&self, plan: &LayerPlan, chunk: u32, len: u64) -> bool {
+        let Some(disk) = &self.disk else {
+            return false;
+        };
+        self.layer_chunk(plan, chunk)
+            .is_ok_and(|c| disk.contains(&Digest::from_bytes(c.digest), len as usize))
+    }
+
     /// Chunk `chunk` from the disk tier, verified and kept in memory.
     fn load_from_disk(&self, plan: &LayerPlan, chunk: u32) -> Option<Arc<[u8]>> {
         let disk = self.disk.as_ref()?;
@@ -885,5 +894,23 @@ impl ContentReader for ContentCache {
 
     fn prefetch(&self, layer: u32, offset: u64, len: u64) {
         self.queue_prefetch(layer, offset, len);
+    }
+
+    fn would_block(&self, layer: u32, offset: u64, len: u64) -> bool {
+        // An unusable layer fails at once: nothing to wait for.
+        let Ok(plan) = self.plan(layer) else {
+            return false;
+        };
+        let end = plan.size.min(offset.saturating_add(len));
+        let mut pos = offset;
+        while pos < end {
+            let (s, c) = plan.chunk_at(pos);
+            let r = plan.chunk_range(s, c);
+            if !self.mem.contains(key(layer, c)) && !self.on_disk(plan, c, r.end - r.start) {
+                return true;
+            }
+            pos = r.end;
+        }
+        false
     }
 }

@@ -134,6 +134,18 @@ pub trait ContentReader: Send + Sync + fmt::Debug {
     fn prefetch(&self, layer: u32, offset: u64, len: u64) {
         let _ = (layer, offset, len);
     }
+
+    /// Whether reading `[offset, offset+len)` of layer `layer` now could wait
+    /// on the network (some of it is neither in memory nor on local disk).
+    /// The FUSE transports serve a READ that would not block on the thread
+    /// that received it and hand the others to a pool, so a slow source
+    /// never stalls metadata requests. A cheap, side-effect-free guess: a
+    /// range evicted right after the answer is read anyway. Default: `true`
+    /// (an unknown reader may block).
+    fn would_block(&self, layer: u32, offset: u64, len: u64) -> bool {
+        let _ = (layer, offset, len);
+        true
+    }
 }
 
 /// Tuning knobs of a [`ContentCache`].

@@ -1,17 +1,18 @@
 //! `clipctl mount`: arguments into a [`node`] request; prints the rootfs.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::format::Index;
-use crate::mount;
+use crate::mount::{self, FuseTransport};
 use crate::node::{
     self, DiskTier, ProfileMode, SourceChoice, StackSpec, Tuning, DEFAULT_READ_AHEAD_KB,
 };
 
-use super::util::{parse_platform, parse_size};
+use super::util::{parse_duration, parse_platform, parse_size};
 
 /// Arguments of `clipctl mount`.
 #[derive(Debug, Args)]
@@ -39,12 +40,25 @@ pub struct MountArgs {
     /// Node state: container upper/work dirs and indexes made by `mount --image`.
     #[arg(long, default_value = mount::DEFAULT_NODE_DIR)]
     pub node_dir: PathBuf,
-    /// FUSE worker threads.
+    /// Threads reading /dev/fuse (over io_uring, one thread per CPU queue
+    /// serves the requests and these take only INIT, INTERRUPT and FORGET).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// Kernel read-ahead for the FUSE mount, in KiB (0: kernel default, 128).
     #[arg(long, default_value_t = DEFAULT_READ_AHEAD_KB)]
     pub read_ahead_kb: u32,
+    /// How FUSE requests reach the daemon: `uring` (FUSE over io_uring,
+    /// Linux 6.14+), `dev` (/dev/fuse read/write), `auto` (io_uring when the
+    /// kernel has it, switching the fuse module parameter enable_uring on
+    /// if needed, else /dev/fuse). Applies when the mount starts the
+    /// image's daemon.
+    #[arg(long, default_value = "auto", value_name = "auto|uring|dev")]
+    pub fuse_transport: FuseTransport,
+    /// Deadline of a READ waiting for bytes from the registry: after it the
+    /// reader gets EIO (the fetch goes on and fills the cache). E.g. 60s,
+    /// 500ms, 2m.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub read_timeout: Duration,
     /// Registry host[:port] allowed over plain HTTP (loopback always is). Repeatable.
     #[arg(long = "insecure-registry")]
     pub insecure_registry: Vec<String>,
@@ -106,9 +120,10 @@ pub fn run(args: MountArgs) -> Result<()> {
         let served = node::mount_at(&clip, mnt, &stack.source, &stack.tuning)
             .with_context(|| format!("mounting at {}", mnt.display()))?;
         eprintln!(
-            "clipctl: serving {} at {} (unmount with `umount {}`)",
+            "clipctl: serving {} at {} over {} (unmount with `umount {}`)",
             clip.display(),
             mnt.display(),
+            served.transport().map_or("?", |t| t.name()),
             mnt.display()
         );
         served.wait();
@@ -154,6 +169,8 @@ fn stack_spec(args: &MountArgs, clip: &std::path::Path) -> Result<StackSpec> {
         profile_window_secs: args.profile_window,
         profile_threads: args.profile_threads.max(1),
         disk_cache: DiskTier::in_node(&args.node_dir, budget).context("--node-dir")?,
+        fuse_transport: args.fuse_transport,
+        read_timeout_ms: args.read_timeout.as_millis().try_into().unwrap_or(u64::MAX),
     };
     Ok(StackSpec { source, tuning })
 }

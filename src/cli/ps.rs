@@ -26,8 +26,8 @@ pub fn run(args: PsArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<24} {:<14} {:<8} {:<7} ROOTFS",
-        "CID", "IMAGE", "PID", "STATE"
+        "{:<24} {:<14} {:<8} {:<7} {:<9} ROOTFS",
+        "CID", "IMAGE", "PID", "STATE", "TRANSPORT"
     );
     for c in list {
         let state = match (c.mounted, c.daemon_alive) {
@@ -36,13 +36,14 @@ pub fn run(args: PsArgs) -> Result<()> {
             (false, true) => "unmounted",
         };
         println!(
-            "{:<24} {:<14} {:<8} {:<7} {}",
+            "{:<24} {:<14} {:<8} {:<7} {:<9} {}",
             c.cid,
             &c.image[..c.image.len().min(12)],
             c.daemon_pid
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into()),
             state,
+            c.fuse_transport.as_deref().unwrap_or("-"),
             c.rootfs.display()
         );
     }

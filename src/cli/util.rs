@@ -1,4 +1,5 @@
-//! Helpers shared by the verbs: logging setup and size parsing/formatting.
+//! Helpers shared by the verbs: logging setup, size and duration parsing,
+//! size formatting.
 
 use anyhow::{bail, Context, Result};
 
@@ -45,11 +46,46 @@ pub fn parse_platform(p: Option<&str>) -> Result<Option<Platform>> {
     .transpose()
 }
 
+/// Parses `60s`, `500ms`, `2m`, `1h`, or plain seconds (`60`); at least
+/// one millisecond.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid duration {s:?}"))?;
+    let ms: u64 = match unit.to_ascii_lowercase().as_str() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        _ => bail!("invalid duration unit in {s:?} (use ms, s, m or h)"),
+    };
+    match n.checked_mul(ms) {
+        Some(0) => bail!("duration {s:?} must be at least 1ms"),
+        Some(ms) => Ok(std::time::Duration::from_millis(ms)),
+        None => bail!("duration {s:?} is too large"),
+    }
+}
+
 pub use crate::metrics::human_bytes as human;
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_duration, parse_size};
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        for bad in ["", "0", "5x", "s", "99999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -279,15 +279,9 @@ impl ClipFs {
         Ok(())
     }
 
-    /// Reads file bytes `[offset, offset+size)` of `ino` (clamped to the file
-    /// size) into `w`; returns the count.
-    fn read_file(
-        &self,
-        ino: u64,
-        offset: u64,
-        size: u32,
-        w: &mut dyn fuse_backend_rs::api::filesystem::ZeroCopyWriter,
-    ) -> Result<usize, FsError> {
+    /// Where READ `(ino, offset, size)` finds its bytes; `None` for an
+    /// empty read (at or past the end, or `size` 0). No side effects.
+    fn locate(&self, ino: u64, offset: u64, size: u32) -> Result<Option<Located>, FsError> {
         let node = self.index.inode(ino)?;
         match node.kind() {
             Some(NodeKind::File) => {}
@@ -296,38 +290,128 @@ impl ClipFs {
         }
         let file_size = node.size();
         if offset >= file_size || size == 0 {
-            return Ok(0);
+            return Ok(None);
         }
-        let len = (file_size - offset).min(size as u64) as usize;
         let Some((layer, data_offset)) = node.data() else {
             return Err(FsError::Index(FormatError::Corrupt(
                 "regular file with bytes but no data reference",
             )));
         };
-        if self.cfg.prefetch_min.is_some_and(|min| file_size >= min) && self.first_hint(ino) {
-            // The rest of the file is probably wanted too (a program loading
-            // a library, an interpreter reading a module): start fetching it
-            // in the background so later page faults find it cached.
-            self.content.prefetch(layer, data_offset, file_size);
+        Ok(Some(Located {
+            ino,
+            layer,
+            data_offset,
+            file_size,
+            start: data_offset + offset,
+            len: (file_size - offset).min(size as u64) as usize,
+        }))
+    }
+
+    /// Whether READ `(ino, offset, size)` could wait on the network now
+    /// ([`ContentReader::would_block`]); a read that fails fast does not.
+    pub(crate) fn read_would_block(&self, ino: u64, offset: u64, size: u32) -> bool {
+        match self.locate(ino, offset, size) {
+            Ok(Some(l)) => self.content.would_block(l.layer, l.start, l.len as u64),
+            _ => false,
         }
-        let start = data_offset + offset;
-        let res = zerocopy::copy_direct(&*self.content, ino, layer, start, len, w);
+    }
+
+    /// Reads file bytes `[offset, offset+size)` of `ino` (clamped to the file
+    /// size) into `w`, the kernel's reply buffer; returns the count.
+    fn read_file(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        w: &mut dyn fuse_backend_rs::api::filesystem::ZeroCopyWriter,
+    ) -> Result<usize, FsError> {
+        let Some(l) = self.locate(ino, offset, size)? else {
+            return Ok(0);
+        };
+        self.hint(&l);
+        let res = zerocopy::copy_direct(&*self.content, ino, l.layer, l.start, l.len, w);
+        self.count_read(&l, res)
+    }
+
+    /// [`Self::read_file`] into a buffer of its own, for a READ answered
+    /// later than it was received (the FUSE transports' hand-off pool).
+    pub(crate) fn read_to_vec(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let Some(l) = self.locate(ino, offset, size)? else {
+            return Ok(Vec::new());
+        };
+        self.hint(&l);
+        let mut buf = vec![0u8; l.len];
+        let res = self.fill_from_layer(&l, &mut buf);
+        self.count_read(&l, res).map(|_| buf)
+    }
+
+    /// Fills `buf` from the layer bytes `l` points at.
+    fn fill_from_layer(&self, l: &Located, buf: &mut [u8]) -> Result<(), FsError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let offset = l.start + done as u64;
+            match self.content.read(l.layer, offset, &mut buf[done..]) {
+                Ok(0) => {
+                    return Err(FsError::ShortLayer {
+                        ino: l.ino,
+                        layer: l.layer,
+                        offset,
+                    })
+                }
+                Ok(n) => done += n,
+                Err(source) => {
+                    return Err(FsError::Content {
+                        ino: l.ino,
+                        layer: l.layer,
+                        offset,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first READ of a big file hints the content reader to fetch the
+    /// rest: a program loading a library or an interpreter reading a module
+    /// probably wants all of it, and later page faults then find it cached.
+    fn hint(&self, l: &Located) {
+        if self.cfg.prefetch_min.is_some_and(|min| l.file_size >= min) && self.first_hint(l.ino) {
+            self.content.prefetch(l.layer, l.data_offset, l.file_size);
+        }
+    }
+
+    /// Counts a READ's outcome; logs a failure (answered with EIO).
+    fn count_read(&self, l: &Located, res: Result<(), FsError>) -> Result<usize, FsError> {
         match res {
             Ok(()) => {
                 self.metrics.count(Counter::FuseReads, 1);
-                self.metrics.count(Counter::FuseReadBytes, len as u64);
-                Ok(len)
+                self.metrics.count(Counter::FuseReadBytes, l.len as u64);
+                Ok(l.len)
             }
             Err(e) => {
                 self.metrics.count(Counter::FuseReadErrors, 1);
                 if e.errno() == libc::EIO {
                     self.metrics.count_error(ErrorKind::FuseEio);
                 }
-                tracing::error!(ino, layer, offset = start, len, error = %e, "read failed; returning EIO");
+                tracing::error!(ino = l.ino, layer = l.layer, offset = l.start, len = l.len, error = %e, "read failed; returning EIO");
                 Err(e)
             }
         }
     }
+}
+
+/// The layer bytes behind one READ.
+#[derive(Debug, Clone, Copy)]
+struct Located {
+    ino: u64,
+    layer: u32,
+    /// Where the file starts in the layer, and its size.
+    data_offset: u64,
+    file_size: u64,
+    /// The bytes to serve: `[start, start+len)` of the layer.
+    start: u64,
+    len: usize,
 }
 
 #[cfg(test)]

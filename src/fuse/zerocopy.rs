@@ -12,7 +12,10 @@
 //! path (removed): 1.3–1.7 GB/s vs 0.5–1.6 GB/s; see BENCHMARKS.md.
 //!
 //! This is the one unsafe room of `fuse`: turning the writer's
-//! `FileVolatileSlice` into the `&mut [u8]` the reader wants.
+//! `FileVolatileSlice` into the `&mut [u8]` the reader wants. The same path
+//! serves both FUSE transports: over io_uring the reply buffer is the ring
+//! entry's payload buffer, so the one copy goes straight to where the kernel
+//! reads it.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -35,14 +38,20 @@ struct LayerFile<'a> {
 
 impl LayerFile<'_> {
     fn read_into(&mut self, slice: FileVolatileSlice<'_>, offset: u64) -> io::Result<usize> {
-        // SAFETY: `slice` was made by `FuseDevWriter::write_from_at` from the
-        // unused tail of the writer's buffer after it checked the capacity
-        // (`check_available_space(count)`), so `as_ptr()..+len()` is valid,
-        // writable memory of this process. The writer is mutably borrowed for
-        // the whole call and nothing else reads or writes that region until we
-        // return, so a unique `&mut [u8]` over it is sound for this scope.
-        // The bytes may be uninitialised-but-allocated u8s (a `Vec<u8>` buffer
-        // zero-filled at channel creation), which is fine for `u8`.
+        // SAFETY: `slice` was made by fuse-backend-rs's reply writer after it
+        // checked the capacity (`check_available_space(count)`): by
+        // `FuseDevWriter::write_from_at` from the unused tail of the
+        // `/dev/fuse` channel's buffer, or by `VirtioFsWriter::write_from_at`
+        // from the writable descriptor naming an io_uring entry's payload
+        // buffer (anonymous memory of this process, mapped for the life of
+        // the queue: `mount/transport/uring/entries.rs`). Either way
+        // `as_ptr()..+len()` is valid, writable memory of this process. The
+        // writer is mutably borrowed for the whole call and nothing else
+        // reads or writes that region until we return (the kernel writes an
+        // entry's buffers only while the entry waits for a request, not while
+        // its request is being served), so a unique `&mut [u8]` over it is
+        // sound for this scope. The bytes are initialised `u8`s (zero-filled
+        // at allocation or written before).
         let buf = unsafe { std::slice::from_raw_parts_mut(slice.as_ptr(), slice.len()) };
         match self.content.read(self.layer, offset, buf) {
             Ok(n) => Ok(n),

@@ -94,6 +94,9 @@ fn text_one(out: &mut String, s: &Snapshot) {
     let _ = writeln!(out, "image {}  {}", s.labels.image, s.labels.digest);
     let _ = writeln!(out, "  containers  {cids}");
     let _ = writeln!(out, "  uptime      {:.0}s", s.uptime_seconds);
+    if !s.fuse_transport.is_empty() {
+        let _ = writeln!(out, "  transport   {}", s.fuse_transport);
+    }
     let _ = writeln!(
         out,
         "  bytes       served {}  fetched {} in {} GETs ({} waited for; {} ahead)  inflated {}  amplification {amp}",
@@ -295,6 +298,15 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             &l,
             s.uptime_seconds,
         );
+        if !s.fuse_transport.is_empty() {
+            f.sample(
+                "clip_fuse_transport_info",
+                "gauge",
+                "The FUSE transport serving the image (label transport: dev, uring).",
+                &format!("{l},transport=\"{}\"", esc(&s.fuse_transport)),
+                1.0,
+            );
+        }
         f.sample(
             "clip_containers",
             "gauge",

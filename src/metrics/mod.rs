@@ -30,6 +30,8 @@
 //!   "labels": { "image": "docker.io/library/alpine:3.19",
 //!               "digest": "sha256:<hex>", "cids": ["c1", "c2"] },
 //!   "uptime_seconds": 12.5,                 // since Metrics::new
+//!   "fuse_transport": "uring",              // "dev" (/dev/fuse), "uring" (FUSE over
+//!                                           // io_uring), "" unknown; merged: "dev,uring"
 //!   "read_amplification": 0.42,             // bytes_fetched / bytes_served, null if nothing served
 //!   "counters": {
 //!     "bytes_served": 0, "bytes_fetched": 0, "fetch_count": 0, "inflate_bytes": 0,
@@ -168,7 +170,7 @@ pub enum ErrorKind {
     Inflate,
     /// A FUSE request was answered with `EIO`.
     FuseEio,
-    /// A fetch hit its deadline.
+    /// A fetch, or a READ waiting for its bytes, hit its deadline.
     Timeout,
     /// Anything else.
     Other,

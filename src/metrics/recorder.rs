@@ -184,6 +184,8 @@ pub struct Metrics {
     shards: Box<[Shard]>,
     cache_bytes: AtomicU64,
     started: Instant,
+    /// The FUSE transport serving the mount (`dev`, `uring`), once known.
+    fuse_transport: std::sync::OnceLock<&'static str>,
 }
 
 impl Default for Metrics {
@@ -206,7 +208,14 @@ impl Metrics {
             shards: (0..n).map(|_| Shard::new()).collect(),
             cache_bytes: AtomicU64::new(0),
             started: Instant::now(),
+            fuse_transport: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Names the FUSE transport serving the mount (`dev` or `uring`); it
+    /// shows in every snapshot. Set once; later calls are ignored.
+    pub fn set_fuse_transport(&self, name: &'static str) {
+        let _ = self.fuse_transport.set(name);
     }
 
     #[inline]
@@ -420,6 +429,7 @@ impl Metrics {
             schema_version: SCHEMA_VERSION,
             labels,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
+            fuse_transport: self.fuse_transport.get().map_or("", |t| t).to_string(),
             read_amplification: None,
             counters,
             errors: ErrorKind::ALL

@@ -267,6 +267,10 @@ pub struct Snapshot {
     pub labels: Labels,
     /// Seconds since the registry was created (for a merge: the largest).
     pub uptime_seconds: f64,
+    /// The FUSE transport serving the mount: `dev` (`/dev/fuse`), `uring`
+    /// (FUSE over io_uring), `""` if not known (yet); for a merge, the
+    /// distinct transports joined with `,`.
+    pub fuse_transport: String,
     /// `bytes_fetched / bytes_served`; `null` before anything was served.
     pub read_amplification: Option<f64>,
     /// Byte and event counters.
@@ -310,6 +314,14 @@ impl Snapshot {
                 ops.entry(k.as_str()).or_default().push(h);
             }
         }
+        let mut transports: Vec<&str> = parts
+            .iter()
+            .map(|p| p.fuse_transport.as_str())
+            .filter(|t| !t.is_empty())
+            .collect();
+        transports.sort_unstable();
+        transports.dedup();
+        out.fuse_transport = transports.join(",");
         for (k, hs) in ops {
             out.fuse_ops
                 .insert(k.to_string(), HistSnapshot::merged(hs)?);

@@ -80,6 +80,8 @@ pub struct ContainerInfo {
     pub daemon_pid: Option<u32>,
     /// Whether that process is alive.
     pub daemon_alive: bool,
+    /// The FUSE transport the daemon serves with (`dev`, `uring`), if known.
+    pub fuse_transport: Option<String>,
 }
 
 /// What [`detach_container`] did.
@@ -387,7 +389,9 @@ pub fn list(run_dir: &Path) -> Vec<ContainerInfo> {
         .map(|r| {
             let image_dir = images_dir(run_dir).join(&r.image);
             let pid = pid_of(&image_dir);
+            let transport = std::fs::read_to_string(image_dir.join(super::daemon::TRANSPORT_FILE));
             ContainerInfo {
+                fuse_transport: transport.ok().map(|t| t.trim().to_string()),
                 mounted: is_mounted(&r.rootfs),
                 daemon_alive: pid.is_some_and(pid_alive),
                 daemon_pid: pid,

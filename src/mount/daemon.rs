@@ -73,6 +73,8 @@ pub(super) const PID_FILE: &str = "daemon.pid";
 pub(super) const LOG_FILE: &str = "daemon.log";
 pub(super) const SOCK_FILE: &str = "control.sock";
 pub(super) const CONTAINERS_FILE: &str = "containers";
+/// The FUSE transport the daemon serves with (`dev`, `uring`), for `ps`.
+pub(super) const TRANSPORT_FILE: &str = "fuse-transport";
 
 /// The control socket's `stats` reply (one JSON line).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,6 +166,7 @@ pub fn run_daemon(config: DaemonConfig) -> Result<(), MountError> {
     let cleanup = || {
         let _ = std::fs::remove_file(&sock);
         let _ = std::fs::remove_file(&pid_path);
+        let _ = std::fs::remove_file(dir.join(TRANSPORT_FILE));
     };
     let res = serve_until_unmounted(&config, &sock);
     cleanup();
@@ -219,6 +222,12 @@ fn serve_until_unmounted(config: &DaemonConfig, sock: &Path) -> Result<(), Mount
         ..config.serve.clone()
     };
     let handle = serve_with(&mnt, fs, &opts)?;
+    if let Some(t) = handle.transport() {
+        let path = config.image_dir.join(TRANSPORT_FILE);
+        if let Err(e) = std::fs::write(&path, t.name()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot record the FUSE transport");
+        }
+    }
     let handler = Arc::new(DaemonHandler {
         mnt: mnt.clone(),
         metrics: config.metrics.clone(),

@@ -21,8 +21,12 @@
 //! and under the node dir (default `/var/lib/clip`):
 //! `containers/<cid>/{upper,work}`.
 //!
-//! Unsafe lives in `sys.rs` (mount/umount/geteuid/kill) and `spawn.rs`
-//! (`setsid` in `pre_exec`).
+//! The FUSE transports (`/dev/fuse` and io_uring) and the READ hand-off
+//! that keeps them off the network are in `transport/`.
+//!
+//! Unsafe lives in `sys.rs` (mount/umount/geteuid/kill), `spawn.rs`
+//! (`setsid` in `pre_exec`) and `transport/uring/sys.rs` (io_uring
+//! commands, eventfd, CPU pinning).
 
 mod container;
 mod control;
@@ -32,6 +36,7 @@ mod session;
 mod spawn;
 mod spec;
 mod sys;
+mod transport;
 
 use std::io;
 use std::path::PathBuf;
@@ -46,6 +51,10 @@ pub use session::{serve, serve_with, MountHandle, ServeOptions};
 pub use spawn::{start_daemon, Launcher, GLIBC_TUNABLES};
 pub use spec::{DaemonSpec, StackPart, DAEMON_SPEC_VERSION, SPEC_FILE};
 pub use sys::{mount_overlay, unmount};
+pub use transport::{
+    uring_param, FuseTransport, TransportKind, TransportOptions, DEFAULT_READ_TIMEOUT,
+    ENABLE_URING_PARAM,
+};
 
 /// Default base of the run-time state.
 pub const DEFAULT_RUN_DIR: &str = "/run/clip";

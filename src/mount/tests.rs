@@ -16,7 +16,7 @@ use crate::format::{
 };
 use crate::fuse::{ClipFs, FsConfig};
 
-fn skip_unless_privileged(test: &str) -> bool {
+pub(super) fn skip_unless_privileged(test: &str) -> bool {
     match check_privileges() {
         Ok(()) => false,
         Err(e) => {
@@ -24,6 +24,33 @@ fn skip_unless_privileged(test: &str) -> bool {
             true
         }
     }
+}
+
+/// Held by tests that mount: the test that turns the fuse module's
+/// `enable_uring` off and on again holds it for writing.
+pub(super) static URING_PARAM: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub(super) fn uring_param_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    URING_PARAM.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`serve`] over `transport` (2 workers); checks it is the one in use.
+fn serve_over(mnt: &Path, fs: ClipFs, transport: FuseTransport) -> MountHandle {
+    let opts = ServeOptions {
+        threads: 2,
+        transport: TransportOptions {
+            transport,
+            ..TransportOptions::default()
+        },
+        ..ServeOptions::default()
+    };
+    let h = serve_with(mnt, fs, &opts).unwrap();
+    let want = match transport {
+        FuseTransport::Dev => TransportKind::Dev,
+        _ => TransportKind::Uring,
+    };
+    assert_eq!(h.transport(), Some(want));
+    h
 }
 
 /// Layer bytes held in memory; layer 1 always fails.
@@ -50,6 +77,12 @@ impl ContentReader for MemContent {
         let n = buf.len().min(data.len() - start);
         buf[..n].copy_from_slice(&data[start..start + n]);
         Ok(n)
+    }
+
+    // Layer 0 is "in memory" (served inline); the failing layer takes the
+    // hand-off path, whose errors must be EIO as well.
+    fn would_block(&self, layer: u32, _offset: u64, _len: u64) -> bool {
+        layer != 0
     }
 }
 
@@ -302,17 +335,32 @@ fn daemon_spec_roundtrip() {
 }
 
 #[test]
-fn privileged_fuse_metadata_reads_xattrs() {
-    if skip_unless_privileged("privileged_fuse_metadata_reads_xattrs") {
+fn privileged_fuse_metadata_reads_xattrs_dev() {
+    if skip_unless_privileged("privileged_fuse_metadata_reads_xattrs_dev") {
         return;
     }
+    fuse_metadata_reads_xattrs(FuseTransport::Dev);
+}
+
+#[test]
+fn privileged_fuse_metadata_reads_xattrs_uring() {
+    if skip_unless_privileged("privileged_fuse_metadata_reads_xattrs_uring") {
+        return;
+    }
+    fuse_metadata_reads_xattrs(FuseTransport::Uring);
+}
+
+/// Metadata, listings, reads (inline and handed off), errnos, xattrs and
+/// EROFS through a real mount over `transport`.
+fn fuse_metadata_reads_xattrs(transport: FuseTransport) {
+    let _param = uring_param_shared();
     let tmp = tempfile::tempdir().unwrap();
     let clip = write_image(tmp.path(), "meta");
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let fs = clipfs(&clip);
     let metrics = fs.metrics().clone();
-    let h = serve(&mnt, fs, 2).unwrap();
+    let h = serve_over(&mnt, fs, transport);
     assert_eq!(mount_fstype(&mnt).as_deref(), Some("fuse.clip"));
 
     // Metadata.
@@ -460,10 +508,23 @@ fn privileged_fuse_metadata_reads_xattrs() {
 }
 
 #[test]
-fn privileged_overlay_on_fuse() {
-    if skip_unless_privileged("privileged_overlay_on_fuse") {
+fn privileged_overlay_on_fuse_dev() {
+    if skip_unless_privileged("privileged_overlay_on_fuse_dev") {
         return;
     }
+    overlay_on_fuse(FuseTransport::Dev);
+}
+
+#[test]
+fn privileged_overlay_on_fuse_uring() {
+    if skip_unless_privileged("privileged_overlay_on_fuse_uring") {
+        return;
+    }
+    overlay_on_fuse(FuseTransport::Uring);
+}
+
+fn overlay_on_fuse(transport: FuseTransport) {
+    let _param = uring_param_shared();
     let tmp = tempfile::tempdir().unwrap();
     let clip = write_image(tmp.path(), "ovl");
     let mnt = tmp.path().join("mnt");
@@ -475,7 +536,7 @@ fn privileged_overlay_on_fuse() {
     for d in [&mnt, &upper, &work, &root] {
         fs::create_dir(d).unwrap();
     }
-    let h = serve(&mnt, clipfs(&clip), 2).unwrap();
+    let h = serve_over(&mnt, clipfs(&clip), transport);
     mount_overlay(&mnt, &upper, &work, &root).unwrap();
     let g = OverlayGuard(root.clone());
     assert_eq!(mount_fstype(&root).as_deref(), Some("overlay"));
@@ -589,6 +650,7 @@ fn privileged_daemon_attach_reuse_detach() {
     if skip_unless_privileged("privileged_daemon_attach_reuse_detach") {
         return;
     }
+    let _param = uring_param_shared();
     let tmp = tempfile::tempdir().unwrap();
     let clip = write_image(tmp.path(), "shared");
     let run = tmp.path().join("run");
@@ -705,6 +767,7 @@ fn privileged_killed_daemon_is_cleaned_up() {
     if skip_unless_privileged("privileged_killed_daemon_is_cleaned_up") {
         return;
     }
+    let _param = uring_param_shared();
     let tmp = tempfile::tempdir().unwrap();
     let clip = write_image(tmp.path(), "killed");
     let run = tmp.path().join("run");
@@ -770,6 +833,7 @@ fn privileged_allow_other_is_needed() {
     if skip_unless_privileged("privileged_allow_other_is_needed") {
         return;
     }
+    let _param = uring_param_shared();
     if std::process::Command::new("setpriv")
         .arg("--version")
         .output()
@@ -812,7 +876,7 @@ fn privileged_allow_other_is_needed() {
             threads: 1,
             allow_other,
             read_ahead_kb: None,
-            metrics: None,
+            ..ServeOptions::default()
         };
         let h = serve_with(&mnt, clipfs(&clip), &opts).unwrap();
         mount_overlay(&mnt, &upper, &work, &root).unwrap();
@@ -842,6 +906,7 @@ fn privileged_bench_read_throughput() {
     if skip_unless_privileged("privileged_bench_read_throughput") {
         return;
     }
+    let _param = uring_param_shared();
     const SIZE: usize = 512 << 20;
     let tmp = tempfile::tempdir().unwrap();
     let mut data = image("bench");
@@ -875,7 +940,7 @@ fn privileged_bench_read_throughput() {
                     threads,
                     allow_other: false,
                     read_ahead_kb: ra,
-                    metrics: None,
+                    ..ServeOptions::default()
                 },
             )
             .unwrap();

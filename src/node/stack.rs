@@ -110,6 +110,11 @@ impl ForegroundMount {
         &self.stack
     }
 
+    /// The FUSE transport serving it.
+    pub fn transport(&self) -> Option<crate::mount::TransportKind> {
+        self.handle.transport()
+    }
+
     /// Blocks until the directory is unmounted from outside (`umount`),
     /// then saves the profile.
     pub fn wait(self) {

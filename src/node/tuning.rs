@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::ProfileMode;
 use crate::cache::CacheConfig;
 use crate::fuse::FsConfig;
-use crate::mount::ServeOptions;
+use crate::mount::{FuseTransport, ServeOptions, TransportOptions, DEFAULT_READ_TIMEOUT};
 
 /// Default kernel read-ahead of a mount (KiB). Measured on cold `import
 /// numpy` (span 1 MiB): 128 KiB → 1.04 s, 20.6 MiB fetched; 512 KiB →
@@ -63,6 +63,10 @@ pub struct Tuning {
     pub profile_threads: usize,
     /// The node's chunk directory and its budget (None: off).
     pub disk_cache: Option<DiskTier>,
+    /// How FUSE requests reach the daemon.
+    pub fuse_transport: FuseTransport,
+    /// Deadline of a READ waiting on the network, in milliseconds.
+    pub read_timeout_ms: u64,
 }
 
 impl Default for Tuning {
@@ -76,6 +80,8 @@ impl Default for Tuning {
             profile_window_secs: 30,
             profile_threads: 4,
             disk_cache: None,
+            fuse_transport: FuseTransport::Auto,
+            read_timeout_ms: DEFAULT_READ_TIMEOUT.as_millis() as u64,
         }
     }
 }
@@ -113,6 +119,11 @@ impl Tuning {
         ServeOptions {
             threads: self.threads.max(1),
             read_ahead_kb: (self.read_ahead_kb > 0).then_some(self.read_ahead_kb),
+            transport: TransportOptions {
+                transport: self.fuse_transport,
+                read_timeout: Duration::from_millis(self.read_timeout_ms.max(1)),
+                ..TransportOptions::default()
+            },
             ..ServeOptions::default()
         }
     }

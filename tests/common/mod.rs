@@ -309,6 +309,8 @@ pub struct Dirs {
     pub tmp: tempfile::TempDir,
     /// Containers mounted so far (unmounted on drop).
     pub cids: Vec<String>,
+    /// `--fuse-transport` of every mount (None: the default, auto).
+    pub transport: Option<&'static str>,
 }
 
 impl Dirs {
@@ -317,7 +319,15 @@ impl Dirs {
         Dirs {
             tmp: tempdir(),
             cids: Vec::new(),
+            transport: None,
         }
+    }
+
+    /// Fresh dirs whose mounts use FUSE transport `t` (`dev`, `uring`).
+    pub fn over(t: &'static str) -> Self {
+        let mut d = Dirs::new();
+        d.transport = Some(t);
+        d
     }
     /// `--run-dir` of this test.
     pub fn run_dir(&self) -> PathBuf {
@@ -339,6 +349,9 @@ impl Dirs {
             "--node-dir",
             n.to_str().unwrap(),
         ];
+        if let Some(t) = self.transport {
+            args.extend(["--fuse-transport", t]);
+        }
         args.extend_from_slice(extra);
         let o = run(&args);
         if !o.status.success() {
@@ -357,6 +370,25 @@ impl Dirs {
             self.run_dir().to_str().unwrap(),
         ])
     }
+    /// The FUSE transport the daemon of container `cid` serves with, from
+    /// `clipctl ps --json`.
+    pub fn transport_of(&self, cid: &str) -> Option<String> {
+        let o = run(&[
+            "ps",
+            "--json",
+            "--run-dir",
+            self.run_dir().to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_array()?
+            .iter()
+            .find(|c| c["cid"] == cid)?
+            .get("fuse_transport")?
+            .as_str()
+            .map(str::to_string)
+    }
+
     /// Lines of /proc/self/mountinfo under this test's dirs.
     pub fn mounts_left(&self) -> Vec<String> {
         let base = self.tmp.path().to_string_lossy().into_owned();
