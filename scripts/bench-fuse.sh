@@ -21,6 +21,7 @@
 #                cases (mostly 4 KiB READs), microseconds
 #   cpu-s/GB     daemon CPU seconds (utime+stime) per GB served, over rand4k-16 and
 #                seq-direct
+#   daemon-rss   the daemon's resident memory at the end (ring buffers included)
 #
 # Env: RUNS (default 3), SECS (fio seconds per case, default 5), CLIPCTL (default
 #      target/release/clipctl), OUT (raw samples TSV; default: a temp file, path printed).
@@ -136,6 +137,7 @@ bench_one() {
   done
   sample seq-buffered-MBps "$(calc "$passes * $size / ($now - $start) / 1e6")"
 
+  sample daemon-rss-MiB "$(awk '/^VmRSS/ { print $2 / 1024 }' "/proc/$pid/status")"
   "$CLIPCTL" umount --cid bench --run-dir "$RD" >/dev/null
 }
 
