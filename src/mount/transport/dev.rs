@@ -105,7 +105,18 @@ fn init(shared: &Shared, reader: Reader<'_>, peek: &mut Reader<'_>) {
         return;
     }
     let body = size_of::<OutHeader>()..size_of::<OutHeader>() + size_of::<InitOut>();
-    let uring = shared.offer_uring && offered && len >= body.end;
+    // The rings are set up before INIT is answered: once it negotiates
+    // io_uring, only a failed registration lets the kernel fall back.
+    let mut rings = None;
+    if shared.offer_uring && offered && len >= body.end {
+        match uring::Rings::prepare(shared) {
+            Ok(r) => rings = Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set up FUSE over io_uring; using /dev/fuse")
+            }
+        }
+    }
+    let uring = rings.is_some();
     if uring {
         let mut init = InitOut::default();
         init.as_mut_slice().copy_from_slice(&buf[body.clone()]);
@@ -117,26 +128,26 @@ fn init(shared: &Shared, reader: Reader<'_>, peek: &mut Reader<'_>) {
         tracing::error!(error = %e, "writing the INIT reply");
         return;
     }
-    if !uring {
-        let why = if shared.offer_uring {
-            "/dev/fuse (the kernel did not offer FUSE_OVER_IO_URING)"
-        } else {
-            "/dev/fuse"
+    let Some(rings) = rings else {
+        let why = match (shared.offer_uring, offered) {
+            (false, _) => "/dev/fuse",
+            (true, false) => "/dev/fuse (the kernel did not offer FUSE_OVER_IO_URING)",
+            (true, true) => "/dev/fuse (io_uring could not be set up)",
         };
         shared.settle(TransportKind::Dev, why);
         return;
-    }
-    // INIT is answered: the kernel now holds new requests back until every
+    };
+    // INIT is answered: the kernel holds new requests back until every
     // queue has a ring entry (or a registration fails, which turns io_uring
     // off for the connection and lets them through /dev/fuse).
-    let (rings, started) = uring::Rings::start(shared);
+    let registered = rings.register();
     let why = format!(
         "io_uring ({} queues x {} entries)",
         rings.queues(),
         shared.uring_depth
     );
     *lock(&shared.rings) = Some(rings);
-    match started {
+    match registered {
         Ok(()) => shared.settle(TransportKind::Uring, &why),
         Err(e) => {
             tracing::warn!(error = %e, "FUSE over io_uring did not start; falling back to /dev/fuse");

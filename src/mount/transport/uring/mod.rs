@@ -79,29 +79,32 @@ pub(super) struct Rings {
     queues: Vec<QueueHandle>,
 }
 
+/// Tells a prepared queue to register; it answers on the sender.
+type Go = Sender<Result<(), String>>;
+
 #[derive(Debug)]
 struct QueueHandle {
     thread: JoinHandle<()>,
     wake: Arc<EventFd>,
     stop: Arc<AtomicBool>,
+    go: Sender<Go>,
 }
 
 impl Rings {
-    /// Starts a thread per queue; each registers its entries. Returns once
-    /// every queue registered (`Ok`), or with the first failure (the queues
-    /// that did start are kept: their entries stay registered until the
-    /// connection ends, so they stop with the mount).
-    pub(super) fn start(shared: &Shared) -> (Rings, Result<(), String>) {
+    /// Starts a thread per queue, each with its ring and entry buffers but
+    /// nothing registered yet: called before INIT is answered, so that a
+    /// failure here (no io_uring, no memory) leaves the connection on
+    /// `/dev/fuse`. Once INIT negotiated io_uring the kernel holds every
+    /// request back until each queue has an entry, and only a failed
+    /// registration (not a missing one) makes it fall back.
+    pub(super) fn prepare(shared: &Shared) -> Result<Rings, String> {
+        let n = possible_cpus().map_err(|e| e.to_string())?;
         let mut rings = Rings { queues: Vec::new() };
-        let n = match possible_cpus() {
-            Ok(n) => n,
-            Err(e) => return (rings, Err(e.to_string())),
-        };
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(n);
-        let mut result = Ok(());
         for qid in 0..n {
             let started = EventFd::new().and_then(|wake| {
                 let (wake, stop) = (Arc::new(wake), Arc::new(AtomicBool::new(false)));
+                let (go_tx, go_rx) = crossbeam_channel::bounded(1);
                 let q = QueueSetup {
                     qid: qid as u16,
                     depth: shared.uring_depth,
@@ -113,15 +116,21 @@ impl Rings {
                 let ready = ready_tx.clone();
                 let thread = std::thread::Builder::new()
                     .name(format!("clip-uring-{qid}"))
-                    .spawn(move || q.run(&ready))?;
-                rings.queues.push(QueueHandle { thread, wake, stop });
+                    .spawn(move || q.run(&ready, &go_rx))?;
+                rings.queues.push(QueueHandle {
+                    thread,
+                    wake,
+                    stop,
+                    go: go_tx,
+                });
                 Ok(())
             });
             if let Err(e) = started {
-                result = Err(format!("queue {qid}: {e}"));
-                break;
+                rings.stop();
+                return Err(format!("queue {qid}: {e}"));
             }
         }
+        let mut result = Ok(());
         for _ in 0..rings.queues.len() {
             match ready_rx.recv_timeout(Duration::from_secs(10)) {
                 Ok(Ok(())) => {}
@@ -129,7 +138,35 @@ impl Rings {
                 Err(_) => result = result.and(Err("a queue did not start".into())),
             }
         }
-        (rings, result)
+        match result {
+            Ok(()) => Ok(rings),
+            Err(e) => {
+                rings.stop();
+                Err(e)
+            }
+        }
+    }
+
+    /// After INIT negotiated io_uring: every queue registers its entries.
+    /// A failure is reported (the kernel then serves the connection over
+    /// `/dev/fuse`); the queues that did register stay until the connection
+    /// ends, as the kernel keeps their entries.
+    pub(super) fn register(&self) -> Result<(), String> {
+        let (done_tx, done_rx) = crossbeam_channel::bounded(self.queues.len());
+        for q in &self.queues {
+            if q.go.send(done_tx.clone()).is_err() {
+                return Err("a queue thread ended".into());
+            }
+        }
+        let mut result = Ok(());
+        for _ in 0..self.queues.len() {
+            match done_rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = result.and(Err(e)),
+                Err(_) => result = result.and(Err("a queue did not register".into())),
+            }
+        }
+        result
     }
 
     /// Queues running.
@@ -144,6 +181,7 @@ impl Rings {
             q.wake.notify();
         }
         for q in self.queues {
+            drop(q.go);
             let _ = q.thread.join();
         }
     }
@@ -160,7 +198,9 @@ struct QueueSetup {
 }
 
 impl QueueSetup {
-    fn run(self, ready: &Sender<Result<(), String>>) {
+    /// Builds the queue, reports on `ready`, waits for the order to
+    /// register (or for the queue to be dropped), registers, reports, serves.
+    fn run(self, ready: &Sender<Result<(), String>>, go: &Receiver<Go>) {
         if let Err(e) = sys::pin_to_cpu(self.qid.into()) {
             tracing::debug!(qid = self.qid, error = %e, "cannot pin the queue thread");
         }
@@ -171,9 +211,13 @@ impl QueueSetup {
                 return;
             }
         };
+        let _ = ready.send(Ok(()));
+        let Ok(done) = go.recv() else {
+            return; // never registered: nothing of it is in the kernel
+        };
         let registered = q.register();
         let ok = registered.is_ok();
-        let _ = ready.send(registered);
+        let _ = done.send(registered);
         if ok {
             q.serve();
         }
