@@ -18,15 +18,22 @@ pub fn init_logging(daemon: bool) {
         .try_init();
 }
 
-/// Parses `4M`, `4MiB`, `512k`, `1048576`.
-pub fn parse_size(s: &str) -> Result<u64> {
+/// `"512KiB"` → `(512, "kib")`: the leading decimal number and the
+/// lower-cased unit after it; `what` names the value in the error.
+fn number_and_unit(s: &str, what: &str) -> Result<(u64, String)> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
+    let n = num
         .parse()
-        .map_err(|_| anyhow::anyhow!("invalid size {s:?}"))?;
-    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        .map_err(|_| anyhow::anyhow!("invalid {what} {s:?}"))?;
+    Ok((n, unit.to_ascii_lowercase()))
+}
+
+/// Parses `4M`, `4MiB`, `512k`, `1048576`.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let (n, unit) = number_and_unit(s, "size")?;
+    let mult: u64 = match unit.as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
@@ -49,13 +56,8 @@ pub fn parse_platform(p: Option<&str>) -> Result<Option<Platform>> {
 /// Parses `60s`, `500ms`, `2m`, `1h`, or plain seconds (`60`); at least
 /// one millisecond.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid duration {s:?}"))?;
-    let ms: u64 = match unit.to_ascii_lowercase().as_str() {
+    let (n, unit) = number_and_unit(s, "duration")?;
+    let ms: u64 = match unit.as_str() {
         "ms" => 1,
         "" | "s" => 1000,
         "m" | "min" => 60_000,

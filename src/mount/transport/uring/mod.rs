@@ -79,6 +79,18 @@ pub(super) struct Rings {
     queues: Vec<QueueHandle>,
 }
 
+/// The first error of `n` queue reports on `rx` (10 s each at most).
+fn all_ok(rx: &Receiver<Result<(), String>>, n: usize, what: &str) -> Result<(), String> {
+    let mut result = Ok(());
+    for _ in 0..n {
+        let r = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| Err(format!("a queue did not {what}")));
+        result = result.and(r);
+    }
+    result
+}
+
 /// Tells a prepared queue to register; it answers on the sender.
 type Go = Sender<Result<(), String>>;
 
@@ -130,15 +142,7 @@ impl Rings {
                 return Err(format!("queue {qid}: {e}"));
             }
         }
-        let mut result = Ok(());
-        for _ in 0..rings.queues.len() {
-            match ready_rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = result.and(Err(e)),
-                Err(_) => result = result.and(Err("a queue did not start".into())),
-            }
-        }
-        match result {
+        match all_ok(&ready_rx, rings.queues.len(), "start") {
             Ok(()) => Ok(rings),
             Err(e) => {
                 rings.stop();
@@ -158,15 +162,7 @@ impl Rings {
                 return Err("a queue thread ended".into());
             }
         }
-        let mut result = Ok(());
-        for _ in 0..self.queues.len() {
-            match done_rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = result.and(Err(e)),
-                Err(_) => result = result.and(Err("a queue did not register".into())),
-            }
-        }
-        result
+        all_ok(&done_rx, self.queues.len(), "register")
     }
 
     /// Queues running.
