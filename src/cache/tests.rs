@@ -805,14 +805,14 @@ fn critical_path_gets_are_the_gets_readers_wait_for() {
     assert_eq!(gets(), (1, 1));
     // A reader that queues behind a prefetch's GET waited for it.
     let s3 = span(3);
-    c.prefetch(0, s3.start, s3.end - s3.start);
+    c.prefetch(0, s3.start, s3.end - s3.start, Urgency::Now);
     wait_for("prefetch GET started", || src.calls() == 2);
     let off = s3.end - 100;
     assert_eq!(read_all(&c, 0, off, 100), data[off as usize..][..100]);
     assert_eq!(gets(), (2, 2));
     // A prefetch done before the reader comes is nobody's wait.
     let s5 = span(5);
-    c.prefetch(0, s5.start, s5.end - s5.start);
+    c.prefetch(0, s5.start, s5.end - s5.start, Urgency::Now);
     wait_for("prefetched", || all_cached(&c, s5.start, s5.end));
     assert_eq!(
         read_all(&c, 0, s5.start, 10),

@@ -237,11 +237,11 @@ impl ClipFs {
         }
     }
 
-    /// Notes that regular file `ino` was found in directory `parent`
-    /// (directory warming needs to know where a read file lives).
-    fn looked_up(&self, parent: u64, ino: u64) {
+    /// Notes that regular file `ino` was found in directory `parent` under
+    /// `name` (directory warming needs to know where a read file lives).
+    fn looked_up(&self, parent: u64, name: &[u8], ino: u64) {
         if let Some(w) = &self.warmer {
-            w.looked_up(parent, ino);
+            w.looked_up(parent, name, ino);
         }
     }
 

@@ -68,7 +68,7 @@ impl FileSystem for ClipFs {
             Some(ino) => {
                 let node = self.index.inode(ino).map_err(FsError::from)?;
                 if node.kind() == Some(NodeKind::File) {
-                    self.looked_up(parent, ino);
+                    self.looked_up(parent, name, ino);
                 }
                 Ok(entry_of(&node, self.cfg.ttl))
             }
@@ -213,7 +213,7 @@ impl FileSystem for ClipFs {
             self.walk_dir(inode, offset, &mut |cookie, name, ino, kind| {
                 let node = self.index.inode(ino)?;
                 if kind == Some(NodeKind::File) {
-                    self.looked_up(inode, ino);
+                    self.looked_up(inode, name, ino);
                 }
                 let n = add_entry(
                     DirEntry {

@@ -357,10 +357,10 @@ fn warming_fetches_a_directorys_small_files_after_the_second_read() {
     let (index, pyc, [_, py]) = warm_image();
     let hints = Arc::new(Hints::default());
     let fs = ClipFs::new(index.clone(), hints.clone(), FsConfig::default()).unwrap();
-    fs.looked_up(py, pyc[1]);
+    fs.looked_up(py, b"m1", pyc[1]);
     read_one(&fs, pyc[1]);
     assert_eq!(hints.take(), [], "one small file says nothing yet");
-    fs.looked_up(py, pyc[3]);
+    fs.looked_up(py, b"m3", pyc[3]);
     read_one(&fs, pyc[3]);
     // The other three (not the two read) as runs of neighbours: m0, m2,
     // m4 are 9 KiB apart, so one run from m0 to the end of m4.
@@ -370,9 +370,15 @@ fn warming_fetches_a_directorys_small_files_after_the_second_read() {
         [(0, base, 4 * (9 << 10) + (8 << 10), Urgency::Later)]
     );
     // Once per directory.
-    fs.looked_up(py, pyc[4]);
+    fs.looked_up(py, b"m4", pyc[4]);
     read_one(&fs, pyc[4]);
     assert_eq!(hints.take(), []);
+
+    // A Python module: its first read warms the directory.
+    let fs = ClipFs::new(index.clone(), hints.clone(), FsConfig::default()).unwrap();
+    fs.looked_up(py, b"m0.cpython-311.pyc", pyc[0]);
+    read_one(&fs, pyc[0]);
+    assert_eq!(hints.take().len(), 1);
 
     // A budget for one file: the nearest to the file read (m2 next to m3).
     let cfg = FsConfig {
@@ -384,7 +390,7 @@ fn warming_fetches_a_directorys_small_files_after_the_second_read() {
     };
     let fs = ClipFs::new(index, hints.clone(), cfg).unwrap();
     for i in [1, 3] {
-        fs.looked_up(py, pyc[i]);
+        fs.looked_up(py, b"m", pyc[i]);
         read_one(&fs, pyc[i]);
     }
     assert_eq!(

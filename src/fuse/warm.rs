@@ -14,10 +14,11 @@
 //!   `DT_NEEDED`, `DT_RUNPATH` and the usual library dirs); they are hinted
 //!   too, before the loader asks for them;
 //! - **its neighbours**: once [`WarmConfig::dir_trigger`] distinct small
-//!   files of one directory were read (an interpreter importing modules,
-//!   a `__pycache__`), the directory's other small files are hinted (at most
-//!   [`WarmConfig::dir_budget`] bytes): they sit next to each other in the
-//!   layer, so a few GETs bring them all.
+//!   files of one directory were read, or one interpreter module (`.py`,
+//!   `.pyc`: an import pulls in its package's siblings), the directory's
+//!   other small files are hinted (at most [`WarmConfig::dir_budget`]
+//!   bytes): they sit next to each other in the layer, so a few GETs bring
+//!   them all.
 //!
 //! Speculation is capped per mount ([`WarmConfig::speculation_budget`]).
 //! The rules only hint: the content reader decides what to fetch, and
@@ -79,6 +80,8 @@ pub(super) struct Warmer {
     hinted: Vec<AtomicU64>,
     /// `parent[ino]`: the directory the file was last looked up in (0: none).
     parent: Vec<AtomicU32>,
+    /// Bit `ino`: the file is an interpreter's module ([`is_module`]).
+    module: Vec<AtomicU64>,
     /// `small_reads[dir]`: distinct small files read there (saturating).
     small_reads: Vec<AtomicU8>,
     /// Speculative bytes hinted so far.
@@ -94,6 +97,18 @@ fn first(bits: &[AtomicU64], ino: u64) -> bool {
     word.fetch_or(bit, Relaxed) & bit == 0
 }
 
+/// Whether bit `ino` is set.
+fn is_set(bits: &[AtomicU64], ino: u64) -> bool {
+    bits.get((ino / 64) as usize)
+        .is_some_and(|w| w.load(Relaxed) & (1u64 << (ino % 64)) != 0)
+}
+
+/// A file an interpreter loads as a module of a package: Python's source
+/// and compiled modules (a `__pycache__` directory is nothing else).
+fn is_module(name: &[u8]) -> bool {
+    name.ends_with(b".pyc") || name.ends_with(b".py")
+}
+
 impl Warmer {
     pub fn new(cfg: WarmConfig, inode_count: u64) -> Self {
         let n = inode_count as usize + 1;
@@ -101,16 +116,20 @@ impl Warmer {
             cfg,
             read: (0..n / 64 + 1).map(|_| AtomicU64::new(0)).collect(),
             hinted: (0..n / 64 + 1).map(|_| AtomicU64::new(0)).collect(),
+            module: (0..n / 64 + 1).map(|_| AtomicU64::new(0)).collect(),
             parent: (0..n).map(|_| AtomicU32::new(0)).collect(),
             small_reads: (0..n).map(|_| AtomicU8::new(0)).collect(),
             speculated: AtomicU64::new(0),
         }
     }
 
-    /// Notes that `ino` was found in directory `parent`.
-    pub fn looked_up(&self, parent: u64, ino: u64) {
+    /// Notes that `ino` was found in directory `parent` under `name`.
+    pub fn looked_up(&self, parent: u64, name: &[u8], ino: u64) {
         if let Some(p) = self.parent.get(ino as usize) {
             p.store(parent as u32, Relaxed);
+        }
+        if is_module(name) {
+            first(&self.module, ino);
         }
     }
 
@@ -176,7 +195,14 @@ impl Warmer {
         let seen = count
             .fetch_update(Relaxed, Relaxed, |c| Some(c.saturating_add(1)))
             .unwrap_or(u8::MAX);
-        if seen.saturating_add(1) != self.cfg.dir_trigger.max(1) {
+        // One module read is enough: an interpreter importing one module of
+        // a package imports its siblings next.
+        let trigger = if is_set(&self.module, ino) {
+            1
+        } else {
+            self.cfg.dir_trigger.max(1)
+        };
+        if seen.saturating_add(1) != trigger {
             return;
         }
         let Ok(entries) = index.read_dir(dir, 0) else {

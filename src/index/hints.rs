@@ -31,6 +31,8 @@ pub const MAX_ELF_BYTES: u64 = 256 << 20;
 pub const MAX_DEPENDENCIES: usize = 64;
 /// Symlinks followed while resolving one path.
 const MAX_SYMLINKS: u32 = 40;
+/// Where glibc's loader looks names up before searching directories.
+const LD_SO_CACHE: &[u8] = b"/etc/ld.so.cache";
 /// The head of an ELF file (headers, the first pages) counts as hot.
 const HEAD_BYTES: u64 = 64 << 10;
 
@@ -392,6 +394,8 @@ pub fn resolve(tree: &Tree, facts: &HashMap<u32, ElfFacts>) -> Vec<FileHint> {
         let mut deps = Vec::new();
         if let Some(interp) = &f.interpreter {
             deps.extend(paths.resolve(interp));
+            // The loader's first read when it looks for a library.
+            deps.extend(paths.resolve(LD_SO_CACHE));
         }
         let mut search: Vec<Vec<u8>> = f.search.iter().map(|d| replace_origin(d, &here)).collect();
         search.extend(default_dirs(f.machine));
@@ -567,9 +571,11 @@ mod tests {
             dir(&[("prog", 10)]),                                        // 11 /usr/bin
             Node::new(NodeKind::File),                                   // 12 libapp
             dir(&[("libapp.so", 12)]),                                   // 13 /usr/lib/app
+            dir(&[("ld.so.cache", 15)]),                                 // 14 /etc
+            Node::new(NodeKind::File),                                   // 15 ld.so.cache
         ];
         t.nodes.extend(nodes);
-        t.nodes[0] = dir(&[("lib", 1), ("lib64", 2), ("usr", 4)]);
+        t.nodes[0] = dir(&[("lib", 1), ("lib64", 2), ("usr", 4), ("etc", 14)]);
         let facts = HashMap::from([
             (
                 10,
@@ -592,9 +598,9 @@ mod tests {
         ]);
         let hints = resolve(&t, &facts);
         assert_eq!(hints.len(), 2);
-        // Inode = node + 1. Loader first, then direct needs in order.
+        // Inode = node + 1. Loader and its cache first, then the needs in order.
         assert_eq!(hints[0].ino, 11);
-        assert_eq!(hints[0].dependencies, [10, 9, 13]);
+        assert_eq!(hints[0].dependencies, [10, 16, 9, 13]);
         assert_eq!(hints[0].hot_ranges, [(0, 4096)]);
         assert_eq!(hints[1].ino, 13);
         assert_eq!(hints[1].dependencies, [9], "libmissing.so is left out");
