@@ -113,6 +113,13 @@ pub trait BlobSource: Send + Sync + fmt::Debug {
     /// Streams the whole blob from its first byte.
     fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, SourceError>;
 
+    /// Opens up to `connections` connections to the source at once, so that
+    /// the first parallel reads do not each pay a connection setup (a round
+    /// trip, more with TLS). Best effort; the default does nothing.
+    fn warm_up(&self, digest: &Digest, connections: usize) {
+        let _ = (digest, connections);
+    }
+
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_exact_at(
         &self,

@@ -12,8 +12,8 @@ use super::clip;
 use std::io::{Cursor, Read, Write};
 
 use clip::format::{
-    write_index, AccessProfile, Checkpoint, Chunk, DataRef, ImageMeta, Index, IndexData, Layer,
-    LayerKind, Node, NodeKind, ProfileRange, Tree, WriteOptions, PROFILE_VERSION, ROOT_INO,
+    write_index, AccessProfile, Checkpoint, Chunk, DataRef, FileHint, ImageMeta, Index, IndexData,
+    Layer, LayerKind, Node, NodeKind, ProfileRange, Tree, WriteOptions, PROFILE_VERSION, ROOT_INO,
 };
 use clip::gzip::{read_range, IndexerConfig, SpanDecoder, ZranReader};
 use clip::tar::{read_entries, Entry, EntryKind};
@@ -323,6 +323,26 @@ fn gen_index_data(b: &mut Bytes<'_>) -> IndexData {
                 })
                 .collect(),
         }),
+        hints: {
+            // Hints for a few inodes, strictly increasing, naming valid inodes.
+            let inodes = tree.nodes.len() as u64;
+            let mut ino = 0u64;
+            let mut hints = Vec::new();
+            for _ in 0..b.u8() % 4 {
+                ino += 1 + u64::from(b.u8() % 3);
+                if ino > inodes {
+                    break;
+                }
+                hints.push(FileHint {
+                    ino,
+                    dependencies: (0..b.u8() % 4)
+                        .map(|_| 1 + u64::from(b.u8()) % inodes)
+                        .collect(),
+                    hot_ranges: (0..b.u8() % 3).map(|_| (b.u64(), b.u64())).collect(),
+                });
+            }
+            hints
+        },
         layers,
         tree,
     }
@@ -337,6 +357,12 @@ fn index_round_trip(data: &[u8]) {
     let bytes = write_index(&d, WriteOptions { compress }).expect("write_index on a valid tree");
     let idx = Index::from_bytes(bytes.clone()).expect("reading back a freshly written index");
     assert_eq!(idx.profile(), d.profile.as_ref());
+    assert_eq!(idx.hinted_files(), d.hints.len());
+    for h in &d.hints {
+        let got = idx.file_hints(h.ino).expect("hints").expect("hinted file");
+        assert_eq!(got.dependencies().collect::<Vec<_>>(), h.dependencies);
+        assert_eq!(got.hot_ranges().collect::<Vec<_>>(), h.hot_ranges);
+    }
     assert_eq!(idx.file_size(), bytes.len() as u64);
     assert_eq!(idx.meta(), &d.meta);
     assert_eq!(idx.layer_count() as usize, d.layers.len());

@@ -12,7 +12,7 @@
 use crate::metrics::{Counter, ErrorKind, Metrics};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
@@ -22,7 +22,7 @@ use super::memory::{key, MemoryCache};
 use super::plan::LayerPlan;
 use super::prefetch::{count_get, gets_on_this_thread, in_prefetch_thread, Job, Prefetcher};
 use super::profile::{self, AccessRecorder};
-use super::{CacheConfig, CacheError, ContentReader};
+use super::{CacheConfig, CacheError, ContentReader, Urgency};
 use crate::digest::Digest;
 use crate::format::{AccessProfile, Index, LayerKind, PROFILE_VERSION};
 use crate::source::{BlobSource, RemoteKind};
@@ -138,6 +138,8 @@ pub struct ContentCache {
     /// [`ContentCache::with_metrics`] shares the mount's).
     metrics: Arc<Metrics>,
     prefetcher: Prefetcher,
+    /// [`ContentCache::replay`] was called.
+    replaying: AtomicBool,
     recorder: AccessRecorder,
     disk: Option<Arc<DiskCache>>,
 }
@@ -180,6 +182,7 @@ impl ContentCache {
             layers,
             metrics: Arc::new(Metrics::new()),
             prefetcher: Prefetcher::default(),
+            replaying: AtomicBool::new(false),
         }
     }
 
@@ -230,6 +233,8 @@ impl ContentCache {
     /// touches, in first-touch order, spread over `threads` threads (the
     /// fetches count as prefetch bytes). Returns the number of jobs.
     pub fn replay(self: &Arc<Self>, profile: &AccessProfile, threads: usize) -> usize {
+        self.replaying
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let jobs = profile::replay_jobs(profile, &self.layers);
         let n = jobs.len();
         self.metrics.count(Counter::PrefetchJobs, n as u64);
@@ -242,13 +247,19 @@ impl ContentCache {
         n
     }
 
+    /// Whether a startup profile is being (or was) replayed into the cache.
+    pub fn replaying(&self) -> bool {
+        self.replaying.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Count of live prefetch threads (stays readable after the cache is gone).
     pub fn prefetch_threads_live(&self) -> Arc<AtomicUsize> {
         self.prefetcher.live()
     }
 
-    /// Queues one job for `[offset, offset+len)` (dropped if the queue is full).
-    fn queue_prefetch(&self, layer: u32, offset: u64, len: u64) {
+    /// Queues jobs for `[offset, offset+len)`: pieces of about
+    /// `prefetch_piece` bytes cut on span boundaries, in order.
+    fn queue_prefetch(&self, layer: u32, offset: u64, len: u64, urgency: Urgency) {
         if !self.prefetcher.started() {
             return;
         }
@@ -259,13 +270,27 @@ impl ContentCache {
             return;
         }
         let end = plan.size.min(offset.saturating_add(len));
-        if self.prefetcher.try_send(Job {
-            layer,
-            start: offset,
-            end,
-        }) {
-            self.metrics.count(Counter::PrefetchJobs, 1);
+        let piece = self.config.prefetch_piece;
+        let mut jobs = Vec::new();
+        let mut start = offset;
+        while start < end {
+            let mut s = plan.span_of(start);
+            // Whole spans until the piece is full (at least one span).
+            let mut stop = plan.spans[s].end;
+            while piece > 0 && stop < end && stop - start < piece && s + 1 < plan.spans.len() {
+                s += 1;
+                stop = plan.spans[s].end;
+            }
+            let stop = if piece == 0 { end } else { stop.min(end) };
+            jobs.push(Job {
+                layer,
+                start,
+                end: stop,
+            });
+            start = stop;
         }
+        let queued = self.prefetcher.send(urgency, jobs);
+        self.metrics.count(Counter::PrefetchJobs, queued as u64);
     }
 
     /// A prefetch thread's job: fill, span after span, the chunks of the
@@ -436,7 +461,16 @@ impl ContentCache {
             self.metrics.count(Counter::ChunkMisses, 1);
             *missed = true;
             let (_, last) = plan.chunk_at(end.min(plan.spans[s].end) - 1);
+            let waited = Instant::now();
             let chunks = self.fill(plan, s, c, last)?;
+            tracing::trace!(
+                layer,
+                pos,
+                chunk = c,
+                span = s,
+                us = waited.elapsed().as_micros() as u64,
+                "MISS"
+            );
             for (i, data) in chunks.iter().enumerate() {
                 if pos >= end {
                     break;
@@ -771,6 +805,14 @@ impl ContentCache {
         let t = Instant::now();
         let r = self.source.read_exact_at(&plan.digest, offset, buf);
         let took = t.elapsed();
+        tracing::trace!(
+            layer = plan.number,
+            offset,
+            len = buf.len(),
+            us = took.as_micros() as u64,
+            prefetch = in_prefetch_thread(),
+            "FETCH"
+        );
         let prefetch = in_prefetch_thread();
         count_get();
         let m = &self.metrics;
@@ -892,8 +934,8 @@ impl ContentReader for ContentCache {
         r
     }
 
-    fn prefetch(&self, layer: u32, offset: u64, len: u64) {
-        self.queue_prefetch(layer, offset, len);
+    fn prefetch(&self, layer: u32, offset: u64, len: u64, urgency: Urgency) {
+        self.queue_prefetch(layer, offset, len, urgency);
     }
 
     fn would_block(&self, layer: u32, offset: u64, len: u64) -> bool {

@@ -131,8 +131,8 @@ pub trait ContentReader: Send + Sync + fmt::Debug {
     /// Hints that `[offset, offset+len)` of layer `layer` will probably be
     /// read soon: the reader may start fetching it in the background. Best
     /// effort, never blocks on I/O and never fails (default: does nothing).
-    fn prefetch(&self, layer: u32, offset: u64, len: u64) {
-        let _ = (layer, offset, len);
+    fn prefetch(&self, layer: u32, offset: u64, len: u64, urgency: Urgency) {
+        let _ = (layer, offset, len, urgency);
     }
 
     /// Whether reading `[offset, offset+len)` of layer `layer` now could wait
@@ -146,6 +146,17 @@ pub trait ContentReader: Send + Sync + fmt::Debug {
         let _ = (layer, offset, len);
         true
     }
+}
+
+/// How sure a prefetch hint is, and so where it queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// A reader is on it now (the rest of the file it just started): ahead
+    /// of everything speculative.
+    Now,
+    /// Speculation (a program's libraries, a directory's other small
+    /// files): after every urgent hint, newest first.
+    Later,
 }
 
 /// Tuning knobs of a [`ContentCache`].
@@ -177,15 +188,20 @@ pub struct CacheConfig {
     /// Live decoders kept parked for resumption (default 32).
     pub parked_decoders: usize,
     /// Background threads serving [`ContentReader::prefetch`] hints, started
-    /// by [`ContentCache::start_prefetch`] (default 0: off. Measured on the
-    /// loopback registry, 4 threads cut a cold `import numpy` from 1.04 s to
-    /// 0.92 s but fetch 28 MiB instead of 20.6 MiB; worth it where round
-    /// trips are long, so it is opt-in). They also bound how many prefetch
+    /// by [`ContentCache::start_prefetch`] (default 6; 0: hints are
+    /// ignored). A first start waits one registry round trip per cold read;
+    /// these threads keep several GETs in flight for what the warming rules
+    /// expect next, so the waits overlap. They also bound how many prefetch
     /// fetches are in flight, leaving the rest of `max_in_flight` to readers.
     pub prefetch_threads: usize,
-    /// Hints waiting for a prefetch thread; hints beyond are dropped
-    /// (default 1024).
+    /// Jobs waiting for a prefetch thread; beyond, the oldest speculative
+    /// jobs are dropped (default 1024).
     pub prefetch_queue: usize,
+    /// A hinted range is cut into jobs of about this many uncompressed
+    /// bytes, on span boundaries, so the prefetch threads fetch the pieces
+    /// of one file in parallel: a round trip per piece, all at once,
+    /// instead of one after another (default 2 MiB; 0: one job per hint).
+    pub prefetch_piece: u64,
 }
 
 impl Default for CacheConfig {
@@ -199,8 +215,9 @@ impl Default for CacheConfig {
             sequential_max: 4 << 20,
             max_in_flight: 16,
             parked_decoders: 32,
-            prefetch_threads: 0,
+            prefetch_threads: 6,
             prefetch_queue: 1024,
+            prefetch_piece: 2 << 20,
         }
     }
 }

@@ -647,13 +647,24 @@ fn zstd_frames_sequential_read_fetches_blob_once() {
 
 // ---------------------------------------------------------------- prefetch
 
-/// A cache with its prefetch threads running.
+/// A cache with its prefetch threads running, one job per hint.
 fn prefetching(index: &Arc<Index>, src: &Arc<FaultySource>, threads: usize) -> Arc<ContentCache> {
+    prefetching_in_pieces(index, src, threads, 0)
+}
+
+/// A cache with its prefetch threads running, hints cut into `piece` bytes.
+fn prefetching_in_pieces(
+    index: &Arc<Index>,
+    src: &Arc<FaultySource>,
+    threads: usize,
+    piece: u64,
+) -> Arc<ContentCache> {
     let c = cache(
         index,
         src,
         CacheConfig {
             prefetch_threads: threads,
+            prefetch_piece: piece,
             ..cfg(64 << 20)
         },
     );
@@ -685,7 +696,7 @@ fn prefetch_fills_the_range_in_few_fetches() {
     let c = prefetching(&index, &src, 2);
     // A "file" over ~10 spans, starting mid-span.
     let (start, end) = (300_000u64, 2_900_000u64);
-    c.prefetch(0, start, end - start);
+    c.prefetch(0, start, end - start, Urgency::Now);
     wait_for("prefetched", || all_cached(&c, start, end));
     let st = stats(&c);
     assert_eq!(st.prefetch_jobs, 1);
@@ -701,10 +712,37 @@ fn prefetch_fills_the_range_in_few_fetches() {
     assert_eq!(src.calls(), 0);
     assert_eq!(stats(&c).chunk_misses, 0);
     // A hint for cached bytes costs nothing.
-    c.prefetch(0, start, 1000);
+    c.prefetch(0, start, 1000, Urgency::Now);
     wait_for("idle", || stats(&c).prefetch_jobs == 2);
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(src.calls(), 0);
+}
+
+#[test]
+fn a_hint_is_cut_into_pieces_fetched_in_parallel() {
+    let data = sample_tar(22, 4 << 20);
+    let (layer, blob) = gzip_layer(&data, 256 << 10, 64 << 10, 1);
+    let (index, src) = image(vec![(layer, blob)]);
+    // Pieces of 1 MiB over 256 KiB spans: 4 spans a piece.
+    let c = prefetching_in_pieces(&index, &src, 4, 1 << 20);
+    let (start, end) = (300_000u64, 3_900_000u64);
+    let spans = {
+        let plan = &c.layers_for_tests()[0];
+        plan.span_of(end - 1) - plan.span_of(start) + 1
+    };
+    c.prefetch(0, start, end - start, Urgency::Now);
+    wait_for("prefetched", || all_cached(&c, start, end));
+    let st = stats(&c);
+    let pieces = st.prefetch_jobs;
+    assert_eq!(pieces as usize, spans.div_ceil(4), "{st:?}");
+    // Every piece starts its own decoder (at its first span's checkpoint)
+    // and makes its own GET, so the pieces can be in flight together.
+    assert_eq!(st.decoder_starts, pieces, "{st:?}");
+    assert!(
+        st.fetch_count >= pieces && st.fetch_count <= 2 * pieces,
+        "{st:?}"
+    );
+    assert!(read_all(&c, 0, start, (end - start) as usize) == data[start as usize..end as usize]);
 }
 
 #[test]
@@ -712,9 +750,9 @@ fn prefetch_hints_are_ignored_until_started_or_with_zero_threads() {
     let data = sample_tar(21, 1 << 20);
     let (index, src) = image(vec![gzip_layer(&data, 256 << 10, 64 << 10, 1)]);
     let c = cache(&index, &src, cfg(64 << 20));
-    c.prefetch(0, 0, 1 << 20);
+    c.prefetch(0, 0, 1 << 20, Urgency::Now);
     let c0 = prefetching(&index, &src, 0);
-    c0.prefetch(0, 0, 1 << 20);
+    c0.prefetch(0, 0, 1 << 20, Urgency::Now);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(src.calls(), 0);
     assert_eq!(stats(&c).prefetch_jobs + stats(&c0).prefetch_jobs, 0);
@@ -733,7 +771,7 @@ fn prefetch_and_reader_of_one_span_share_one_fetch() {
         src.latency_ms.store(50, Relaxed);
         let c = prefetching(&index, &src, 4);
         let span = index.layer(0).unwrap().span_range(3).unwrap();
-        c.prefetch(0, span.start, span.end - span.start);
+        c.prefetch(0, span.start, span.end - span.start, Urgency::Now);
         // The reader wants the span's last chunk: whoever fills first fills
         // (and, compressed, decodes) the whole span, the other finds it cached.
         let off = span.end - 100;
@@ -767,14 +805,14 @@ fn critical_path_gets_are_the_gets_readers_wait_for() {
     assert_eq!(gets(), (1, 1));
     // A reader that queues behind a prefetch's GET waited for it.
     let s3 = span(3);
-    c.prefetch(0, s3.start, s3.end - s3.start);
+    c.prefetch(0, s3.start, s3.end - s3.start, Urgency::Now);
     wait_for("prefetch GET started", || src.calls() == 2);
     let off = s3.end - 100;
     assert_eq!(read_all(&c, 0, off, 100), data[off as usize..][..100]);
     assert_eq!(gets(), (2, 2));
     // A prefetch done before the reader comes is nobody's wait.
     let s5 = span(5);
-    c.prefetch(0, s5.start, s5.end - s5.start);
+    c.prefetch(0, s5.start, s5.end - s5.start, Urgency::Now);
     wait_for("prefetched", || all_cached(&c, s5.start, s5.end));
     assert_eq!(
         read_all(&c, 0, s5.start, 10),
@@ -792,7 +830,7 @@ fn prefetch_errors_are_counted_and_readers_still_see_theirs() {
     let (index, src) = image(vec![gzip_layer(&data, 256 << 10, 64 << 10, 1)]);
     src.fail.store(true, Relaxed);
     let c = prefetching(&index, &src, 2);
-    c.prefetch(0, 0, 1 << 20);
+    c.prefetch(0, 0, 1 << 20, Urgency::Now);
     wait_for("prefetch error", || stats(&c).prefetch_errors == 1);
     let mut buf = [0u8; 10];
     assert!(matches!(
@@ -800,11 +838,11 @@ fn prefetch_errors_are_counted_and_readers_still_see_theirs() {
         Err(CacheError::Source { layer: 0, .. })
     ));
     // Bad hints are ignored.
-    c.prefetch(7, 0, 10);
-    c.prefetch(0, 1 << 40, 10);
+    c.prefetch(7, 0, 10, Urgency::Now);
+    c.prefetch(0, 1 << 40, 10, Urgency::Now);
     // Recovery: a new hint prefetches once the source is healthy.
     src.fail.store(false, Relaxed);
-    c.prefetch(0, 0, 1 << 20);
+    c.prefetch(0, 0, 1 << 20, Urgency::Now);
     wait_for("prefetched", || {
         all_cached(&c, 0, (1 << 20).min(data.len() as u64))
     });
@@ -823,7 +861,7 @@ fn dropping_the_cache_stops_the_prefetch_threads() {
     assert_eq!(live.load(Relaxed), 3);
     // Threads busy and jobs queued when the last reference goes.
     for i in 0..8u64 {
-        c.prefetch(0, i * (256 << 10), 256 << 10);
+        c.prefetch(0, i * (256 << 10), 256 << 10, Urgency::Now);
     }
     let weak = Arc::downgrade(&c);
     drop(c);

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::format::Index;
+use crate::fuse::WarmConfig;
 use crate::mount::{self, FuseTransport};
 use crate::node::{
     self, DiskTier, ProfileMode, SourceChoice, StackSpec, Tuning, DEFAULT_READ_AHEAD_KB,
@@ -65,14 +66,18 @@ pub struct MountArgs {
     /// Platform of a multi-platform image, e.g. linux/arm64.
     #[arg(long)]
     pub platform: Option<String>,
-    /// Background threads prefetching a large file's data when it is first
-    /// read (default 0: off; 4 pays off when registry round trips are long).
+    /// Background threads fetching ahead of readers (first-start warming,
+    /// prefetch hints); 0 turns fetching ahead off.
     #[arg(long)]
     pub prefetch_threads: Option<usize>,
-    /// Smallest file (KiB) whose first read starts a prefetch of the whole
-    /// file (default 256).
-    #[arg(long)]
-    pub prefetch_min_kb: Option<u64>,
+    /// First-start warming, for mounts that replay no startup profile: a
+    /// file's first read fetches the rest of it, the libraries an ELF file
+    /// loads (from the index's hints) and, once two small files of a
+    /// directory were read, the directory's other small files. `on`, `off`,
+    /// or `on` with changes: `whole-max=16M,dir-budget=8M,dir-trigger=2,
+    /// small-max=128K,deps=on,budget=256M`.
+    #[arg(long, default_value = "on", value_name = "on|off|KEY=VALUE,...")]
+    pub warm: String,
     /// Startup access profile. `auto`: <node-dir>/profiles/<manifest>.json
     /// is replayed (its ranges fetched ahead, in parallel) when it exists,
     /// else the profile embedded in the index (`clipctl index --profile`);
@@ -145,6 +150,32 @@ pub fn run(args: MountArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--warm` as a warming configuration (None: off).
+fn warm_config(spec: &str) -> Result<Option<WarmConfig>> {
+    let mut c = WarmConfig::default();
+    match spec {
+        "off" => return Ok(None),
+        "on" => return Ok(Some(c)),
+        _ => {}
+    }
+    for item in spec.split(',').filter(|i| !i.is_empty() && *i != "on") {
+        let (key, value) = item
+            .split_once('=')
+            .with_context(|| format!("--warm {item:?}: expected KEY=VALUE"))?;
+        let size = || parse_size(value).with_context(|| format!("--warm {key}"));
+        match key {
+            "whole-max" => c.whole_file_max = size()?,
+            "dir-budget" => c.dir_budget = size()?,
+            "small-max" => c.small_file_max = size()?,
+            "budget" => c.speculation_budget = size()?,
+            "dir-trigger" => c.dir_trigger = value.parse().context("--warm dir-trigger")?,
+            "deps" => c.dependencies = value == "on",
+            _ => bail!("--warm: unknown key {key:?} (whole-max, dir-budget, small-max, dir-trigger, deps, budget)"),
+        }
+    }
+    Ok(Some(c))
+}
+
 /// The source and tuning of a mount of the index at `clip`.
 fn stack_spec(args: &MountArgs, clip: &std::path::Path) -> Result<StackSpec> {
     // With --clip, --image/--layout choose where blobs come from.
@@ -164,7 +195,7 @@ fn stack_spec(args: &MountArgs, clip: &std::path::Path) -> Result<StackSpec> {
         threads: args.threads.max(1),
         read_ahead_kb: args.read_ahead_kb,
         prefetch_threads: args.prefetch_threads,
-        prefetch_min_kb: args.prefetch_min_kb,
+        warm: warm_config(&args.warm)?,
         profile,
         profile_window_secs: args.profile_window,
         profile_threads: args.profile_threads.max(1),

@@ -16,10 +16,11 @@ mod writer;
 use std::path::PathBuf;
 
 pub use model::{
-    Checkpoint, Chunk, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, NodeKind, Tree,
+    Checkpoint, Chunk, DataRef, FileHint, ImageMeta, IndexData, Layer, LayerKind, Node, NodeKind,
+    Tree,
 };
 pub use profile::{AccessProfile, ProfileError, ProfileRange, MAX_RANGES, PROFILE_VERSION};
-pub use reader::{DirEntry, DirIter, Index, InodeView, LayerView, Xattr, ROOT_INO};
+pub use reader::{DirEntry, DirIter, FileHints, Index, InodeView, LayerView, Xattr, ROOT_INO};
 pub use writer::{write_index, write_index_file, WriteOptions};
 
 /// Why an index file could not be read or written.

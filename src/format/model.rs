@@ -226,4 +226,18 @@ pub struct IndexData {
     pub tree: Tree,
     /// A startup access profile to embed (PROFILE section).
     pub profile: Option<super::AccessProfile>,
+    /// Read hints, sorted by inode (HINTS sections).
+    pub hints: Vec<FileHint>,
+}
+
+/// Read hints of one file: what a loader opens after it and touches in it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FileHint {
+    /// The file's inode number.
+    pub ino: u64,
+    /// Inode numbers of the files opened after it, in the order a loader
+    /// opens them.
+    pub dependencies: Vec<u64>,
+    /// `(offset, len)` ranges of the file a loader reads or maps, sorted.
+    pub hot_ranges: Vec<(u64, u64)>,
 }

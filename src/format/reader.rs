@@ -13,11 +13,12 @@ use memmap2::Mmap;
 use zerocopy::FromBytes;
 
 use super::raw::{
-    self, kind, CheckpointRec, ChunkRec, DirentRec, Header, InodeRec, LayerRec, SectionEntry,
-    XattrRec,
+    self, kind, CheckpointRec, ChunkRec, DirentRec, FileHintRec, Header, HintRangeRec, InodeRec,
+    LayerRec, SectionEntry, XattrRec,
 };
 use super::{AccessProfile, Checkpoint, Chunk, FormatError, ImageMeta, LayerKind, NodeKind};
 use crate::digest::Digest;
+use zerocopy::little_endian::U32;
 
 /// Largest index file we open: far above any real image, low enough to stop
 /// a corrupt length from driving allocation.
@@ -55,7 +56,7 @@ enum Section {
 #[derive(Debug)]
 pub struct Index {
     storage: Storage,
-    sections: [Section; 11],
+    sections: [Section; kind::END as usize],
     meta: ImageMeta,
     /// The PROFILE section, parsed at open.
     profile: Option<AccessProfile>,
@@ -142,7 +143,7 @@ impl Index {
             return Err(FormatError::Checksum("section table"));
         }
         let table: &[SectionEntry] = records(table_bytes, "section table")?;
-        let mut sections: [Section; 11] = Default::default();
+        let mut sections: [Section; kind::END as usize] = Default::default();
         for entry in table {
             let k = entry.kind.get() as usize;
             let start =
@@ -251,7 +252,57 @@ impl Index {
                 return Err(corrupt("xattr record out of bounds"));
             }
         }
+        let hints = records::<FileHintRec>(self.section(kind::FILE_HINTS), "file hint records")?;
+        let deps = records::<U32>(self.section(kind::HINT_DEPS), "hint dependencies")?;
+        records::<HintRangeRec>(self.section(kind::HINT_RANGES), "hint ranges")?;
+        let ranges = self.section(kind::HINT_RANGES).len() / size_of::<HintRangeRec>();
+        let mut last = 0;
+        for h in hints {
+            let ino = h.ino.get();
+            if ino <= last
+                || u64::from(ino) > inodes.len() as u64
+                || !within(h.first_dep.get(), h.dep_count.get(), deps.len())
+                || !within(h.first_range.get(), h.range_count.get(), ranges)
+            {
+                return Err(corrupt("file hint out of bounds or out of order"));
+            }
+            last = ino;
+        }
+        if deps
+            .iter()
+            .any(|d| d.get() == 0 || u64::from(d.get()) > inodes.len() as u64)
+        {
+            return Err(corrupt("file hint names no inode"));
+        }
         Ok(())
+    }
+
+    /// The read hints of file `ino`, if the index has any for it (binary
+    /// search over the FILE_HINTS records, sorted by inode).
+    pub fn file_hints(&self, ino: u64) -> Result<Option<FileHints<'_>>, FormatError> {
+        let hints: &[FileHintRec] = records(self.section(kind::FILE_HINTS), "file hint records")?;
+        let Ok(i) = hints.binary_search_by_key(&ino, |h| u64::from(h.ino.get())) else {
+            return Ok(None);
+        };
+        let h = &hints[i];
+        let slice = |first: u32, count: u32| {
+            (first as usize)..(first as usize).saturating_add(count as usize)
+        };
+        let deps: &[U32] = records(self.section(kind::HINT_DEPS), "hint dependencies")?;
+        let ranges: &[HintRangeRec] = records(self.section(kind::HINT_RANGES), "hint ranges")?;
+        Ok(Some(FileHints {
+            deps: deps
+                .get(slice(h.first_dep.get(), h.dep_count.get()))
+                .ok_or(corrupt("hint dependencies out of bounds"))?,
+            ranges: ranges
+                .get(slice(h.first_range.get(), h.range_count.get()))
+                .ok_or(corrupt("hint ranges out of bounds"))?,
+        }))
+    }
+
+    /// Number of files with read hints.
+    pub fn hinted_files(&self) -> usize {
+        self.section(kind::FILE_HINTS).len() / size_of::<FileHintRec>()
     }
 
     fn section(&self, k: u32) -> &[u8] {
@@ -412,7 +463,29 @@ fn section_name(k: u32) -> &'static str {
         kind::STRINGS => "STRINGS section",
         kind::XATTRS => "XATTRS section",
         kind::PROFILE => "PROFILE section",
+        kind::FILE_HINTS => "FILE_HINTS section",
+        kind::HINT_DEPS => "HINT_DEPS section",
+        kind::HINT_RANGES => "HINT_RANGES section",
         _ => "unknown section",
+    }
+}
+
+/// The read hints of one file ([`Index::file_hints`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FileHints<'a> {
+    deps: &'a [U32],
+    ranges: &'a [HintRangeRec],
+}
+
+impl FileHints<'_> {
+    /// Inode numbers of the files a loader opens after this one, in order.
+    pub fn dependencies(&self) -> impl Iterator<Item = u64> + '_ {
+        self.deps.iter().map(|d| u64::from(d.get()))
+    }
+
+    /// `(offset, len)` ranges of the file a loader reads or maps.
+    pub fn hot_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().map(|r| (r.offset.get(), r.len.get()))
     }
 }
 

@@ -5,10 +5,12 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
 
+use zerocopy::little_endian::U32;
 use zerocopy::IntoBytes;
 
 use super::raw::{
-    self, kind, CheckpointRec, ChunkRec, DirentRec, InodeRec, LayerRec, SectionEntry, XattrRec,
+    self, kind, CheckpointRec, ChunkRec, DirentRec, FileHintRec, HintRangeRec, InodeRec, LayerRec,
+    SectionEntry, XattrRec,
 };
 use super::{FormatError, IndexData, NodeKind, Tree};
 
@@ -206,7 +208,8 @@ pub fn write_index(data: &IndexData, opts: WriteOptions) -> Result<Vec<u8>, Form
         }
         None => Vec::new(),
     };
-    let sections: [(u32, &[u8]); 10] = [
+    let (file_hints, hint_deps, hint_ranges) = hint_records(data, tree.nodes.len())?;
+    let sections: [(u32, &[u8]); 13] = [
         (kind::META, &meta),
         (kind::LAYERS, layers.as_bytes()),
         (kind::CHECKPOINTS, checkpoints.as_bytes()),
@@ -217,8 +220,47 @@ pub fn write_index(data: &IndexData, opts: WriteOptions) -> Result<Vec<u8>, Form
         (kind::STRINGS, &strings.bytes),
         (kind::XATTRS, xattrs.as_bytes()),
         (kind::PROFILE, &profile),
+        (kind::FILE_HINTS, file_hints.as_bytes()),
+        (kind::HINT_DEPS, hint_deps.as_bytes()),
+        (kind::HINT_RANGES, hint_ranges.as_bytes()),
     ];
     assemble(&sections, opts)
+}
+
+/// The records of the three HINTS sections.
+type HintRecords = (Vec<FileHintRec>, Vec<U32>, Vec<HintRangeRec>);
+
+/// The HINTS sections' records: one per hinted file, in inode order.
+fn hint_records(data: &IndexData, inodes: usize) -> Result<HintRecords, FormatError> {
+    let (mut files, mut deps, mut ranges) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last = 0;
+    for h in &data.hints {
+        if h.ino <= last || h.ino > inodes as u64 {
+            return Err(FormatError::Invalid(
+                "file hints not sorted by inode or out of range",
+            ));
+        }
+        last = h.ino;
+        files.push(FileHintRec {
+            ino: to_u32(h.ino as usize, "inode count")?.into(),
+            first_dep: to_u32(deps.len(), "hint count")?.into(),
+            dep_count: to_u32(h.dependencies.len(), "hint count")?.into(),
+            first_range: to_u32(ranges.len(), "hint count")?.into(),
+            range_count: to_u32(h.hot_ranges.len(), "hint count")?.into(),
+            reserved: 0.into(),
+        });
+        for &d in &h.dependencies {
+            if d == 0 || d > inodes as u64 {
+                return Err(FormatError::Invalid("file hint names no inode"));
+            }
+            deps.push(U32::new(d as u32));
+        }
+        ranges.extend(h.hot_ranges.iter().map(|&(offset, len)| HintRangeRec {
+            offset: offset.into(),
+            len: len.into(),
+        }));
+    }
+    Ok((files, deps, ranges))
 }
 
 fn assemble(sections: &[(u32, &[u8])], opts: WriteOptions) -> Result<Vec<u8>, FormatError> {

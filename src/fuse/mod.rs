@@ -11,10 +11,11 @@
 
 mod attr;
 mod ops;
+mod warm;
 mod zerocopy;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +24,7 @@ use crate::format::{FormatError, Index, NodeKind, ROOT_INO};
 use crate::metrics::{Counter, ErrorKind, Metrics};
 
 pub use attr::{dirent_type, stat_of};
-
-/// Default [`FsConfig::prefetch_min`].
-pub const DEFAULT_PREFETCH_MIN: u64 = 256 << 10;
+pub use warm::WarmConfig;
 
 /// Knobs of the filesystem (not of the mount).
 #[derive(Debug, Clone)]
@@ -35,11 +34,10 @@ pub struct FsConfig {
     /// Ask for FUSE_NO_OPEN/NO_OPENDIR: after the first open the kernel sends
     /// no more OPEN/RELEASE (and keeps the page cache across opens).
     pub no_open: bool,
-    /// The first READ of a regular file at least this big hints the content
-    /// reader to prefetch the whole file ([`ContentReader::prefetch`]);
-    /// `None` never hints. Small files are read whole by one or two READs
-    /// anyway (default 256 KiB).
-    pub prefetch_min: Option<u64>,
+    /// First-start warming: what a file's first READ hints the content
+    /// reader to fetch ahead ([`ContentReader::prefetch`]); `None` never
+    /// hints (a mount replaying a startup profile knows better).
+    pub warm: Option<WarmConfig>,
 }
 
 impl Default for FsConfig {
@@ -49,7 +47,7 @@ impl Default for FsConfig {
             // the kernel caches and still fits every timeout field.
             ttl: Duration::from_secs(86_400),
             no_open: true,
-            prefetch_min: Some(DEFAULT_PREFETCH_MIN),
+            warm: Some(WarmConfig::default()),
         }
     }
 }
@@ -166,8 +164,8 @@ pub struct ClipFs {
     /// Whether the kernel agreed to no-open / no-opendir.
     no_open: AtomicBool,
     no_opendir: AtomicBool,
-    /// Bit `ino` set once `ino`'s prefetch hint was given.
-    prefetched: Vec<AtomicU64>,
+    /// First-start warming state (None: off).
+    warmer: Option<warm::Warmer>,
     /// No inode has an xattr ([`FsError::NoXattrs`]).
     no_xattrs: bool,
     /// READ and LOOKUP counters (a private registry unless
@@ -202,14 +200,15 @@ impl ClipFs {
             }
         }
         let no_xattrs = index.xattr_count() == 0;
+        let warmer = cfg.warm.clone().map(|w| warm::Warmer::new(w, n));
         Ok(ClipFs {
             index,
             content,
             cfg,
+            warmer,
             parents,
             no_open: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
-            prefetched: (0..(n / 64 + 1)).map(|_| AtomicU64::new(0)).collect(),
             no_xattrs,
             metrics: Arc::new(Metrics::new()),
         })
@@ -231,13 +230,19 @@ impl ClipFs {
         &self.metrics
     }
 
-    /// Marks `ino` as hinted; `true` only the first time.
-    fn first_hint(&self, ino: u64) -> bool {
-        let Some(word) = self.prefetched.get((ino / 64) as usize) else {
-            return false;
-        };
-        let bit = 1u64 << (ino % 64);
-        word.fetch_or(bit, Ordering::Relaxed) & bit == 0
+    /// Lets the warming rules see a READ of regular file `ino`.
+    fn warm_on_read(&self, ino: u64) {
+        if let Some(w) = &self.warmer {
+            w.on_read(&self.index, &*self.content, ino);
+        }
+    }
+
+    /// Notes that regular file `ino` was found in directory `parent` under
+    /// `name` (directory warming needs to know where a read file lives).
+    fn looked_up(&self, parent: u64, name: &[u8], ino: u64) {
+        if let Some(w) = &self.warmer {
+            w.looked_up(parent, name, ino);
+        }
     }
 
     fn parent_of(&self, dir: u64) -> u64 {
@@ -300,8 +305,6 @@ impl ClipFs {
         Ok(Some(Located {
             ino,
             layer,
-            data_offset,
-            file_size,
             start: data_offset + offset,
             len: (file_size - offset).min(size as u64) as usize,
         }))
@@ -328,7 +331,8 @@ impl ClipFs {
         let Some(l) = self.locate(ino, offset, size)? else {
             return Ok(0);
         };
-        self.hint(&l);
+        self.warm_on_read(l.ino);
+        tracing::trace!(ino, layer = l.layer, start = l.start, len = l.len, "READ");
         let res = zerocopy::copy_direct(&*self.content, ino, l.layer, l.start, l.len, w);
         self.count_read(&l, res)
     }
@@ -339,7 +343,8 @@ impl ClipFs {
         let Some(l) = self.locate(ino, offset, size)? else {
             return Ok(Vec::new());
         };
-        self.hint(&l);
+        self.warm_on_read(l.ino);
+        tracing::trace!(ino, layer = l.layer, start = l.start, len = l.len, "READ");
         let mut buf = vec![0u8; l.len];
         let res = self.fill_from_layer(&l, &mut buf);
         self.count_read(&l, res).map(|_| buf)
@@ -372,15 +377,6 @@ impl ClipFs {
         Ok(())
     }
 
-    /// The first READ of a big file hints the content reader to fetch the
-    /// rest: a program loading a library or an interpreter reading a module
-    /// probably wants all of it, and later page faults then find it cached.
-    fn hint(&self, l: &Located) {
-        if self.cfg.prefetch_min.is_some_and(|min| l.file_size >= min) && self.first_hint(l.ino) {
-            self.content.prefetch(l.layer, l.data_offset, l.file_size);
-        }
-    }
-
     /// Counts a READ's outcome; logs a failure (answered with EIO).
     fn count_read(&self, l: &Located, res: Result<(), FsError>) -> Result<usize, FsError> {
         match res {
@@ -406,9 +402,6 @@ impl ClipFs {
 struct Located {
     ino: u64,
     layer: u32,
-    /// Where the file starts in the layer, and its size.
-    data_offset: u64,
-    file_size: u64,
     /// The bytes to serve: `[start, start+len)` of the layer.
     start: u64,
     len: usize,

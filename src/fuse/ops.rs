@@ -65,10 +65,13 @@ impl FileSystem for ClipFs {
             _ => self.index.lookup(parent, name).map_err(FsError::from)?,
         };
         match ino {
-            Some(ino) => Ok(entry_of(
-                &self.index.inode(ino).map_err(FsError::from)?,
-                self.cfg.ttl,
-            )),
+            Some(ino) => {
+                let node = self.index.inode(ino).map_err(FsError::from)?;
+                if node.kind() == Some(NodeKind::File) {
+                    self.looked_up(parent, name, ino);
+                }
+                Ok(entry_of(&node, self.cfg.ttl))
+            }
             // Immutable image: let the kernel cache the miss.
             None => Ok(negative_entry(self.cfg.ttl)),
         }
@@ -209,6 +212,9 @@ impl FileSystem for ClipFs {
         Ok(
             self.walk_dir(inode, offset, &mut |cookie, name, ino, kind| {
                 let node = self.index.inode(ino)?;
+                if kind == Some(NodeKind::File) {
+                    self.looked_up(inode, name, ino);
+                }
                 let n = add_entry(
                     DirEntry {
                         ino,

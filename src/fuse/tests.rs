@@ -3,8 +3,10 @@ use std::sync::Arc;
 
 use super::attr::{dirent_type, stat_of, statfs_of};
 use super::*;
+use crate::cache::Urgency;
 use crate::format::{
-    write_index, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, Tree, WriteOptions,
+    write_index, DataRef, FileHint, ImageMeta, IndexData, Layer, LayerKind, Node, Tree,
+    WriteOptions,
 };
 
 /// A tiny image: /f (suid, xattrs, nsec mtime), /d/ (with hard link to f),
@@ -67,6 +69,7 @@ fn tiny_data() -> IndexData {
         }],
         tree: t,
         profile: None,
+        hints: Vec::new(),
     }
 }
 
@@ -216,18 +219,211 @@ fn parents_and_dir_walk() {
     ));
 }
 
+/// Records every prefetch hint.
+#[derive(Debug, Default)]
+struct Hints(std::sync::Mutex<Vec<(u32, u64, u64, Urgency)>>);
+
+impl ContentReader for Hints {
+    fn read(&self, _: u32, _: u64, buf: &mut [u8]) -> Result<usize, CacheError> {
+        Ok(buf.len())
+    }
+    fn prefetch(&self, layer: u32, offset: u64, len: u64, urgency: Urgency) {
+        self.0.lock().unwrap().push((layer, offset, len, urgency));
+    }
+}
+
+impl Hints {
+    fn take(&self) -> Vec<(u32, u64, u64, Urgency)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// /mid (1 MiB at 0), /big (40 MiB at 2 MiB, hot ranges), /lib/a.so
+/// (needs b.so), /lib/b.so, /py/{m0..m4} (8 KiB each, contiguous from
+/// 64 MiB), one layer.
+fn warm_image() -> (Arc<Index>, [u64; 5], [u64; 2]) {
+    let mut t = Tree::default();
+    let file = |t: &mut Tree, size: u64, offset: u64| {
+        let mut f = Node::new(NodeKind::File);
+        f.size = size;
+        f.data = Some(DataRef { layer: 0, offset });
+        t.nodes.push(f);
+        t.nodes.len() as u32 - 1
+    };
+    let mid = file(&mut t, 1 << 20, 0);
+    let big = file(&mut t, 40 << 20, 2 << 20);
+    let a = file(&mut t, 300 << 10, 50 << 20);
+    let b = file(&mut t, 400 << 10, 51 << 20);
+    let mut lib = Node::new(NodeKind::Dir);
+    lib.children = BTreeMap::from([(b"a.so".to_vec(), a), (b"b.so".to_vec(), b)]);
+    t.nodes.push(lib);
+    let lib = t.nodes.len() as u32 - 1;
+    let mut py = Node::new(NodeKind::Dir);
+    let mut pyc = [0u64; 5];
+    for (i, ino) in pyc.iter_mut().enumerate() {
+        let n = file(&mut t, 8 << 10, (64 << 20) + i as u64 * (9 << 10));
+        py.children.insert(format!("m{i}").into_bytes(), n);
+        *ino = u64::from(n) + 1;
+    }
+    t.nodes.push(py);
+    let py = t.nodes.len() as u32 - 1;
+    t.nodes[0].children = BTreeMap::from([
+        (b"mid".to_vec(), mid),
+        (b"big".to_vec(), big),
+        (b"lib".to_vec(), lib),
+        (b"py".to_vec(), py),
+    ]);
+    let mut data = tiny_data();
+    data.tree = t;
+    data.hints = vec![
+        FileHint {
+            ino: u64::from(big) + 1,
+            dependencies: vec![],
+            hot_ranges: vec![(0, 64 << 10), (30 << 20, 1 << 20)],
+        },
+        FileHint {
+            ino: u64::from(a) + 1,
+            dependencies: vec![u64::from(b) + 1],
+            hot_ranges: vec![(0, 64 << 10)],
+        },
+    ];
+    let index = Index::from_bytes(write_index(&data, WriteOptions::default()).unwrap()).unwrap();
+    (
+        Arc::new(index),
+        pyc,
+        [u64::from(lib) + 1, u64::from(py) + 1],
+    )
+}
+
+fn read_one(fs: &ClipFs, ino: u64) {
+    fs.warm_on_read(ino);
+}
+
 #[test]
-fn prefetch_hint_is_given_once_per_inode() {
-    let fs = ClipFs::new(Arc::new(tiny()), Arc::new(Nothing), FsConfig::default()).unwrap();
-    let n = fs.index().inode_count();
-    for ino in 1..=n {
-        assert!(fs.first_hint(ino), "first hint of {ino}");
+fn warming_fetches_the_rest_of_a_file_once() {
+    let (index, _, _) = warm_image();
+    let hints = Arc::new(Hints::default());
+    let fs = ClipFs::new(index.clone(), hints.clone(), FsConfig::default()).unwrap();
+    let mid = index.resolve(b"mid").unwrap().unwrap();
+    read_one(&fs, mid);
+    assert_eq!(hints.take(), [(0, 0, 1 << 20, Urgency::Now)]);
+    read_one(&fs, mid);
+    assert_eq!(hints.take(), []);
+    // Too big to fetch whole: only the hot ranges.
+    let big = index.resolve(b"big").unwrap().unwrap();
+    read_one(&fs, big);
+    assert_eq!(
+        hints.take(),
+        [
+            (0, 2 << 20, 64 << 10, Urgency::Now),
+            (0, 32 << 20, 1 << 20, Urgency::Now)
+        ]
+    );
+}
+
+#[test]
+fn warming_fetches_the_libraries_a_program_loads() {
+    let (index, _, _) = warm_image();
+    let hints = Arc::new(Hints::default());
+    let fs = ClipFs::new(index.clone(), hints.clone(), FsConfig::default()).unwrap();
+    let a = index.resolve(b"lib/a.so").unwrap().unwrap();
+    let b = index.resolve(b"lib/b.so").unwrap().unwrap();
+    read_one(&fs, a);
+    assert_eq!(
+        hints.take(),
+        [
+            (0, 50 << 20, 300 << 10, Urgency::Now),
+            (0, 51 << 20, 400 << 10, Urgency::Later)
+        ]
+    );
+    // The library was hinted already: its own first read adds nothing.
+    read_one(&fs, b);
+    assert_eq!(hints.take(), []);
+    // Without dependencies: only the file itself.
+    let cfg = FsConfig {
+        warm: Some(WarmConfig {
+            dependencies: false,
+            ..WarmConfig::default()
+        }),
+        ..FsConfig::default()
+    };
+    let fs = ClipFs::new(index, hints.clone(), cfg).unwrap();
+    read_one(&fs, a);
+    assert_eq!(hints.take().len(), 1);
+}
+
+#[test]
+fn warming_fetches_a_directorys_small_files_after_the_second_read() {
+    let (index, pyc, [_, py]) = warm_image();
+    let hints = Arc::new(Hints::default());
+    let fs = ClipFs::new(index.clone(), hints.clone(), FsConfig::default()).unwrap();
+    fs.looked_up(py, b"m1", pyc[1]);
+    read_one(&fs, pyc[1]);
+    assert_eq!(hints.take(), [], "one small file says nothing yet");
+    fs.looked_up(py, b"m3", pyc[3]);
+    read_one(&fs, pyc[3]);
+    // The other three (not the two read) as runs of neighbours: m0, m2,
+    // m4 are 9 KiB apart, so one run from m0 to the end of m4.
+    let base = 64u64 << 20;
+    assert_eq!(
+        hints.take(),
+        [(0, base, 4 * (9 << 10) + (8 << 10), Urgency::Later)]
+    );
+    // Once per directory.
+    fs.looked_up(py, b"m4", pyc[4]);
+    read_one(&fs, pyc[4]);
+    assert_eq!(hints.take(), []);
+
+    // A Python module: its first read warms the directory.
+    let fs = ClipFs::new(index.clone(), hints.clone(), FsConfig::default()).unwrap();
+    fs.looked_up(py, b"m0.cpython-311.pyc", pyc[0]);
+    read_one(&fs, pyc[0]);
+    assert_eq!(hints.take().len(), 1);
+
+    // A budget for one file: the nearest to the file read (m2 next to m3).
+    let cfg = FsConfig {
+        warm: Some(WarmConfig {
+            dir_budget: 8 << 10,
+            ..WarmConfig::default()
+        }),
+        ..FsConfig::default()
+    };
+    let fs = ClipFs::new(index, hints.clone(), cfg).unwrap();
+    for i in [1, 3] {
+        fs.looked_up(py, b"m", pyc[i]);
+        read_one(&fs, pyc[i]);
     }
-    for ino in 1..=n {
-        assert!(!fs.first_hint(ino), "second hint of {ino}");
-    }
-    // Out of range: never hinted.
-    assert!(!fs.first_hint(n + 64 * 10));
+    assert_eq!(
+        hints.take(),
+        [(0, base + 2 * (9 << 10), 8 << 10, Urgency::Later)]
+    );
+}
+
+#[test]
+fn warming_stops_at_the_speculation_budget_and_when_off() {
+    let (index, _, _) = warm_image();
+    let hints = Arc::new(Hints::default());
+    let cfg = FsConfig {
+        warm: Some(WarmConfig {
+            speculation_budget: 100 << 10,
+            ..WarmConfig::default()
+        }),
+        ..FsConfig::default()
+    };
+    let fs = ClipFs::new(index.clone(), hints.clone(), cfg).unwrap();
+    let a = index.resolve(b"lib/a.so").unwrap().unwrap();
+    read_one(&fs, a);
+    // The file itself is not speculation; its 400 KiB library is over budget.
+    assert_eq!(hints.take(), [(0, 50 << 20, 300 << 10, Urgency::Now)]);
+
+    let cfg = FsConfig {
+        warm: None,
+        ..FsConfig::default()
+    };
+    let fs = ClipFs::new(index.clone(), hints.clone(), cfg).unwrap();
+    read_one(&fs, index.resolve(b"mid").unwrap().unwrap());
+    read_one(&fs, a);
+    assert_eq!(hints.take(), []);
 }
 
 #[test]

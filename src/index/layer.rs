@@ -2,6 +2,7 @@
 //! (zran for gzip, frame by frame for zstd), hashing the tar, cutting it into verification chunks and
 //! collecting the tar entries.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::atomic::Ordering;
 
@@ -10,8 +11,9 @@ use crate::format::{Checkpoint, Chunk, Layer, LayerKind};
 use crate::gzip::{IndexerConfig, ZranReader};
 use crate::oci::LayerDesc;
 use crate::source::BlobSource;
-use crate::tar::{self, Entry, TarError};
+use crate::tar::{self, Entry, EntryKind, TarError};
 
+use super::hints::{ElfFacts, ElfTap};
 use super::zstd::FrameIndexer;
 use super::{IndexError, IndexOptions, Progress};
 
@@ -22,6 +24,22 @@ pub struct IndexedLayer {
     pub layer: Layer,
     /// Tar entries in stream order.
     pub entries: Vec<Entry>,
+    /// What its ELF files tell a loader, by the stream offset of their data.
+    pub elf: HashMap<u64, ElfFacts>,
+}
+
+/// Reads the tar entries of `r` into `entries`, noting the ELF files'
+/// facts on the way.
+fn read_tar<R: Read>(r: R, entries: &mut Vec<Entry>) -> Result<HashMap<u64, ElfFacts>, TarError> {
+    let (tap, handle) = ElfTap::new(r);
+    tar::read_entries(tap, |e: Entry| {
+        if e.kind == EntryKind::File {
+            handle.expect(e.data_offset, e.size);
+        }
+        entries.push(e);
+        Ok(())
+    })?;
+    Ok(handle.into_found())
 }
 
 /// How a layer media type is served, or `None` if unsupported.
@@ -138,10 +156,7 @@ pub(super) fn index_layer(
     });
     let tar_err = |source: TarError| IndexError::Tar { digest, source };
     let mut entries = Vec::new();
-    let mut collect = |e: Entry| {
-        entries.push(e);
-        Ok(())
-    };
+    let mut elf = HashMap::new();
 
     let (checkpoints, mut chunks, tar_digest, tar_size) = match kind {
         LayerKind::Gzip => {
@@ -151,7 +166,7 @@ pub(super) fn index_layer(
             };
             let mut zran = ZranReader::new(&mut compressed, cfg);
             let mut tar_in = HashingReader::new(&mut zran);
-            tar::read_entries(&mut tar_in, &mut collect).map_err(tar_err)?;
+            elf = read_tar(&mut tar_in, &mut entries).map_err(tar_err)?;
             let (tar_digest, tar_size) = tar_in.finish();
             let zran = zran
                 .finish()
@@ -160,7 +175,7 @@ pub(super) fn index_layer(
         }
         LayerKind::Tar => {
             let mut chunker = Chunker::new(&mut compressed, opts.chunk_size, |out| out);
-            tar::read_entries(&mut chunker, &mut collect).map_err(tar_err)?;
+            elf = read_tar(&mut chunker, &mut entries).map_err(tar_err)?;
             let chunks = chunker.finish();
             let (tar_digest, tar_size) = compressed.peek();
             (vec![Checkpoint::default()], chunks, tar_digest, tar_size)
@@ -170,9 +185,9 @@ pub(super) fn index_layer(
             let mut frames =
                 FrameIndexer::new(&mut compressed, opts.span, opts.chunk_size).map_err(zerr)?;
             let mut tar_in = HashingReader::new(&mut frames);
-            let read = tar::read_entries(&mut tar_in, &mut collect);
+            let read = read_tar(&mut tar_in, &mut entries);
             let (tar_digest, tar_size) = tar_in.finish();
-            if let Err(e) = read {
+            if let Err(e) = read.map(|found| elf = found) {
                 // A broken frame surfaces through the tar reader: name it as zstd's.
                 return Err(frames.take_error().map_or_else(|| tar_err(e), zerr));
             }
@@ -235,5 +250,6 @@ pub(super) fn index_layer(
             chunks,
         },
         entries,
+        elf,
     })
 }

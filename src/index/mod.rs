@@ -6,10 +6,12 @@
 //! [`crate::format::IndexData`], written by `format`. Nothing here knows HTTP;
 //! nothing here is used at mount time.
 
+mod hints;
 mod layer;
 mod merge;
 mod zstd;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -209,11 +211,26 @@ pub fn build(
     }
     let mut merger = Merger::new();
     let mut layers = Vec::with_capacity(image.layers.len());
+    let mut elf = Vec::with_capacity(image.layers.len());
     for (i, slot) in slots.into_iter().enumerate() {
         let indexed = slot.ok_or(IndexError::Aborted)??;
         merger.apply_layer(i as u32, indexed.entries)?;
         layers.push(indexed.layer);
+        elf.push(indexed.elf);
     }
+    let tree = merger.finish();
+    // ELF facts of the files that made it into the merged tree.
+    let facts: HashMap<u32, hints::ElfFacts> = tree
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(n, node)| {
+            let d = node.data?;
+            let f = elf.get(d.layer as usize)?.get(&d.offset)?;
+            Some((n as u32, f.clone()))
+        })
+        .collect();
+    let file_hints = hints::resolve(&tree, &facts);
     meta.manifest_digest = Some(image.manifest_digest);
     meta.manifest = String::from_utf8_lossy(&image.manifest_raw).into_owned();
     meta.config = String::from_utf8_lossy(&image.config_raw).into_owned();
@@ -224,7 +241,8 @@ pub fn build(
     Ok(IndexData {
         meta,
         layers,
-        tree: merger.finish(),
+        tree,
         profile: None,
+        hints: file_hints,
     })
 }

@@ -188,6 +188,7 @@ pub(super) fn image(hex_seed: &str) -> IndexData {
         layers: vec![layer(layer0().len() as u64), layer(100)],
         tree: t,
         profile: None,
+        hints: Vec::new(),
     }
 }
 

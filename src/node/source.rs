@@ -80,9 +80,15 @@ pub fn open_source(
         source
             .read_at(&digest, 0, &mut probe)
             .map_err(|source| NodeError::Probe { digest, source })?;
+        source.warm_up(&digest, WARM_CONNECTIONS);
     }
     Ok(source)
 }
+
+/// Connections opened when a mount starts: one per prefetch thread (6 by
+/// default) and two for readers, so a first start's parallel fetches find
+/// them open instead of paying a round trip each to connect.
+const WARM_CONNECTIONS: usize = 8;
 
 /// Parses `reference` and connects to its registry.
 fn connect(

@@ -79,12 +79,14 @@ impl ImageStack {
 
     /// The filesystem over the cache, counting into the stack's metrics.
     pub fn filesystem(&self) -> Result<ClipFs, NodeError> {
-        let fs = ClipFs::new(
-            self.cache.index().clone(),
-            self.cache.clone(),
-            self.fs.clone(),
-        )
-        .map_err(|e| NodeError::Fs(Box::new(e)))?;
+        let mut config = self.fs.clone();
+        if self.cache.replaying() {
+            // The profile knows what this workload reads; speculating on top
+            // would only fetch more.
+            config.warm = None;
+        }
+        let fs = ClipFs::new(self.cache.index().clone(), self.cache.clone(), config)
+            .map_err(|e| NodeError::Fs(Box::new(e)))?;
         Ok(fs.with_metrics(self.metrics.clone()))
     }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ProfileMode;
 use crate::cache::CacheConfig;
-use crate::fuse::FsConfig;
+use crate::fuse::{FsConfig, WarmConfig};
 use crate::mount::{FuseTransport, ServeOptions, TransportOptions, DEFAULT_READ_TIMEOUT};
 
 /// Default kernel read-ahead of a mount (KiB). Measured on cold `import
@@ -52,8 +52,8 @@ pub struct Tuning {
     pub read_ahead_kb: u32,
     /// [`CacheConfig::prefetch_threads`].
     pub prefetch_threads: Option<usize>,
-    /// [`FsConfig::prefetch_min`], in KiB.
-    pub prefetch_min_kb: Option<u64>,
+    /// First-start warming ([`FsConfig::warm`]; None: off).
+    pub warm: Option<WarmConfig>,
     /// Startup access profile.
     pub profile: ProfileMode,
     /// Seconds from the first read during which reads are recorded into a
@@ -75,7 +75,7 @@ impl Default for Tuning {
             threads: 2,
             read_ahead_kb: DEFAULT_READ_AHEAD_KB,
             prefetch_threads: None,
-            prefetch_min_kb: None,
+            warm: Some(WarmConfig::default()),
             profile: ProfileMode::Off,
             profile_window_secs: 30,
             profile_threads: 4,
@@ -103,14 +103,14 @@ impl Tuning {
 
     /// The filesystem's configuration.
     pub fn fs_config(&self) -> FsConfig {
-        let mut c = FsConfig::default();
-        if let Some(kb) = self.prefetch_min_kb {
-            c.prefetch_min = Some(kb.saturating_mul(1024));
+        FsConfig {
+            // Hints need threads to serve them.
+            warm: self
+                .warm
+                .clone()
+                .filter(|_| self.prefetch_threads != Some(0)),
+            ..FsConfig::default()
         }
-        if self.prefetch_threads == Some(0) {
-            c.prefetch_min = None;
-        }
-        c
     }
 
     /// The FUSE session's options (no per-request latency hook: the

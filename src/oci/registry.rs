@@ -308,6 +308,24 @@ impl BlobSource for RegistrySource {
         }
     }
 
+    /// `connections` concurrent one-byte GETs of `digest`: HTTP/1.1 opens a
+    /// connection per request in flight, and the pool keeps them for the
+    /// reads that follow.
+    fn warm_up(&self, digest: &Digest, connections: usize) {
+        let Ok(url) = self.blob_url(digest) else {
+            return;
+        };
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..connections {
+            let (client, url, digest) = (self.client.clone(), url.clone(), *digest);
+            set.spawn(async move {
+                let mut byte = [0u8; 1];
+                read_range(&client, &url, &digest, 0, &mut byte).await
+            });
+        }
+        let _ = self.block_on(set.join_all());
+    }
+
     fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, SourceError> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(in_runtime_error().into());
