@@ -11,15 +11,18 @@ mod model;
 mod profile;
 mod raw;
 mod reader;
+mod sparse;
 mod writer;
 
 use std::path::PathBuf;
 
 pub use model::{
-    Checkpoint, Chunk, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, NodeKind, Tree,
+    Checkpoint, Chunk, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, NodeKind,
+    SparseSegment, Tree,
 };
 pub use profile::{AccessProfile, ProfileError, ProfileRange, MAX_RANGES, PROFILE_VERSION};
 pub use reader::{DirEntry, DirIter, Index, InodeView, LayerView, Xattr, ROOT_INO};
+pub use sparse::{Piece, Pieces};
 pub use writer::{write_index, write_index_file, WriteOptions};
 
 /// Why an index file could not be read or written.
@@ -80,5 +83,7 @@ pub enum FormatError {
     },
 }
 
+#[cfg(test)]
+mod sparse_tests;
 #[cfg(test)]
 mod tests;

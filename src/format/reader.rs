@@ -55,7 +55,7 @@ enum Section {
 #[derive(Debug)]
 pub struct Index {
     storage: Storage,
-    sections: [Section; 11],
+    sections: [Section; kind::END as usize],
     meta: ImageMeta,
     /// The PROFILE section, parsed at open.
     profile: Option<AccessProfile>,
@@ -66,7 +66,10 @@ fn corrupt(what: &'static str) -> FormatError {
     FormatError::Corrupt(what)
 }
 
-fn records<'a, T: FromBytes + zerocopy::Immutable + zerocopy::KnownLayout + zerocopy::Unaligned>(
+pub(super) fn records<
+    'a,
+    T: FromBytes + zerocopy::Immutable + zerocopy::KnownLayout + zerocopy::Unaligned,
+>(
     bytes: &'a [u8],
     what: &'static str,
 ) -> Result<&'a [T], FormatError> {
@@ -142,7 +145,7 @@ impl Index {
             return Err(FormatError::Checksum("section table"));
         }
         let table: &[SectionEntry] = records(table_bytes, "section table")?;
-        let mut sections: [Section; 11] = Default::default();
+        let mut sections: [Section; kind::END as usize] = Default::default();
         for entry in table {
             let k = entry.kind.get() as usize;
             let start =
@@ -191,7 +194,7 @@ impl Index {
             index.profile = AccessProfile::from_section(profile)
                 .map_err(|_| corrupt("PROFILE section is not a valid access profile"))?;
         }
-        index.validate()?;
+        index.validate(header.incompat.get())?;
         Ok(index)
     }
 
@@ -199,7 +202,7 @@ impl Index {
     /// One pass over every record: all cross references (dirent → inode,
     /// inode → dirents/xattrs/strings/layer, layer → checkpoints/chunks) are
     /// in bounds, so a file that opens never names something absent.
-    fn validate(&self) -> Result<(), FormatError> {
+    fn validate(&self, incompat: u32) -> Result<(), FormatError> {
         let layers = records::<LayerRec>(self.section(kind::LAYERS), "layer records")?;
         let cps = records::<CheckpointRec>(self.section(kind::CHECKPOINTS), "checkpoint records")?;
         let chunks = records::<ChunkRec>(self.section(kind::CHUNKS), "chunk records")?;
@@ -251,10 +254,10 @@ impl Index {
                 return Err(corrupt("xattr record out of bounds"));
             }
         }
-        Ok(())
+        self.validate_sparse(incompat, inodes, layers)
     }
 
-    fn section(&self, k: u32) -> &[u8] {
+    pub(super) fn section(&self, k: u32) -> &[u8] {
         match self.sections.get(k as usize) {
             Some(Section::InFile(r)) => self.storage.bytes().get(r.clone()).unwrap_or(&[]),
             Some(Section::Decompressed(v)) => v,
@@ -412,6 +415,8 @@ fn section_name(k: u32) -> &'static str {
         kind::STRINGS => "STRINGS section",
         kind::XATTRS => "XATTRS section",
         kind::PROFILE => "PROFILE section",
+        kind::SPARSE_FILES => "SPARSE_FILES section",
+        kind::SPARSE_SEGMENTS => "SPARSE_SEGMENTS section",
         _ => "unknown section",
     }
 }
@@ -463,8 +468,8 @@ pub type Xattr<'a> = (&'a [u8], &'a [u8]);
 /// A checked view of one inode.
 #[derive(Debug, Clone, Copy)]
 pub struct InodeView<'a> {
-    index: &'a Index,
-    ino: u64,
+    pub(super) index: &'a Index,
+    pub(super) ino: u64,
     rec: &'a InodeRec,
 }
 

@@ -8,7 +8,8 @@ use std::path::Path;
 use zerocopy::IntoBytes;
 
 use super::raw::{
-    self, kind, CheckpointRec, ChunkRec, DirentRec, InodeRec, LayerRec, SectionEntry, XattrRec,
+    self, kind, CheckpointRec, ChunkRec, DirentRec, InodeRec, LayerRec, SectionEntry,
+    SparseFileRec, SparseSegmentRec, XattrRec,
 };
 use super::{FormatError, IndexData, NodeKind, Tree};
 
@@ -160,7 +161,27 @@ pub fn write_index(data: &IndexData, opts: WriteOptions) -> Result<Vec<u8>, Form
     }
 
     let mut xattrs = Vec::new();
+    let mut sparse_files = Vec::new();
+    let mut sparse_segments = Vec::new();
     for (i, node) in tree.nodes.iter().enumerate() {
+        if let Some(segments) = &node.sparse {
+            if node.kind != NodeKind::File || (!segments.is_empty() && node.data.is_none()) {
+                return Err(FormatError::Invalid(
+                    "sparse map on a non-file or without a data layer",
+                ));
+            }
+            sparse_files.push(SparseFileRec {
+                ino: to_u32(i + 1, "inode count")?.into(),
+                first_segment: to_u32(sparse_segments.len(), "sparse segment count")?.into(),
+                segment_count: to_u32(segments.len(), "sparse segment count")?.into(),
+                reserved: 0.into(),
+            });
+            sparse_segments.extend(segments.iter().map(|s| SparseSegmentRec {
+                file_offset: s.file_offset.into(),
+                len: s.len.into(),
+                layer_offset: s.layer_offset.into(),
+            }));
+        }
         let (t_off, t_len) = strings.add(&node.link_target)?;
         let xattr_first = to_u32(xattrs.len(), "xattr count")?;
         for (name, value) in &node.xattrs {
@@ -206,7 +227,7 @@ pub fn write_index(data: &IndexData, opts: WriteOptions) -> Result<Vec<u8>, Form
         }
         None => Vec::new(),
     };
-    let sections: [(u32, &[u8]); 10] = [
+    let mut sections: Vec<(u32, &[u8])> = vec![
         (kind::META, &meta),
         (kind::LAYERS, layers.as_bytes()),
         (kind::CHECKPOINTS, checkpoints.as_bytes()),
@@ -218,13 +239,26 @@ pub fn write_index(data: &IndexData, opts: WriteOptions) -> Result<Vec<u8>, Form
         (kind::XATTRS, xattrs.as_bytes()),
         (kind::PROFILE, &profile),
     ];
-    assemble(&sections, opts)
+    let mut incompat = 0;
+    // Only images with sparse files need (and set) the sparse feature, so
+    // every other index stays readable by 2.1 readers.
+    if !sparse_files.is_empty() {
+        sections.push((kind::SPARSE_FILES, sparse_files.as_bytes()));
+        sections.push((kind::SPARSE_SEGMENTS, sparse_segments.as_bytes()));
+        incompat |= raw::INCOMPAT_SPARSE;
+    }
+    assemble(&sections, incompat, opts)
 }
 
-fn assemble(sections: &[(u32, &[u8])], opts: WriteOptions) -> Result<Vec<u8>, FormatError> {
+/// Lays out `sections`, the table and the header with the `incompat` bits
+/// (plus the zstd bit if a section gets compressed).
+fn assemble(
+    sections: &[(u32, &[u8])],
+    mut incompat: u32,
+    opts: WriteOptions,
+) -> Result<Vec<u8>, FormatError> {
     let mut out = vec![0u8; raw::HEADER_SIZE];
     let mut table = Vec::with_capacity(sections.len());
-    let mut incompat = 0;
     for &(kind, bytes) in sections {
         // Windows are already deflated: compressing them again wastes time.
         let compress = opts.compress && bytes.len() >= COMPRESS_MIN && kind != raw::kind::WINDOWS;

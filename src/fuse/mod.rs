@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::{CacheError, ContentReader};
-use crate::format::{FormatError, Index, NodeKind, ROOT_INO};
+use crate::format::{FormatError, Index, NodeKind, Piece, ROOT_INO};
 use crate::metrics::{Counter, ErrorKind, Metrics};
 
 pub use attr::{dirent_type, stat_of};
@@ -93,6 +93,9 @@ pub enum FsError {
     /// A read without an offset: layer contents are read only positionally.
     #[error("layer contents are read only at an offset")]
     NotPositional,
+    /// `SEEK_DATA`/`SEEK_HOLE` found nothing at or after the offset.
+    #[error("no data or hole at or after offset {0}")]
+    NoSuchOffset(u64),
     /// The index is corrupt or inconsistent.
     #[error("index: {0}")]
     Index(#[from] FormatError),
@@ -137,6 +140,7 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::OpenNotNeeded => libc::ENOSYS,
             FsError::NotPositional => libc::ESPIPE,
+            FsError::NoSuchOffset(_) => libc::ENXIO,
             FsError::Index(FormatError::NoSuchInode(_)) => libc::ENOENT,
             FsError::Index(FormatError::NotADirectory(_)) => libc::ENOTDIR,
             FsError::Index(_) => libc::EIO,
@@ -279,6 +283,23 @@ impl ClipFs {
         Ok(())
     }
 
+    /// `lseek` with `SEEK_DATA` or `SEEK_HOLE` (the kernel answers the other
+    /// whences itself): the next data or hole offset of regular file `ino`.
+    fn seek(&self, ino: u64, offset: u64, whence: u32) -> Result<u64, FsError> {
+        let node = self.index.inode(ino)?;
+        match node.kind() {
+            Some(NodeKind::File) => {}
+            Some(NodeKind::Dir) => return Err(FsError::IsADirectory(ino)),
+            _ => return Err(FsError::Invalid),
+        }
+        let found = match whence as i32 {
+            libc::SEEK_DATA => node.seek_data(offset)?,
+            libc::SEEK_HOLE => node.seek_hole(offset)?,
+            _ => return Err(FsError::Invalid),
+        };
+        found.ok_or(FsError::NoSuchOffset(offset))
+    }
+
     /// Reads file bytes `[offset, offset+size)` of `ino` (clamped to the file
     /// size) into `w`; returns the count.
     fn read_file(
@@ -299,19 +320,33 @@ impl ClipFs {
             return Ok(0);
         }
         let len = (file_size - offset).min(size as u64) as usize;
-        let Some((layer, data_offset)) = node.data() else {
-            return Err(FsError::Index(FormatError::Corrupt(
-                "regular file with bytes but no data reference",
-            )));
-        };
-        if self.cfg.prefetch_min.is_some_and(|min| file_size >= min) && self.first_hint(ino) {
+        // A file that is all hole has no data layer: every piece is a hole.
+        let (layer, data_offset) = node.data().unwrap_or((0, 0));
+        let pieces = node.pieces(offset, len as u64)?;
+        if node.data().is_some()
+            && self.cfg.prefetch_min.is_some_and(|min| file_size >= min)
+            && self.first_hint(ino)
+        {
             // The rest of the file is probably wanted too (a program loading
             // a library, an interpreter reading a module): start fetching it
-            // in the background so later page faults find it cached.
-            self.content.prefetch(layer, data_offset, file_size);
+            // in the background so later page faults find it cached. (A
+            // sparse file's runs are stored back to back from its first.)
+            self.content
+                .prefetch(layer, data_offset, node.allocated_size());
         }
-        let start = data_offset + offset;
-        let res = zerocopy::copy_direct(&*self.content, ino, layer, start, len, w);
+        let mut res = Ok(());
+        for piece in pieces {
+            res = match piece {
+                Piece::Data { layer_offset, len } => {
+                    zerocopy::copy_direct(&*self.content, ino, layer, layer_offset, len as usize, w)
+                }
+                // Holes never touch the cache or the network.
+                Piece::Hole { len } => zerocopy::write_zeros(w, len as usize),
+            };
+            if res.is_err() {
+                break;
+            }
+        }
         match res {
             Ok(()) => {
                 self.metrics.count(Counter::FuseReads, 1);
@@ -323,7 +358,7 @@ impl ClipFs {
                 if e.errno() == libc::EIO {
                     self.metrics.count_error(ErrorKind::FuseEio);
                 }
-                tracing::error!(ino, layer, offset = start, len, error = %e, "read failed; returning EIO");
+                tracing::error!(ino, layer, offset, len, error = %e, "read failed; returning EIO");
                 Err(e)
             }
         }
