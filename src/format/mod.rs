@@ -6,6 +6,7 @@
 //! `cache`, `fuse` and the CLI read through [`Index`], which verifies every
 //! section's checksum on load and never panics on a corrupt file.
 
+mod bomb;
 mod mmap;
 mod model;
 mod profile;
@@ -52,6 +53,22 @@ pub enum FormatError {
         /// Actual size.
         actual: u64,
     },
+    /// The section table names a section kind twice.
+    #[error("index file is corrupt: section kind {0} appears twice")]
+    DuplicateSection(u32),
+    /// A compressed section declares far more bytes than its stored bytes
+    /// can hold (a decompression bomb); refused before allocating.
+    #[error(
+        "index file is corrupt: the {section} declares {raw_len} bytes from {stored_len} compressed bytes (more than the format allows)"
+    )]
+    SectionBomb {
+        /// Which section.
+        section: &'static str,
+        /// Its stored (compressed) length.
+        stored_len: u64,
+        /// The uncompressed length it declares.
+        raw_len: u64,
+    },
     /// A checksum did not match.
     #[error("index file is corrupt: checksum mismatch in the {0}")]
     Checksum(&'static str),
@@ -83,6 +100,8 @@ pub enum FormatError {
     },
 }
 
+#[cfg(test)]
+mod section_tests;
 #[cfg(test)]
 mod sparse_tests;
 #[cfg(test)]

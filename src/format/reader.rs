@@ -24,6 +24,8 @@ use crate::digest::Digest;
 const MAX_FILE_SIZE: u64 = 4 << 30;
 /// Largest decompressed section: same reasoning.
 const MAX_SECTION_SIZE: u64 = 2 << 30;
+/// Most bytes decompressed from all sections of one file together.
+const MAX_DECOMPRESSED_TOTAL: u64 = 4 << 30;
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
 
@@ -145,7 +147,13 @@ impl Index {
             return Err(FormatError::Checksum("section table"));
         }
         let table: &[SectionEntry] = records(table_bytes, "section table")?;
+        let mut kinds: Vec<u32> = table.iter().map(|e| e.kind.get()).collect();
+        kinds.sort_unstable();
+        if let Some(w) = kinds.windows(2).find(|w| w[0] == w[1]) {
+            return Err(FormatError::DuplicateSection(w[0]));
+        }
         let mut sections: [Section; kind::END as usize] = Default::default();
+        let mut decompressed_total = 0u64;
         for entry in table {
             let k = entry.kind.get() as usize;
             let start =
@@ -165,9 +173,13 @@ impl Index {
             let flags = entry.flags.get();
             sections[k] = if flags & raw::SECTION_ZSTD != 0 {
                 let raw_len = entry.raw_len.get();
-                if raw_len > MAX_SECTION_SIZE {
+                super::bomb::check_declared_size(section_name(k as u32), bytes, raw_len)?;
+                decompressed_total = decompressed_total.saturating_add(raw_len);
+                if raw_len > MAX_SECTION_SIZE || decompressed_total > MAX_DECOMPRESSED_TOTAL {
                     return Err(FormatError::TooLarge("section"));
                 }
+                // The output buffer is exactly the checked, declared size:
+                // decompression cannot write (or allocate) more.
                 let out = zstd::bulk::decompress(bytes, raw_len as usize)
                     .map_err(|_| corrupt("compressed section does not decompress"))?;
                 if out.len() as u64 != raw_len {

@@ -262,13 +262,17 @@ fn assemble(
     for &(kind, bytes) in sections {
         // Windows are already deflated: compressing them again wastes time.
         let compress = opts.compress && bytes.len() >= COMPRESS_MIN && kind != raw::kind::WINDOWS;
-        let (stored, flags) = if compress {
-            let z = zstd::bulk::compress(bytes, ZSTD_LEVEL)
-                .map_err(|_| FormatError::Invalid("zstd failed"))?;
-            incompat |= raw::INCOMPAT_ZSTD_SECTIONS;
-            (z, raw::SECTION_ZSTD)
-        } else {
-            (bytes.to_vec(), 0)
+        let z = compress
+            .then(|| zstd::bulk::compress(bytes, ZSTD_LEVEL))
+            .transpose()
+            .map_err(|_| FormatError::Invalid("zstd failed"))?;
+        // A section compressing past the ratio readers accept is stored as is.
+        let (stored, flags) = match z {
+            Some(z) if super::bomb::ratio_ok(z.len() as u64, bytes.len() as u64) => {
+                incompat |= raw::INCOMPAT_ZSTD_SECTIONS;
+                (z, raw::SECTION_ZSTD)
+            }
+            _ => (bytes.to_vec(), 0),
         };
         // 8-byte alignment keeps uncompressed record arrays friendly to mmap readers.
         while !out.len().is_multiple_of(8) {
