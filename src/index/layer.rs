@@ -172,6 +172,9 @@ pub(super) fn index_layer(
             let mut tar_in = HashingReader::new(&mut frames);
             let read = tar::read_entries(&mut tar_in, &mut collect);
             let (tar_digest, tar_size) = tar_in.finish();
+            if frames.window_too_large() {
+                return Err(IndexError::ZstdWindowTooLarge { digest });
+            }
             if let Err(e) = read {
                 // A broken frame surfaces through the tar reader: name it as zstd's.
                 return Err(frames.take_error().map_or_else(|| tar_err(e), zerr));

@@ -71,6 +71,13 @@ pub enum IndexError {
         /// Bytes read.
         actual: u64,
     },
+    /// A zstd frame needs a larger window than
+    /// [`crate::zstd_limits::WINDOW_LOG_MAX`] allows.
+    #[error("layer {digest}: a zstd frame needs a window over {} MiB (the limit)", (1u64 << crate::zstd_limits::WINDOW_LOG_MAX) >> 20)]
+    ZstdWindowTooLarge {
+        /// Layer digest.
+        digest: Digest,
+    },
     /// Reading the blob failed.
     #[error("layer {digest}: {source}")]
     Source {
