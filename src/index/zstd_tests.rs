@@ -175,6 +175,7 @@ fn opts(span: u64, chunk: u32) -> IndexOptions {
         span,
         chunk_size: chunk,
         threads: 1,
+        ..Default::default()
     }
 }
 
