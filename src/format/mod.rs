@@ -1,13 +1,12 @@
 //! The `.clip` index file: bytes in, checked views out (normative spec:
 //! `docs/format.md`).
 //!
-//! A leaf: no I/O beyond opening/mapping the file and the atomic write, no
-//! network. `index` builds an [`IndexData`] and calls [`write_index_file`];
+//! A leaf: no I/O beyond reading the file and the atomic write, no
+//! network. No unsafe code: the file is read, not mapped. `index` builds an [`IndexData`] and calls [`write_index_file`];
 //! `cache`, `fuse` and the CLI read through [`Index`], which verifies every
 //! section's checksum on load and never panics on a corrupt file.
 
 mod bomb;
-mod mmap;
 mod model;
 mod profile;
 mod raw;

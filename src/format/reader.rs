@@ -1,15 +1,17 @@
 //! Checked, zero-copy views over the bytes of a `.clip` index file.
 //!
-//! `Index::open` verifies the header, the section table and every section's
-//! CRC once; afterwards every accessor still takes offsets with `.get()` and
-//! returns `FormatError::Corrupt` instead of panicking, so a hostile file can
-//! at worst produce errors.
+//! `Index::open` reads the file into memory (a private copy: the file may be
+//! rewritten or truncated in place while a daemon serves it, which would
+//! make a mapping fault) and verifies the header, the section table and
+//! every section's CRC once; afterwards every accessor still takes offsets
+//! with `.get()` and returns `FormatError::Corrupt` instead of panicking, so
+//! a hostile file can at worst produce errors.
 
 use std::fs::File;
+use std::io::Read;
 use std::ops::Range;
 use std::path::Path;
 
-use memmap2::Mmap;
 use zerocopy::FromBytes;
 
 use super::raw::{
@@ -29,21 +31,6 @@ const MAX_DECOMPRESSED_TOTAL: u64 = 4 << 30;
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
 
-#[derive(Debug)]
-enum Storage {
-    Mapped(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Storage {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Storage::Mapped(m) => m,
-            Storage::Owned(v) => v,
-        }
-    }
-}
-
 /// Where a section's raw bytes are.
 #[derive(Debug, Default)]
 enum Section {
@@ -56,7 +43,8 @@ enum Section {
 /// An opened, verified index file.
 #[derive(Debug)]
 pub struct Index {
-    storage: Storage,
+    /// The whole file.
+    bytes: Vec<u8>,
     sections: [Section; kind::END as usize],
     meta: ImageMeta,
     /// The PROFILE section, parsed at open.
@@ -79,7 +67,8 @@ pub(super) fn records<
 }
 
 impl Index {
-    /// Opens and verifies the index file at `path` (memory-mapped).
+    /// Reads the index file at `path` into memory and verifies it. Once
+    /// open, the index no longer depends on the file.
     pub fn open(path: &Path) -> Result<Self, FormatError> {
         let io_err = |source| FormatError::Io {
             path: path.to_path_buf(),
@@ -90,8 +79,12 @@ impl Index {
         if len > MAX_FILE_SIZE {
             return Err(FormatError::TooLarge("index file"));
         }
-        let map = super::mmap::map(&file).map_err(io_err)?;
-        Self::parse(Storage::Mapped(map))
+        // The file may grow while it is read: never read past the limit.
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.take(MAX_FILE_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        Self::from_bytes(bytes)
     }
 
     /// Verifies and wraps index bytes held in memory.
@@ -99,11 +92,11 @@ impl Index {
         if bytes.len() as u64 > MAX_FILE_SIZE {
             return Err(FormatError::TooLarge("index file"));
         }
-        Self::parse(Storage::Owned(bytes))
+        Self::parse(bytes)
     }
 
-    fn parse(storage: Storage) -> Result<Self, FormatError> {
-        let data = storage.bytes();
+    fn parse(bytes: Vec<u8>) -> Result<Self, FormatError> {
+        let data = &bytes[..];
         let head = data
             .get(..raw::HEADER_SIZE)
             .ok_or(FormatError::NotAnIndex)?;
@@ -192,12 +185,11 @@ impl Index {
         }
         let mut index = Index {
             file_size: data.len() as u64,
-            storage: Storage::Owned(Vec::new()),
+            bytes,
             sections,
             meta: ImageMeta::default(),
             profile: None,
         };
-        index.storage = storage;
         let meta_bytes = index.section(kind::META);
         index.meta = serde_json::from_slice(meta_bytes)
             .map_err(|_| corrupt("metadata is not valid JSON"))?;
@@ -271,7 +263,7 @@ impl Index {
 
     pub(super) fn section(&self, k: u32) -> &[u8] {
         match self.sections.get(k as usize) {
-            Some(Section::InFile(r)) => self.storage.bytes().get(r.clone()).unwrap_or(&[]),
+            Some(Section::InFile(r)) => self.bytes.get(r.clone()).unwrap_or(&[]),
             Some(Section::Decompressed(v)) => v,
             _ => &[],
         }

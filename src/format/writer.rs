@@ -274,7 +274,7 @@ fn assemble(
             }
             _ => (bytes.to_vec(), 0),
         };
-        // 8-byte alignment keeps uncompressed record arrays friendly to mmap readers.
+        // 8-byte alignment keeps uncompressed record arrays aligned in memory.
         while !out.len().is_multiple_of(8) {
             out.push(0);
         }
