@@ -110,6 +110,15 @@ pub fn gzip_layer(tar: &[u8]) -> TestLayer {
     }
 }
 
+/// An uncompressed tar layer.
+pub fn tar_layer(tar: &[u8]) -> TestLayer {
+    TestLayer {
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        blob: tar.to_vec(),
+        diff_id: format!("sha256:{}", sha256_hex(tar)),
+    }
+}
+
 /// Writes an OCI image layout with tag `latest` holding `layers` (bottom first).
 /// `manifest_override` replaces the manifest bytes (for malformed-input tests).
 pub fn write_layout(dir: &std::path::Path, layers: &[TestLayer], manifest_override: Option<&[u8]>) {
