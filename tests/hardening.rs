@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{self, gzip_layer, run, small_tar, stderr, tar_layer, walk_rootfs, Dirs};
+use crate::common::{self, gzip_layer, small_tar, tar_layer, walk_rootfs, Dirs};
 
 /// GNU tar's sparse dialects, each archived from its own directory.
 const DIALECTS: [(&str, &[&str]); 4] = [
@@ -179,15 +179,7 @@ fn privileged_sparse_image_matches_gnu_tar_extraction() {
 
     let layout = work.join("layout");
     common::write_layout(&layout, &[gzip_layer(&l1), tar_layer(&l2)], None);
-    let clip = work.join("sparse.clip");
-    let o = run(&[
-        "index",
-        "--layout",
-        &format!("{}:latest", layout.display()),
-        "--out",
-        clip.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let clip = common::index_layout(&layout, &work.join("sparse.clip"), &[]);
     let rootfs = d
         .mount("sparse", &["--clip", clip.to_str().unwrap()])
         .unwrap();
@@ -203,19 +195,11 @@ fn privileged_sparse_image_matches_gnu_tar_extraction() {
     for (path, w) in &want {
         assert_eq!(&got[path], w, "{}", String::from_utf8_lossy(path));
     }
-    let groups = |m: std::collections::HashMap<(u64, u64), Vec<Vec<u8>>>| {
-        let mut v: Vec<_> = m
-            .into_values()
-            .filter(|g| g.len() > 1)
-            .map(|mut g| {
-                g.sort();
-                g
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(groups(got_links), groups(want_links), "hard link groups");
+    assert_eq!(
+        common::link_groups(got_links),
+        common::link_groups(want_links),
+        "hard link groups"
+    );
     let mut sparse_seen = 0;
     for (path, w) in &want {
         if w.kind != "file" {
@@ -268,17 +252,7 @@ fn privileged_index_rewritten_in_place_keeps_serving() {
     let tar = small_tar();
     let layout = work.join("layout");
     common::write_layout(&layout, &[gzip_layer(&tar)], None);
-    let clip = work.join("image.clip");
-    let o = run(&[
-        "index",
-        "--layout",
-        &format!("{}:latest", layout.display()),
-        "--out",
-        clip.to_str().unwrap(),
-        "--span",
-        "64K",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let clip = common::index_layout(&layout, &work.join("image.clip"), &["--span", "64K"]);
     let rootfs = d
         .mount("rewrite", &["--clip", clip.to_str().unwrap()])
         .unwrap();

@@ -197,21 +197,9 @@ fn mount_matches_umoci(name: &str) {
     for (path, w) in &want {
         assert_eq!(&got[path], w, "{name}: {}", String::from_utf8_lossy(path));
     }
-    let groups = |m: std::collections::HashMap<(u64, u64), Vec<Vec<u8>>>| {
-        let mut v: Vec<_> = m
-            .into_values()
-            .filter(|g| g.len() > 1)
-            .map(|mut g| {
-                g.sort();
-                g
-            })
-            .collect();
-        v.sort();
-        v
-    };
     assert_eq!(
-        groups(got_links),
-        groups(want_links),
+        common::link_groups(got_links),
+        common::link_groups(want_links),
         "{name}: hard link groups differ"
     );
     use std::os::unix::ffi::OsStrExt;

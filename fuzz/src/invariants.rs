@@ -94,7 +94,8 @@ pub fn repair_index(data: &[u8]) -> Option<Vec<u8>> {
     let rd64 = |v: &[u8], o: usize| u64::from_le_bytes(v[o..o + 8].try_into().unwrap());
     v[0..8].copy_from_slice(b"CLIPIDX\0");
     v[8..10].copy_from_slice(&2u16.to_le_bytes());
-    let incompat = rd32(&v, 12) & 1;
+    // Keep the feature bits this reader knows (zstd sections, sparse files).
+    let incompat = rd32(&v, 12) & 3;
     v[12..16].copy_from_slice(&incompat.to_le_bytes());
     v[32..40].copy_from_slice(&len.to_le_bytes());
     let count = rd32(&v, 20) as u64;
@@ -755,23 +756,23 @@ fn tar_round_trip(data: &[u8]) {
         for (k, v) in &xattrs {
             pax_record(&mut pax, &[b"SCHILY.xattr.".as_slice(), k].concat(), v);
         }
+        let mut e = Entry {
+            path,
+            kind,
+            perm,
+            uid: 0,
+            gid: 0,
+            mtime,
+            mtime_nsec: nsec,
+            size: content.len() as u64,
+            data_offset: 0,
+            link_target: link,
+            rdev_major: 0,
+            rdev_minor: 0,
+            xattrs,
+            sparse: None,
+        };
         if flag == b'S' {
-            let e = Entry {
-                path,
-                kind,
-                perm,
-                uid: 0,
-                gid: 0,
-                mtime,
-                mtime_nsec: nsec,
-                size: 0,
-                data_offset: 0,
-                link_target: Vec::new(),
-                rdev_major: 0,
-                rdev_minor: 0,
-                xattrs,
-                sparse: None,
-            };
             want.push(write_sparse(&mut b, &mut tar, pax, e));
             continue;
         }
@@ -784,29 +785,17 @@ fn tar_round_trip(data: &[u8]) {
         ));
         tar.extend_from_slice(&pax);
         pad_to_block(&mut tar);
-        tar.extend_from_slice(&tar_header(&path, flag, content.len() as u64, perm, &link));
-        let data_offset = tar.len() as u64;
+        tar.extend_from_slice(&tar_header(
+            &e.path,
+            flag,
+            content.len() as u64,
+            perm,
+            &e.link_target,
+        ));
+        e.data_offset = tar.len() as u64;
         tar.extend_from_slice(&content);
         pad_to_block(&mut tar);
-        want.push((
-            Entry {
-                path,
-                kind,
-                perm,
-                uid: 0,
-                gid: 0,
-                mtime,
-                mtime_nsec: nsec,
-                size: content.len() as u64,
-                data_offset,
-                link_target: link,
-                rdev_major: 0,
-                rdev_minor: 0,
-                xattrs,
-                sparse: None,
-            },
-            content,
-        ));
+        want.push((e, content));
     }
     tar.extend_from_slice(&[0u8; 1024]);
     let mut got = Vec::new();

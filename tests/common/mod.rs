@@ -215,6 +215,21 @@ pub type LinkGroups<K> = HashMap<K, Vec<Vec<u8>>>;
 /// Path (`/a/b`) → entry.
 pub type Tree = BTreeMap<Vec<u8>, Entry>;
 
+/// The hard link groups of a walk (two names or more), sorted, for comparing
+/// two trees whatever their inode numbers.
+pub fn link_groups<K>(m: LinkGroups<K>) -> Vec<Vec<Vec<u8>>> {
+    let mut v: Vec<_> = m
+        .into_values()
+        .filter(|g| g.len() > 1)
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Walks a directory tree (an unpacked rootfs or a mount): path → entry, and
 /// (dev, ino) → names for hard link groups.
 pub fn walk_rootfs(root: &Path) -> (Tree, LinkGroups<(u64, u64)>) {
@@ -384,6 +399,16 @@ impl Drop for Dirs {
             let _ = self.umount(cid);
         }
     }
+}
+
+/// `clipctl index --layout DIR:latest --out OUT (extra…)`; returns OUT.
+pub fn index_layout(layout: &Path, out: &Path, extra: &[&str]) -> PathBuf {
+    let spec = format!("{}:latest", layout.display());
+    let mut args = vec!["index", "--layout", &spec, "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out.to_path_buf()
 }
 
 /// `clipctl index --image reference` into `dir/image.clip`; returns its path.
