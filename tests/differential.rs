@@ -106,12 +106,7 @@ fn differential(name: &str) {
 
     let (got, groups, inos) = walk_index(&idx);
     let (want, want_groups) = walk_rootfs(&rootfs);
-    let got_paths: Vec<_> = got.keys().collect();
-    let want_paths: Vec<_> = want.keys().collect();
-    assert_eq!(got_paths, want_paths, "{name}: path sets differ");
-    for (path, w) in &want {
-        assert_eq!(&got[path], w, "{name}: {}", String::from_utf8_lossy(path));
-    }
+    common::assert_same_tree(&got, &want, name);
     // Hard link groups: same partition of names.
     assert_eq!(
         common::link_groups(groups),

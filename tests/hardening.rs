@@ -187,14 +187,7 @@ fn privileged_sparse_image_matches_gnu_tar_extraction() {
     // where lseek and st_blocks come from; the overlay passes both through.
     let (got, got_links) = walk_rootfs(&rootfs);
     let (want, want_links) = walk_rootfs(&truth);
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>(),
-        "path sets differ"
-    );
-    for (path, w) in &want {
-        assert_eq!(&got[path], w, "{}", String::from_utf8_lossy(path));
-    }
+    common::assert_same_tree(&got, &want, "sparse image");
     assert_eq!(
         common::link_groups(got_links),
         common::link_groups(want_links),

@@ -189,14 +189,7 @@ fn mount_matches_umoci(name: &str) {
     let rootfs = d.mount(name, &["--clip", clip.to_str().unwrap()]).unwrap();
     let (got, got_links) = walk_rootfs(&rootfs);
     let (want, want_links) = walk_rootfs(&truth);
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>(),
-        "{name}: path sets differ"
-    );
-    for (path, w) in &want {
-        assert_eq!(&got[path], w, "{name}: {}", String::from_utf8_lossy(path));
-    }
+    common::assert_same_tree(&got, &want, name);
     assert_eq!(
         common::link_groups(got_links),
         common::link_groups(want_links),

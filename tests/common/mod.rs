@@ -215,6 +215,19 @@ pub type LinkGroups<K> = HashMap<K, Vec<Vec<u8>>>;
 /// Path (`/a/b`) → entry.
 pub type Tree = BTreeMap<Vec<u8>, Entry>;
 
+/// Asserts two walks hold the same paths with the same entries (`what`
+/// names the image in messages).
+pub fn assert_same_tree(got: &Tree, want: &Tree, what: &str) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}: path sets differ"
+    );
+    for (path, w) in want {
+        assert_eq!(&got[path], w, "{what}: {}", String::from_utf8_lossy(path));
+    }
+}
+
 /// The hard link groups of a walk (two names or more), sorted, for comparing
 /// two trees whatever their inode numbers.
 pub fn link_groups<K>(m: LinkGroups<K>) -> Vec<Vec<Vec<u8>>> {
