@@ -31,6 +31,7 @@ mod sync;
 pub mod tar;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
+pub mod zstd_limits;
 
 pub use digest::Digest;
 pub use source::BlobSource;

@@ -240,29 +240,10 @@ fn mount_matches_umoci(name: &str, transport: &'static str) {
     assert_eq!(d.transport_of(name).as_deref(), Some(transport));
     let (got, got_links) = walk_rootfs(&rootfs);
     let (want, want_links) = walk_rootfs(&truth);
+    common::assert_same_tree(&got, &want, name);
     assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>(),
-        "{name}: path sets differ"
-    );
-    for (path, w) in &want {
-        assert_eq!(&got[path], w, "{name}: {}", String::from_utf8_lossy(path));
-    }
-    let groups = |m: std::collections::HashMap<(u64, u64), Vec<Vec<u8>>>| {
-        let mut v: Vec<_> = m
-            .into_values()
-            .filter(|g| g.len() > 1)
-            .map(|mut g| {
-                g.sort();
-                g
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(
-        groups(got_links),
-        groups(want_links),
+        common::link_groups(got_links),
+        common::link_groups(want_links),
         "{name}: hard link groups differ"
     );
     use std::os::unix::ffi::OsStrExt;

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
-use super::decoder::Decoder;
+use super::decoder::{DecodeError, Decoder};
 use super::disk::DiskCache;
 use super::memory::{key, MemoryCache};
 use super::plan::LayerPlan;
@@ -912,12 +912,20 @@ impl ContentCache {
             })
     }
 
-    fn decode_err(&self, plan: &LayerPlan, s: usize, message: String) -> CacheError {
-        CacheError::Decode {
-            layer: plan.number,
-            digest: plan.digest,
-            span: s as u32,
-            message,
+    fn decode_err(&self, plan: &LayerPlan, s: usize, e: impl Into<DecodeError>) -> CacheError {
+        let (layer, digest, span) = (plan.number, plan.digest, s as u32);
+        match e.into() {
+            DecodeError::ZstdWindowTooLarge => CacheError::ZstdWindowTooLarge {
+                layer,
+                digest,
+                span,
+            },
+            DecodeError::Failed(message) => CacheError::Decode {
+                layer,
+                digest,
+                span,
+                message,
+            },
         }
     }
 }

@@ -64,6 +64,20 @@ pub enum CacheError {
         /// What went wrong.
         message: String,
     },
+    /// A zstd frame asks for a window over
+    /// [`crate::zstd_limits::WINDOW_LOG_MAX`]: refused, not allocated.
+    #[error(
+        "layer {layer} ({digest}) span {span}: a zstd frame needs a window over {} MiB (the limit)",
+        (1u64 << crate::zstd_limits::WINDOW_LOG_MAX) >> 20
+    )]
+    ZstdWindowTooLarge {
+        /// Layer number.
+        layer: u32,
+        /// Layer blob digest.
+        digest: crate::Digest,
+        /// Span (checkpoint number) being decoded.
+        span: u32,
+    },
     /// The image has no such layer.
     #[error("no layer {layer} in the image")]
     NoSuchLayer {

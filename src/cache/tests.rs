@@ -592,6 +592,33 @@ fn truncated_blob_is_a_decode_error() {
     }
 }
 
+#[test]
+fn zstd_frame_with_a_window_over_the_limit_is_refused_by_name() {
+    use std::io::Write;
+    let data = sample_tar(4, 64 << 10);
+    let (mut layer, _) = zstd_layer(&data, 0, 16 << 10, true);
+    // The same bytes in a frame asking for a 256 MiB window.
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(28))
+        .unwrap();
+    enc.write_all(&data).unwrap();
+    let blob = enc.finish().unwrap();
+    layer.digest = Digest::of(&blob);
+    layer.compressed_size = blob.len() as u64;
+    layer
+        .chunks
+        .iter_mut()
+        .for_each(|c| c.in_end = blob.len() as u64);
+    let (index, src) = image(vec![(layer, blob)]);
+    let c = cache(&index, &src, cfg(64 << 20));
+    let err = c.read(0, 0, &mut [0u8; 100]).unwrap_err();
+    assert!(
+        matches!(err, CacheError::ZstdWindowTooLarge { layer: 0, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("128 MiB"), "{err}");
+}
+
 /// Reads the whole layer front to back in `step`-byte reads and checks the
 /// compressed bytes fetched stay close to the blob size (no re-fetching from
 /// checkpoints) and the decoder is continued rather than restarted.

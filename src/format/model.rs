@@ -147,6 +147,18 @@ pub struct DataRef {
     pub offset: u64,
 }
 
+/// One data run of a sparse file: `len` bytes at `file_offset` of the file
+/// are at `layer_offset` of its data layer's uncompressed stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SparseSegment {
+    /// Offset of the run in the file.
+    pub file_offset: u64,
+    /// Length of the run (> 0).
+    pub len: u64,
+    /// Offset of the run's first byte in the layer's uncompressed stream.
+    pub layer_offset: u64,
+}
+
 /// One inode of the merged tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
@@ -172,8 +184,13 @@ pub struct Node {
     pub link_target: Vec<u8>,
     /// Extended attributes, sorted by name.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// File contents (regular files with size > 0).
+    /// File contents (regular files with size > 0; for a sparse file, its
+    /// first data run, `None` if it is all hole).
     pub data: Option<DataRef>,
+    /// A sparse file's data runs in `data.layer`, sorted and disjoint; the
+    /// rest of the file reads as zeros. `None` for a plain file (`size`
+    /// contiguous bytes at `data`).
+    pub sparse: Option<Vec<SparseSegment>>,
     /// Directory entries: name → node index (directories only).
     pub children: BTreeMap<Vec<u8>, u32>,
 }
@@ -194,6 +211,7 @@ impl Node {
             link_target: Vec::new(),
             xattrs: Vec::new(),
             data: None,
+            sparse: None,
             children: BTreeMap::new(),
         }
     }

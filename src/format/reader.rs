@@ -1,15 +1,17 @@
 //! Checked, zero-copy views over the bytes of a `.clip` index file.
 //!
-//! `Index::open` verifies the header, the section table and every section's
-//! CRC once; afterwards every accessor still takes offsets with `.get()` and
-//! returns `FormatError::Corrupt` instead of panicking, so a hostile file can
-//! at worst produce errors.
+//! `Index::open` reads the file into memory (a private copy: the file may be
+//! rewritten or truncated in place while a daemon serves it, which would
+//! make a mapping fault) and verifies the header, the section table and
+//! every section's CRC once; afterwards every accessor still takes offsets
+//! with `.get()` and returns `FormatError::Corrupt` instead of panicking, so
+//! a hostile file can at worst produce errors.
 
 use std::fs::File;
+use std::io::Read;
 use std::ops::Range;
 use std::path::Path;
 
-use memmap2::Mmap;
 use zerocopy::FromBytes;
 
 use super::raw::{
@@ -25,23 +27,10 @@ use zerocopy::little_endian::U32;
 const MAX_FILE_SIZE: u64 = 4 << 30;
 /// Largest decompressed section: same reasoning.
 const MAX_SECTION_SIZE: u64 = 2 << 30;
+/// Most bytes decompressed from all sections of one file together.
+const MAX_DECOMPRESSED_TOTAL: u64 = 4 << 30;
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
-
-#[derive(Debug)]
-enum Storage {
-    Mapped(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Storage {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Storage::Mapped(m) => m,
-            Storage::Owned(v) => v,
-        }
-    }
-}
 
 /// Where a section's raw bytes are.
 #[derive(Debug, Default)]
@@ -55,7 +44,8 @@ enum Section {
 /// An opened, verified index file.
 #[derive(Debug)]
 pub struct Index {
-    storage: Storage,
+    /// The whole file.
+    bytes: Vec<u8>,
     sections: [Section; kind::END as usize],
     meta: ImageMeta,
     /// The PROFILE section, parsed at open.
@@ -67,7 +57,10 @@ fn corrupt(what: &'static str) -> FormatError {
     FormatError::Corrupt(what)
 }
 
-fn records<'a, T: FromBytes + zerocopy::Immutable + zerocopy::KnownLayout + zerocopy::Unaligned>(
+pub(super) fn records<
+    'a,
+    T: FromBytes + zerocopy::Immutable + zerocopy::KnownLayout + zerocopy::Unaligned,
+>(
     bytes: &'a [u8],
     what: &'static str,
 ) -> Result<&'a [T], FormatError> {
@@ -75,7 +68,8 @@ fn records<'a, T: FromBytes + zerocopy::Immutable + zerocopy::KnownLayout + zero
 }
 
 impl Index {
-    /// Opens and verifies the index file at `path` (memory-mapped).
+    /// Reads the index file at `path` into memory and verifies it. Once
+    /// open, the index no longer depends on the file.
     pub fn open(path: &Path) -> Result<Self, FormatError> {
         let io_err = |source| FormatError::Io {
             path: path.to_path_buf(),
@@ -86,8 +80,12 @@ impl Index {
         if len > MAX_FILE_SIZE {
             return Err(FormatError::TooLarge("index file"));
         }
-        let map = super::mmap::map(&file).map_err(io_err)?;
-        Self::parse(Storage::Mapped(map))
+        // The file may grow while it is read: never read past the limit.
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.take(MAX_FILE_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        Self::from_bytes(bytes)
     }
 
     /// Verifies and wraps index bytes held in memory.
@@ -95,11 +93,11 @@ impl Index {
         if bytes.len() as u64 > MAX_FILE_SIZE {
             return Err(FormatError::TooLarge("index file"));
         }
-        Self::parse(Storage::Owned(bytes))
+        Self::parse(bytes)
     }
 
-    fn parse(storage: Storage) -> Result<Self, FormatError> {
-        let data = storage.bytes();
+    fn parse(bytes: Vec<u8>) -> Result<Self, FormatError> {
+        let data = &bytes[..];
         let head = data
             .get(..raw::HEADER_SIZE)
             .ok_or(FormatError::NotAnIndex)?;
@@ -143,7 +141,13 @@ impl Index {
             return Err(FormatError::Checksum("section table"));
         }
         let table: &[SectionEntry] = records(table_bytes, "section table")?;
+        let mut kinds: Vec<u32> = table.iter().map(|e| e.kind.get()).collect();
+        kinds.sort_unstable();
+        if let Some(w) = kinds.windows(2).find(|w| w[0] == w[1]) {
+            return Err(FormatError::DuplicateSection(w[0]));
+        }
         let mut sections: [Section; kind::END as usize] = Default::default();
+        let mut decompressed_total = 0u64;
         for entry in table {
             let k = entry.kind.get() as usize;
             let start =
@@ -163,9 +167,13 @@ impl Index {
             let flags = entry.flags.get();
             sections[k] = if flags & raw::SECTION_ZSTD != 0 {
                 let raw_len = entry.raw_len.get();
-                if raw_len > MAX_SECTION_SIZE {
+                super::bomb::check_declared_size(section_name(k as u32), bytes, raw_len)?;
+                decompressed_total = decompressed_total.saturating_add(raw_len);
+                if raw_len > MAX_SECTION_SIZE || decompressed_total > MAX_DECOMPRESSED_TOTAL {
                     return Err(FormatError::TooLarge("section"));
                 }
+                // The output buffer is exactly the checked, declared size:
+                // decompression cannot write (or allocate) more.
                 let out = zstd::bulk::decompress(bytes, raw_len as usize)
                     .map_err(|_| corrupt("compressed section does not decompress"))?;
                 if out.len() as u64 != raw_len {
@@ -178,12 +186,11 @@ impl Index {
         }
         let mut index = Index {
             file_size: data.len() as u64,
-            storage: Storage::Owned(Vec::new()),
+            bytes,
             sections,
             meta: ImageMeta::default(),
             profile: None,
         };
-        index.storage = storage;
         let meta_bytes = index.section(kind::META);
         index.meta = serde_json::from_slice(meta_bytes)
             .map_err(|_| corrupt("metadata is not valid JSON"))?;
@@ -192,7 +199,7 @@ impl Index {
             index.profile = AccessProfile::from_section(profile)
                 .map_err(|_| corrupt("PROFILE section is not a valid access profile"))?;
         }
-        index.validate()?;
+        index.validate(header.incompat.get())?;
         Ok(index)
     }
 
@@ -200,7 +207,7 @@ impl Index {
     /// One pass over every record: all cross references (dirent → inode,
     /// inode → dirents/xattrs/strings/layer, layer → checkpoints/chunks) are
     /// in bounds, so a file that opens never names something absent.
-    fn validate(&self) -> Result<(), FormatError> {
+    fn validate(&self, incompat: u32) -> Result<(), FormatError> {
         let layers = records::<LayerRec>(self.section(kind::LAYERS), "layer records")?;
         let cps = records::<CheckpointRec>(self.section(kind::CHECKPOINTS), "checkpoint records")?;
         let chunks = records::<ChunkRec>(self.section(kind::CHUNKS), "chunk records")?;
@@ -274,7 +281,7 @@ impl Index {
         {
             return Err(corrupt("file hint names no inode"));
         }
-        Ok(())
+        self.validate_sparse(incompat, inodes, layers)
     }
 
     /// The read hints of file `ino`, if the index has any for it (binary
@@ -305,9 +312,9 @@ impl Index {
         self.section(kind::FILE_HINTS).len() / size_of::<FileHintRec>()
     }
 
-    fn section(&self, k: u32) -> &[u8] {
+    pub(super) fn section(&self, k: u32) -> &[u8] {
         match self.sections.get(k as usize) {
-            Some(Section::InFile(r)) => self.storage.bytes().get(r.clone()).unwrap_or(&[]),
+            Some(Section::InFile(r)) => self.bytes.get(r.clone()).unwrap_or(&[]),
             Some(Section::Decompressed(v)) => v,
             _ => &[],
         }
@@ -466,6 +473,8 @@ fn section_name(k: u32) -> &'static str {
         kind::FILE_HINTS => "FILE_HINTS section",
         kind::HINT_DEPS => "HINT_DEPS section",
         kind::HINT_RANGES => "HINT_RANGES section",
+        kind::SPARSE_FILES => "SPARSE_FILES section",
+        kind::SPARSE_SEGMENTS => "SPARSE_SEGMENTS section",
         _ => "unknown section",
     }
 }
@@ -536,8 +545,8 @@ pub type Xattr<'a> = (&'a [u8], &'a [u8]);
 /// A checked view of one inode.
 #[derive(Debug, Clone, Copy)]
 pub struct InodeView<'a> {
-    index: &'a Index,
-    ino: u64,
+    pub(super) index: &'a Index,
+    pub(super) ino: u64,
     rec: &'a InodeRec,
 }
 

@@ -6,7 +6,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::raw::{kind, Header, SectionEntry, HEADER_SIZE};
 
-fn sample() -> IndexData {
+pub(super) fn sample() -> IndexData {
     let mut tree = Tree::default();
     let mut file = Node::new(NodeKind::File);
     file.size = 5;
@@ -178,7 +178,11 @@ fn newer_major_is_refused_by_name() {
 
 /// Applies `patch` to the entry and stored bytes of every section of kind
 /// `k` in an uncompressed index, then fixes every checksum.
-fn patch_section(bytes: &mut [u8], k: u32, mut patch: impl FnMut(&mut SectionEntry, &mut [u8])) {
+pub(super) fn patch_section(
+    bytes: &mut [u8],
+    k: u32,
+    mut patch: impl FnMut(&mut SectionEntry, &mut [u8]),
+) {
     let header = Header::read_from_bytes(&bytes[..HEADER_SIZE]).unwrap();
     let table_at = header.section_table.get() as usize;
     let n = header.section_count.get() as usize;

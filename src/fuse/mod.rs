@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::{CacheError, ContentReader};
-use crate::format::{FormatError, Index, NodeKind, ROOT_INO};
+use crate::format::{FormatError, Index, NodeKind, Piece, Pieces, ROOT_INO};
 use crate::metrics::{Counter, ErrorKind, Metrics};
 
 pub use attr::{dirent_type, stat_of};
@@ -91,6 +91,9 @@ pub enum FsError {
     /// A read without an offset: layer contents are read only positionally.
     #[error("layer contents are read only at an offset")]
     NotPositional,
+    /// `SEEK_DATA`/`SEEK_HOLE` found nothing at or after the offset.
+    #[error("no data or hole at or after offset {0}")]
+    NoSuchOffset(u64),
     /// The index is corrupt or inconsistent.
     #[error("index: {0}")]
     Index(#[from] FormatError),
@@ -135,6 +138,7 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::OpenNotNeeded => libc::ENOSYS,
             FsError::NotPositional => libc::ESPIPE,
+            FsError::NoSuchOffset(_) => libc::ENXIO,
             FsError::Index(FormatError::NoSuchInode(_)) => libc::ENOENT,
             FsError::Index(FormatError::NotADirectory(_)) => libc::ENOTDIR,
             FsError::Index(_) => libc::EIO,
@@ -284,9 +288,26 @@ impl ClipFs {
         Ok(())
     }
 
+    /// `lseek` with `SEEK_DATA` or `SEEK_HOLE` (the kernel answers the other
+    /// whences itself): the next data or hole offset of regular file `ino`.
+    fn seek(&self, ino: u64, offset: u64, whence: u32) -> Result<u64, FsError> {
+        let node = self.index.inode(ino)?;
+        match node.kind() {
+            Some(NodeKind::File) => {}
+            Some(NodeKind::Dir) => return Err(FsError::IsADirectory(ino)),
+            _ => return Err(FsError::Invalid),
+        }
+        let found = match whence as i32 {
+            libc::SEEK_DATA => node.seek_data(offset)?,
+            libc::SEEK_HOLE => node.seek_hole(offset)?,
+            _ => return Err(FsError::Invalid),
+        };
+        found.ok_or(FsError::NoSuchOffset(offset))
+    }
+
     /// Where READ `(ino, offset, size)` finds its bytes; `None` for an
     /// empty read (at or past the end, or `size` 0). No side effects.
-    fn locate(&self, ino: u64, offset: u64, size: u32) -> Result<Option<Located>, FsError> {
+    fn locate(&self, ino: u64, offset: u64, size: u32) -> Result<Option<Located<'_>>, FsError> {
         let node = self.index.inode(ino)?;
         match node.kind() {
             Some(NodeKind::File) => {}
@@ -297,16 +318,15 @@ impl ClipFs {
         if offset >= file_size || size == 0 {
             return Ok(None);
         }
-        let Some((layer, data_offset)) = node.data() else {
-            return Err(FsError::Index(FormatError::Corrupt(
-                "regular file with bytes but no data reference",
-            )));
-        };
+        let len = (file_size - offset).min(size as u64) as usize;
+        // A sparse file that is all hole has no data layer: every piece is a hole.
+        let layer = node.data().map_or(0, |(layer, _)| layer);
         Ok(Some(Located {
             ino,
             layer,
-            start: data_offset + offset,
-            len: (file_size - offset).min(size as u64) as usize,
+            offset,
+            len,
+            pieces: node.pieces(offset, len as u64)?,
         }))
     }
 
@@ -314,7 +334,12 @@ impl ClipFs {
     /// ([`ContentReader::would_block`]); a read that fails fast does not.
     pub(crate) fn read_would_block(&self, ino: u64, offset: u64, size: u32) -> bool {
         match self.locate(ino, offset, size) {
-            Ok(Some(l)) => self.content.would_block(l.layer, l.start, l.len as u64),
+            Ok(Some(l)) => l.pieces.clone().any(|p| match p {
+                Piece::Data { layer_offset, len } => {
+                    self.content.would_block(l.layer, layer_offset, len)
+                }
+                Piece::Hole { .. } => false,
+            }),
             _ => false,
         }
     }
@@ -331,9 +356,26 @@ impl ClipFs {
         let Some(l) = self.locate(ino, offset, size)? else {
             return Ok(0);
         };
-        self.warm_on_read(l.ino);
-        tracing::trace!(ino, layer = l.layer, start = l.start, len = l.len, "READ");
-        let res = zerocopy::copy_direct(&*self.content, ino, l.layer, l.start, l.len, w);
+        self.warm_on_read(ino);
+        tracing::trace!(ino, layer = l.layer, offset, len = l.len, "READ");
+        let mut res = Ok(());
+        for piece in l.pieces.clone() {
+            res = match piece {
+                Piece::Data { layer_offset, len } => zerocopy::copy_direct(
+                    &*self.content,
+                    ino,
+                    l.layer,
+                    layer_offset,
+                    len as usize,
+                    w,
+                ),
+                // Holes never touch the cache or the network.
+                Piece::Hole { len } => zerocopy::write_zeros(w, len as usize),
+            };
+            if res.is_err() {
+                break;
+            }
+        }
         self.count_read(&l, res)
     }
 
@@ -343,31 +385,46 @@ impl ClipFs {
         let Some(l) = self.locate(ino, offset, size)? else {
             return Ok(Vec::new());
         };
-        self.warm_on_read(l.ino);
-        tracing::trace!(ino, layer = l.layer, start = l.start, len = l.len, "READ");
+        self.warm_on_read(ino);
+        tracing::trace!(ino, layer = l.layer, offset, len = l.len, "READ");
         let mut buf = vec![0u8; l.len];
-        let res = self.fill_from_layer(&l, &mut buf);
+        let mut at = 0;
+        let mut res = Ok(());
+        for piece in l.pieces.clone() {
+            match piece {
+                Piece::Data { layer_offset, len } => {
+                    let end = at + len as usize;
+                    res = self.fill_from_layer(ino, l.layer, layer_offset, &mut buf[at..end]);
+                    at = end;
+                }
+                // Already zero.
+                Piece::Hole { len } => at += len as usize,
+            }
+            if res.is_err() {
+                break;
+            }
+        }
         self.count_read(&l, res).map(|_| buf)
     }
 
-    /// Fills `buf` from the layer bytes `l` points at.
-    fn fill_from_layer(&self, l: &Located, buf: &mut [u8]) -> Result<(), FsError> {
+    /// Fills `buf` from `layer`'s uncompressed bytes at `start`.
+    fn fill_from_layer(
+        &self,
+        ino: u64,
+        layer: u32,
+        start: u64,
+        buf: &mut [u8],
+    ) -> Result<(), FsError> {
         let mut done = 0;
         while done < buf.len() {
-            let offset = l.start + done as u64;
-            match self.content.read(l.layer, offset, &mut buf[done..]) {
-                Ok(0) => {
-                    return Err(FsError::ShortLayer {
-                        ino: l.ino,
-                        layer: l.layer,
-                        offset,
-                    })
-                }
+            let offset = start + done as u64;
+            match self.content.read(layer, offset, &mut buf[done..]) {
+                Ok(0) => return Err(FsError::ShortLayer { ino, layer, offset }),
                 Ok(n) => done += n,
                 Err(source) => {
                     return Err(FsError::Content {
-                        ino: l.ino,
-                        layer: l.layer,
+                        ino,
+                        layer,
                         offset,
                         source,
                     })
@@ -378,7 +435,7 @@ impl ClipFs {
     }
 
     /// Counts a READ's outcome; logs a failure (answered with EIO).
-    fn count_read(&self, l: &Located, res: Result<(), FsError>) -> Result<usize, FsError> {
+    fn count_read(&self, l: &Located<'_>, res: Result<(), FsError>) -> Result<usize, FsError> {
         match res {
             Ok(()) => {
                 self.metrics.count(Counter::FuseReads, 1);
@@ -390,21 +447,22 @@ impl ClipFs {
                 if e.errno() == libc::EIO {
                     self.metrics.count_error(ErrorKind::FuseEio);
                 }
-                tracing::error!(ino = l.ino, layer = l.layer, offset = l.start, len = l.len, error = %e, "read failed; returning EIO");
+                tracing::error!(ino = l.ino, layer = l.layer, offset = l.offset, len = l.len, error = %e, "read failed; returning EIO");
                 Err(e)
             }
         }
     }
 }
 
-/// The layer bytes behind one READ.
-#[derive(Debug, Clone, Copy)]
-struct Located {
+/// The file bytes behind one READ: `len` bytes from `offset`, as data
+/// runs of `layer` and holes.
+#[derive(Debug, Clone)]
+struct Located<'a> {
     ino: u64,
     layer: u32,
-    /// The bytes to serve: `[start, start+len)` of the layer.
-    start: u64,
+    offset: u64,
     len: usize,
+    pieces: Pieces<'a>,
 }
 
 #[cfg(test)]

@@ -155,6 +155,17 @@ impl FileSystem for ClipFs {
         Ok(self.read_file(inode, offset, size, w)?)
     }
 
+    fn lseek(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> Res<u64> {
+        Ok(self.seek(inode, offset, whence)?)
+    }
+
     fn opendir(&self, _ctx: &Context, inode: u64, _flags: u32) -> Res<(Option<u64>, OpenOptions)> {
         let node = self.index.inode(inode).map_err(FsError::from)?;
         if node.kind() != Some(NodeKind::Dir) {

@@ -136,6 +136,7 @@ fn errno_table() {
         (FsError::NoXattrs, libc::ENOSYS),
         (FsError::Range(9), libc::ERANGE),
         (FsError::ReadOnly, libc::EROFS),
+        (FsError::NoSuchOffset(7), libc::ENXIO),
         (FsError::Index(FormatError::NoSuchInode(99)), libc::ENOENT),
         (FsError::Index(FormatError::NotADirectory(2)), libc::ENOTDIR),
         (FsError::Index(FormatError::Corrupt("x")), libc::EIO),
@@ -452,4 +453,135 @@ fn xattrs_without_any_in_the_image_are_unsupported_for_the_mount() {
         let err = fs.listxattr(&ctx, ino, 64).err().unwrap();
         assert_eq!(err.raw_os_error(), Some(libc::ENOSYS));
     }
+}
+
+/// Serves a layer's bytes from memory and records every range asked for.
+#[derive(Debug, Default)]
+struct Recorded {
+    layer: Vec<u8>,
+    asked: std::sync::Mutex<Vec<(u64, usize)>>,
+}
+
+impl ContentReader for Recorded {
+    fn read(&self, _: u32, offset: u64, buf: &mut [u8]) -> Result<usize, CacheError> {
+        self.asked.lock().unwrap().push((offset, buf.len()));
+        let start = (offset as usize).min(self.layer.len());
+        let n = buf.len().min(self.layer.len() - start);
+        buf[..n].copy_from_slice(&self.layer[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// `tiny` plus /sparse (100 KiB: runs at 4096 and 60000) and /allhole.
+fn sparse_fs() -> (ClipFs, Arc<Recorded>) {
+    use crate::format::SparseSegment;
+    let mut data = tiny_data();
+    let mut s = Node::new(NodeKind::File);
+    s.size = 100 << 10;
+    s.data = Some(DataRef {
+        layer: 0,
+        offset: 20_000,
+    });
+    s.sparse = Some(vec![
+        SparseSegment {
+            file_offset: 4096,
+            len: 100,
+            layer_offset: 20_000,
+        },
+        SparseSegment {
+            file_offset: 60_000,
+            len: 5000,
+            layer_offset: 20_100,
+        },
+    ]);
+    let mut h = Node::new(NodeKind::File);
+    h.size = 1 << 30;
+    h.sparse = Some(Vec::new());
+    let n = data.tree.nodes.len() as u32;
+    data.tree.nodes.push(s); // ino n + 1
+    data.tree.nodes.push(h); // ino n + 2
+    data.tree.nodes[0].children.insert(b"sparse".to_vec(), n);
+    data.tree.nodes[0]
+        .children
+        .insert(b"allhole".to_vec(), n + 1);
+    let idx = Index::from_bytes(write_index(&data, WriteOptions::default()).unwrap()).unwrap();
+    let content = Arc::new(Recorded {
+        layer: (0..(1u32 << 20)).map(|i| (i % 251) as u8 + 1).collect(),
+        asked: Default::default(),
+    });
+    let fs = ClipFs::new(Arc::new(idx), content.clone(), FsConfig::default()).unwrap();
+    (fs, content)
+}
+
+#[test]
+fn sparse_reads_serve_holes_as_zeros_without_fetching() {
+    let (fs, content) = sparse_fs();
+    let ino = fs.index().resolve(b"sparse").unwrap().unwrap();
+    let layer = content.layer.clone();
+    let mut want = vec![0u8; 100 << 10];
+    want[4096..4196].copy_from_slice(&layer[20_000..20_100]);
+    want[60_000..65_000].copy_from_slice(&layer[20_100..25_100]);
+    for (off, size) in [
+        (0u64, 200_000u32),
+        (4000, 200),
+        (4100, 10),
+        (5000, 50_000),
+        (64_990, 100),
+    ] {
+        let mut w = super::zerocopy::VecWriter::default();
+        let n = fs.read_file(ino, off, size, &mut w).unwrap();
+        let end = (off as usize + size as usize).min(want.len());
+        assert_eq!(n, end - off as usize);
+        assert!(w.0 == want[off as usize..end], "read at {off}+{size}");
+    }
+    // A range that is all hole asks the content reader for nothing (not
+    // even a prefetch: that goes through `prefetch`, a no-op here).
+    content.asked.lock().unwrap().clear();
+    let mut w = super::zerocopy::VecWriter::default();
+    assert_eq!(fs.read_file(ino, 10_000, 40_000, &mut w).unwrap(), 40_000);
+    assert!(w.0.iter().all(|&b| b == 0));
+    assert!(content.asked.lock().unwrap().is_empty());
+    // Data reads ask for exactly the runs' layer ranges.
+    fs.read_file(ino, 4000, 200, &mut super::zerocopy::VecWriter::default())
+        .unwrap();
+    assert_eq!(*content.asked.lock().unwrap(), [(20_000, 100)]);
+
+    let hole = fs.index().resolve(b"allhole").unwrap().unwrap();
+    let mut w = super::zerocopy::VecWriter::default();
+    assert_eq!(
+        fs.read_file(hole, 5 << 20, 1 << 20, &mut w).unwrap(),
+        1 << 20
+    );
+    assert!(w.0.iter().all(|&b| b == 0));
+    assert_eq!(content.asked.lock().unwrap().len(), 1);
+
+    // stat: the logical size, blocks of data only.
+    let st = stat_of(&fs.index().inode(ino).unwrap());
+    assert_eq!((st.st_size, st.st_blocks), (100 << 10, 10));
+    let st = stat_of(&fs.index().inode(hole).unwrap());
+    assert_eq!((st.st_size, st.st_blocks), (1 << 30, 0));
+}
+
+#[test]
+fn lseek_finds_data_and_holes() {
+    use fuse_backend_rs::api::filesystem::{Context, FileSystem};
+    let (fs, _) = sparse_fs();
+    let ctx = Context::default();
+    let ino = fs.index().resolve(b"sparse").unwrap().unwrap();
+    let (data, hole) = (libc::SEEK_DATA as u32, libc::SEEK_HOLE as u32);
+    assert_eq!(fs.lseek(&ctx, ino, 0, 0, data).unwrap(), 4096);
+    assert_eq!(fs.lseek(&ctx, ino, 0, 4096, hole).unwrap(), 4196);
+    assert_eq!(fs.lseek(&ctx, ino, 0, 4196, data).unwrap(), 60_000);
+    assert_eq!(fs.lseek(&ctx, ino, 0, 61_000, hole).unwrap(), 65_000);
+    let nx = fs.lseek(&ctx, ino, 0, 65_000, data).unwrap_err();
+    assert_eq!(nx.raw_os_error(), Some(libc::ENXIO));
+    let nx = fs.lseek(&ctx, ino, 0, 100 << 10, hole).unwrap_err();
+    assert_eq!(nx.raw_os_error(), Some(libc::ENXIO));
+    // A plain file: data from anywhere inside, its end is the only hole.
+    assert_eq!(fs.lseek(&ctx, 2, 0, 7, data).unwrap(), 7);
+    assert_eq!(fs.lseek(&ctx, 2, 0, 7, hole).unwrap(), 10_000);
+    let e = fs.lseek(&ctx, 1, 0, 0, data).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EISDIR));
+    let e = fs.lseek(&ctx, 2, 0, 0, libc::SEEK_END as u32).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
 }

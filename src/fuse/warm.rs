@@ -164,7 +164,8 @@ impl Warmer {
         let Some((layer, offset)) = node.data() else {
             return;
         };
-        let size = node.size();
+        // A sparse file's runs are stored back to back from its first.
+        let size = node.allocated_size();
         let ranges: Vec<(u64, u64)> = if size <= self.cfg.whole_file_max {
             vec![(0, size)]
         } else {
@@ -218,8 +219,9 @@ impl Warmer {
             .filter_map(|e| {
                 let n = index.inode(e.ino).ok()?;
                 let (layer, offset) = n.data()?;
-                (layer == here.0 && n.size() <= self.cfg.small_file_max)
-                    .then(|| (offset.abs_diff(here.1), layer, offset, n.size(), e.ino))
+                let size = n.allocated_size();
+                (layer == here.0 && size <= self.cfg.small_file_max)
+                    .then(|| (offset.abs_diff(here.1), layer, offset, size, e.ino))
             })
             .collect();
         siblings.sort_unstable();

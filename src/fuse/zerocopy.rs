@@ -118,10 +118,59 @@ pub(super) fn copy_direct(
     Ok(())
 }
 
+/// Writes `len` zeros (a sparse file's hole) into the reply.
+pub(super) fn write_zeros(w: &mut dyn ZeroCopyWriter, mut len: usize) -> Result<(), FsError> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    while len > 0 {
+        let n = len.min(ZEROS.len());
+        w.write_all(&ZEROS[..n]).map_err(FsError::Reply)?;
+        len -= n;
+    }
+    Ok(())
+}
+
 /// An all-zero `statvfs64` (libc offers no safe constructor; it has private
 /// padding fields).
 pub(super) fn zeroed_statvfs() -> libc::statvfs64 {
     // SAFETY: `statvfs64` is a C struct of integers and integer arrays, for
     // which the all-zero bit pattern is a valid value.
     unsafe { std::mem::zeroed() }
+}
+
+/// A reply buffer for unit tests: what `read` wrote, in memory.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(super) struct VecWriter(pub Vec<u8>);
+
+#[cfg(test)]
+impl io::Write for VecWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl ZeroCopyWriter for VecWriter {
+    fn write_from(
+        &mut self,
+        f: &mut dyn FileReadWriteVolatile,
+        count: usize,
+        off: u64,
+    ) -> io::Result<usize> {
+        let mut buf = vec![0u8; count];
+        // SAFETY: `buf` is a live, writable allocation of `count` bytes that
+        // nothing else touches until the slice is dropped at the end of this
+        // call.
+        let slice = unsafe { FileVolatileSlice::from_raw_ptr(buf.as_mut_ptr(), count) };
+        let n = f.read_at_volatile(slice, off)?;
+        self.0.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn available_bytes(&self) -> usize {
+        usize::MAX
+    }
 }

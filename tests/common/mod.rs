@@ -110,6 +110,15 @@ pub fn gzip_layer(tar: &[u8]) -> TestLayer {
     }
 }
 
+/// An uncompressed tar layer.
+pub fn tar_layer(tar: &[u8]) -> TestLayer {
+    TestLayer {
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        blob: tar.to_vec(),
+        diff_id: format!("sha256:{}", sha256_hex(tar)),
+    }
+}
+
 /// Writes an OCI image layout with tag `latest` holding `layers` (bottom first).
 /// `manifest_override` replaces the manifest bytes (for malformed-input tests).
 pub fn write_layout(dir: &std::path::Path, layers: &[TestLayer], manifest_override: Option<&[u8]>) {
@@ -205,6 +214,34 @@ pub type LinkGroups<K> = HashMap<K, Vec<Vec<u8>>>;
 
 /// Path (`/a/b`) → entry.
 pub type Tree = BTreeMap<Vec<u8>, Entry>;
+
+/// Asserts two walks hold the same paths with the same entries (`what`
+/// names the image in messages).
+pub fn assert_same_tree(got: &Tree, want: &Tree, what: &str) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}: path sets differ"
+    );
+    for (path, w) in want {
+        assert_eq!(&got[path], w, "{what}: {}", String::from_utf8_lossy(path));
+    }
+}
+
+/// The hard link groups of a walk (two names or more), sorted, for comparing
+/// two trees whatever their inode numbers.
+pub fn link_groups<K>(m: LinkGroups<K>) -> Vec<Vec<Vec<u8>>> {
+    let mut v: Vec<_> = m
+        .into_values()
+        .filter(|g| g.len() > 1)
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect();
+    v.sort();
+    v
+}
 
 /// Walks a directory tree (an unpacked rootfs or a mount): path → entry, and
 /// (dev, ino) → names for hard link groups.
@@ -407,6 +444,16 @@ impl Drop for Dirs {
             let _ = self.umount(cid);
         }
     }
+}
+
+/// `clipctl index --layout DIR:latest --out OUT (extra…)`; returns OUT.
+pub fn index_layout(layout: &Path, out: &Path, extra: &[&str]) -> PathBuf {
+    let spec = format!("{}:latest", layout.display());
+    let mut args = vec!["index", "--layout", &spec, "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out.to_path_buf()
 }
 
 /// `clipctl index --image reference` into `dir/image.clip`; returns its path.
