@@ -19,6 +19,7 @@ pub use model::{
     Checkpoint, Chunk, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, NodeKind, Tree,
 };
 pub use profile::{AccessProfile, ProfileError, ProfileRange, MAX_RANGES, PROFILE_VERSION};
+pub use raw::{MAJOR as FORMAT_MAJOR, MINOR as FORMAT_MINOR};
 pub use reader::{DirEntry, DirIter, Index, InodeView, LayerView, Xattr, ROOT_INO};
 pub use writer::{write_index, write_index_file, WriteOptions};
 
