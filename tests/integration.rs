@@ -2,5 +2,6 @@
 mod cli;
 mod common;
 mod differential;
+mod fleet;
 mod metrics;
 mod mount;

@@ -148,6 +148,12 @@ pub enum NodeError {
         /// The error.
         source: OciError,
     },
+    /// `profile push` without `--from` on a node that has no profile.
+    #[error("this node has no startup profile of the image ({}); record one with `clipctl mount` or give --from FILE", path.display())]
+    NoProfile {
+        /// Where the node's profile would be.
+        path: PathBuf,
+    },
     /// What is to be published does not name the image it is for.
     #[error("the index or profile names no image manifest (or not the one it holds) to attach to")]
     NoSubject,

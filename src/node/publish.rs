@@ -113,7 +113,13 @@ pub fn push_profile(
     })?;
     let path = match from {
         Some(p) => p.to_path_buf(),
-        None => node_profile_path(node_dir, &image.manifest_digest)?,
+        None => {
+            let p = node_profile_path(node_dir, &image.manifest_digest)?;
+            if !p.exists() {
+                return Err(NodeError::NoProfile { path: p });
+            }
+            p
+        }
     };
     let mut profile = AccessProfile::load(&path)?;
     let layers: Vec<Digest> = image.layers.iter().map(|l| l.digest).collect();

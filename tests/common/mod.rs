@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the clipctl binary, the test
 //! registry and test bed set up by `scripts/test.sh`, skip rules.
 
+pub mod proxy;
+
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -329,6 +331,14 @@ impl Dirs {
     }
     /// `clipctl mount --cid` with this test's dirs; returns the rootfs.
     pub fn mount(&mut self, cid: &str, extra: &[&str]) -> Result<PathBuf, String> {
+        let o = self.mount_output(cid, extra);
+        if !o.status.success() {
+            return Err(stderr(&o));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    }
+    /// `clipctl mount --cid` with this test's dirs; its whole output.
+    pub fn mount_output(&mut self, cid: &str, extra: &[&str]) -> Output {
         let (r, n) = (self.run_dir(), self.node_dir());
         let mut args = vec![
             "mount",
@@ -341,11 +351,21 @@ impl Dirs {
         ];
         args.extend_from_slice(extra);
         let o = run(&args);
-        if !o.status.success() {
-            return Err(stderr(&o));
+        if o.status.success() {
+            self.cids.push(cid.to_string());
         }
-        self.cids.push(cid.to_string());
-        Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        o
+    }
+    /// `clipctl ps --json` of this test's run dir.
+    pub fn ps(&self) -> serde_json::Value {
+        let o = run(&[
+            "ps",
+            "--json",
+            "--run-dir",
+            self.run_dir().to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
     }
     /// `clipctl umount --cid` with this test's run dir.
     pub fn umount(&self, cid: &str) -> Output {
@@ -389,4 +409,34 @@ pub fn index_image(dir: &Path, reference: &str) -> PathBuf {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     out
+}
+
+/// Copies test image `name` of the registry into a repository of its own
+/// (same manifest digest, blobs mounted across repositories), so that what
+/// a test attaches to it is seen by that test alone. Returns its reference.
+pub fn private_copy(registry: &str, name: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let to = format!(
+        "{registry}/clip/{name}-{}-{nanos}-{n}:latest",
+        std::process::id()
+    );
+    let o = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("docker://{}", image_ref(registry, name)))
+        .arg(format!("docker://{to}"))
+        .output()
+        .expect("skopeo (scripts/install-deps.sh installs it)");
+    assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
+    to
 }
