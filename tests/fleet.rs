@@ -17,7 +17,20 @@ use clip::Digest;
 use crate::common::proxy::{Faults, Proxy};
 use crate::common::{self, run, stderr, Dirs};
 use crate::mount::{import_numpy, wait_for_replay};
-use crate::require;
+
+/// The test registry, when this test can run here (else it is skipped,
+/// saying why).
+fn test_bed() -> Option<String> {
+    if let Err(why) = common::privileged() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let reg = common::registry();
+    if reg.is_none() {
+        eprintln!("skipped: CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
+    }
+    reg
+}
 
 fn source(reference: &str) -> RegistrySource {
     let r: ImageRef = reference.parse().unwrap();
@@ -78,14 +91,9 @@ fn unmount_all(d: &mut Dirs) {
 
 #[test]
 fn privileged_a_published_index_is_pulled_and_checked() {
-    if let Err(why) = common::privileged() {
-        return eprintln!("skipped: {why}");
-    }
-    let reg = require!(
-        common::registry(),
-        "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
-    );
-    let image = common::private_copy(&reg, "tiny");
+    let Some(reg) = test_bed() else { return };
+    let copy = common::private_copy(&reg, "tiny");
+    let image = copy.reference.clone();
     let mut d = Dirs::new();
 
     // Nothing published yet: --index pull says so and mounts nothing.
@@ -213,14 +221,9 @@ fn privileged_a_published_index_is_pulled_and_checked() {
 
 #[test]
 fn privileged_two_nodes_share_a_startup_profile() {
-    if let Err(why) = common::privileged() {
-        return eprintln!("skipped: {why}");
-    }
-    let reg = require!(
-        common::registry(),
-        "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
-    );
-    let image = common::private_copy(&reg, "python");
+    let Some(reg) = test_bed() else { return };
+    let copy = common::private_copy(&reg, "python");
+    let image = copy.reference.clone();
     let tmp = common::tempdir();
     let o = index(&image, &tmp.path().join("python.clip"), &["--push"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -272,14 +275,9 @@ fn privileged_two_nodes_share_a_startup_profile() {
 
 #[test]
 fn privileged_a_node_without_push_access_logs_one_line_and_goes_on() {
-    if let Err(why) = common::privileged() {
-        return eprintln!("skipped: {why}");
-    }
-    let reg = require!(
-        common::registry(),
-        "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
-    );
-    let image = common::private_copy(&reg, "tiny");
+    let Some(reg) = test_bed() else { return };
+    let copy = common::private_copy(&reg, "tiny");
+    let image = copy.reference.clone();
     let proxy = Proxy::start(
         &reg,
         Faults {

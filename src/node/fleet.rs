@@ -15,14 +15,13 @@ use serde::{Deserialize, Serialize};
 
 use super::profile::{check_profile_fits, node_profile_path};
 use super::publish::{ARTIFACT_TYPE_INDEX, ARTIFACT_TYPE_PROFILE};
-use super::source::connect;
+use super::source::{connect, resolve_remote, RemoteImage};
 use super::NodeError;
 use crate::digest::Digest;
 use crate::format::{write_index_file, AccessProfile, ImageMeta, Index};
 use crate::index::{IndexOptions, Progress};
 use crate::oci::{
-    newest_first, ImageRef, Platform, Referrer, ReferrersVia, RegistryOptions, RegistrySource,
-    ResolvedImage,
+    newest_first, Platform, Referrer, ReferrersVia, RegistryOptions, RegistrySource, ResolvedImage,
 };
 
 /// Largest published profile downloaded (the profile file limit).
@@ -144,11 +143,6 @@ pub struct Prepared {
 /// index is the node's (`<node-dir>/indexes/<manifest-hex>.clip`), a
 /// published one or one built now, as `plan.index` says.
 pub fn prepare_mount(plan: &MountPlan<'_>) -> Result<Prepared, NodeError> {
-    let opts = RegistryOptions {
-        insecure_registries: plan.insecure.to_vec(),
-        platform: plan.platform.cloned(),
-        ..Default::default()
-    };
     if let Some(clip) = plan.clip {
         let mut provenance = Provenance {
             index: IndexOrigin::Given {
@@ -166,6 +160,10 @@ pub fn prepare_mount(plan: &MountPlan<'_>) -> Result<Prepared, NodeError> {
                     .map(|i| index.layer(i).map(|l| l.digest()))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(NodeError::IndexRecord)?;
+                let opts = RegistryOptions {
+                    insecure_registries: plan.insecure.to_vec(),
+                    ..Default::default()
+                };
                 let (_, source) = connect(reference, &opts)?;
                 let remote = Remote::new(&source, reference, manifest);
                 provenance.profile_pulled = remote.profile(plan.node_dir, &layers, None)?;
@@ -178,17 +176,11 @@ pub fn prepare_mount(plan: &MountPlan<'_>) -> Result<Prepared, NodeError> {
         });
     }
     let reference = plan.image.ok_or(NodeError::NoImage)?;
-    let (image_ref, source) = connect(reference, &opts)?;
-    let image = source.resolve().map_err(|source| NodeError::Resolve {
-        reference: reference.to_string(),
+    let RemoteImage {
         source,
-    })?;
-    let pinned = ImageRef {
-        tag: None,
-        digest: Some(image.manifest_digest),
-        ..image_ref
-    }
-    .to_string();
+        image,
+        pinned,
+    } = resolve_remote(reference, plan.insecure, plan.platform)?;
     let remote = Remote::new(&source, reference, image.manifest_digest);
     let dir = plan.node_dir.join("indexes");
     std::fs::create_dir_all(&dir).map_err(NodeError::io("creating", &dir))?;
@@ -245,16 +237,7 @@ pub fn published(
     insecure: &[String],
     platform: Option<&Platform>,
 ) -> Result<(Digest, Vec<Referrer>, ReferrersVia), NodeError> {
-    let opts = RegistryOptions {
-        insecure_registries: insecure.to_vec(),
-        platform: platform.cloned(),
-        ..Default::default()
-    };
-    let (_, source) = connect(reference, &opts)?;
-    let image = source.resolve().map_err(|source| NodeError::Resolve {
-        reference: reference.to_string(),
-        source,
-    })?;
+    let RemoteImage { source, image, .. } = resolve_remote(reference, insecure, platform)?;
     let (mut list, via) = source
         .referrers(&image.manifest_digest, None)
         .map_err(|source| NodeError::Pull {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::profile::{check_profile_fits, node_profile_path};
-use super::source::connect;
+use super::source::{connect, resolve_remote, RemoteImage};
 use super::NodeError;
 use crate::digest::Digest;
 use crate::format::{AccessProfile, Index, FORMAT_MAJOR, FORMAT_MINOR, PROFILE_VERSION};
@@ -102,15 +102,7 @@ pub fn push_profile(
     node_dir: &Path,
     from: Option<&Path>,
 ) -> Result<(Attached, PathBuf), NodeError> {
-    let opts = RegistryOptions {
-        platform: platform.cloned(),
-        ..options(insecure)
-    };
-    let (_, source) = connect(reference, &opts)?;
-    let image = source.resolve().map_err(|source| NodeError::Resolve {
-        reference: reference.to_string(),
-        source,
-    })?;
+    let RemoteImage { source, image, .. } = resolve_remote(reference, insecure, platform)?;
     let path = match from {
         Some(p) => p.to_path_buf(),
         None => {

@@ -99,6 +99,46 @@ pub(super) fn connect(
     Ok((image, source))
 }
 
+/// An image resolved in its registry, and the connection to it.
+pub(super) struct RemoteImage {
+    /// The registry connection (blobs, referrers, pushes).
+    pub source: RegistrySource,
+    /// Manifest, config, layers.
+    pub image: ResolvedImage,
+    /// `host/repo@sha256:…`.
+    pub pinned: String,
+}
+
+/// Connects to `reference`'s registry (plain HTTP where `insecure`
+/// allows) and resolves it for `platform` (the host's when `None`).
+pub(super) fn resolve_remote(
+    reference: &str,
+    insecure: &[String],
+    platform: Option<&Platform>,
+) -> Result<RemoteImage, NodeError> {
+    let opts = RegistryOptions {
+        insecure_registries: insecure.to_vec(),
+        platform: platform.cloned(),
+        ..Default::default()
+    };
+    let (r, source) = connect(reference, &opts)?;
+    let image = source.resolve().map_err(|source| NodeError::Resolve {
+        reference: reference.to_string(),
+        source,
+    })?;
+    let pinned = ImageRef {
+        tag: None,
+        digest: Some(image.manifest_digest),
+        ..r
+    }
+    .to_string();
+    Ok(RemoteImage {
+        source,
+        image,
+        pinned,
+    })
+}
+
 /// A resolved image, its blob source and where it came from.
 pub struct OpenedImage {
     /// Manifest, config, layers.
@@ -142,24 +182,14 @@ pub fn open_image(
         });
     }
     let reference = image.ok_or(NodeError::NoImage)?;
-    let opts = RegistryOptions {
-        insecure_registries: insecure.to_vec(),
-        platform: platform.cloned(),
-        ..Default::default()
-    };
-    let (r, source) = connect(reference, &opts)?;
-    let image = source.resolve().map_err(|source| NodeError::Resolve {
-        reference: reference.to_string(),
+    let RemoteImage {
         source,
-    })?;
-    let pinned = ImageRef {
-        tag: None,
-        digest: Some(image.manifest_digest),
-        ..r
-    };
+        image,
+        pinned,
+    } = resolve_remote(reference, insecure, platform)?;
     let meta = ImageMeta {
         reference: Some(reference.to_string()),
-        pinned_reference: Some(pinned.to_string()),
+        pinned_reference: Some(pinned),
         ..Default::default()
     };
     Ok(OpenedImage {

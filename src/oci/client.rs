@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 
 use super::auth::{self, Credentials};
+use super::headers::content_length;
 use super::{OciError, RegistryOptions};
 
 const USER_AGENT: &str = concat!("clip/", env!("CARGO_PKG_VERSION"));
@@ -765,75 +766,18 @@ impl Client {
     }
 }
 
-/// The `Content-Length` header, if present and numeric.
-pub(crate) fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// A parsed `Content-Range: bytes a-b/total` (`total` may be `*`), or
-/// `bytes */total` (first two `None`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ContentRange {
-    pub first: Option<u64>,
-    pub last: Option<u64>,
-    pub total: Option<u64>,
-}
-
-/// Parses a `Content-Range` header value.
-pub(crate) fn parse_content_range(v: &str) -> Option<ContentRange> {
-    let rest = v.trim().strip_prefix("bytes")?.trim_start();
-    let (range, total) = rest.split_once('/')?;
-    let total = match total.trim() {
-        "*" => None,
-        t => Some(t.parse().ok()?),
-    };
-    if range.trim() == "*" {
-        return Some(ContentRange {
-            first: None,
-            last: None,
-            total,
-        });
-    }
-    let (a, b) = range.trim().split_once('-')?;
-    let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
-    if b < a || total.is_some_and(|t| b >= t) {
-        return None;
-    }
-    Some(ContentRange {
-        first: Some(a),
-        last: Some(b),
-        total,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn loopback_and_ranges() {
+    fn loopback_and_backoff() {
         assert!(is_loopback("127.0.0.1:5000"));
         assert!(is_loopback("127.3.4.5"));
         assert!(is_loopback("localhost:80"));
         assert!(is_loopback("[::1]:5000"));
         assert!(!is_loopback("example.com:5000"));
         assert!(!is_loopback("10.0.0.1"));
-        let r = parse_content_range("bytes 0-4095/44673554").unwrap();
-        assert_eq!(
-            (r.first, r.last, r.total),
-            (Some(0), Some(4095), Some(44673554))
-        );
-        let r = parse_content_range("bytes */100").unwrap();
-        assert_eq!((r.first, r.total), (None, Some(100)));
-        assert!(parse_content_range("bytes 5-4/10").is_none());
-        assert!(parse_content_range("bytes 5-10/10").is_none());
-        assert!(parse_content_range("items 0-1/2").is_none());
-        assert_eq!(parse_content_range("bytes 0-1/*").unwrap().total, None);
         assert!(backoff(40) <= Duration::from_secs(2));
     }
 }

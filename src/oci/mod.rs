@@ -26,6 +26,7 @@
 mod artifact;
 mod auth;
 mod client;
+mod headers;
 mod layout;
 mod manifest;
 mod reference;

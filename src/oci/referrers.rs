@@ -16,6 +16,7 @@ use super::artifact::{
     self, fallback_tag, Artifact, ArtifactLayer, Desc, Referrer, ReferrersVia, Subject, EMPTY_JSON,
 };
 use super::client::{Call, Client, Failure};
+use super::headers::next_link;
 use super::manifest::{MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST};
 use super::registry::get_manifest;
 use super::{OciError, RegistrySource, MAX_DOCUMENT_BYTES};
@@ -244,23 +245,6 @@ async fn list_api(
     }
     tracing::warn!(pages = MAX_PAGES, "referrers list truncated");
     Ok(Some(out))
-}
-
-/// The target of a `Link: <url>; rel="next"` header.
-fn next_link(h: &hyper::HeaderMap) -> Option<String> {
-    h.get_all(header::LINK)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find(|l| {
-            l.split(';')
-                .skip(1)
-                .any(|p| p.trim().trim_matches('"') == "rel=next" || p.trim() == "rel=\"next\"")
-        })
-        .and_then(|l| {
-            let l = l.trim();
-            Some(l.strip_prefix('<')?.split_once('>')?.0.to_string())
-        })
 }
 
 /// The tag schema index of `subject` and its digest (for `If-Match`), or
@@ -503,27 +487,5 @@ async fn upload_once(
             Ok(())
         }
         _ => Err(Failure::Fatal(push_error(client, resp, &close).await)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::next_link;
-
-    #[test]
-    fn link_header() {
-        let mut h = hyper::HeaderMap::new();
-        h.insert(
-            hyper::header::LINK,
-            "</v2/r/referrers/sha256:ab?n=1&last=x>; rel=\"next\""
-                .parse()
-                .unwrap(),
-        );
-        assert_eq!(
-            next_link(&h).as_deref(),
-            Some("/v2/r/referrers/sha256:ab?n=1&last=x")
-        );
-        h.insert(hyper::header::LINK, "<x>; rel=\"prev\"".parse().unwrap());
-        assert_eq!(next_link(&h), None);
     }
 }

@@ -13,6 +13,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
 use super::client::{self, Client, Failure};
+use super::headers;
 use super::manifest::{self, Descriptor, DocumentStore, MANIFEST_ACCEPT};
 use super::{ImageRef, OciError, Platform, RegistryOptions, ResolvedImage, MAX_DOCUMENT_BYTES};
 use crate::digest::Digest;
@@ -230,7 +231,7 @@ async fn read_range(
         .headers()
         .get(header::CONTENT_RANGE)
         .and_then(|v| v.to_str().ok())
-        .map(client::parse_content_range);
+        .map(headers::parse_content_range);
     match status {
         StatusCode::PARTIAL_CONTENT => {
             let cr = content_range.flatten().ok_or_else(|| {
@@ -264,7 +265,7 @@ async fn read_range(
         StatusCode::OK => {
             // The server ignored Range: skip to the offset in the full body.
             tracing::debug!(url = %client::show(url), "server ignored Range; skipping");
-            let total = client::content_length(resp.headers());
+            let total = headers::content_length(resp.headers());
             let mut pos = 0u64;
             let mut got = 0usize;
             let mut body = resp.into_body();
@@ -410,7 +411,7 @@ async fn stream_once(
                 .headers()
                 .get(header::CONTENT_RANGE)
                 .and_then(|v| v.to_str().ok())
-                .and_then(client::parse_content_range)
+                .and_then(headers::parse_content_range)
                 .and_then(|c| c.first);
             if first != Some(*received) {
                 return Err(Failure::Fatal(OciError::Protocol {

@@ -411,20 +411,68 @@ pub fn index_image(dir: &Path, reference: &str) -> PathBuf {
     out
 }
 
+/// A private copy of a test image ([`private_copy`]); removed from the
+/// registry (the image manifest, what is attached to it and the tag schema
+/// index) on drop, best effort.
+#[derive(Debug)]
+pub struct PrivateImage {
+    /// `registry/repo:latest`.
+    pub reference: String,
+}
+
+impl Drop for PrivateImage {
+    fn drop(&mut self) {
+        let Some((registry, rest)) = self.reference.split_once('/') else {
+            return;
+        };
+        let repo = rest.trim_end_matches(":latest");
+        let base = format!("http://{registry}/v2/{repo}/manifests");
+        let accept = "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
+        let curl = |args: &[&str]| {
+            Command::new("curl")
+                .args(["-fsS", "-H", accept])
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        };
+        let digest_of = |url: &str| {
+            curl(&["-I", url])?.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("docker-content-digest:")
+                    .map(|d| d.trim().to_string())
+            })
+        };
+        let Some(image) = digest_of(&format!("{base}/latest")) else {
+            return;
+        };
+        let tag = format!("{base}/sha256-{}", image.trim_start_matches("sha256:"));
+        let mut doomed: Vec<String> = curl(&[&tag])
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                let list = v["manifests"].as_array()?.iter();
+                Some(
+                    list.filter_map(|m| m["digest"].as_str().map(str::to_string))
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
+        doomed.extend(digest_of(&tag));
+        doomed.push(image);
+        for d in doomed {
+            let _ = curl(&["-o", "/dev/null", "-X", "DELETE", &format!("{base}/{d}")]);
+        }
+    }
+}
+
 /// Copies test image `name` of the registry into a repository of its own
 /// (same manifest digest, blobs mounted across repositories), so that what
-/// a test attaches to it is seen by that test alone. Returns its reference.
-pub fn private_copy(registry: &str, name: &str) -> String {
+/// a test attaches to it is seen by that test alone.
+pub fn private_copy(registry: &str, name: &str) -> PrivateImage {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let to = format!(
-        "{registry}/clip/{name}-{}-{nanos}-{n}:latest",
-        std::process::id()
-    );
+    let to = format!("{registry}/clip/{name}-{}-{n}:latest", std::process::id());
     let o = Command::new("skopeo")
         .args([
             "--insecure-policy",
@@ -438,5 +486,5 @@ pub fn private_copy(registry: &str, name: &str) -> String {
         .output()
         .expect("skopeo (scripts/install-deps.sh installs it)");
     assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
-    to
+    PrivateImage { reference: to }
 }
