@@ -103,6 +103,12 @@ pub fn run(args: MountArgs) -> Result<()> {
     if args.clip.is_none() && args.image.is_none() {
         bail!("give --image REF or --clip FILE");
     }
+    if args.profile_push && args.profile != "auto" {
+        bail!(
+            "--profile-push publishes what --profile auto records; it cannot go with --profile {}",
+            args.profile
+        );
+    }
     let platform = parse_platform(args.platform.as_deref())?;
     let prepared = node::prepare_mount(&MountPlan {
         node_dir: &args.node_dir,
