@@ -18,20 +18,6 @@ use crate::common::proxy::{Faults, Proxy};
 use crate::common::{self, run, stderr, Dirs};
 use crate::mount::{import_numpy, wait_for_replay};
 
-/// The test registry, when this test can run here (else it is skipped,
-/// saying why).
-fn test_bed() -> Option<String> {
-    if let Err(why) = common::privileged() {
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    let reg = common::registry();
-    if reg.is_none() {
-        eprintln!("skipped: CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
-    }
-    reg
-}
-
 fn source(reference: &str) -> RegistrySource {
     let r: ImageRef = reference.parse().unwrap();
     RegistrySource::connect(&r, &RegistryOptions::default()).unwrap()
@@ -91,7 +77,9 @@ fn unmount_all(d: &mut Dirs) {
 
 #[test]
 fn privileged_a_published_index_is_pulled_and_checked() {
-    let Some(reg) = test_bed() else { return };
+    let Some(reg) = common::privileged_registry() else {
+        return;
+    };
     let copy = common::private_copy(&reg, "tiny");
     let image = copy.reference.clone();
     let mut d = Dirs::new();
@@ -221,7 +209,9 @@ fn privileged_a_published_index_is_pulled_and_checked() {
 
 #[test]
 fn privileged_two_nodes_share_a_startup_profile() {
-    let Some(reg) = test_bed() else { return };
+    let Some(reg) = common::privileged_registry() else {
+        return;
+    };
     let copy = common::private_copy(&reg, "python");
     let image = copy.reference.clone();
     let tmp = common::tempdir();
@@ -275,7 +265,9 @@ fn privileged_two_nodes_share_a_startup_profile() {
 
 #[test]
 fn privileged_a_node_without_push_access_logs_one_line_and_goes_on() {
-    let Some(reg) = test_bed() else { return };
+    let Some(reg) = common::privileged_registry() else {
+        return;
+    };
     let copy = common::private_copy(&reg, "tiny");
     let image = copy.reference.clone();
     let proxy = Proxy::start(

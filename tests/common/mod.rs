@@ -47,6 +47,20 @@ pub fn privileged() -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The test registry if privileged tests can run here; otherwise prints why
+/// the test is skipped (like `require!`).
+pub fn privileged_registry() -> Option<String> {
+    if let Err(why) = privileged() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let reg = registry();
+    if reg.is_none() {
+        eprintln!("skipped: CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
+    }
+    reg
+}
+
 /// Skips the calling test (with a printed reason) unless `$cond` is `Some`/`Ok`.
 #[macro_export]
 macro_rules! require {
