@@ -42,6 +42,11 @@
 #            first     clip first start through the proxy (`clipctl mount --clip F --image
 #                      PROXIED_REF`): no profile, empty disk tier, fresh daemon, caches dropped
 #            replay    the same with the profile `first` saved replayed from mount time on
+#            published a fresh node (empty node dir: no index, no profile, no chunks) whose
+#                      registry has the index and a profile published (`clipctl index --push`,
+#                      `clipctl profile push` of the first profile recorded, into a private
+#                      copy of the image, removed at exit): `clipctl mount --image PROXIED_REF`
+#                      pulls both through the proxy and replays the profile
 #            pull      skopeo copy through the proxy + umoci unpack + the container run
 #          Reports, per D, python times (× squashfuse_ll) and, from `clipctl metrics`, GETs
 #          total / critical (critical_path_gets: the GETs a reader waited for), bytes
@@ -95,9 +100,11 @@ mkdir -p "$RUN_DIR" "$NODE_DIR"
 CIDS=()     # clip containers attached (clipctl umount --cid)
 MNTS=()     # mount points, unmounted in reverse order
 PIDS=()     # foreground FUSE servers we started in the background
+PUB_REPO=""  # private copy of the image holding published artifacts (distance section)
 cleanup() {
   local rc=$? i
   set +e
+  [ -z "$PUB_REPO" ] || delete_published "$PUB_REPO"
   for ((i=${#CIDS[@]}-1; i>=0; i--)); do
     [ -n "${CIDS[i]}" ] && "$CLIPCTL" umount --cid "${CIDS[i]}" --run-dir "$RUN_DIR" >/dev/null 2>&1
   done
@@ -414,6 +421,47 @@ section_walk() {
 }
 
 # ---------------------------------------------------------------- 4. distance
+# publish_setup: a private copy of the image (same digest) with its index published;
+# sets PUB_REPO (repository path) and PUB_CLIP
+publish_setup() {
+  PUB_REPO="clip/$IMG-bench-$$"
+  skopeo --insecure-policy copy -q --preserve-digests --src-tls-verify=false --dest-tls-verify=false \
+    "docker://$REF" "docker://$REG/$PUB_REPO:latest" >/dev/null || die "skopeo copy to $PUB_REPO failed"
+  PUB_CLIP="$W/published.clip"
+  "$CLIPCTL" index --image "$REG/$PUB_REPO:latest" --out "$PUB_CLIP" ${SPAN:+--span "$SPAN"} --push >/dev/null \
+    || die "clipctl index --push failed"
+}
+# delete_published REPO: remove the private copy (its artifacts, their tag schema index,
+# the image manifest) from the registry; the blobs stay for the registry's garbage collector
+delete_published() {
+  local m t d
+  m="$(layout_manifest "$LAYOUT")"; t="sha256-${m#sha256:}"
+  for d in $(curl -fsS -H 'Accept: application/vnd.oci.image.index.v1+json' "http://$REG/v2/$1/manifests/$t" | jq -r '.manifests[].digest') \
+      "$(curl -fsSI -H 'Accept: application/vnd.oci.image.index.v1+json' "http://$REG/v2/$1/manifests/$t" | tr -d '\r' | sed -n 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: //p')" "$m"; do
+    [ -n "$d" ] && curl -fsS -o /dev/null -X DELETE "http://$REG/v2/$1/manifests/$d"
+  done
+  true
+}
+# clip_published_numpy CID KEY: the first start on a fresh node whose registry has the
+# index and a profile published: like clip_cold_numpy, but `clipctl mount --image` (no
+# --clip) through the proxy with an empty node dir; checks both were pulled
+clip_published_numpy() {
+  local s node="$W/node-fresh"
+  wait_daemons_gone; rm -rf "$node"
+  drop_caches
+  s=$(now)
+  CIDS+=("$1")
+  ROOTFS="$("$CLIPCTL" mount --cid "$1" --image "$PREG/$PUB_REPO:latest" --run-dir "$RUN_DIR" \
+    --node-dir "$node" ${MOUNT_ARGS[@]+"${MOUNT_ARGS[@]}"})"
+  [ -d "$ROOTFS" ] || die "clipctl mount printed '$ROOTFS'"
+  numpy_in "$ROOTFS"
+  add "$2_total_s" "$(secs $(( $(now) - s )))"
+  add "$2_py_s" "$PY"
+  "$CLIPCTL" metrics --cid "$1" --run-dir "$RUN_DIR" --format json > "$W/metrics.json"
+  "$CLIPCTL" ps --json --run-dir "$RUN_DIR" | jq -e --arg c "$1" \
+    '.[] | select(.cid == $c) | .provenance | .index.from == "pulled" and .profile_pulled != null' >/dev/null \
+    || die "published run: index or profile not pulled ($("$CLIPCTL" ps --json --run-dir "$RUN_DIR"))"
+}
 # proxy_up D: scripts/delay-proxy.py in front of the registry, D ms each way; sets
 # PROXY_PID and PREG (the proxied registry host:port)
 proxy_up() {
@@ -446,7 +494,7 @@ net_metrics() {
 }
 section_distance() {
   step "distance: cold import numpy, registry D ms away each way (delay-proxy.py), D in $DISTANCES (RUNS=$RUNS)"
-  ensure_index; ensure_sqfs
+  ensure_index; ensure_sqfs; publish_setup
   local d i k cid x
   for d in $DISTANCES; do
     is_num "$d" || die "DISTANCES: '$d' is not a number of ms"
@@ -463,17 +511,26 @@ section_distance() {
       net_metrics "${k}first"
       clip_umount_cid "$cid"                                  # saves the startup profile
       ls "$NODE_DIR"/profiles/*.json >/dev/null 2>&1 || die "no startup profile saved in $NODE_DIR/profiles"
+      if [ -z "${PUB_PROFILE:-}" ]; then                      # publish the first one recorded
+        PUB_PROFILE="$(ls "$NODE_DIR"/profiles/*.json | head -1)"
+        "$CLIPCTL" profile push --image "$REG/$PUB_REPO:latest" --from "$PUB_PROFILE" >/dev/null \
+          || die "clipctl profile push failed"
+      fi
       cid+="-p"                                               # replayed, empty disk tier
       wait_daemons_gone; rm -rf "$NODE_DIR/chunks"
       clip_cold_numpy "$cid" "${k}replay"
       net_metrics "${k}replay"
+      clip_umount_cid "$cid"
+      cid+="-pub"                                             # fresh node, published profile
+      clip_published_numpy "$cid" "${k}pub"
+      net_metrics "${k}pub"
       clip_umount_cid "$cid"
       eager_numpy "$PREG/clip/$IMG:latest" "$k"               # full pull through the proxy
     done
     CLIP_SOURCE=()
     proxy_down
     for x in sq_cold_total_s sq_cold_py_s skopeo_s umoci_s eager_total_s eager_py_s; do fin "$k$x"; done
-    for x in first replay; do
+    for x in first replay pub; do
       fin "${k}${x}_total_s" "${k}${x}_py_s" "${k}${x}_gets" "${k}${x}_critical" \
           "${k}${x}_reader_gets" "${k}${x}_fetched" "${k}${x}_served" "${k}${x}_blocked_s"
     done
@@ -498,13 +555,14 @@ report_distance() {
   echo "tiers; ratios against squashfuse_ll local (no network) measured in the same run."
   echo "Load avg (1/5/15 min) per D, start -> end:$(for d in $DISTANCES; do printf ' D=%s: %s -> %s;' "$d" "${R[d${d}_load0]}" "${R[d${d}_load1]}"; done)"
   echo
-  echo "| D one way (RTT) | squashfuse_ll local | clip first start | clip, profile replayed | full pull: skopeo + umoci + run, total (× squashfuse_ll mount + run) | first start: GETs total / critical | first start: MB fetched / served (touched ${TOUCHED_MB}) |"
-  echo "| --- | --- | --- | --- | --- | --- | --- |"
+  echo "| D one way (RTT) | squashfuse_ll local | clip first start | clip, profile replayed | clip first start, profile published (fresh node) | full pull: skopeo + umoci + run, total (× squashfuse_ll mount + run) | first start: GETs total / critical | first start: MB fetched / served (touched ${TOUCHED_MB}) |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
   for d in $DISTANCES; do
     k="d${d}_"; sq=${R[${k}sq_cold_py_s]}; sqt=${R[${k}sq_cold_total_s]}
-    printf '| %s ms (%s ms) | %s s | %s s %s | %s s %s | %s s %s | %s / %s | %s / %s |\n' "$d" "$(calc "2*$d" 0)" "$sq" \
+    printf '| %s ms (%s ms) | %s s | %s s %s | %s s %s | %s s %s | %s s %s | %s / %s | %s / %s |\n' "$d" "$(calc "2*$d" 0)" "$sq" \
       "${R[${k}first_py_s]}" "$(x "${R[${k}first_py_s]}" "$sq")" \
       "${R[${k}replay_py_s]}" "$(x "${R[${k}replay_py_s]}" "$sq")" \
+      "${R[${k}pub_py_s]}" "$(x "${R[${k}pub_py_s]}" "$sq")" \
       "${R[${k}eager_total_s]}" "$(x "${R[${k}eager_total_s]}" "$sqt")" \
       "${R[${k}first_gets]}" "${R[${k}first_critical]}" \
       "$(calc "${R[${k}first_fetched]}/1e6" 1)" "$(calc "${R[${k}first_served]}/1e6" 1)"
@@ -514,13 +572,14 @@ report_distance() {
   echo "critical GETs a reader made itself (the rest it waited for behind a prefetch); blocked = reader"
   echo "time in its own GETs."
   echo
-  echo "| D | squashfuse_ll mount + run | clip first start: total; reader GETs; blocked | clip replayed: total; GETs total / critical; MB fetched | full pull: skopeo / umoci / python |"
-  echo "| --- | --- | --- | --- | --- |"
+  echo "| D | squashfuse_ll mount + run | clip first start: total; reader GETs; blocked | clip replayed: total; GETs total / critical; MB fetched | clip published (index + profile pulled): total; GETs total / critical; MB fetched | full pull: skopeo / umoci / python |"
+  echo "| --- | --- | --- | --- | --- | --- |"
   for d in $DISTANCES; do
     k="d${d}_"
-    printf '| %s ms | %s s | %s s; %s; %s s | %s s; %s / %s; %s | %s / %s / %s s |\n' "$d" "${R[${k}sq_cold_total_s]}" \
+    printf '| %s ms | %s s | %s s; %s; %s s | %s s; %s / %s; %s | %s s; %s / %s; %s | %s / %s / %s s |\n' "$d" "${R[${k}sq_cold_total_s]}" \
       "${R[${k}first_total_s]}" "${R[${k}first_reader_gets]}" "$(calc "${R[${k}first_blocked_s]}" 2)" \
       "${R[${k}replay_total_s]}" "${R[${k}replay_gets]}" "${R[${k}replay_critical]}" "$(calc "${R[${k}replay_fetched]}/1e6" 1)" \
+      "${R[${k}pub_total_s]}" "${R[${k}pub_gets]}" "${R[${k}pub_critical]}" "$(calc "${R[${k}pub_fetched]}/1e6" 1)" \
       "${R[${k}skopeo_s]}" "${R[${k}umoci_s]}" "${R[${k}eager_py_s]}"
   done
 }

@@ -2,6 +2,7 @@
 mod cli;
 mod common;
 mod differential;
+mod fleet;
 mod hardening;
 mod metrics;
 mod mount;

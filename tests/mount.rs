@@ -171,7 +171,7 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
 }
 
 /// Waits until the daemon of `cid` has fetched > 1 MiB ahead of readers.
-fn wait_for_replay(d: &Dirs, cid: &str) {
+pub(crate) fn wait_for_replay(d: &Dirs, cid: &str) {
     let t = Instant::now();
     loop {
         let m = metrics_json(d, cid);
@@ -184,7 +184,7 @@ fn wait_for_replay(d: &Dirs, cid: &str) {
 }
 
 /// Runs `import numpy` in `rootfs` with runc and checks the version printed.
-fn import_numpy(rootfs: &Path) {
+pub(crate) fn import_numpy(rootfs: &Path) {
     let out = Command::new("bash")
         .arg(runc_script())
         .arg(rootfs)

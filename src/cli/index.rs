@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::format::{write_index_file, AccessProfile, IndexData, WriteOptions};
 use crate::index::{build, IndexOptions, Progress, DEFAULT_CHUNK, DEFAULT_SPAN};
 use crate::node;
-use crate::oci::ResolvedImage;
+use crate::oci::ReferrersVia;
 
 use super::util::{human, parse_platform, parse_size};
 
@@ -50,6 +50,11 @@ pub struct IndexArgs {
     /// then fetches those bytes ahead of the process.
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
+    /// Also publish the index in the image's repository, as an OCI artifact
+    /// attached to the image (referrers API, or the `sha256-<hex>` tag
+    /// schema), where `clipctl mount --image` finds it. Needs push access.
+    #[arg(long, requires = "image")]
+    pub push: bool,
 }
 
 /// Runs `clipctl index`.
@@ -73,9 +78,10 @@ pub fn run(args: IndexArgs) -> Result<()> {
         platform.as_ref(),
         &args.insecure_registry,
     )?;
-    if let Some(p) = &profile {
-        check_profile_fits(p, &opened.image)
-            .with_context(|| format!("--profile {}", args.profile.as_ref().unwrap().display()))?;
+    if let (Some(p), Some(path)) = (&profile, &args.profile) {
+        let layers: Vec<_> = opened.image.layers.iter().map(|l| l.digest).collect();
+        node::check_profile_fits(p, opened.image.manifest_digest, &layers)
+            .with_context(|| format!("--profile {}", path.display()))?;
     }
     let mut opts = IndexOptions {
         span,
@@ -125,28 +131,20 @@ pub fn run(args: IndexArgs) -> Result<()> {
         human(size),
         if total > 0 { size as f64 * 100.0 / total as f64 } else { 0.0 },
     );
+    if let (true, Some(reference)) = (args.push, &args.image) {
+        let a = node::publish_index(reference, &args.insecure_registry, &args.out)
+            .with_context(|| format!("{} was written but not published", args.out.display()))?;
+        println!("published as artifact {} ({})", a.digest, via(a.via));
+    }
     Ok(())
 }
 
-/// A profile fits an image if it was recorded on it (when it says) and
-/// names at least one of its layers.
-fn check_profile_fits(p: &AccessProfile, image: &ResolvedImage) -> Result<()> {
-    if let Some(m) = p.manifest {
-        if m != image.manifest_digest {
-            bail!(
-                "the profile was recorded for image {m}, not {}",
-                image.manifest_digest
-            );
-        }
+/// How a registry lists what was attached, for people.
+pub(super) fn via(v: ReferrersVia) -> &'static str {
+    match v {
+        ReferrersVia::Api => "referrers API",
+        ReferrersVia::TagSchema => "referrers tag schema",
     }
-    if !p
-        .ranges
-        .iter()
-        .any(|r| image.layers.iter().any(|l| l.digest == r.layer))
-    {
-        bail!("the profile names none of the image's layers");
-    }
-    Ok(())
 }
 
 fn show_progress(progress: &Progress, done: &AtomicBool, total: u64) {

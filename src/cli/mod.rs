@@ -11,6 +11,7 @@ mod inspect;
 mod ls;
 mod metrics;
 mod mount;
+mod profile;
 mod ps;
 mod umount;
 mod util;
@@ -42,6 +43,8 @@ enum Command {
     Mount(mount::MountArgs),
     /// Remove a container's rootfs; the image mount goes with its last container.
     Umount(umount::UmountArgs),
+    /// Startup profiles in the registry: publish one, list what is published.
+    Profile(profile::ProfileArgs),
     /// List mounted images and containers.
     Ps(ps::PsArgs),
     /// Show FUSE/fetch/cache latencies and counters of the running mount daemons.
@@ -71,6 +74,7 @@ pub fn main() -> ExitCode {
         Command::Ls(a) => ls::run(a),
         Command::Mount(a) => mount::run(a),
         Command::Umount(a) => umount::run(a),
+        Command::Profile(a) => profile::run(a),
         Command::Ps(a) => ps::run(a),
         Command::Metrics(a) => metrics::run(a),
         Command::Daemon(a) => daemon::run(a),

@@ -10,7 +10,8 @@ use crate::format::Index;
 use crate::fuse::WarmConfig;
 use crate::mount::{self, FuseTransport};
 use crate::node::{
-    self, DiskTier, ProfileMode, SourceChoice, StackSpec, Tuning, DEFAULT_READ_AHEAD_KB,
+    self, DiskTier, IndexPolicy, MountPlan, Prepared, ProfileMode, SourceChoice, StackSpec, Tuning,
+    DEFAULT_READ_AHEAD_KB,
 };
 
 use super::util::{parse_duration, parse_platform, parse_size};
@@ -18,10 +19,15 @@ use super::util::{parse_duration, parse_platform, parse_size};
 /// Arguments of `clipctl mount`.
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    /// Image reference; indexed first unless --clip is given (an index made
-    /// earlier for the same manifest digest is reused).
+    /// Image reference; its index is the node's, a published one or one
+    /// built now (see --index), unless --clip is given.
     #[arg(long)]
     pub image: Option<String>,
+    /// Where the index of --image comes from: `auto` the node's, else one
+    /// published in the registry (`clipctl index --push`), else built on
+    /// this node; `pull` never builds; `build` never looks in the registry.
+    #[arg(long, default_value = "auto", value_name = "auto|pull|build")]
+    pub index: IndexPolicy,
     /// Container id: mount an overlay rootfs at <run-dir>/<cid>/rootfs and print its path.
     #[arg(long, conflicts_with = "mount_point")]
     pub cid: Option<String>,
@@ -95,6 +101,12 @@ pub struct MountArgs {
     /// Threads fetching a profile's ranges.
     #[arg(long, default_value_t = 4)]
     pub profile_threads: usize,
+    /// Publish the profile this mount records (`--profile auto`, when the
+    /// replace rules save one) to the image's registry, for the other nodes
+    /// (needs push access; without it one line is logged). Off by default:
+    /// a mount only reads unless asked to write to a shared registry.
+    #[arg(long)]
+    pub profile_push: bool,
     /// Budget of the node's on-disk chunk cache (<node-dir>/chunks, shared
     /// by every image, kept across daemon restarts), e.g. 4G; 0 turns it off.
     #[arg(long, default_value = "4G", value_name = "SIZE")]
@@ -107,20 +119,27 @@ pub fn run(args: MountArgs) -> Result<()> {
     if let Some(cid) = &args.cid {
         mount::validate_cid(cid)?;
     }
-    let clip = match (&args.clip, &args.image) {
-        (Some(c), _) => c.clone(),
-        (None, Some(r)) => {
-            let platform = parse_platform(args.platform.as_deref())?;
-            node::index_for_image(
-                &args.node_dir,
-                r,
-                platform.as_ref(),
-                &args.insecure_registry,
-            )?
-        }
-        (None, None) => bail!("give --image REF or --clip FILE"),
-    };
-    let stack = stack_spec(&args, &clip)?;
+    if args.clip.is_none() && args.image.is_none() {
+        bail!("give --image REF or --clip FILE");
+    }
+    if args.profile_push && args.profile != "auto" {
+        bail!(
+            "--profile-push publishes what --profile auto records; it cannot go with --profile {}",
+            args.profile
+        );
+    }
+    let platform = parse_platform(args.platform.as_deref())?;
+    let prepared = node::prepare_mount(&MountPlan {
+        node_dir: &args.node_dir,
+        clip: args.clip.as_deref(),
+        image: args.image.as_deref(),
+        platform: platform.as_ref(),
+        insecure: &args.insecure_registry,
+        index: args.index,
+        profile: args.profile == "auto",
+    })?;
+    let clip = prepared.clip.clone();
+    let stack = stack_spec(&args, prepared)?;
     if let Some(mnt) = &args.mount_point {
         let served = node::mount_at(&clip, mnt, &stack.source, &stack.tuning)
             .with_context(|| format!("mounting at {}", mnt.display()))?;
@@ -176,11 +195,11 @@ fn warm_config(spec: &str) -> Result<Option<WarmConfig>> {
     Ok(Some(c))
 }
 
-/// The source and tuning of a mount of the index at `clip`.
-fn stack_spec(args: &MountArgs, clip: &std::path::Path) -> Result<StackSpec> {
-    // With --clip, --image/--layout choose where blobs come from.
+/// The source, tuning and provenance of a prepared mount.
+fn stack_spec(args: &MountArgs, prepared: Prepared) -> Result<StackSpec> {
+    let clip = &prepared.clip;
     let source = SourceChoice {
-        image: args.image.clone().filter(|_| args.clip.is_some()),
+        image: prepared.source_image,
         layout: args.layout.clone(),
         insecure: args.insecure_registry.clone(),
     };
@@ -199,9 +218,14 @@ fn stack_spec(args: &MountArgs, clip: &std::path::Path) -> Result<StackSpec> {
         profile,
         profile_window_secs: args.profile_window,
         profile_threads: args.profile_threads.max(1),
+        profile_push: args.profile_push,
         disk_cache: DiskTier::in_node(&args.node_dir, budget).context("--node-dir")?,
         fuse_transport: args.fuse_transport,
         read_timeout_ms: args.read_timeout.as_millis().try_into().unwrap_or(u64::MAX),
     };
-    Ok(StackSpec { source, tuning })
+    Ok(StackSpec {
+        source,
+        tuning,
+        provenance: prepared.provenance,
+    })
 }

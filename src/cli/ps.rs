@@ -1,11 +1,13 @@
-//! `clipctl ps`: the attached containers, as a table or JSON.
+//! `clipctl ps`: the attached containers, as a table or JSON, with where
+//! each image's index and startup profile came from.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 
-use crate::mount;
+use crate::mount::{self, ContainerInfo};
+use crate::node::{DaemonSpec, IndexOrigin, Provenance};
 
 /// Arguments of `clipctl ps`.
 #[derive(Debug, Args)]
@@ -18,16 +20,32 @@ pub struct PsArgs {
     pub json: bool,
 }
 
+/// Where the daemon of `c`'s image got its index and profile (from its
+/// spec; `None` for a daemon started by an older clipctl).
+fn provenance(c: &ContainerInfo) -> Option<Provenance> {
+    DaemonSpec::load(&c.image_dir.join(mount::SPEC_FILE))
+        .ok()
+        .map(|s| s.stack.provenance)
+}
+
 /// Runs `clipctl ps`.
 pub fn run(args: PsArgs) -> Result<()> {
     let list = mount::list(&args.run_dir);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        let rows = list
+            .iter()
+            .map(|c| {
+                let mut v = serde_json::to_value(c)?;
+                v["provenance"] = serde_json::to_value(provenance(c))?;
+                Ok(v)
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     println!(
-        "{:<24} {:<14} {:<8} {:<7} {:<9} ROOTFS",
-        "CID", "IMAGE", "PID", "STATE", "TRANSPORT"
+        "{:<24} {:<14} {:<8} {:<9} {:<9} {:<7} {:<7} ROOTFS",
+        "CID", "IMAGE", "PID", "STATE", "TRANSPORT", "INDEX", "PROFILE"
     );
     for c in list {
         let state = match (c.mounted, c.daemon_alive) {
@@ -35,8 +53,19 @@ pub fn run(args: PsArgs) -> Result<()> {
             (_, false) => "dead",
             (false, true) => "unmounted",
         };
+        let p = provenance(&c);
+        let index = match p.as_ref().map(|p| &p.index) {
+            Some(IndexOrigin::Given { .. }) => "given",
+            Some(IndexOrigin::Built) => "built",
+            Some(IndexOrigin::Pulled { .. }) => "pulled",
+            None => "-",
+        };
+        let profile = match p.and_then(|p| p.profile_pulled) {
+            Some(_) => "pulled",
+            None => "-",
+        };
         println!(
-            "{:<24} {:<14} {:<8} {:<7} {:<9} {}",
+            "{:<24} {:<14} {:<8} {:<9} {:<9} {:<7} {:<7} {}",
             c.cid,
             &c.image[..c.image.len().min(12)],
             c.daemon_pid
@@ -44,6 +73,8 @@ pub fn run(args: PsArgs) -> Result<()> {
                 .unwrap_or_else(|| "-".into()),
             state,
             c.fuse_transport.as_deref().unwrap_or("-"),
+            index,
+            profile,
             c.rootfs.display()
         );
     }

@@ -21,6 +21,7 @@ pub use model::{
     SparseSegment, Tree,
 };
 pub use profile::{AccessProfile, ProfileError, ProfileRange, MAX_RANGES, PROFILE_VERSION};
+pub use raw::{MAJOR as FORMAT_MAJOR, MINOR as FORMAT_MINOR};
 pub use reader::{DirEntry, DirIter, FileHints, Index, InodeView, LayerView, Xattr, ROOT_INO};
 pub use sparse::{Piece, Pieces};
 pub use writer::{write_index, write_index_file, WriteOptions};

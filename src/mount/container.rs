@@ -74,6 +74,8 @@ pub struct ContainerInfo {
     pub clip_path: PathBuf,
     /// The overlay rootfs.
     pub rootfs: PathBuf,
+    /// The image's run dir (holds the daemon's spec and log).
+    pub image_dir: PathBuf,
     /// Whether the overlay is mounted.
     pub mounted: bool,
     /// The image daemon's pid, if its pid file exists.
@@ -395,6 +397,7 @@ pub fn list(run_dir: &Path) -> Vec<ContainerInfo> {
                 mounted: is_mounted(&r.rootfs),
                 daemon_alive: pid.is_some_and(pid_alive),
                 daemon_pid: pid,
+                image_dir,
                 cid: r.cid,
                 image: r.image,
                 clip_path: r.clip_path,

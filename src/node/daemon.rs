@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ImageStack, NodeError, SourceChoice, Tuning};
+use super::{ImageStack, NodeError, Provenance, SourceChoice, Tuning};
 use crate::cache::ContentReader;
 use crate::format::Index;
 use crate::metrics::Metrics;
@@ -22,6 +22,9 @@ pub struct StackSpec {
     pub source: SourceChoice,
     /// The serving stack's knobs.
     pub tuning: Tuning,
+    /// Where the index and the startup profile came from (logged at start,
+    /// shown by `clipctl ps`).
+    pub provenance: Provenance,
 }
 
 /// The spec of a `clipctl` daemon (`<image_dir>/daemon.json`).
@@ -48,7 +51,16 @@ pub fn mount_request(
 /// Runs the daemon of `spec` in this process until its mount goes away
 /// (see [`mount::run_daemon`]), then saves the startup profile.
 pub fn run_daemon(spec: DaemonSpec) -> Result<(), NodeError> {
-    let StackSpec { source, tuning } = spec.stack.clone();
+    let StackSpec {
+        source,
+        tuning,
+        provenance,
+    } = spec.stack.clone();
+    tracing::info!(
+        index = %provenance.index,
+        profile_pulled = ?provenance.profile_pulled.map(|d| d.to_string()),
+        "where the index and the startup profile came from"
+    );
     let metrics = Arc::new(Metrics::new());
     // The stack, kept to save a profile still being recorded at unmount.
     let slot: Arc<OnceLock<ImageStack>> = Arc::default();

@@ -110,6 +110,53 @@ pub enum NodeError {
         /// The image being mounted.
         image: Digest,
     },
+    /// A profile does not fit the image.
+    #[error("the profile does not fit the image: {reason}")]
+    ProfileFit {
+        /// Why.
+        reason: String,
+    },
+    /// Listing or pulling what is published for an image failed.
+    #[error("pulling from {reference}: {source}")]
+    Pull {
+        /// The image reference.
+        reference: String,
+        /// The error.
+        source: OciError,
+    },
+    /// A published artifact is not for this image or not what it says.
+    #[error("artifact {artifact} refused: {reason}")]
+    Refused {
+        /// Digest of the artifact's manifest.
+        artifact: Digest,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `--index pull` found no usable published index.
+    #[error("no usable index of {reference} is published ({why}); use --index auto or build to index it on this node")]
+    NoPublishedIndex {
+        /// The image reference.
+        reference: String,
+        /// Why not: nothing attached, or the last refusal.
+        why: String,
+    },
+    /// Publishing an index or a profile failed.
+    #[error("publishing to {reference}: {source}")]
+    Publish {
+        /// The image reference.
+        reference: String,
+        /// The error.
+        source: OciError,
+    },
+    /// `profile push` without `--from` on a node that has no profile.
+    #[error("this node has no startup profile of the image ({}); record one with `clipctl mount` or give --from FILE", path.display())]
+    NoProfile {
+        /// Where the node's profile would be.
+        path: PathBuf,
+    },
+    /// What is to be published does not name the image it is for.
+    #[error("the index or profile names no image manifest (or not the one it holds) to attach to")]
+    NoSubject,
     /// A file or thread operation failed.
     #[error("{what} {}: {source}", path.display())]
     Io {

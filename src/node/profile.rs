@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::publish::{publish_recording, PublishTarget};
 use super::NodeError;
 use crate::cache::ContentCache;
 use crate::digest::Digest;
@@ -41,11 +42,7 @@ impl ProfileMode {
         Ok(match setting {
             "off" => ProfileMode::Off,
             "auto" => match manifest {
-                Some(d) => {
-                    let dir = node_dir.join("profiles");
-                    let dir = std::path::absolute(&dir).map_err(NodeError::io("resolving", dir))?;
-                    ProfileMode::Auto(dir.join(format!("{}.json", d.hex())))
-                }
+                Some(d) => ProfileMode::Auto(node_profile_path(node_dir, &d)?),
                 // No manifest digest to key a node-wide profile by.
                 None => {
                     tracing::info!("the index names no manifest digest: no startup profile");
@@ -70,6 +67,34 @@ impl ProfileMode {
     }
 }
 
+/// The node's profile of image `manifest`:
+/// `<node_dir>/profiles/<manifest-hex>.json`, absolute.
+pub(super) fn node_profile_path(node_dir: &Path, manifest: &Digest) -> Result<PathBuf, NodeError> {
+    let dir = node_dir.join("profiles");
+    let dir = std::path::absolute(&dir).map_err(NodeError::io("resolving", dir))?;
+    Ok(dir.join(format!("{}.json", manifest.hex())))
+}
+
+/// Whether profile `p` fits image `manifest` with blobs `layers`: it was
+/// recorded on it (when it says) and names at least one of its layers.
+pub fn check_profile_fits(
+    p: &AccessProfile,
+    manifest: Digest,
+    layers: &[Digest],
+) -> Result<(), NodeError> {
+    if let Some(recorded) = p.manifest.filter(|&m| m != manifest) {
+        return Err(NodeError::ProfileFit {
+            reason: format!("it was recorded for image {recorded}, not {manifest}"),
+        });
+    }
+    if !p.ranges.iter().any(|r| layers.contains(&r.layer)) {
+        return Err(NodeError::ProfileFit {
+            reason: "it names none of the image's layers".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Fails if `p` names an image other than `manifest`.
 fn check_image(p: &AccessProfile, path: &Path, manifest: Option<Digest>) -> Result<(), NodeError> {
     match (p.manifest, manifest) {
@@ -83,26 +108,30 @@ fn check_image(p: &AccessProfile, path: &Path, manifest: Option<Digest>) -> Resu
 }
 
 /// A mount's recording: where it goes when its window closes or the mount
-/// ends, and what it may replace.
+/// ends, what it may replace, and where it is published.
 #[derive(Debug, Clone)]
 pub(super) struct ProfileSession {
     path: PathBuf,
     /// The profile this mount replayed: the recording replaces it only if
     /// the workload no longer matches it.
     replayed: Option<Arc<AccessProfile>>,
+    /// Where a saved recording is published (`--profile-push`).
+    publish: Option<Arc<PublishTarget>>,
 }
 
 impl ProfileSession {
     /// Starts `mode` on `cache`: replays the node's (or the index's)
     /// profile if there is one, and records what readers touch for
     /// `window` from the first read (a timer thread saves it then; the
-    /// unmount saves what there is). A profile file given by the user is
-    /// replayed, never overwritten: no session then.
+    /// unmount saves what there is, and publishes it to `publish`). A
+    /// profile file given by the user is replayed, never overwritten: no
+    /// session then.
     pub(super) fn start(
         cache: &Arc<ContentCache>,
         mode: &ProfileMode,
         window: Duration,
         threads: usize,
+        publish: Option<PublishTarget>,
     ) -> Result<Option<Self>, NodeError> {
         let Some(path) = mode.path() else {
             return Ok(None);
@@ -141,6 +170,7 @@ impl ProfileSession {
         let session = ProfileSession {
             path: path.to_path_buf(),
             replayed: replayed.map(|(p, _)| Arc::new(p)),
+            publish: publish.map(Arc::new),
         };
         cache.start_recording();
         tracing::info!(profile = %path.display(), ?window, "recording the startup reads");
@@ -169,7 +199,8 @@ impl ProfileSession {
     /// profile would stop every later mount from recording a useful one).
     /// After a replay, only when the workload changed: less than 90 % of
     /// what was read is in the replayed profile, or the replayed profile is
-    /// more than twice what was read.
+    /// more than twice what was read. A saved recording is published when
+    /// the session has a target.
     pub(super) fn save(&self, cache: &ContentCache) {
         let Some(p) = cache.finish_recording() else {
             return;
@@ -203,6 +234,9 @@ impl ProfileSession {
                 "saved the startup profile"
             ),
             Err(e) => tracing::warn!(error = %e, "cannot save the startup profile"),
+        }
+        if let Some(target) = &self.publish {
+            publish_recording(target, cache.index().meta().manifest.as_bytes(), &p);
         }
     }
 }

@@ -1,15 +1,12 @@
 //! Where an image's blobs come from: [`SourceChoice`] and [`open_source`]
-//! for an indexed image, [`open_image`] and [`index_for_image`] for one
-//! that is not indexed yet.
+//! for an indexed image, [`open_image`] for one that is not indexed yet.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::NodeError;
-use crate::format::{write_index_file, ImageMeta, Index};
-use crate::index::{IndexOptions, Progress};
+use crate::format::{ImageMeta, Index};
 use crate::oci::{
     open_layout, ImageRef, Platform, RegistryOptions, RegistrySource, RequestObserver,
     ResolvedImage,
@@ -91,7 +88,7 @@ pub fn open_source(
 const WARM_CONNECTIONS: usize = 8;
 
 /// Parses `reference` and connects to its registry.
-fn connect(
+pub(super) fn connect(
     reference: &str,
     opts: &RegistryOptions,
 ) -> Result<(ImageRef, RegistrySource), NodeError> {
@@ -106,6 +103,46 @@ fn connect(
         source,
     })?;
     Ok((image, source))
+}
+
+/// An image resolved in its registry, and the connection to it.
+pub(super) struct RemoteImage {
+    /// The registry connection (blobs, referrers, pushes).
+    pub source: RegistrySource,
+    /// Manifest, config, layers.
+    pub image: ResolvedImage,
+    /// `host/repo@sha256:…`.
+    pub pinned: String,
+}
+
+/// Connects to `reference`'s registry (plain HTTP where `insecure`
+/// allows) and resolves it for `platform` (the host's when `None`).
+pub(super) fn resolve_remote(
+    reference: &str,
+    insecure: &[String],
+    platform: Option<&Platform>,
+) -> Result<RemoteImage, NodeError> {
+    let opts = RegistryOptions {
+        insecure_registries: insecure.to_vec(),
+        platform: platform.cloned(),
+        ..Default::default()
+    };
+    let (r, source) = connect(reference, &opts)?;
+    let image = source.resolve().map_err(|source| NodeError::Resolve {
+        reference: reference.to_string(),
+        source,
+    })?;
+    let pinned = ImageRef {
+        tag: None,
+        digest: Some(image.manifest_digest),
+        ..r
+    }
+    .to_string();
+    Ok(RemoteImage {
+        source,
+        image,
+        pinned,
+    })
 }
 
 /// A resolved image, its blob source and where it came from.
@@ -151,24 +188,14 @@ pub fn open_image(
         });
     }
     let reference = image.ok_or(NodeError::NoImage)?;
-    let opts = RegistryOptions {
-        insecure_registries: insecure.to_vec(),
-        platform: platform.cloned(),
-        ..Default::default()
-    };
-    let (r, source) = connect(reference, &opts)?;
-    let image = source.resolve().map_err(|source| NodeError::Resolve {
-        reference: reference.to_string(),
+    let RemoteImage {
         source,
-    })?;
-    let pinned = ImageRef {
-        tag: None,
-        digest: Some(image.manifest_digest),
-        ..r
-    };
+        image,
+        pinned,
+    } = resolve_remote(reference, insecure, platform)?;
     let meta = ImageMeta {
         reference: Some(reference.to_string()),
-        pinned_reference: Some(pinned.to_string()),
+        pinned_reference: Some(pinned),
         ..Default::default()
     };
     Ok(OpenedImage {
@@ -176,37 +203,4 @@ pub fn open_image(
         source: Box::new(source),
         meta,
     })
-}
-
-/// The node's index of image `reference`: `<node_dir>/indexes/<manifest-hex>.clip`,
-/// built (default options) unless an index of that manifest is already there.
-pub fn index_for_image(
-    node_dir: &Path,
-    reference: &str,
-    platform: Option<&Platform>,
-    insecure: &[String],
-) -> Result<PathBuf, NodeError> {
-    let opened = open_image(Some(reference), None, platform, insecure)?;
-    let dir = node_dir.join("indexes");
-    std::fs::create_dir_all(&dir).map_err(NodeError::io("creating", &dir))?;
-    let path = dir.join(format!("{}.clip", opened.image.manifest_digest.hex()));
-    if Index::open(&path).is_ok() {
-        return Ok(path);
-    }
-    let data = crate::index::build(
-        &opened.image,
-        opened.source.as_ref(),
-        opened.meta,
-        &IndexOptions::default(),
-        &Progress::default(),
-    )
-    .map_err(|source| NodeError::Indexing {
-        reference: reference.to_string(),
-        source: Box::new(source),
-    })?;
-    write_index_file(&data, &path, Default::default()).map_err(|source| NodeError::WriteIndex {
-        path: path.clone(),
-        source,
-    })?;
-    Ok(path)
 }

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::profile::ProfileSession;
-use super::{open_source, NodeError, SourceChoice, Tuning};
+use super::publish::PublishTarget;
+use super::{open_source, NodeError, ProfileMode, SourceChoice, Tuning};
 use crate::cache::{ContentCache, DiskCache};
 use crate::format::Index;
 use crate::fuse::{ClipFs, FsConfig};
@@ -58,6 +59,7 @@ impl ImageStack {
             &tuning.profile,
             tuning.profile_window(),
             tuning.profile_threads,
+            publish_target(cache.index(), choice, tuning),
         )?;
         Ok(ImageStack {
             cache,
@@ -97,6 +99,28 @@ impl ImageStack {
             p.save(&self.cache);
         }
     }
+}
+
+/// Where `--profile-push` publishes: the registry the blobs come from.
+fn publish_target(index: &Index, choice: &SourceChoice, tuning: &Tuning) -> Option<PublishTarget> {
+    if !tuning.profile_push || !matches!(tuning.profile, ProfileMode::Auto(_)) {
+        return None;
+    }
+    let meta = index.meta();
+    let reference = choice.image.clone().or_else(|| {
+        meta.pinned_reference
+            .clone()
+            .filter(|_| choice.layout.is_none())
+    });
+    if reference.is_none() {
+        tracing::warn!(
+            "--profile-push: the image is not read from a registry; profiles stay on this node"
+        );
+    }
+    Some(PublishTarget {
+        reference: reference?,
+        insecure: choice.insecure.clone(),
+    })
 }
 
 /// An image served at a directory by this process ([`mount_at`]).

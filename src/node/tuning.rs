@@ -61,6 +61,9 @@ pub struct Tuning {
     pub profile_window_secs: u64,
     /// Threads replaying a profile.
     pub profile_threads: usize,
+    /// Publish a recorded profile to the image's registry (`auto` profiles
+    /// only, when the replace rules save one).
+    pub profile_push: bool,
     /// The node's chunk directory and its budget (None: off).
     pub disk_cache: Option<DiskTier>,
     /// How FUSE requests reach the daemon.
@@ -79,6 +82,7 @@ impl Default for Tuning {
             profile: ProfileMode::Off,
             profile_window_secs: 30,
             profile_threads: 4,
+            profile_push: false,
             disk_cache: None,
             fuse_transport: FuseTransport::Auto,
             read_timeout_ms: DEFAULT_READ_TIMEOUT.as_millis() as u64,

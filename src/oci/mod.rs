@@ -15,16 +15,28 @@
 //! Manifests are parsed with small serde types (see `manifest.rs`) that accept
 //! both OCI and Docker schema2 media types; layer media types are passed
 //! through untouched. Credentials never reach logs or error messages.
+//!
+//! Publishing: [`RegistrySource::attach`] uploads an [`Artifact`] (one
+//! file) as an OCI 1.1 artifact manifest whose subject is an image
+//! manifest, [`RegistrySource::referrers`] lists what is attached (the
+//! referrers API, or the `sha256-<hex>` tag schema on registries without
+//! it) and [`RegistrySource::fetch_artifact`] downloads one after checking
+//! its manifest and size, verifying every digest.
 
+mod artifact;
 mod auth;
 mod client;
+mod headers;
 mod layout;
 mod manifest;
 mod reference;
+mod referrers;
 mod registry;
 
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod referrers_tests;
 #[cfg(test)]
 mod tests;
 
@@ -34,12 +46,17 @@ use std::time::Duration;
 use crate::digest::Digest;
 use crate::source::{RemoteKind, SourceError};
 
+pub use artifact::{
+    newest_first, rfc3339_now, Artifact, Referrer, ReferrersVia, Subject, ANNOTATION_CREATED,
+    ANNOTATION_TITLE, MEDIA_TYPE_EMPTY,
+};
 pub use layout::{open_layout, LayoutSource};
 pub use manifest::{
     MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_INDEX,
     MEDIA_TYPE_OCI_MANIFEST,
 };
 pub use reference::{ImageRef, Platform};
+pub use referrers::{Attached, PulledArtifact};
 pub use registry::RegistrySource;
 
 /// Largest manifest, index, config or token body accepted (8 MiB).
@@ -260,6 +277,14 @@ pub enum OciError {
         /// The offending path.
         path: PathBuf,
         /// What is wrong.
+        reason: String,
+    },
+    /// An artifact attached to an image is not what it should be.
+    #[error("artifact {digest} refused: {reason}")]
+    Artifact {
+        /// The artifact manifest's digest.
+        digest: Digest,
+        /// What is wrong with it.
         reason: String,
     },
     /// Credentials could not be looked up (never contains secrets).

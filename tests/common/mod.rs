@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the clipctl binary, the test
 //! registry and test bed set up by `scripts/test.sh`, skip rules.
 
+pub mod proxy;
+
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -43,6 +45,20 @@ pub fn privileged() -> Result<(), &'static str> {
         return Err("no /dev/fuse");
     }
     Ok(())
+}
+
+/// The test registry if privileged tests can run here; otherwise prints why
+/// the test is skipped (like `require!`).
+pub fn privileged_registry() -> Option<String> {
+    if let Err(why) = privileged() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let reg = registry();
+    if reg.is_none() {
+        eprintln!("skipped: CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
+    }
+    reg
 }
 
 /// Skips the calling test (with a printed reason) unless `$cond` is `Some`/`Ok`.
@@ -376,6 +392,14 @@ impl Dirs {
     }
     /// `clipctl mount --cid` with this test's dirs; returns the rootfs.
     pub fn mount(&mut self, cid: &str, extra: &[&str]) -> Result<PathBuf, String> {
+        let o = self.mount_output(cid, extra);
+        if !o.status.success() {
+            return Err(stderr(&o));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    }
+    /// `clipctl mount --cid` with this test's dirs; its whole output.
+    pub fn mount_output(&mut self, cid: &str, extra: &[&str]) -> Output {
         let (r, n) = (self.run_dir(), self.node_dir());
         let mut args = vec![
             "mount",
@@ -391,11 +415,21 @@ impl Dirs {
         }
         args.extend_from_slice(extra);
         let o = run(&args);
-        if !o.status.success() {
-            return Err(stderr(&o));
+        if o.status.success() {
+            self.cids.push(cid.to_string());
         }
-        self.cids.push(cid.to_string());
-        Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        o
+    }
+    /// `clipctl ps --json` of this test's run dir.
+    pub fn ps(&self) -> serde_json::Value {
+        let o = run(&[
+            "ps",
+            "--json",
+            "--run-dir",
+            self.run_dir().to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
     }
     /// `clipctl umount --cid` with this test's run dir.
     pub fn umount(&self, cid: &str) -> Output {
@@ -468,4 +502,82 @@ pub fn index_image(dir: &Path, reference: &str) -> PathBuf {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     out
+}
+
+/// A private copy of a test image ([`private_copy`]); removed from the
+/// registry (the image manifest, what is attached to it and the tag schema
+/// index) on drop, best effort.
+#[derive(Debug)]
+pub struct PrivateImage {
+    /// `registry/repo:latest`.
+    pub reference: String,
+}
+
+impl Drop for PrivateImage {
+    fn drop(&mut self) {
+        let Some((registry, rest)) = self.reference.split_once('/') else {
+            return;
+        };
+        let repo = rest.trim_end_matches(":latest");
+        let base = format!("http://{registry}/v2/{repo}/manifests");
+        let accept = "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
+        let curl = |args: &[&str]| {
+            Command::new("curl")
+                .args(["-fsS", "-H", accept])
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        };
+        let digest_of = |url: &str| {
+            curl(&["-I", url])?.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("docker-content-digest:")
+                    .map(|d| d.trim().to_string())
+            })
+        };
+        let Some(image) = digest_of(&format!("{base}/latest")) else {
+            return;
+        };
+        let tag = format!("{base}/sha256-{}", image.trim_start_matches("sha256:"));
+        let mut doomed: Vec<String> = curl(&[&tag])
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                let list = v["manifests"].as_array()?.iter();
+                Some(
+                    list.filter_map(|m| m["digest"].as_str().map(str::to_string))
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
+        doomed.extend(digest_of(&tag));
+        doomed.push(image);
+        for d in doomed {
+            let _ = curl(&["-o", "/dev/null", "-X", "DELETE", &format!("{base}/{d}")]);
+        }
+    }
+}
+
+/// Copies test image `name` of the registry into a repository of its own
+/// (same manifest digest, blobs mounted across repositories), so that what
+/// a test attaches to it is seen by that test alone.
+pub fn private_copy(registry: &str, name: &str) -> PrivateImage {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let to = format!("{registry}/clip/{name}-{}-{n}:latest", std::process::id());
+    let o = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("docker://{}", image_ref(registry, name)))
+        .arg(format!("docker://{to}"))
+        .output()
+        .expect("skopeo (scripts/install-deps.sh installs it)");
+    assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
+    PrivateImage { reference: to }
 }
