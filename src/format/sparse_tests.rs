@@ -50,7 +50,7 @@ fn sparse_files_round_trip() {
     for compress in [false, true] {
         let bytes = write_index(&sparse_sample(), WriteOptions { compress }).unwrap();
         let h = header(&bytes);
-        assert_eq!(h.minor.get(), 2);
+        assert_eq!(h.minor.get(), crate::format::FORMAT_MINOR);
         assert_ne!(h.incompat.get() & INCOMPAT_SPARSE, 0);
         let idx = Index::from_bytes(bytes).unwrap();
         let sp = idx.inode(idx.resolve(b"sp").unwrap().unwrap()).unwrap();
