@@ -963,4 +963,8 @@ impl ContentReader for ContentCache {
         }
         false
     }
+
+    fn replaying(&self) -> bool {
+        ContentCache::replaying(self)
+    }
 }

@@ -160,6 +160,13 @@ pub trait ContentReader: Send + Sync + fmt::Debug {
         let _ = (layer, offset, len);
         true
     }
+
+    /// Whether a startup profile is being (or was) replayed into this
+    /// reader: it knows what the workload reads, so a filesystem does not
+    /// speculate on top (default: `false`).
+    fn replaying(&self) -> bool {
+        false
+    }
 }
 
 /// How sure a prefetch hint is, and so where it queues.

@@ -76,10 +76,12 @@ pub struct MountArgs {
     /// prefetch hints); 0 turns fetching ahead off.
     #[arg(long)]
     pub prefetch_threads: Option<usize>,
-    /// First-start warming, for mounts that replay no startup profile: a
-    /// file's first read fetches the rest of it, the libraries an ELF file
-    /// loads (from the index's hints) and, once two small files of a
-    /// directory were read, the directory's other small files. `on`, `off`,
+    /// First-start warming, for mounts that replay no startup profile: the
+    /// files every container start reads and the image's entry program at
+    /// mount; a file's first read fetches the rest of it, the libraries an
+    /// ELF file loads (from the index's hints) and, once two small files (or
+    /// one Python module) of a directory were read, the directory's other
+    /// small files. `on`, `off`,
     /// or `on` with changes: `whole-max=16M,dir-budget=8M,dir-trigger=2,
     /// small-max=128K,deps=on,budget=256M`.
     #[arg(long, default_value = "on", value_name = "on|off|KEY=VALUE,...")]

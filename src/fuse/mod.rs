@@ -204,7 +204,11 @@ impl ClipFs {
             }
         }
         let no_xattrs = index.xattr_count() == 0;
-        let warmer = cfg.warm.clone().map(|w| warm::Warmer::new(w, n));
+        // A replayed profile knows what the workload reads; speculating on
+        // top would only fetch more.
+        let warmer = (!content.replaying())
+            .then(|| cfg.warm.clone().map(|w| warm::Warmer::new(w, n)))
+            .flatten();
         Ok(ClipFs {
             index,
             content,
@@ -238,6 +242,14 @@ impl ClipFs {
     fn warm_on_read(&self, ino: u64) {
         if let Some(w) = &self.warmer {
             w.on_read(&self.index, &*self.content, ino);
+        }
+    }
+
+    /// Starts fetching what a container start reads first, before anything
+    /// asks (a no-op with warming off).
+    pub fn warm_start(&self) {
+        if let Some(w) = &self.warmer {
+            w.on_start(&self.index, &*self.content);
         }
     }
 

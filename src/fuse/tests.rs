@@ -220,9 +220,12 @@ fn parents_and_dir_walk() {
     ));
 }
 
-/// Records every prefetch hint.
+/// Records every prefetch hint; says it replays a profile when `.1` is set.
 #[derive(Debug, Default)]
-struct Hints(std::sync::Mutex<Vec<(u32, u64, u64, Urgency)>>);
+struct Hints(
+    std::sync::Mutex<Vec<(u32, u64, u64, Urgency)>>,
+    std::sync::atomic::AtomicBool,
+);
 
 impl ContentReader for Hints {
     fn read(&self, _: u32, _: u64, buf: &mut [u8]) -> Result<usize, CacheError> {
@@ -230,6 +233,9 @@ impl ContentReader for Hints {
     }
     fn prefetch(&self, layer: u32, offset: u64, len: u64, urgency: Urgency) {
         self.0.lock().unwrap().push((layer, offset, len, urgency));
+    }
+    fn replaying(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -584,4 +590,99 @@ fn lseek_finds_data_and_holes() {
     assert_eq!(e.raw_os_error(), Some(libc::EISDIR));
     let e = fs.lseek(&ctx, 2, 0, 0, libc::SEEK_END as u32).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+}
+
+/// /etc/passwd, /bin -> usr/bin, /usr/bin/tool (needs /lib/libt.so),
+/// /usr/bin/sh -> /usr/bin/tool, /lib/libt.so; the config runs `tool`.
+fn start_image(config: &str) -> Arc<Index> {
+    let mut t = Tree::default();
+    let file = |t: &mut Tree, size: u64, offset: u64| {
+        let mut f = Node::new(NodeKind::File);
+        f.size = size;
+        f.data = Some(DataRef { layer: 0, offset });
+        t.nodes.push(f);
+        t.nodes.len() as u32 - 1
+    };
+    let dir = |t: &mut Tree, children: Vec<(&[u8], u32)>| {
+        let mut d = Node::new(NodeKind::Dir);
+        d.children = children.into_iter().map(|(n, i)| (n.to_vec(), i)).collect();
+        t.nodes.push(d);
+        t.nodes.len() as u32 - 1
+    };
+    let link = |t: &mut Tree, target: &[u8]| {
+        let mut l = Node::new(NodeKind::Symlink);
+        l.link_target = target.to_vec();
+        t.nodes.push(l);
+        t.nodes.len() as u32 - 1
+    };
+    let passwd = file(&mut t, 100, 0);
+    let tool = file(&mut t, 50 << 10, 1 << 20);
+    let libt = file(&mut t, 70 << 10, 2 << 20);
+    let sh = link(&mut t, b"/usr/bin/tool");
+    let etc = dir(&mut t, vec![(b"passwd", passwd)]);
+    let usr_bin = dir(&mut t, vec![(b"tool", tool), (b"sh", sh)]);
+    let usr = dir(&mut t, vec![(b"bin", usr_bin)]);
+    let lib = dir(&mut t, vec![(b"libt.so", libt)]);
+    let bin = link(&mut t, b"usr/bin");
+    t.nodes[0].children = BTreeMap::from([
+        (b"etc".to_vec(), etc),
+        (b"usr".to_vec(), usr),
+        (b"lib".to_vec(), lib),
+        (b"bin".to_vec(), bin),
+    ]);
+    let mut data = tiny_data();
+    data.tree = t;
+    data.meta.config = config.to_string();
+    data.hints = vec![FileHint {
+        ino: u64::from(tool) + 1,
+        dependencies: vec![u64::from(libt) + 1],
+        hot_ranges: vec![],
+    }];
+    Arc::new(Index::from_bytes(write_index(&data, WriteOptions::default()).unwrap()).unwrap())
+}
+
+#[test]
+fn a_mount_start_warms_what_every_start_reads_and_the_entry_program() {
+    // `tool` on PATH through the /bin symlink; its library after it.
+    let config = r#"{"config":{"Cmd":["tool","-x"],"Env":["PATH=/nowhere:/bin"]}}"#;
+    let index = start_image(config);
+    let hints = Arc::new(Hints::default());
+    let fs = ClipFs::new(index.clone(), hints.clone(), FsConfig::default()).unwrap();
+    fs.warm_start();
+    assert_eq!(
+        hints.take(),
+        [
+            (0, 0, 100, Urgency::Later),
+            (0, 1 << 20, 50 << 10, Urgency::Later),
+            (0, 2 << 20, 70 << 10, Urgency::Later),
+        ]
+    );
+    // Already hinted: a later read of the program asks for nothing again.
+    let tool = index.resolve(b"usr/bin/tool").unwrap().unwrap();
+    read_one(&fs, tool);
+    assert_eq!(hints.take(), []);
+
+    // An absolute entrypoint through an absolute symlink; a broken config
+    // still warms the start files.
+    let index = start_image(r#"{"config":{"Entrypoint":["/bin/sh"],"Cmd":["-c","x"]}}"#);
+    assert_eq!(warm::start_files(&index).len(), 2);
+    let index = start_image("not json");
+    assert_eq!(warm::start_files(&index).len(), 1);
+    // A content reader replaying a profile: no speculation on top.
+    let hints = Arc::new(Hints::default());
+    hints.1.store(true, std::sync::atomic::Ordering::Relaxed);
+    let fs = ClipFs::new(start_image(config), hints.clone(), FsConfig::default()).unwrap();
+    fs.warm_start();
+    read_one(&fs, tool);
+    assert_eq!(hints.take(), []);
+    // Warming off: nothing.
+    let hints = Arc::new(Hints::default());
+    let cfg = FsConfig {
+        warm: None,
+        ..FsConfig::default()
+    };
+    ClipFs::new(start_image(config), hints.clone(), cfg)
+        .unwrap()
+        .warm_start();
+    assert_eq!(hints.take(), []);
 }

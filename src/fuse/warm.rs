@@ -20,6 +20,12 @@
 //!   bytes): they sit next to each other in the layer, so a few GETs bring
 //!   them all.
 //!
+//! - **what every start reads**: when the mount starts, the files runc and
+//!   libc read before any program of the image runs (users and groups, the
+//!   name-service and loader config, the locale and time zone) and the
+//!   image's own entry program with its libraries ([`start_files`]): they
+//!   arrive while the runtime sets the container up.
+//!
 //! Speculation is capped per mount ([`WarmConfig::speculation_budget`]).
 //! The rules only hint: the content reader decides what to fetch, and
 //! every byte is verified as always.
@@ -29,7 +35,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{ContentReader, Urgency};
-use crate::format::{Index, NodeKind};
+use crate::format::{Index, NodeKind, ROOT_INO};
 
 /// Knobs of first-start warming.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +259,26 @@ impl Warmer {
         }
     }
 
+    /// Hints what a container start reads first ([`start_files`]) and the
+    /// libraries of the programs among them; called once as the mount starts.
+    pub fn on_start(&self, index: &Index, content: &dyn ContentReader) {
+        for ino in start_files(index) {
+            if first(&self.hinted, ino) {
+                self.hint_file(index, content, ino, Urgency::Later);
+            }
+            if !self.cfg.dependencies {
+                continue;
+            }
+            if let Ok(Some(hints)) = index.file_hints(ino) {
+                for dep in hints.dependencies() {
+                    if first(&self.hinted, dep) {
+                        self.hint_file(index, content, dep, Urgency::Later);
+                    }
+                }
+            }
+        }
+    }
+
     /// Takes `bytes` from the speculation budget; `false` when it is spent.
     fn spend(&self, bytes: u64) -> bool {
         self.speculated
@@ -262,4 +288,128 @@ impl Warmer {
             })
             .is_ok()
     }
+}
+
+/// Files read at nearly every container start, before the image's program
+/// does anything of its own: runc's user lookup, glibc's name-service,
+/// loader, locale and time-zone setup (multiarch paths of the common
+/// architectures; missing ones are skipped).
+const START_FILES: &[&str] = &[
+    "etc/passwd",
+    "etc/group",
+    "etc/nsswitch.conf",
+    "etc/ld.so.cache",
+    "etc/localtime",
+    "usr/lib/locale/C.utf8/LC_CTYPE",
+    "usr/lib/locale/locale-archive",
+    "usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache",
+    "usr/lib/aarch64-linux-gnu/gconv/gconv-modules.cache",
+    "usr/lib64/gconv/gconv-modules.cache",
+];
+
+/// Symbolic links followed while resolving one path (as the kernel's 40).
+const MAX_LINKS: usize = 40;
+
+/// The regular files of `index` that a container start reads first: the
+/// [`START_FILES`] that exist and the image config's entry program (the
+/// first word of `Entrypoint`, else of `Cmd`, searched on the config's
+/// `PATH`), symbolic links followed.
+pub fn start_files(index: &Index) -> Vec<u64> {
+    let mut paths: Vec<Vec<u8>> = START_FILES.iter().map(|p| p.as_bytes().to_vec()).collect();
+    paths.extend(entry_program_candidates(&index.meta().config));
+    let mut files = Vec::new();
+    for p in paths {
+        if let Some(ino) = resolve_following(index, &p) {
+            let is_file = index
+                .inode(ino)
+                .is_ok_and(|n| n.kind() == Some(NodeKind::File));
+            if is_file && !files.contains(&ino) {
+                files.push(ino);
+            }
+        }
+    }
+    files
+}
+
+/// Where the config's entry program may be: its path, or each `PATH` dir
+/// joined with its name (the first one that exists wins at resolve time;
+/// only one is a file in practice, and a miss costs nothing).
+fn entry_program_candidates(config: &str) -> Vec<Vec<u8>> {
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Cfg {
+        #[serde(rename = "Entrypoint")]
+        entrypoint: Option<Vec<String>>,
+        #[serde(rename = "Cmd")]
+        cmd: Option<Vec<String>>,
+        #[serde(rename = "Env")]
+        env: Option<Vec<String>>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Image {
+        config: Cfg,
+    }
+    let Ok(image) = serde_json::from_str::<Image>(config) else {
+        return Vec::new();
+    };
+    let c = image.config;
+    let first = |v: &Option<Vec<String>>| v.as_ref().and_then(|v| v.first().cloned());
+    let Some(program) = first(&c.entrypoint).or_else(|| first(&c.cmd)) else {
+        return Vec::new();
+    };
+    if program.contains('/') {
+        return vec![program.into_bytes()];
+    }
+    let path = c
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|e| e.strip_prefix("PATH=").map(str::to_string))
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let found = path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| format!("{d}/{program}").into_bytes())
+        .collect();
+    found
+}
+
+/// Resolves `path` from the root of the merged tree, following symbolic
+/// links (absolute ones from the root); `None` if it does not resolve.
+fn resolve_following(index: &Index, path: &[u8]) -> Option<u64> {
+    let mut pending: Vec<Vec<u8>> = components(path).rev().collect();
+    let mut dirs = vec![ROOT_INO];
+    let mut links = 0;
+    while let Some(comp) = pending.pop() {
+        let here = *dirs.last()?;
+        if comp == b".." {
+            if dirs.len() > 1 {
+                dirs.pop();
+            }
+            continue;
+        }
+        let ino = index.lookup(here, &comp).ok()??;
+        let node = index.inode(ino).ok()?;
+        if node.kind() == Some(NodeKind::Symlink) {
+            links += 1;
+            if links > MAX_LINKS {
+                return None;
+            }
+            let target = node.link_target().ok()?;
+            if target.starts_with(b"/") {
+                dirs.truncate(1);
+            }
+            pending.extend(components(target).rev());
+        } else {
+            dirs.push(ino);
+        }
+    }
+    dirs.last().copied()
+}
+
+fn components(path: &[u8]) -> impl DoubleEndedIterator<Item = Vec<u8>> + '_ {
+    path.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .map(<[u8]>::to_vec)
 }

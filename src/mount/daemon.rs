@@ -215,6 +215,7 @@ fn serve_until_unmounted(config: &DaemonConfig, sock: &Path) -> Result<(), Mount
     let fs = ClipFs::new(index, content, config.fs.clone())
         .map_err(|e| MountError::Fs(Box::new(e)))?
         .with_metrics(config.metrics.clone());
+    fs.warm_start();
     let mnt = config.image_dir.join("mnt");
     std::fs::create_dir_all(&mnt).map_err(MountError::io("create", &mnt))?;
     let opts = ServeOptions {

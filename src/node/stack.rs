@@ -81,14 +81,13 @@ impl ImageStack {
 
     /// The filesystem over the cache, counting into the stack's metrics.
     pub fn filesystem(&self) -> Result<ClipFs, NodeError> {
-        let mut config = self.fs.clone();
-        if self.cache.replaying() {
-            // The profile knows what this workload reads; speculating on top
-            // would only fetch more.
-            config.warm = None;
-        }
-        let fs = ClipFs::new(self.cache.index().clone(), self.cache.clone(), config)
-            .map_err(|e| NodeError::Fs(Box::new(e)))?;
+        let fs = ClipFs::new(
+            self.cache.index().clone(),
+            self.cache.clone(),
+            self.fs.clone(),
+        )
+        .map_err(|e| NodeError::Fs(Box::new(e)))?;
+        fs.warm_start();
         Ok(fs.with_metrics(self.metrics.clone()))
     }
 
