@@ -10,6 +10,7 @@
 //! session and the per-container overlays. [`metrics`] records latencies on
 //! every hop. [`cli`] is the only place that prints or uses `anyhow`.
 
+pub mod archive;
 pub mod cache;
 pub mod cli;
 pub mod digest;
@@ -22,7 +23,9 @@ pub mod gzip;
 pub mod index;
 pub mod metrics;
 pub mod mount;
+pub mod object;
 pub mod oci;
+pub mod s3;
 pub mod source;
 pub mod tar;
 

@@ -1,4 +1,5 @@
 //! The one integration-test binary (see tests/common for helpers).
+mod archive;
 mod cli;
 mod common;
 mod differential;

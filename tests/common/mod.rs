@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the clipctl binary, the test
 //! registry and test bed set up by `scripts/test.sh`, skip rules.
 
+pub mod s3;
+
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
