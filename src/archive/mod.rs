@@ -63,17 +63,11 @@ impl Input {
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// The object is not an archive.
-    #[error("{location}: not a clip archive (bad magic)")]
-    NotAnArchive {
-        /// Where it is.
-        location: String,
-    },
+    #[error("not a clip archive (bad magic)")]
+    NotAnArchive,
     /// The object is a metadata-only index, not an archive.
-    #[error("{location} is a clip index (metadata only), not an archive")]
-    IsIndex {
-        /// Where it is.
-        location: String,
-    },
+    #[error("this is a clip index (metadata only), not an archive")]
+    IsIndex,
     /// Written by a newer, incompatible clip.
     #[error("archive format version {major}.{minor} is not supported (this clipctl reads 1.x)")]
     UnsupportedVersion {
@@ -86,12 +80,8 @@ pub enum ArchiveError {
     #[error("archive uses unknown incompatible features {0:#x}; upgrade clipctl")]
     UnknownFeatures(u32),
     /// The object is shorter or longer than its header says.
-    #[error(
-        "{location} is truncated or padded: its header says {expected} bytes, it has {actual}"
-    )]
+    #[error("archive is truncated or padded: its header says {expected} bytes, it has {actual}")]
     Truncated {
-        /// Where it is.
-        location: String,
         /// Size from the header.
         expected: u64,
         /// Actual size.

@@ -55,20 +55,18 @@ fn corrupt(what: impl Into<String>) -> ArchiveError {
 impl Archive {
     /// Opens the archive `object` holds.
     pub fn open(object: Arc<dyn ObjectRead>) -> Result<Self, ArchiveError> {
-        let location = object.location();
         let len = object.len();
         let mut head = vec![0u8; len.min(HEAD_READ) as usize];
         object.read_exact_at(0, &mut head)?;
         match sniff(&head) {
             FileKind::Archive => {}
-            FileKind::Index => return Err(ArchiveError::IsIndex { location }),
-            FileKind::Other => return Err(ArchiveError::NotAnArchive { location }),
+            FileKind::Index => return Err(ArchiveError::IsIndex),
+            FileKind::Other => return Err(ArchiveError::NotAnArchive),
         }
         let header = head
             .get(..raw::HEADER_SIZE)
             .and_then(|h| Header::read_from_bytes(h).ok())
-            .ok_or_else(|| ArchiveError::Truncated {
-                location: location.clone(),
+            .ok_or(ArchiveError::Truncated {
                 expected: raw::HEADER_SIZE as u64,
                 actual: len,
             })?;
@@ -90,7 +88,6 @@ impl Archive {
         let expected = header.file_size.get();
         if expected != len {
             return Err(ArchiveError::Truncated {
-                location,
                 expected,
                 actual: len,
             });

@@ -46,12 +46,11 @@ impl S3Args {
         }
     }
 
-    /// Opens and checks the archive at `location`.
+    /// Opens and checks the archive at `location`. Errors name it.
     pub fn open_archive(&self, location: &str) -> Result<Archive> {
-        let object = self
-            .open_object(location)
-            .with_context(|| format!("opening {location}"))?;
-        Archive::open(object).with_context(|| format!("opening {location}"))
+        // Errors of the object itself already name it.
+        let object = self.open_object(location)?;
+        Archive::open(object).with_context(|| location.to_string())
     }
 
     /// Starts writing the object at `location`, its front (`front_len`

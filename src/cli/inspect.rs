@@ -42,13 +42,11 @@ pub struct LsArgs {
 
 /// The index to show, and the archive holding it if it is one.
 fn open(file: &str, s3: &S3Args) -> Result<(Arc<Index>, Option<Archive>)> {
-    let object = s3
-        .open_object(file)
-        .with_context(|| format!("opening {file}"))?;
+    let object = s3.open_object(file)?;
     let mut magic = [0u8; 8];
     let n = object.read_at(0, &mut magic)?;
     if sniff(&magic[..n]) == FileKind::Archive {
-        let archive = Archive::open(object).with_context(|| format!("opening {file}"))?;
+        let archive = Archive::open(object).with_context(|| file.to_string())?;
         return Ok((archive.index().clone(), Some(archive)));
     }
     let index =

@@ -43,7 +43,7 @@ pub fn run(args: PushArgs) -> Result<()> {
     let object = Arc::new(FileObject::open(&args.file)?);
     let len = object.len();
     // Only archives go up: an index alone is useless without its registry.
-    Archive::open(object.clone()).with_context(|| format!("opening {}", args.file.display()))?;
+    Archive::open(object.clone()).with_context(|| args.file.display().to_string())?;
     let sent = AtomicU64::new(0);
     let upload = || -> Result<u64> {
         let mut sink = args.s3.create_object(&args.url, 0)?;

@@ -95,7 +95,8 @@ pub(super) enum Credentials {
     /// Keys from the environment or a profile file.
     Static(StaticKeys),
     /// `object_store`'s providers: web identity or container credentials
-    /// (from the environment) or, on AWS itself, instance metadata.
+    /// (named by the environment), or instance metadata when
+    /// `AWS_EC2_METADATA_DISABLED=false` asks for it explicitly.
     Provider,
     /// No signing (`AWS_SKIP_SIGNATURE=true`, public buckets).
     Anonymous,
@@ -150,6 +151,13 @@ pub(super) fn resolve(endpoint: Option<&str>, profile: &Profile) -> Resolved {
                 profile.get("aws_secret_access_key").cloned(),
                 profile.get("aws_session_token").cloned(),
             )
+        })
+        // Instance metadata is a link-local request that fails slowly off
+        // EC2: only when asked for.
+        .or_else(|| {
+            env("AWS_EC2_METADATA_DISABLED")
+                .is_some_and(|v| v.eq_ignore_ascii_case("false"))
+                .then_some(Credentials::Provider)
         })
     };
     Resolved {

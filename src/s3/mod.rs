@@ -44,7 +44,7 @@ pub enum S3Error {
     #[error("S3 configuration: {0}")]
     Config(String),
     /// No credentials anywhere in the chain.
-    #[error("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with ~/.aws/credentials")]
+    #[error("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials (AWS_PROFILE); AWS_EC2_METADATA_DISABLED=false uses an EC2 instance role")]
     NoCredentials,
     /// The bucket does not exist.
     #[error("{url}: no such bucket")]
@@ -209,9 +209,7 @@ impl S3Client {
             }
             Some(config::Credentials::Anonymous) => b = b.with_skip_signature(true),
             Some(config::Credentials::Provider) => {}
-            // Instance metadata only exists on AWS itself.
-            None if resolved.endpoint.is_some() => return Err(S3Error::NoCredentials),
-            None => {}
+            None => return Err(S3Error::NoCredentials),
         }
         let store = b.build().map_err(|e| S3Error::Config(one_line(&e)))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -241,9 +239,25 @@ impl S3Client {
         Ok(self.runtime.block_on(f))
     }
 
-    /// Turns an `object_store` error into a one-line [`S3Error`].
+    /// Turns an `object_store` error into a one-line [`S3Error`]. Some
+    /// stores answer a missing bucket with `NoSuchKey`: a key that is not
+    /// found costs one more request, a listing, to tell the two apart.
     fn error(&self, e: object_store::Error) -> S3Error {
-        classify(&self.url, &self.endpoint, e)
+        match classify(&self.url, &self.endpoint, e) {
+            S3Error::NoSuchKey { url } => {
+                let store = self.store.clone();
+                let probe = self.block_on(async move {
+                    store.list_with_delimiter(None).await.map(|_| ())
+                });
+                match probe {
+                    Ok(Err(e)) if one_line(&e).contains("NoSuchBucket") => {
+                        S3Error::NoSuchBucket { url }
+                    }
+                    _ => S3Error::NoSuchKey { url },
+                }
+            }
+            other => other,
+        }
     }
 
     /// Opens the object for range reads: one GET of its first bytes, which
@@ -307,6 +321,7 @@ fn one_line(e: &dyn std::error::Error) -> String {
 fn classify(url: &S3Url, endpoint: &str, e: object_store::Error) -> S3Error {
     let url_s = url.to_string();
     let detail = one_line(&e);
+    tracing::debug!(url = %url_s, %detail, "S3 request failed");
     match e {
         object_store::Error::NotFound { .. } if detail.contains("NoSuchBucket") => {
             S3Error::NoSuchBucket { url: url_s }
@@ -321,10 +336,14 @@ fn classify(url: &S3Url, endpoint: &str, e: object_store::Error) -> S3Error {
             || detail.contains("connect")
             || detail.contains("dns error") =>
         {
+            // The transport's own words, without the request line before them.
+            let cause = detail
+                .rsplit_once("HTTP error: ")
+                .map_or(detail.as_str(), |(_, c)| c);
             S3Error::Unreachable {
                 url: url_s,
                 endpoint: endpoint.to_string(),
-                detail: short(&detail),
+                detail: short(cause),
             }
         }
         _ => S3Error::Request {
