@@ -10,6 +10,8 @@ declare -A allowed=(
   [index]="index oci tar gzip format source digest"
   [fuse]="fuse cache format metrics"
   [mount]="mount fuse cache format metrics digest"
+  [object]="source digest"        [s3]="s3 object source"
+  [archive]="archive format object source digest"
 )
 bad=0
 for mod in "${!allowed[@]}"; do
@@ -20,7 +22,7 @@ for mod in "${!allowed[@]}"; do
     if ! grep -qw "$dep" <<<"${allowed[$mod]} Digest Error Result"; then
       echo "layering: $file uses crate::$dep"; bad=1
     fi
-  done < <(grep -rn --include='*.rs' -E '^\s*(pub(\([a-z]+\))? )?use crate::[a-z_]+' "src/$mod" || true)
+  done < <(grep -rn --include='*.rs' -E '^\s*(pub(\([a-z]+\))? )?use crate::[a-z_]+' "src/$mod" "src/$mod.rs" 2>/dev/null || true)
 done
 [ "$bad" -eq 0 ] && echo "layering ok"
 exit "$bad"

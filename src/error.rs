@@ -2,6 +2,7 @@
 //! callers that drive several modules (the CLI, embedders). Each module
 //! keeps its own typed error; this only wraps them with `#[from]`.
 
+use crate::archive::ArchiveError;
 use crate::cache::CacheError;
 use crate::format::FormatError;
 use crate::fuse::FsError;
@@ -10,6 +11,7 @@ use crate::index::{IndexError, MergeError};
 use crate::metrics::MetricsError;
 use crate::mount::MountError;
 use crate::oci::OciError;
+use crate::s3::S3Error;
 use crate::source::SourceError;
 use crate::tar::TarError;
 
@@ -49,6 +51,12 @@ pub enum Error {
     /// Metrics collection and rendering.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// Archives: create, open, extract.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// S3 object storage.
+    #[error(transparent)]
+    S3(#[from] S3Error),
 }
 
 /// The crate's result type.

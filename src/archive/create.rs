@@ -92,13 +92,15 @@ pub struct CreateOptions {
 pub const DEFAULT_LEVEL: i32 = 3;
 /// Default frame size: the same 1 MiB as the index's default span.
 pub const DEFAULT_FRAME: u32 = 1 << 20;
+/// Default verification chunk: the index's default, the cache's unit.
+pub const DEFAULT_CHUNK: u32 = 256 << 10;
 
 impl Default for CreateOptions {
     fn default() -> Self {
         CreateOptions {
             level: DEFAULT_LEVEL,
             frame_size: DEFAULT_FRAME,
-            chunk_size: crate::index::DEFAULT_CHUNK,
+            chunk_size: DEFAULT_CHUNK,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }

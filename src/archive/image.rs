@@ -64,7 +64,7 @@ struct LayerStream {
 type Hashed = HashingReader<Box<dyn Read + Send>>;
 
 enum Decoded {
-    Gzip(MultiGzDecoder<Hashed>),
+    Gzip(Box<MultiGzDecoder<Hashed>>),
     Zstd(zstd::stream::read::Decoder<'static, BufReader<Hashed>>),
     Plain(Hashed),
 }
@@ -151,7 +151,7 @@ impl LayerFeed {
         };
         let raw = HashingReader::new(self.source.open(&digest).map_err(|e| layer_err(&e))?);
         let reader = match kind {
-            LayerKind::Gzip => Decoded::Gzip(MultiGzDecoder::new(raw)),
+            LayerKind::Gzip => Decoded::Gzip(Box::new(MultiGzDecoder::new(raw))),
             LayerKind::ZstdFrames | LayerKind::ZstdWhole => {
                 Decoded::Zstd(zstd::stream::read::Decoder::new(raw).map_err(|e| layer_err(&e))?)
             }

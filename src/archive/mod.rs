@@ -28,8 +28,8 @@ mod walk;
 use std::path::PathBuf;
 
 pub use create::{
-    create, CreateOptions, CreateProgress, CreateSummary, DataItem, Input, DEFAULT_FRAME,
-    DEFAULT_LEVEL,
+    create, CreateOptions, CreateProgress, CreateSummary, DataItem, Input, DEFAULT_CHUNK,
+    DEFAULT_FRAME, DEFAULT_LEVEL,
 };
 pub use extract::{extract, ExtractOptions, ExtractProgress, ExtractSummary};
 pub use open::{sniff, Archive, FileKind};

@@ -13,7 +13,7 @@ use super::{create, extract, Archive, ArchiveError, CreateOptions, CreateProgres
 use super::{ExtractOptions, ExtractProgress};
 use crate::cache::{CacheConfig, ContentCache, ContentReader};
 use crate::format::{Node, NodeKind, ROOT_INO};
-use crate::object::{FileObject, FileWriter, ObjectRead};
+use crate::object::{FileObject, FileWriter};
 
 /// Small frames and chunks so that files span frames and groups.
 fn opts() -> CreateOptions {
@@ -267,10 +267,7 @@ fn damaged_archives_are_refused_and_leave_nothing() {
         ArchiveError::NotAnArchive
     ));
     let idx = crate::format::write_index(&Default::default(), Default::default()).unwrap();
-    assert!(matches!(
-        load(&idx).unwrap_err(),
-        ArchiveError::IsIndex
-    ));
+    assert!(matches!(load(&idx).unwrap_err(), ArchiveError::IsIndex));
 
     // A non-empty target is refused and left alone.
     let busy = tmp.path().join("busy");
@@ -314,10 +311,13 @@ impl super::create::Feed for NoData {
     }
 }
 
+/// Names and kinds under the root, and whether a directory loops.
+type Case<'a> = (&'a [(&'a [u8], NodeKind)], bool);
+
 #[test]
 fn hostile_trees_are_refused_before_writing() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&[(&[u8], NodeKind)], bool); 4] = [
+    let cases: [Case<'_>; 4] = [
         (&[(b"..", NodeKind::Dir)], false),
         (&[(b"../escape", NodeKind::File)], false),
         (&[(b"etc/passwd", NodeKind::File)], false),

@@ -8,8 +8,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::archive::{self, CreateOptions, CreateProgress, Input, DEFAULT_FRAME, DEFAULT_LEVEL};
-use crate::index::{build, IndexOptions, Progress, DEFAULT_CHUNK};
+use crate::archive::{
+    self, CreateOptions, CreateProgress, Input, DEFAULT_CHUNK, DEFAULT_FRAME, DEFAULT_LEVEL,
+};
+use crate::index::{build, IndexOptions, Progress};
 
 use super::archive_io::{with_progress, S3Args};
 use super::index::open_image;

@@ -246,9 +246,8 @@ impl S3Client {
         match classify(&self.url, &self.endpoint, e) {
             S3Error::NoSuchKey { url } => {
                 let store = self.store.clone();
-                let probe = self.block_on(async move {
-                    store.list_with_delimiter(None).await.map(|_| ())
-                });
+                let probe =
+                    self.block_on(async move { store.list_with_delimiter(None).await.map(|_| ()) });
                 match probe {
                     Ok(Err(e)) if one_line(&e).contains("NoSuchBucket") => {
                         S3Error::NoSuchBucket { url }
