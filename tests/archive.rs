@@ -155,7 +155,7 @@ fn every_type_tree(root: &Path) {
     sh(
         "mkdir -p d/sub sticky setgid && chmod 1777 sticky && chmod 2775 setgid
         printf 'hello\\n' > d/file && head -c 3000000 /dev/urandom > d/big
-        cp d/file suid && chmod 4755 suid && chown 1234:5678 suid
+        cp d/file suid && chown 1234:5678 suid && chmod 4755 suid
         mknod chr c 1 3 && mknod blk b 7 0 && mkfifo fifo && chown 7:8 chr
         ln d/file hard1 && ln d/file d/sub/hard2 && : > empty
         setfattr -n user.note -v hi d/file && setfattr -n trusted.t -v x d
@@ -167,7 +167,7 @@ fn every_type_tree(root: &Path) {
     symlink("/nowhere/at/all", root.join("dangling")).unwrap();
     // File capabilities: cap_net_bind_service+ep as a v2 security.capability.
     let mut cap = Vec::new();
-    for v in [0x0200_0001u32 | 0x0100_0000, 1 << 10, 0, 0, 0] {
+    for v in [0x0200_0001u32, 1 << 10, 0, 0, 0] {
         cap.extend_from_slice(&v.to_le_bytes());
     }
     xattr::set(root.join("d/big"), "security.capability", &cap).unwrap();
@@ -321,11 +321,11 @@ fn archive_from_image_equals_its_index() {
 fn archive_bad_input_fails_in_one_line_and_leaves_nothing() {
     let tmp = common::tempdir();
     let src = tmp.path().join("src");
-    std::fs::create_dir_all(src.join("d")).unwrap();
-    std::fs::write(src.join("d/f"), vec![7u8; 5_000_000]).unwrap();
+    bulky_tree(&src);
     let good = tmp.path().join("good.clip");
     ok(&create(&src, good.to_str().unwrap()));
     let bytes = std::fs::read(&good).unwrap();
+    let data_offset = u64::from_le_bytes(bytes[40..48].try_into().unwrap()) as usize;
     let extract = |archive: &Path, out: &Path| {
         run(&[
             "extract",
@@ -348,10 +348,17 @@ fn archive_bad_input_fails_in_one_line_and_leaves_nothing() {
         "not a clip archive",
     );
     case("short.clip", &bytes[..bytes.len() - 4096], "truncated");
-    let mut flipped = bytes.clone();
-    let at = bytes.len() - 1000;
-    flipped[at] ^= 0x10;
-    case("flipped.clip", &flipped, "corrupt");
+    // A flipped byte in the data, the index, the padding before the data.
+    let index_end = 64 + u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
+    for (name, at) in [
+        ("flip-data.clip", (data_offset + bytes.len()) / 2),
+        ("flip-index.clip", 200),
+        ("flip-pad.clip", (index_end + data_offset) / 2),
+    ] {
+        let mut flipped = bytes.clone();
+        flipped[at] ^= 0x10;
+        case(name, &flipped, "corrupt");
+    }
     // An index is not an archive.
     let o = run(&["inspect", good.to_str().unwrap()]);
     ok(&o);

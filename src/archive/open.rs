@@ -103,17 +103,24 @@ impl Archive {
         if index_start < raw::HEADER_SIZE as u64
             || index_end > data_start
             || data_end != expected
+            || data_start - index_end > MAX_INDEX
             || header.index_len.get() > MAX_INDEX
         {
             return Err(corrupt("header ranges are inconsistent"));
         }
-        let index_bytes = if index_end <= head.len() as u64 {
-            head[index_start as usize..index_end as usize].to_vec()
+        // The index and the zero padding after it, usually inside the head read.
+        let front = if data_start <= head.len() as u64 {
+            head[index_start as usize..data_start as usize].to_vec()
         } else {
-            let mut buf = vec![0u8; (index_end - index_start) as usize];
+            let mut buf = vec![0u8; (data_start - index_start) as usize];
             object.read_exact_at(index_start, &mut buf)?;
             buf
         };
+        let (index_bytes, padding) = front.split_at((index_end - index_start) as usize);
+        if padding.iter().any(|&b| b != 0) {
+            return Err(corrupt("non-zero bytes between the index and the data"));
+        }
+        let index_bytes = index_bytes.to_vec();
         let index = Index::from_bytes(index_bytes)?;
         let archive = Archive {
             object,
