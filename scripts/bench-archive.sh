@@ -101,13 +101,19 @@ section_extract() {
   ensure_tzst
   step "extract: clipctl extract vs zstd -dc | tar -x (RUNS=$RUNS, load $(load))"
   local i s
-  for i in $(seq 1 "$RUNS"); do
-    rm -rf "$W/x1" "$W/x2"; sync; cat "$W/py.clip" "$TZST" > /dev/null
-    s=$(now); "$CLIPCTL" extract --archive "$W/py.clip" --output "$W/x1" >/dev/null
+  # Deleting the previous tree leaves the file system busy for a while: sync and
+  # settle before each run, and alternate which tool goes first.
+  settle() { rm -rf "$W/x1" "$W/x2"; sync; sleep 2; cat "$W/py.clip" "$TZST" > /dev/null; }
+  run_clip() {
+    settle; s=$(now); "$CLIPCTL" extract --archive "$W/py.clip" --output "$W/x1" >/dev/null
     add clip_extract_s "$(secs $(( $(now) - s )))"
-    mkdir "$W/x2"
-    s=$(now); zstd -q -dc "$TZST" | tar -x -C "$W/x2"
+  }
+  run_tar() {
+    settle; mkdir "$W/x2"; s=$(now); zstd -q -dc "$TZST" | tar -x -C "$W/x2"
     add tar_extract_s "$(secs $(( $(now) - s )))"
+  }
+  for i in $(seq 1 "$RUNS"); do
+    if (( i % 2 )); then run_clip; run_tar; else run_tar; run_clip; fi
   done
   local c t
   c=$(med clip_extract_s); t=$(med tar_extract_s)
