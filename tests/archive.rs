@@ -101,6 +101,23 @@ fn create(input: &Path, output: &str) -> std::process::Output {
     ])
 }
 
+/// `create` of `src` into `dir/a.clip`, `extract` into `dir/out`, which must
+/// equal `src`; returns both paths.
+fn roundtrip(src: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let file = dir.join("a.clip");
+    ok(&create(src, file.to_str().unwrap()));
+    let out = dir.join("out");
+    ok(&run(&[
+        "extract",
+        "--archive",
+        file.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]));
+    assert_same_tree(&out, src);
+    (file, out)
+}
+
 #[test]
 fn archive_roundtrip_tiny_rootfs() {
     let bed = require!(
@@ -109,17 +126,7 @@ fn archive_roundtrip_tiny_rootfs() {
     );
     let rootfs = bed.join("unpacked/tiny/rootfs");
     let tmp = common::tempdir();
-    let file = tmp.path().join("tiny.clip");
-    ok(&create(&rootfs, file.to_str().unwrap()));
-    let out = tmp.path().join("out");
-    ok(&run(&[
-        "extract",
-        "--archive",
-        file.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]));
-    assert_same_tree(&out, &rootfs);
+    let (file, out) = roundtrip(&rootfs, tmp.path());
     // The root directory's own columns come back too.
     let (a, b) = (
         std::fs::metadata(&out).unwrap(),
@@ -183,17 +190,7 @@ fn privileged_archive_roundtrip_every_file_type() {
     let tmp = common::tempdir();
     let src = tmp.path().join("src");
     every_type_tree(&src);
-    let file = tmp.path().join("all.clip");
-    ok(&create(&src, file.to_str().unwrap()));
-    let out = tmp.path().join("out");
-    ok(&run(&[
-        "extract",
-        "--archive",
-        file.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]));
-    assert_same_tree(&out, &src);
+    let (_, out) = roundtrip(&src, tmp.path());
     let caps = xattr::get(out.join("d/big"), "security.capability").unwrap();
     assert!(caps.is_some(), "file capabilities restored");
     assert_eq!(
