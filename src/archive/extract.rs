@@ -253,11 +253,16 @@ pub fn extract(
     let groups = plan_groups(index, &layer, &entries, threads)?;
     let created = prepare_dir(dir)?;
     let result = Target::open(dir).and_then(|target| {
-        let summary = create_tree(index, &target, &entries, &groups)?;
-        write_data(
-            archive, &layer, &target, &entries, &groups, threads, progress,
-        )?;
-        finish_tree(index, &target, dir, &entries, opts.same_owner)?;
+        let (summary, by_worker) = create_tree(index, &target, &entries, &groups)?;
+        let workers = Workers {
+            archive,
+            layer: &layer,
+            target: &target,
+            entries: &entries,
+            same_owner: opts.same_owner,
+        };
+        write_data(&workers, &groups, threads, progress)?;
+        finish_tree(index, &target, dir, &entries, &by_worker, opts.same_owner)?;
         Ok(summary)
     });
     if result.is_err() {
@@ -308,12 +313,13 @@ fn remove_output(dir: &Path, created: bool) {
 
 /// Phase 2: directories, special files, empty files and files written by
 /// several groups (created here, at full length, so groups only open them).
+/// Returns which entries a worker creates (and finishes, metadata included).
 fn create_tree(
     index: &Index,
     target: &Target,
     entries: &[Entry],
     groups: &[Group],
-) -> Result<ExtractSummary, ArchiveError> {
+) -> Result<(ExtractSummary, Vec<bool>), ArchiveError> {
     let mut by_group = vec![false; entries.len()];
     for p in groups.iter().flat_map(|g| &g.pieces) {
         by_group[p.entry as usize] = p.create;
@@ -336,15 +342,21 @@ fn create_tree(
         };
         r.map_err(|e| target.err(&entry.path, e))?;
     }
-    Ok(summary)
+    Ok((summary, by_group))
+}
+
+/// What every extraction thread shares.
+struct Workers<'a> {
+    archive: &'a Archive,
+    layer: &'a LayerView<'a>,
+    target: &'a Target,
+    entries: &'a [Entry],
+    same_owner: bool,
 }
 
 /// Phase 3: the data, group by group on `threads` threads.
 fn write_data(
-    archive: &Archive,
-    layer: &LayerView<'_>,
-    target: &Target,
-    entries: &[Entry],
+    shared: &Workers<'_>,
     groups: &[Group],
     threads: usize,
     progress: &ExtractProgress,
@@ -352,31 +364,26 @@ fn write_data(
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let first_err: Mutex<Option<ArchiveError>> = Mutex::new(None);
+    let fail = |e| {
+        stop.store(true, Ordering::Relaxed);
+        first_err
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+    };
     std::thread::scope(|s| {
         for _ in 0..threads.min(groups.len()) {
             s.spawn(|| {
-                let mut worker = match Worker::new(archive, layer, target, entries) {
+                let mut worker = match Worker::new(shared) {
                     Ok(w) => w,
-                    Err(e) => {
-                        stop.store(true, Ordering::Relaxed);
-                        first_err
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
-                        return;
-                    }
+                    Err(e) => return fail(e),
                 };
                 while !stop.load(Ordering::Relaxed) {
                     let Some(g) = groups.get(next.fetch_add(1, Ordering::Relaxed)) else {
                         break;
                     };
                     if let Err(e) = worker.run(g, progress) {
-                        stop.store(true, Ordering::Relaxed);
-                        first_err
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
-                        break;
+                        return fail(e);
                     }
                 }
             });
@@ -390,6 +397,7 @@ fn write_data(
 
 /// One extraction thread's state.
 struct Worker<'a> {
+    shared: &'a Workers<'a>,
     archive: &'a Archive,
     layer: &'a LayerView<'a>,
     target: &'a Target,
@@ -402,17 +410,13 @@ struct Worker<'a> {
 }
 
 impl<'a> Worker<'a> {
-    fn new(
-        archive: &'a Archive,
-        layer: &'a LayerView<'a>,
-        target: &'a Target,
-        entries: &'a [Entry],
-    ) -> Result<Self, ArchiveError> {
+    fn new(shared: &'a Workers<'a>) -> Result<Self, ArchiveError> {
         Ok(Worker {
-            archive,
-            layer,
-            target,
-            entries,
+            shared,
+            archive: shared.archive,
+            layer: shared.layer,
+            target: shared.target,
+            entries: shared.entries,
             zstd: zstd::bulk::Decompressor::new().map_err(|e| ArchiveError::Decode {
                 frame: 0,
                 message: format!("zstd context: {e}"),
@@ -481,25 +485,32 @@ impl<'a> Worker<'a> {
                 .dir(&self.entries[entry.parent as usize].path, &mut self.dirs)?;
             let at = (p.stream_off - out_start) as usize;
             let bytes = &self.data[at..at + p.len as usize];
-            let file = if p.create {
-                restore::create_file(parent, &entry.name, 0)
+            let written = if p.create {
+                // The whole file is here: write it and finish it on its fd.
+                let node = self.archive.index().inode(entry.ino)?;
+                restore::create_file(parent, &entry.name, 0).and_then(|f| {
+                    restore::write_at(&f, bytes, p.file_off)?;
+                    restore::apply_meta_fd(&f, &node, self.shared.same_owner)
+                })
             } else {
                 restore::open_file(parent, &entry.name)
+                    .and_then(|f| restore::write_at(&f, bytes, p.file_off))
             };
-            file.and_then(|f| restore::write_at(&f, bytes, p.file_off))
-                .map_err(|e| self.target.err(&entry.path, e))?;
+            written.map_err(|e| self.target.err(&entry.path, e))?;
         }
         Ok(())
     }
 }
 
-/// Phase 4: hard links, metadata of everything but directories, then
-/// directories deepest first (their mtimes change while they fill).
+/// Phase 4: hard links, metadata of everything but directories and the
+/// files workers finished (`done`), then directories deepest first (their
+/// mtimes change while they fill).
 fn finish_tree(
     index: &Index,
     target: &Target,
     dir: &Path,
     entries: &[Entry],
+    done: &[bool],
     same_owner: bool,
 ) -> Result<(), ArchiveError> {
     let mut first_name = std::collections::HashMap::new();
@@ -517,10 +528,11 @@ fn finish_tree(
         let to = target.dir(&entries[entry.parent as usize].path, &mut cache)?;
         restore::link(from, &src.name, to, &entry.name).map_err(|e| target.err(&entry.path, e))?;
     }
-    for entry in entries
+    for (_, entry) in entries
         .iter()
+        .enumerate()
         .skip(1)
-        .filter(|e| e.first && e.kind != NodeKind::Dir)
+        .filter(|(i, e)| e.first && e.kind != NodeKind::Dir && !done[*i])
     {
         let node = index.inode(entry.ino)?;
         let parent = target.dir(&entries[entry.parent as usize].path, &mut cache)?;

@@ -215,22 +215,28 @@ pub(super) fn apply_meta(
     Ok(())
 }
 
+/// Applies owner, mode, xattrs and mtime of `node` (same order as
+/// [`apply_meta`]) to an open file: the regular files a worker just wrote,
+/// and the target directory itself.
+pub(super) fn apply_meta_fd(file: &File, node: &InodeView<'_>, same_owner: bool) -> io::Result<()> {
+    if same_owner {
+        rfs::fchown(file, raw_uid(node.uid()), raw_gid(node.gid()))?;
+    }
+    rfs::fchmod(file, Mode::from_raw_mode(node.mode() & 0o7777))?;
+    for (k, v) in node.xattrs().map_err(io::Error::other)? {
+        rfs::fsetxattr(file, os(k), v, rfs::XattrFlags::empty())?;
+    }
+    rfs::futimens(file, &times(node))?;
+    Ok(())
+}
+
 /// Applies the root directory's metadata to the target itself.
 pub(super) fn apply_root_meta(
     path: &Path,
     node: &InodeView<'_>,
     same_owner: bool,
 ) -> io::Result<()> {
-    let dir = File::open(path)?;
-    if same_owner {
-        rfs::fchown(&dir, raw_uid(node.uid()), raw_gid(node.gid()))?;
-    }
-    rfs::fchmod(&dir, Mode::from_raw_mode(node.mode() & 0o7777))?;
-    for (k, v) in node.xattrs().map_err(io::Error::other)? {
-        rfs::fsetxattr(&dir, os(k), v, rfs::XattrFlags::empty())?;
-    }
-    rfs::futimens(&dir, &times(node))?;
-    Ok(())
+    apply_meta_fd(&File::open(path)?, node, same_owner)
 }
 
 fn fd_number(fd: BorrowedFd<'_>) -> i32 {
