@@ -10,51 +10,21 @@
 
 #![allow(missing_docs)]
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 
 use clip::cache::{CacheConfig, ContentCache, ContentReader};
-use clip::format::{write_index, Index, IndexData, Layer, LayerKind, WriteOptions};
-use clip::gzip::{IndexerConfig, ZranReader};
+use clip::format::Index;
 use clip::source::MemSource;
-use clip::Digest;
+use clip::testutil::{gzip_layer, index_of_layers, mixed_bytes};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 
 const SIZE: usize = 48 << 20;
 
-/// Mixed content: compressible text-like runs, zeros, random runs.
+/// Mixed content: source-like runs, zeros, random runs.
 fn content() -> Vec<u8> {
-    let mut rng = StdRng::seed_from_u64(42);
-    let mut out = Vec::with_capacity(SIZE);
-    let words: [&[u8]; 6] = [
-        b"import ",
-        b"numpy ",
-        b"def f(x):\n",
-        b"    return ",
-        b"self.",
-        b"# comment\n",
-    ];
-    while out.len() < SIZE {
-        let run = rng.gen_range(1..256 << 10);
-        match rng.gen_range(0..4) {
-            0 | 1 => {
-                let stop = out.len() + run;
-                while out.len() < stop {
-                    out.extend_from_slice(words[rng.gen_range(0..words.len())]);
-                }
-            }
-            2 => out.resize(out.len() + run / 4, 0),
-            _ => {
-                let s = out.len();
-                out.resize(s + run / 4, 0);
-                rng.fill_bytes(&mut out[s..]);
-            }
-        }
-    }
-    out.truncate(SIZE);
-    out
+    mixed_bytes(&mut StdRng::seed_from_u64(42), SIZE)
 }
 
 struct Fixture {
@@ -64,40 +34,13 @@ struct Fixture {
 }
 
 fn fixture(data: &[u8], span: u64) -> Fixture {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-    e.write_all(data).unwrap();
-    let blob = e.finish().unwrap();
-    let mut r = ZranReader::new(
-        &blob[..],
-        IndexerConfig {
-            span,
-            chunk_size: 256 << 10,
-        },
-    );
-    std::io::copy(&mut r.by_ref(), &mut std::io::sink()).unwrap();
-    let idx = r.finish().unwrap();
-    let layer = Layer {
-        digest: Digest::of(&blob),
-        diff_id: Digest::of(data),
-        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-        kind: LayerKind::Gzip,
-        compressed_size: idx.compressed_size,
-        uncompressed_size: idx.uncompressed_size,
-        chunk_size: 256 << 10,
-        checkpoints: idx.checkpoints,
-        chunks: idx.chunks,
-    };
+    let (layer, blob) = gzip_layer(data, span, 256 << 10, 1);
     let mut src = MemSource::new();
     src.insert(blob);
-    let data = IndexData {
-        layers: vec![layer],
-        ..Default::default()
-    };
-    let index = Index::from_bytes(write_index(&data, WriteOptions::default()).unwrap()).unwrap();
     Fixture {
-        index: Arc::new(index),
+        index: Arc::new(index_of_layers(vec![layer])),
         source: Arc::new(src),
-        size: SIZE as u64,
+        size: data.len() as u64,
     }
 }
 
@@ -130,12 +73,12 @@ fn benches(c: &mut Criterion) {
             })
         });
         g.finish();
-        let st = cold.stats();
+        let st = cold.metrics().counters();
         eprintln!(
             "span {}M cold: {:.0} KiB fetched/read, {:.0} KiB inflated/read",
             span >> 20,
-            st.bytes_fetched as f64 / st.misses.max(1) as f64 / 1024.0,
-            st.bytes_inflated as f64 / st.misses.max(1) as f64 / 1024.0
+            st.bytes_fetched as f64 / st.chunk_misses.max(1) as f64 / 1024.0,
+            st.inflate_bytes as f64 / st.chunk_misses.max(1) as f64 / 1024.0
         );
         if span == 1 << 20 {
             let warm = cache(&f, CacheConfig::default());

@@ -5,66 +5,17 @@
 #![allow(missing_docs)] // criterion_group! generates an undocumented fn
 
 use std::hint::black_box;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use clip::gzip::{IndexerConfig, SpanDecoder, ZranIndex, ZranReader};
+use clip::testutil::{gzip, mixed_data};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 
 const DATA_LEN: usize = 32 << 20;
 const READ_LEN: usize = 64 * 1024;
-
-/// Deterministic mix of text-like and incompressible runs.
-fn mixed_data(len: usize, seed: u64) -> Vec<u8> {
-    const WORDS: &[&str] = &[
-        "the",
-        "layer",
-        "image",
-        "container",
-        "lazy",
-        "gzip",
-        "block",
-        "window",
-        "span",
-        "checkpoint",
-        "/usr/lib/x86_64-linux-gnu/",
-        "libc.so.6",
-        "0x7f",
-        "\n",
-        "{\"key\": ",
-        "}",
-        "ERROR",
-        "42",
-        "=",
-        "\t",
-    ];
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        let run = rng.gen_range(1_000..60_000);
-        if rng.gen_bool(0.3) {
-            let start = out.len();
-            out.resize(start + run, 0);
-            rng.fill_bytes(&mut out[start..]);
-        } else {
-            let end = out.len() + run;
-            while out.len() < end {
-                out.extend_from_slice(WORDS[rng.gen_range(0..WORDS.len())].as_bytes());
-                out.push(b' ');
-            }
-        }
-    }
-    out.truncate(len);
-    out
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
 
 fn build_index(blob: &[u8], span: u64) -> ZranIndex {
     build_index_with(blob, span, true)
@@ -204,7 +155,7 @@ fn window_levels(idx: &ZranIndex) {
 
 fn benches(c: &mut Criterion) {
     let data = mixed_data(DATA_LEN, 1);
-    let blob = gzip(&data);
+    let blob = gzip(&data, 6);
     drop(data);
     report(&blob, DATA_LEN as u64);
 

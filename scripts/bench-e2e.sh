@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# bench-e2e.sh [REGISTRY]   e.g. bench-e2e.sh 127.0.0.1:5000   (default 127.0.0.1:5000)
+# bench-e2e.sh [REGISTRY [SECTION...]]   e.g. bench-e2e.sh 127.0.0.1:5000 distance
+#                                         (default 127.0.0.1:5000, sections from $SECTIONS)
 #
 # End-to-end benchmark of clip on the python test image against baselines measured
 # in the SAME run (the machine is shared and noisy: trust the ratios, not the seconds).
 #
-# Sections (env SECTIONS, default "index numpy walk"):
+# Sections (arguments after REGISTRY, else env SECTIONS, default "index numpy walk"):
 #   index  `clipctl index` of REGISTRY/clip/python:latest: wall time, peak RSS, index size;
 #          baseline: `pigz -dc` and `gzip -dc` of all layer blobs (from the OCI layout, in
 #          page cache) to /dev/null. Runs are interleaved (clip, pigz, gzip, clip, ...).
@@ -34,25 +35,45 @@
 #                      posix_fadvise(DONTNEED) on every file, so every read goes to the daemon
 #          and `ls -lR MNT > /dev/null`, cold (drop caches + fresh mount) for both.
 #          Runs alternate clip, squashfuse_ll, clip, ... so load drift hits both alike.
+#   distance  (not in the default set: ~15 min) the registry a network away: for each D in
+#          DISTANCES, scripts/delay-proxy.py holds each direction D ms (pipelined; a new
+#          connection costs one more round trip) and, RUNS times, the cold numpy start of
+#            sq        squashfuse_ll local (no network; as in numpy)
+#            first     clip first start through the proxy (`clipctl mount --clip F --image
+#                      PROXIED_REF`): no profile, empty disk tier, fresh daemon, caches dropped
+#            replay    the same with the profile `first` saved replayed from mount time on
+#            published a fresh node (empty node dir: no index, no profile, no chunks) whose
+#                      registry has the index and a profile published (`clipctl index --push`,
+#                      `clipctl profile push` of the first profile recorded, into a private
+#                      copy of the image, removed at exit): `clipctl mount --image PROXIED_REF`
+#                      pulls both through the proxy and replays the profile
+#            pull      skopeo copy through the proxy + umoci unpack + the container run
+#          Reports, per D, python times (× squashfuse_ll) and, from `clipctl metrics`, GETs
+#          total / critical (critical_path_gets: the GETs a reader waited for), bytes
+#          fetched / served; one markdown table to paste into BENCHMARKS.md.
 #
-# Env: RUNS (default 3; medians), SECTIONS, SPAN (passed as `clipctl index --span`),
-#      CLIPCTL (default target/release/clipctl), CLIP_BENCH_CACHE (default /var/tmp/clip-bench:
+# Env: RUNS (default 3; medians), SECTIONS, DISTANCES (default "0 5 10 25": one-way ms),
+#      SPAN (passed as `clipctl index --span`), CLIPCTL (default target/release/clipctl), CLIP_BENCH_CACHE (default /var/tmp/clip-bench:
 #      the squashfs, built once per image digest, about 30-60 s), CLIP_MOUNT_ARGS (extra
 #      `clipctl mount` options, e.g. "--threads 4"; default: clipctl's defaults),
 #      TOUCHED_MB (default 18: bytes `import numpy` touches, Slacker-style, measured on the
 #      testbed with strace + smaps).
 # Needs: root, the registry and images of make-images.sh, the release build, squashfuse_ll,
-# mksquashfs, skopeo, umoci, runc, pigz. Everything it creates lives in one temp dir and is
-# removed (mounts, daemons, containers) at exit; it checks /proc/self/mountinfo at the end.
+# mksquashfs, skopeo, umoci, runc, pigz, python3 (also for delay-proxy.py). Everything it
+# creates lives in one temp dir and is removed (mounts, daemons, containers, the proxy) at
+# exit; it checks /proc/self/mountinfo at the end.
 set -euo pipefail
 HERE="$(dirname "$(readlink -f "$0")")"
 . "$HERE/lib.sh"
 
+CMDLINE="$0 $*"
 REG="${1:-127.0.0.1:5000}"
 IMG=python
 REF="$REG/clip/$IMG:latest"
 RUNS="${RUNS:-3}"
 SECTIONS="${SECTIONS:-index numpy walk}"
+[ "$#" -le 1 ] || SECTIONS="${*:2}"
+DISTANCES="${DISTANCES:-0 5 10 25}"
 CLIPCTL="${CLIPCTL:-$CLIP_ROOT/target/release/clipctl}"
 BENCH_CACHE="${CLIP_BENCH_CACHE:-/var/tmp/clip-bench}"
 TOUCHED_MB="${TOUCHED_MB:-18}"
@@ -79,9 +100,11 @@ mkdir -p "$RUN_DIR" "$NODE_DIR"
 CIDS=()     # clip containers attached (clipctl umount --cid)
 MNTS=()     # mount points, unmounted in reverse order
 PIDS=()     # foreground FUSE servers we started in the background
+PUB_REPO=""  # private copy of the image holding published artifacts (distance section)
 cleanup() {
   local rc=$? i
   set +e
+  [ -z "$PUB_REPO" ] || delete_published "$PUB_REPO"
   for ((i=${#CIDS[@]}-1; i>=0; i--)); do
     [ -n "${CIDS[i]}" ] && "$CLIPCTL" umount --cid "${CIDS[i]}" --run-dir "$RUN_DIR" >/dev/null 2>&1
   done
@@ -142,9 +165,11 @@ wait_daemons_gone() {
 }
 kill_daemons() { local p; for p in $(daemon_pids); do kill "$p" 2>/dev/null; done; }
 
+CLIP_SOURCE=()   # e.g. (--image PROXIED_REF): where clip_mount_cid reads blobs from
 clip_mount_cid() {   # clip_mount_cid CID: sets ROOTFS
   CIDS+=("$1")
-  ROOTFS="$("$CLIPCTL" mount --cid "$1" --clip "$CLIP" --run-dir "$RUN_DIR" --node-dir "$NODE_DIR" ${MOUNT_ARGS[@]+"${MOUNT_ARGS[@]}"})"
+  ROOTFS="$("$CLIPCTL" mount --cid "$1" --clip "$CLIP" --run-dir "$RUN_DIR" --node-dir "$NODE_DIR" \
+    ${CLIP_SOURCE[@]+"${CLIP_SOURCE[@]}"} ${MOUNT_ARGS[@]+"${MOUNT_ARGS[@]}"})"
   [ -d "$ROOTFS" ] || die "clipctl mount printed '$ROOTFS'"
 }
 clip_umount_cid() { "$CLIPCTL" umount --cid "$1" --run-dir "$RUN_DIR" >/dev/null; forget CIDS "$1"; }
@@ -164,8 +189,6 @@ sq_mount() {
   FGPID=$!; PIDS+=("$FGPID"); MNTS+=("$1"); wait_mounted "$1" "$FGPID"
 }
 
-# numpy_in ROOTFS: run the numpy command in runc; sets TOTAL (wall s of run-container.sh)
-# and PY (bash `time` of python3 inside the container)
 # clip_cold_numpy CID KEY: wait until no daemon of ours runs (fresh daemon, empty memory
 # cache), drop caches, then timed: mount CID + the numpy container. Adds KEY_total_s and
 # KEY_py_s; the container's metrics are in $W/metrics.json.
@@ -180,6 +203,8 @@ clip_cold_numpy() {
   add "$2_py_s" "$PY"
   "$CLIPCTL" metrics --cid "$1" --run-dir "$RUN_DIR" --format json > "$W/metrics.json"
 }
+# numpy_in ROOTFS: run the numpy command in runc; sets TOTAL (wall s of run-container.sh)
+# and PY (bash `time` of python3 inside the container)
 numpy_in() {
   local s out
   s=$(now)
@@ -187,6 +212,46 @@ numpy_in() {
   TOTAL=$(secs $(( $(now) - s )))
   PY="$(tail -n1 <<< "$out")"
   is_num "$PY" || die "unexpected container output: $out"
+}
+
+# eager_numpy REF PREFIX: the eager baseline, drop caches -> skopeo copy of REF + umoci
+# unpack + the numpy container. Adds PREFIXskopeo_s, PREFIXumoci_s, PREFIXeager_total_s
+# and PREFIXeager_py_s.
+eager_numpy() {
+  local s s2 s3 p=$2
+  drop_caches
+  s=$(now)
+  skopeo --insecure-policy copy -q --src-tls-verify=false "docker://$1" "oci:$W/layout:latest" >/dev/null
+  s2=$(now); add "${p}skopeo_s" "$(secs $(( s2 - s )))"
+  umoci unpack --image "$W/layout:latest" "$W/unpack" >/dev/null 2>&1
+  s3=$(now); add "${p}umoci_s" "$(secs $(( s3 - s2 )))"
+  numpy_in "$W/unpack/rootfs"
+  add "${p}eager_total_s" "$(secs $(( $(now) - s )))"; add "${p}eager_py_s" "$PY"
+  rm -rf "$W/layout" "$W/unpack"
+}
+
+# sq_numpy KEY [warm]: the local baseline, drop caches -> fresh squashfuse_ll mount +
+# overlay (tmpfs upper) -> the numpy container. Adds KEY_cold_total_s and KEY_cold_py_s
+# (with warm, a second container too: KEY_warm_total_s, KEY_warm_py_s).
+sq_numpy() {
+  local s sqpid
+  drop_caches
+  s=$(now)
+  sq_mount "$W/sq"; sqpid=$FGPID
+  mkdir -p "$W/sqov" "$W/sqmerged"
+  MNTS+=("$W/sqov"); mount -t tmpfs tmpfs "$W/sqov"
+  mkdir -p "$W/sqov/upper" "$W/sqov/work"
+  MNTS+=("$W/sqmerged")
+  mount -t overlay overlay -o "lowerdir=$W/sq,upperdir=$W/sqov/upper,workdir=$W/sqov/work" "$W/sqmerged"
+  numpy_in "$W/sqmerged"
+  add "$1_cold_total_s" "$(secs $(( $(now) - s )))"; add "$1_cold_py_s" "$PY"
+  if [ "${2:-}" = warm ]; then
+    numpy_in "$W/sqmerged"
+    add "$1_warm_total_s" "$TOTAL"; add "$1_warm_py_s" "$PY"
+  fi
+  umount "$W/sqmerged"; forget MNTS "$W/sqmerged"
+  umount "$W/sqov"; forget MNTS "$W/sqov"
+  fg_umount "$W/sq" "$sqpid"
 }
 
 # evict_fuse_pages DIR: drop the kernel page cache of every regular file under DIR
@@ -267,7 +332,7 @@ section_numpy() {
   step "numpy: cold start of import numpy in runc, clip vs skopeo+umoci vs squashfuse_ll (RUNS=$RUNS)"
   ensure_index; ensure_sqfs
   R[numpy_load0]="$(load)"
-  local i s s2 s3 cid
+  local i cid
   for i in $(seq 1 "$RUNS"); do
     # clip, the image's first start here: no profile, nothing on the node's disk
     cid="bench-$$-$i"
@@ -303,33 +368,8 @@ section_numpy() {
     add clipr_disk_hits "$(metric .counters.disk_hits)"
     clip_umount_cid "$cid"
 
-    # eager pull: skopeo copy + umoci unpack + the same container run
-    drop_caches
-    s=$(now)
-    skopeo --insecure-policy copy -q --src-tls-verify=false "docker://$REF" "oci:$W/layout:latest" >/dev/null
-    s2=$(now); add skopeo_s "$(secs $(( s2 - s )))"
-    umoci unpack --image "$W/layout:latest" "$W/unpack" >/dev/null 2>&1
-    s3=$(now); add umoci_s "$(secs $(( s3 - s2 )))"
-    numpy_in "$W/unpack/rootfs"
-    add eager_total_s "$(secs $(( $(now) - s )))"; add eager_py_s "$PY"
-    rm -rf "$W/layout" "$W/unpack"
-
-    # squashfuse_ll + overlay (tmpfs upper): drop caches + fresh mount
-    drop_caches
-    s=$(now)
-    sq_mount "$W/sq"; local sqpid=$FGPID
-    mkdir -p "$W/sqov" "$W/sqmerged"
-    MNTS+=("$W/sqov"); mount -t tmpfs tmpfs "$W/sqov"
-    mkdir -p "$W/sqov/upper" "$W/sqov/work"
-    MNTS+=("$W/sqmerged")
-    mount -t overlay overlay -o "lowerdir=$W/sq,upperdir=$W/sqov/upper,workdir=$W/sqov/work" "$W/sqmerged"
-    numpy_in "$W/sqmerged"
-    add sq_cold_total_s "$(secs $(( $(now) - s )))"; add sq_cold_py_s "$PY"
-    numpy_in "$W/sqmerged"
-    add sq_warm_total_s "$TOTAL"; add sq_warm_py_s "$PY"
-    umount "$W/sqmerged"; forget MNTS "$W/sqmerged"
-    umount "$W/sqov"; forget MNTS "$W/sqov"
-    fg_umount "$W/sq" "$sqpid"
+    eager_numpy "$REF" ""
+    sq_numpy sq warm
   done
   fin clipp_cold_total_s clipp_cold_py_s clipp_fetched clipp_gets clipp_net_s \
       clipr_total_s clipr_py_s clipr_fetched clipr_disk_hits
@@ -380,11 +420,169 @@ section_walk() {
   R[walk_load1]="$(load)"
 }
 
+# ---------------------------------------------------------------- 4. distance
+# publish_setup: a private copy of the image (same digest) with its index published;
+# sets PUB_REPO (repository path) and PUB_CLIP
+publish_setup() {
+  PUB_REPO="clip/$IMG-bench-$$"
+  skopeo --insecure-policy copy -q --preserve-digests --src-tls-verify=false --dest-tls-verify=false \
+    "docker://$REF" "docker://$REG/$PUB_REPO:latest" >/dev/null || die "skopeo copy to $PUB_REPO failed"
+  PUB_CLIP="$W/published.clip"
+  "$CLIPCTL" index --image "$REG/$PUB_REPO:latest" --out "$PUB_CLIP" ${SPAN:+--span "$SPAN"} --push >/dev/null \
+    || die "clipctl index --push failed"
+}
+# delete_published REPO: remove the private copy (its artifacts, their tag schema index,
+# the image manifest) from the registry; the blobs stay for the registry's garbage collector
+delete_published() {
+  local m t d
+  m="$(layout_manifest "$LAYOUT")"; t="sha256-${m#sha256:}"
+  for d in $(curl -fsS -H 'Accept: application/vnd.oci.image.index.v1+json' "http://$REG/v2/$1/manifests/$t" | jq -r '.manifests[].digest') \
+      "$(curl -fsSI -H 'Accept: application/vnd.oci.image.index.v1+json' "http://$REG/v2/$1/manifests/$t" | tr -d '\r' | sed -n 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: //p')" "$m"; do
+    [ -n "$d" ] && curl -fsS -o /dev/null -X DELETE "http://$REG/v2/$1/manifests/$d"
+  done
+  true
+}
+# clip_published_numpy CID KEY: the first start on a fresh node whose registry has the
+# index and a profile published: like clip_cold_numpy, but `clipctl mount --image` (no
+# --clip) through the proxy with an empty node dir; checks both were pulled
+clip_published_numpy() {
+  local s node="$W/node-fresh"
+  wait_daemons_gone; rm -rf "$node"
+  drop_caches
+  s=$(now)
+  CIDS+=("$1")
+  ROOTFS="$("$CLIPCTL" mount --cid "$1" --image "$PREG/$PUB_REPO:latest" --run-dir "$RUN_DIR" \
+    --node-dir "$node" ${MOUNT_ARGS[@]+"${MOUNT_ARGS[@]}"})"
+  [ -d "$ROOTFS" ] || die "clipctl mount printed '$ROOTFS'"
+  numpy_in "$ROOTFS"
+  add "$2_total_s" "$(secs $(( $(now) - s )))"
+  add "$2_py_s" "$PY"
+  "$CLIPCTL" metrics --cid "$1" --run-dir "$RUN_DIR" --format json > "$W/metrics.json"
+  "$CLIPCTL" ps --json --run-dir "$RUN_DIR" | jq -e --arg c "$1" \
+    '.[] | select(.cid == $c) | .provenance | .index.from == "pulled" and .profile_pulled != null' >/dev/null \
+    || die "published run: index or profile not pulled ($("$CLIPCTL" ps --json --run-dir "$RUN_DIR"))"
+}
+# proxy_up D: scripts/delay-proxy.py in front of the registry, D ms each way; sets
+# PROXY_PID and PREG (the proxied registry host:port)
+proxy_up() {
+  local i port pid
+  rm -f "$W/proxy.ready"
+  "$PY3" "$HERE/delay-proxy.py" --delay "$1" --ready-file "$W/proxy.ready" 0 "$REG" 2>>"$W/proxy.log" &
+  PROXY_PID=$!; PIDS+=("$PROXY_PID")
+  for i in $(seq 1 200); do
+    [ -s "$W/proxy.ready" ] && break
+    kill -0 "$PROXY_PID" 2>/dev/null || die "delay-proxy.py exited: $(cat "$W/proxy.log")"
+    sleep 0.05
+  done
+  read -r pid port < "$W/proxy.ready" || die "delay-proxy.py not ready after 10 s"
+  [ "$pid" = "$PROXY_PID" ] || die "delay-proxy.py ready file names pid $pid, started $PROXY_PID"
+  PREG="127.0.0.1:$port"
+  curl -fsS -o /dev/null "http://$PREG/v2/" || die "no registry through the proxy at $PREG"
+}
+proxy_down() {
+  kill "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null || true; forget PIDS "$PROXY_PID"
+  tail -n1 "$W/proxy.log" >&2
+}
+# net_metrics KEY: the network side of the clip run just measured ($W/metrics.json)
+net_metrics() {
+  add "$1_gets" "$(metric .counters.fetch_count)"
+  add "$1_critical" "$(metric .counters.critical_path_gets)"
+  add "$1_reader_gets" "$(metric .timings.blocked_on_network.count)"
+  add "$1_fetched" "$(metric .counters.bytes_fetched)"
+  add "$1_served" "$(metric .counters.bytes_served)"
+  add "$1_blocked_s" "$(metric '(.counters.network_blocked_ns_total // 0) / 1e9')"
+}
+section_distance() {
+  step "distance: cold import numpy, registry D ms away each way (delay-proxy.py), D in $DISTANCES (RUNS=$RUNS)"
+  ensure_index; ensure_sqfs; publish_setup
+  local d i k cid x
+  for d in $DISTANCES; do
+    is_num "$d" || die "DISTANCES: '$d' is not a number of ms"
+    k="d${d}_"
+    proxy_up "$d"
+    log "D=$d ms: registry through $PREG"
+    R[${k}load0]="$(load)"
+    CLIP_SOURCE=(--image "$PREG/clip/$IMG:latest")
+    for i in $(seq 1 "$RUNS"); do
+      sq_numpy "${k}sq"                                       # local, no network
+      cid="dist-$$-$d-$i"                                     # first start: no profile,
+      wait_daemons_gone; rm -rf "$NODE_DIR/profiles" "$NODE_DIR/chunks"   # empty disk tier
+      clip_cold_numpy "$cid" "${k}first"
+      net_metrics "${k}first"
+      clip_umount_cid "$cid"                                  # saves the startup profile
+      ls "$NODE_DIR"/profiles/*.json >/dev/null 2>&1 || die "no startup profile saved in $NODE_DIR/profiles"
+      if [ -z "${PUB_PROFILE:-}" ]; then                      # publish the first one recorded
+        PUB_PROFILE="$(ls "$NODE_DIR"/profiles/*.json | head -1)"
+        "$CLIPCTL" profile push --image "$REG/$PUB_REPO:latest" --from "$PUB_PROFILE" >/dev/null \
+          || die "clipctl profile push failed"
+      fi
+      cid+="-p"                                               # replayed, empty disk tier
+      wait_daemons_gone; rm -rf "$NODE_DIR/chunks"
+      clip_cold_numpy "$cid" "${k}replay"
+      net_metrics "${k}replay"
+      clip_umount_cid "$cid"
+      cid+="-pub"                                             # fresh node, published profile
+      clip_published_numpy "$cid" "${k}pub"
+      net_metrics "${k}pub"
+      clip_umount_cid "$cid"
+      eager_numpy "$PREG/clip/$IMG:latest" "$k"               # full pull through the proxy
+    done
+    CLIP_SOURCE=()
+    proxy_down
+    for x in sq_cold_total_s sq_cold_py_s skopeo_s umoci_s eager_total_s eager_py_s; do fin "$k$x"; done
+    for x in first replay pub; do
+      fin "${k}${x}_total_s" "${k}${x}_py_s" "${k}${x}_gets" "${k}${x}_critical" \
+          "${k}${x}_reader_gets" "${k}${x}_fetched" "${k}${x}_served" "${k}${x}_blocked_s"
+    done
+    R[${k}load1]="$(load)"
+  done
+}
+
 # ---------------------------------------------------------------- report
 mbps() { calc "${R[tar_bytes]}/1e6/$1" 0; }
 # row METRIC CLIP BASELINE RATIO TARGET MET
 row() { printf '| %s | %s | %s | %s | %s | %s |\n' "$@"; }
 met() { if awk "BEGIN{exit !($1)}"; then echo met; else echo "NOT met"; fi; }
+
+# x A B: "(A/B×)"
+x() { echo "($(calc "$1/$2" 1)×)"; }
+report_distance() {
+  local d k sq sqt
+  echo
+  echo "Network distance: \`$CMDLINE\` (RUNS=$RUNS, DISTANCES=\"$DISTANCES\"); registry through scripts/delay-proxy.py"
+  echo "(D ms each way, pipelined; a new connection costs one more round trip). Cold \`import numpy\`,"
+  echo "python time in runc, page cache dropped, medians; clip: fresh daemon, empty memory and disk"
+  echo "tiers; ratios against squashfuse_ll local (no network) measured in the same run."
+  echo "Load avg (1/5/15 min) per D, start -> end:$(for d in $DISTANCES; do printf ' D=%s: %s -> %s;' "$d" "${R[d${d}_load0]}" "${R[d${d}_load1]}"; done)"
+  echo
+  echo "| D one way (RTT) | squashfuse_ll local | clip first start | clip, profile replayed | clip first start, profile published (fresh node) | full pull: skopeo + umoci + run, total (× squashfuse_ll mount + run) | first start: GETs total / critical | first start: MB fetched / served (touched ${TOUCHED_MB}) |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+  for d in $DISTANCES; do
+    k="d${d}_"; sq=${R[${k}sq_cold_py_s]}; sqt=${R[${k}sq_cold_total_s]}
+    printf '| %s ms (%s ms) | %s s | %s s %s | %s s %s | %s s %s | %s s %s | %s / %s | %s / %s |\n' "$d" "$(calc "2*$d" 0)" "$sq" \
+      "${R[${k}first_py_s]}" "$(x "${R[${k}first_py_s]}" "$sq")" \
+      "${R[${k}replay_py_s]}" "$(x "${R[${k}replay_py_s]}" "$sq")" \
+      "${R[${k}pub_py_s]}" "$(x "${R[${k}pub_py_s]}" "$sq")" \
+      "${R[${k}eager_total_s]}" "$(x "${R[${k}eager_total_s]}" "$sqt")" \
+      "${R[${k}first_gets]}" "${R[${k}first_critical]}" \
+      "$(calc "${R[${k}first_fetched]}/1e6" 1)" "$(calc "${R[${k}first_served]}/1e6" 1)"
+  done
+  echo
+  echo "Details (medians): totals are mount (or pull) + runc + import wall time; \"reader GETs\" are the"
+  echo "critical GETs a reader made itself (the rest it waited for behind a prefetch); blocked = reader"
+  echo "time in its own GETs."
+  echo
+  echo "| D | squashfuse_ll mount + run | clip first start: total; reader GETs; blocked | clip replayed: total; GETs total / critical; MB fetched | clip published (index + profile pulled): total; GETs total / critical; MB fetched | full pull: skopeo / umoci / python |"
+  echo "| --- | --- | --- | --- | --- | --- |"
+  for d in $DISTANCES; do
+    k="d${d}_"
+    printf '| %s ms | %s s | %s s; %s; %s s | %s s; %s / %s; %s | %s s; %s / %s; %s | %s / %s / %s s |\n' "$d" "${R[${k}sq_cold_total_s]}" \
+      "${R[${k}first_total_s]}" "${R[${k}first_reader_gets]}" "$(calc "${R[${k}first_blocked_s]}" 2)" \
+      "${R[${k}replay_total_s]}" "${R[${k}replay_gets]}" "${R[${k}replay_critical]}" "$(calc "${R[${k}replay_fetched]}/1e6" 1)" \
+      "${R[${k}pub_total_s]}" "${R[${k}pub_gets]}" "${R[${k}pub_critical]}" "$(calc "${R[${k}pub_fetched]}/1e6" 1)" \
+      "${R[${k}skopeo_s]}" "${R[${k}umoci_s]}" "${R[${k}eager_py_s]}"
+  done
+}
 
 report() {
   step "results"
@@ -397,9 +595,11 @@ report() {
   case " $SECTIONS " in *" index "*) echo "  index: ${R[index_load0]} -> ${R[index_load1]}";; esac
   case " $SECTIONS " in *" numpy "*) echo "  numpy: ${R[numpy_load0]} -> ${R[numpy_load1]}";; esac
   case " $SECTIONS " in *" walk "*)  echo "  walk:  ${R[walk_load0]} -> ${R[walk_load1]}";; esac
+  case " $SECTIONS " in *" distance "*) echo "  distance: per D in the table below";; esac
   echo
+  case " $SECTIONS " in *" index "*|*" numpy "*|*" walk "*)
   row metric clip baseline ratio target result
-  row --- --- --- --- --- ---
+  row --- --- --- --- --- --- ;; esac
   case " $SECTIONS " in *" index "*)
     row "index wall time (span ${R[span]}, ${R[checkpoints]} checkpoints)" "${R[index_s]} s" "pigz -dc ${R[pigz_s]} s (gzip -dc ${R[gzip_s]} s)" \
         "$(calc "${R[index_s]}/${R[pigz_s]}")× pigz, $(calc "${R[index_s]}/${R[gzip_s]}")× gzip" "≤ 1.0× pigz" "$(met "${R[index_s]} <= ${R[pigz_s]}")"
@@ -436,6 +636,7 @@ report() {
         "range GET p50 $(calc "${R[clip_get_p50_ms]}" 1) ms; blocked on network $(calc "${R[clip_net_s]}" 2) s; inflate $(calc "${R[clip_inflate_s]}" 2) s for $(calc "${R[clip_inflated]}/1e6" 0) MB; cache-miss time $(calc "${R[clip_miss_s]}" 2) s (summed over threads)" \
         - - "(info)" -
   ;; esac
+  case " $SECTIONS " in *" distance "*) report_distance ;; esac
   case " $SECTIONS " in *" walk "*)
     local cw=${R[clip_tar_warm_s]} sw=${R[sq_tar_warm_s]} cf=${R[clip_tar_warmfs_s]} sf=${R[sq_tar_warmfs_s]}
     row "tar\\|cat, warm (all caches) $(calc "${R[tar_bytes]}/1e6" 0) MB" "$cw s ($(mbps "$cw") MB/s)" "squashfuse_ll $sw s ($(mbps "$sw") MB/s)" \
@@ -451,8 +652,8 @@ report() {
 
 for sec in $SECTIONS; do
   case "$sec" in
-    index|numpy|walk) "section_$sec" ;;
-    *) die "unknown section '$sec' (index numpy walk)" ;;
+    index|numpy|walk|distance) "section_$sec" ;;
+    *) die "unknown section '$sec' (index numpy walk distance)" ;;
   esac
 done
 report

@@ -7,14 +7,16 @@
 //! serves `(layer, uncompressed range)` reads by fetching only the compressed
 //! bytes it needs and inflating from the nearest checkpoint; [`fuse`] exposes
 //! the merged tree to the kernel and [`mount`] runs the daemon, the FUSE
-//! session and the per-container overlays. [`metrics`] records latencies on
-//! every hop. [`cli`] is the only place that prints or uses `anyhow`.
+//! session and the per-container overlays. [`node`] assembles them the way
+//! `clipctl` does (blob source, serving stack from one tuning, startup
+//! profiles, the daemon's spec), for the CLI and for embedders alike.
+//! [`metrics`] records latencies and counters on every hop. [`cli`] is the
+//! only place that prints or uses `anyhow`.
 
 pub mod archive;
 pub mod cache;
 pub mod cli;
 pub mod digest;
-pub mod error;
 pub mod format;
 pub mod fuse;
 #[cfg(test)]
@@ -23,12 +25,16 @@ pub mod gzip;
 pub mod index;
 pub mod metrics;
 pub mod mount;
+pub mod node;
 pub mod object;
 pub mod oci;
 pub mod s3;
 pub mod source;
+mod sync;
 pub mod tar;
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;
+pub mod zstd_limits;
 
 pub use digest::Digest;
-pub use error::{Error, Result};
 pub use source::BlobSource;

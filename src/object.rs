@@ -41,12 +41,17 @@ pub trait ObjectRead: Send + Sync + fmt::Debug {
         while done < buf.len() {
             let n = self.read_at(offset + done as u64, &mut buf[done..])?;
             if n == 0 {
-                return Err(SourceError::Remote(format!(
-                    "{} ended at {} while reading {} bytes at {offset}",
-                    self.location(),
-                    offset + done as u64,
-                    buf.len()
-                )));
+                return Err(SourceError::Io {
+                    context: self.location(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "ended at {} while reading {} bytes at {offset}",
+                            offset + done as u64,
+                            buf.len()
+                        ),
+                    ),
+                });
             }
             done += n;
         }

@@ -39,9 +39,69 @@ pub enum SourceError {
         /// The underlying error.
         source: io::Error,
     },
-    /// The remote end failed or answered something unusable.
-    #[error("{0}")]
-    Remote(String),
+    /// The blob ended before the bytes asked for.
+    #[error("blob {digest} ended at {at} while reading {wanted} bytes at {offset}")]
+    Truncated {
+        /// The blob.
+        digest: Digest,
+        /// Where it ended.
+        at: u64,
+        /// Bytes asked for.
+        wanted: usize,
+        /// Where the read started.
+        offset: u64,
+    },
+    /// The remote end failed or answered something unusable; `source` is
+    /// the implementor's own error (e.g. `oci::OciError`), kept whole.
+    #[error("{source}")]
+    Remote {
+        /// What kind of failure it was.
+        kind: RemoteKind,
+        /// The implementor's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The kind of a [`SourceError::Remote`] failure: what a caller needs to
+/// decide (retry later, ask for credentials, count a timeout) without
+/// parsing messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteKind {
+    /// The remote has no such blob, document or repository.
+    NotFound,
+    /// Access was refused, or credentials could not be found.
+    Unauthorized,
+    /// No progress within the deadline.
+    Timeout,
+    /// The remote could not be reached (name lookup, connect, TLS).
+    Unreachable,
+    /// A failure that may pass (5xx, 429, reset, broken body), still there
+    /// after the implementor's retries.
+    Transient,
+    /// A failure that will not pass by itself (refused request, malformed
+    /// or inconsistent answer, local policy).
+    Permanent,
+}
+
+impl SourceError {
+    /// A [`SourceError::Remote`] of `kind` around `source`.
+    pub fn remote(
+        kind: RemoteKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        SourceError::Remote {
+            kind,
+            source: source.into(),
+        }
+    }
+
+    /// The remote failure kind, if this is a remote failure.
+    pub fn remote_kind(&self) -> Option<RemoteKind> {
+        match self {
+            SourceError::Remote { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
 }
 
 /// Random and streamed access to blobs by digest.
@@ -52,6 +112,13 @@ pub trait BlobSource: Send + Sync + fmt::Debug {
 
     /// Streams the whole blob from its first byte.
     fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, SourceError>;
+
+    /// Opens up to `connections` connections to the source at once, so that
+    /// the first parallel reads do not each pay a connection setup (a round
+    /// trip, more with TLS). Best effort; the default does nothing.
+    fn warm_up(&self, digest: &Digest, connections: usize) {
+        let _ = (digest, connections);
+    }
 
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_exact_at(
@@ -64,11 +131,12 @@ pub trait BlobSource: Send + Sync + fmt::Debug {
         while done < buf.len() {
             let n = self.read_at(digest, offset + done as u64, &mut buf[done..])?;
             if n == 0 {
-                return Err(SourceError::Remote(format!(
-                    "blob {digest} ended at {} while reading {} bytes at {offset}",
-                    offset + done as u64,
-                    buf.len()
-                )));
+                return Err(SourceError::Truncated {
+                    digest: *digest,
+                    at: offset + done as u64,
+                    wanted: buf.len(),
+                    offset,
+                });
             }
             done += n;
         }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use clip::cache::{CacheConfig, ContentCache, ContentReader};
-use clip::format::{Index, NodeKind, ROOT_INO};
+use clip::format::{Index, NodeKind, Piece, ROOT_INO};
 use clip::oci::{ImageRef, RegistryOptions, RegistrySource};
 
 use crate::common::{self, run, stderr, walk_rootfs, Entry, LinkGroups, Tree};
@@ -106,32 +106,13 @@ fn differential(name: &str) {
 
     let (got, groups, inos) = walk_index(&idx);
     let (want, want_groups) = walk_rootfs(&rootfs);
-    let got_paths: Vec<_> = got.keys().collect();
-    let want_paths: Vec<_> = want.keys().collect();
-    assert_eq!(got_paths, want_paths, "{name}: path sets differ");
-    for (path, w) in &want {
-        assert_eq!(&got[path], w, "{name}: {}", String::from_utf8_lossy(path));
-    }
+    common::assert_same_tree(&got, &want, name);
     // Hard link groups: same partition of names.
-    let mut a: Vec<Vec<Vec<u8>>> = groups
-        .into_values()
-        .map(|mut v| {
-            v.sort();
-            v
-        })
-        .filter(|v| v.len() > 1)
-        .collect();
-    let mut b: Vec<Vec<Vec<u8>>> = want_groups
-        .into_values()
-        .map(|mut v| {
-            v.sort();
-            v
-        })
-        .filter(|v| v.len() > 1)
-        .collect();
-    a.sort();
-    b.sort();
-    assert_eq!(a, b, "{name}: hard link groups differ");
+    assert_eq!(
+        common::link_groups(groups),
+        common::link_groups(want_groups),
+        "{name}: hard link groups differ"
+    );
 
     // Every file's bytes, through the lazy read path from the registry.
     let image: ImageRef = reference.parse().unwrap();
@@ -154,12 +135,23 @@ fn differential(name: &str) {
         )
         .unwrap();
         let node = idx.inode(inos[path]).unwrap();
-        let mut buf = vec![0u8; disk.len()];
-        if let Some((layer, off)) = node.data() {
+        let mut buf = Vec::with_capacity(disk.len());
+        // Data runs through the cache, holes (of sparse files) as zeros.
+        for piece in node.pieces(0, node.size()).unwrap() {
+            let (off, len) = match piece {
+                Piece::Hole { len } => {
+                    buf.resize(buf.len() + len as usize, 0);
+                    continue;
+                }
+                Piece::Data { layer_offset, len } => (layer_offset, len as usize),
+            };
+            let layer = node.data().unwrap().0;
+            let start = buf.len();
+            buf.resize(start + len, 0);
             let mut done = 0;
-            while done < buf.len() {
+            while done < len {
                 let n = cache
-                    .read(layer, off + done as u64, &mut buf[done..])
+                    .read(layer, off + done as u64, &mut buf[start + done..])
                     .unwrap();
                 assert!(
                     n > 0,

@@ -3,5 +3,8 @@ mod archive;
 mod cli;
 mod common;
 mod differential;
+mod fleet;
+mod hardening;
 mod metrics;
 mod mount;
+mod stall;

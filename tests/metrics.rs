@@ -154,20 +154,6 @@ fn daemon_pid(run_dir: &Path) -> String {
     std::fs::read_to_string(pidfile).unwrap().trim().to_string()
 }
 
-/// The test registry if privileged tests can run here; otherwise prints why
-/// the test is skipped (like `require!`).
-fn setup() -> Option<String> {
-    if let Err(why) = common::privileged() {
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    let reg = common::registry();
-    if reg.is_none() {
-        eprintln!("skipped: CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
-    }
-    reg
-}
-
 /// Mounts the tiny image as `cid` in `d`; returns the rootfs.
 fn mount_tiny(d: &mut Dirs, reg: &str, cid: &str) -> PathBuf {
     let clip = index_image(d.tmp.path(), &common::image_ref(reg, "tiny"));
@@ -236,7 +222,9 @@ fn promtool_check(body: &str) -> (bool, String) {
 
 #[test]
 fn privileged_metrics_follow_a_known_workload() {
-    let Some(reg) = setup() else { return };
+    let Some(reg) = common::privileged_registry() else {
+        return;
+    };
     let mut d = Dirs::new();
     let cid = "mwork";
     let rootfs = mount_tiny(&mut d, &reg, cid);
@@ -313,7 +301,9 @@ fn privileged_metrics_follow_a_known_workload() {
 
 #[test]
 fn privileged_metrics_endpoint_passes_promtool() {
-    let Some(reg) = setup() else { return };
+    let Some(reg) = common::privileged_registry() else {
+        return;
+    };
     let mut d = Dirs::new();
     let rootfs = mount_tiny(&mut d, &reg, "mserve");
     std::fs::read(rootfs.join("hello.txt")).unwrap();
@@ -364,7 +354,9 @@ fn privileged_metrics_endpoint_passes_promtool() {
 
 #[test]
 fn privileged_prometheus_scrapes_the_endpoint() {
-    let Some(reg) = setup() else { return };
+    let Some(reg) = common::privileged_registry() else {
+        return;
+    };
     if Command::new("prometheus")
         .arg("--version")
         .output()
@@ -502,7 +494,9 @@ fn metrics_errors_without_daemons() {
 
 #[test]
 fn privileged_metrics_of_a_killed_daemon() {
-    let Some(reg) = setup() else { return };
+    let Some(reg) = common::privileged_registry() else {
+        return;
+    };
     let mut d = Dirs::new();
     let cid = "mdead";
     let rootfs = mount_tiny(&mut d, &reg, cid);

@@ -13,6 +13,49 @@ fn runc_script() -> PathBuf {
 }
 
 #[test]
+fn privileged_runc_imports_numpy_over_dev() {
+    runc_imports_numpy_over("dev");
+}
+
+#[test]
+fn privileged_runc_imports_numpy_over_uring() {
+    runc_imports_numpy_over("uring");
+}
+
+/// A cold `import numpy` in runc on a lazy mount served over `transport`.
+fn runc_imports_numpy_over(transport: &'static str) {
+    if let Err(why) = common::privileged() {
+        return eprintln!("skipped: {why}");
+    }
+    let reg = require!(
+        common::registry(),
+        "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
+    );
+    let mut d = Dirs::over(transport);
+    let clip = index_image(d.tmp.path(), &common::image_ref(&reg, "python"));
+    let rootfs = d
+        .mount(
+            "numpy",
+            &[
+                "--clip",
+                clip.to_str().unwrap(),
+                "--disk-cache",
+                "0",
+                "--profile",
+                "off",
+            ],
+        )
+        .unwrap();
+    assert_eq!(d.transport_of("numpy").as_deref(), Some(transport));
+    import_numpy(&rootfs);
+    let m = metrics_json(&d, "numpy");
+    assert_eq!(m["images"][0]["fuse_transport"], transport, "{m}");
+    assert!(d.umount("numpy").status.success());
+    d.cids.clear();
+    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+}
+
+#[test]
 fn privileged_runc_imports_numpy_from_a_lazy_mount() {
     if let Err(why) = common::privileged() {
         return eprintln!("skipped: {why}");
@@ -128,7 +171,7 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
 }
 
 /// Waits until the daemon of `cid` has fetched > 1 MiB ahead of readers.
-fn wait_for_replay(d: &Dirs, cid: &str) {
+pub(crate) fn wait_for_replay(d: &Dirs, cid: &str) {
     let t = Instant::now();
     loop {
         let m = metrics_json(d, cid);
@@ -141,7 +184,7 @@ fn wait_for_replay(d: &Dirs, cid: &str) {
 }
 
 /// Runs `import numpy` in `rootfs` with runc and checks the version printed.
-fn import_numpy(rootfs: &Path) {
+pub(crate) fn import_numpy(rootfs: &Path) {
     let out = Command::new("bash")
         .arg(runc_script())
         .arg(rootfs)
@@ -171,7 +214,7 @@ fn metrics_json(d: &Dirs, cid: &str) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-fn mount_matches_umoci(name: &str) {
+fn mount_matches_umoci(name: &str, transport: &'static str) {
     if let Err(why) = common::privileged() {
         return eprintln!("skipped: {why}");
     }
@@ -184,34 +227,23 @@ fn mount_matches_umoci(name: &str) {
         "CLIP_TESTBED not set (run scripts/test.sh)"
     );
     let truth = bed.join("unpacked").join(name).join("rootfs");
-    let mut d = Dirs::new();
+    let mut d = Dirs::over(transport);
     let clip = index_image(d.tmp.path(), &common::image_ref(&reg, name));
-    let rootfs = d.mount(name, &["--clip", clip.to_str().unwrap()]).unwrap();
+    // No disk cache: every byte comes through the lazy path (the reads that
+    // wait on the registry take the hand-off).
+    let rootfs = d
+        .mount(
+            name,
+            &["--clip", clip.to_str().unwrap(), "--disk-cache", "0"],
+        )
+        .unwrap();
+    assert_eq!(d.transport_of(name).as_deref(), Some(transport));
     let (got, got_links) = walk_rootfs(&rootfs);
     let (want, want_links) = walk_rootfs(&truth);
+    common::assert_same_tree(&got, &want, name);
     assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>(),
-        "{name}: path sets differ"
-    );
-    for (path, w) in &want {
-        assert_eq!(&got[path], w, "{name}: {}", String::from_utf8_lossy(path));
-    }
-    let groups = |m: std::collections::HashMap<(u64, u64), Vec<Vec<u8>>>| {
-        let mut v: Vec<_> = m
-            .into_values()
-            .filter(|g| g.len() > 1)
-            .map(|mut g| {
-                g.sort();
-                g
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(
-        groups(got_links),
-        groups(want_links),
+        common::link_groups(got_links),
+        common::link_groups(want_links),
         "{name}: hard link groups differ"
     );
     use std::os::unix::ffi::OsStrExt;
@@ -233,17 +265,36 @@ fn mount_matches_umoci(name: &str) {
 }
 
 #[test]
-fn privileged_mount_of_tiny_matches_umoci() {
-    mount_matches_umoci("tiny");
+fn privileged_mount_of_tiny_matches_umoci_over_dev() {
+    mount_matches_umoci("tiny", "dev");
 }
 
 #[test]
-fn privileged_mount_of_python_matches_umoci() {
-    mount_matches_umoci("python");
+fn privileged_mount_of_tiny_matches_umoci_over_uring() {
+    mount_matches_umoci("tiny", "uring");
 }
 
 #[test]
-fn privileged_overlay_changes_leave_the_image_untouched() {
+fn privileged_mount_of_python_matches_umoci_over_dev() {
+    mount_matches_umoci("python", "dev");
+}
+
+#[test]
+fn privileged_mount_of_python_matches_umoci_over_uring() {
+    mount_matches_umoci("python", "uring");
+}
+
+#[test]
+fn privileged_overlay_changes_leave_the_image_untouched_over_dev() {
+    overlay_changes_leave_the_image_untouched("dev");
+}
+
+#[test]
+fn privileged_overlay_changes_leave_the_image_untouched_over_uring() {
+    overlay_changes_leave_the_image_untouched("uring");
+}
+
+fn overlay_changes_leave_the_image_untouched(transport: &'static str) {
     if let Err(why) = common::privileged() {
         return eprintln!("skipped: {why}");
     }
@@ -251,7 +302,7 @@ fn privileged_overlay_changes_leave_the_image_untouched() {
         common::registry(),
         "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
     );
-    let mut d = Dirs::new();
+    let mut d = Dirs::over(transport);
     let clip = index_image(d.tmp.path(), &common::image_ref(&reg, "tiny"));
     let a = d.mount("a", &["--clip", clip.to_str().unwrap()]).unwrap();
     let b = d.mount("b", &["--clip", clip.to_str().unwrap()]).unwrap();
@@ -281,11 +332,20 @@ fn privileged_overlay_changes_leave_the_image_untouched() {
 }
 
 #[test]
-fn privileged_bad_mount_requests_fail_cleanly() {
+fn privileged_bad_mount_requests_fail_cleanly_over_dev() {
+    bad_mount_requests_fail_cleanly("dev");
+}
+
+#[test]
+fn privileged_bad_mount_requests_fail_cleanly_over_uring() {
+    bad_mount_requests_fail_cleanly("uring");
+}
+
+fn bad_mount_requests_fail_cleanly(transport: &'static str) {
     if let Err(why) = common::privileged() {
         return eprintln!("skipped: {why}");
     }
-    let mut d = Dirs::new();
+    let mut d = Dirs::over(transport);
     // Unknown cid: documented exit code 3.
     let o = d.umount("never-mounted");
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
@@ -361,7 +421,16 @@ fn privileged_bad_mount_requests_fail_cleanly() {
 }
 
 #[test]
-fn privileged_killed_daemon_gives_eio_not_a_hang_and_umount_cleans_up() {
+fn privileged_killed_daemon_gives_eio_not_a_hang_and_umount_cleans_up_over_dev() {
+    killed_daemon_gives_eio_not_a_hang_and_umount_cleans_up("dev");
+}
+
+#[test]
+fn privileged_killed_daemon_gives_eio_not_a_hang_and_umount_cleans_up_over_uring() {
+    killed_daemon_gives_eio_not_a_hang_and_umount_cleans_up("uring");
+}
+
+fn killed_daemon_gives_eio_not_a_hang_and_umount_cleans_up(transport: &'static str) {
     if let Err(why) = common::privileged() {
         return eprintln!("skipped: {why}");
     }
@@ -369,7 +438,7 @@ fn privileged_killed_daemon_gives_eio_not_a_hang_and_umount_cleans_up() {
         common::registry(),
         "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
     );
-    let mut d = Dirs::new();
+    let mut d = Dirs::over(transport);
     let clip = index_image(d.tmp.path(), &common::image_ref(&reg, "tiny"));
     let rootfs = d
         .mount("victim", &["--clip", clip.to_str().unwrap()])

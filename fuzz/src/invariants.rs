@@ -12,8 +12,9 @@ use super::clip;
 use std::io::{Cursor, Read, Write};
 
 use clip::format::{
-    write_index, AccessProfile, Checkpoint, Chunk, DataRef, ImageMeta, Index, IndexData, Layer,
-    LayerKind, Node, NodeKind, ProfileRange, Tree, WriteOptions, PROFILE_VERSION, ROOT_INO,
+    write_index, AccessProfile, Checkpoint, Chunk, DataRef, FileHint, ImageMeta, Index, IndexData,
+    InodeView, Layer, LayerKind, Node, NodeKind, Piece, ProfileRange, SparseSegment, Tree,
+    WriteOptions, PROFILE_VERSION, ROOT_INO,
 };
 use clip::gzip::{read_range, IndexerConfig, SpanDecoder, ZranReader};
 use clip::tar::{read_entries, Entry, EntryKind};
@@ -93,7 +94,8 @@ pub fn repair_index(data: &[u8]) -> Option<Vec<u8>> {
     let rd64 = |v: &[u8], o: usize| u64::from_le_bytes(v[o..o + 8].try_into().unwrap());
     v[0..8].copy_from_slice(b"CLIPIDX\0");
     v[8..10].copy_from_slice(&2u16.to_le_bytes());
-    let incompat = rd32(&v, 12) & 1;
+    // Keep the feature bits this reader knows (zstd sections, sparse files).
+    let incompat = rd32(&v, 12) & 3;
     v[12..16].copy_from_slice(&incompat.to_le_bytes());
     v[32..40].copy_from_slice(&len.to_le_bytes());
     let count = rd32(&v, 20) as u64;
@@ -148,6 +150,9 @@ fn check_index_bytes(data: &[u8]) {
         );
         let _ = node.link_target();
         let _ = node.xattrs();
+        if node.kind() == Some(NodeKind::File) {
+            check_file_pieces(&idx, &node);
+        }
         if node.kind() != Some(NodeKind::Dir) {
             assert!(idx.read_dir(ino, 0).is_err());
             assert!(idx.lookup(ino, b"x").is_err());
@@ -209,6 +214,66 @@ fn check_index_bytes(data: &[u8]) {
     }
 }
 
+/// A file's pieces (data runs and holes) tile any range of it exactly, data
+/// pieces lie inside the data layer, and `SEEK_DATA`/`SEEK_HOLE` agree with
+/// them. On an accepted index none of this may fail for a sparse file.
+fn check_file_pieces(idx: &Index, node: &InodeView<'_>) {
+    let size = node.size();
+    let layer_size = node
+        .data()
+        .and_then(|(l, _)| idx.layer(l).ok())
+        .map_or(0, |l| l.uncompressed_size());
+    let sparse = node.is_sparse();
+    assert!(node.allocated_size() <= size || !sparse);
+    for (offset, len) in [
+        (0, size),
+        (size / 3, size / 2 + 1),
+        (size, 10),
+        (u64::MAX, 1),
+    ] {
+        let Ok(pieces) = node.pieces(offset, len) else {
+            assert!(!sparse, "pieces of an accepted sparse file failed");
+            continue;
+        };
+        let want = offset.saturating_add(len).min(size).saturating_sub(offset);
+        let mut total = 0u64;
+        for p in pieces {
+            match p {
+                Piece::Data { layer_offset, len } => {
+                    assert!(len > 0);
+                    if sparse {
+                        assert!(
+                            layer_offset + len <= layer_size,
+                            "data piece past its layer"
+                        );
+                    }
+                    total += len;
+                }
+                Piece::Hole { len } => {
+                    assert!(sparse && len > 0, "a hole in a plain file");
+                    total += len;
+                }
+            }
+        }
+        assert_eq!(total, want, "pieces do not tile the range");
+    }
+    if sparse {
+        let mut pos = 0u64;
+        for _ in 0..64 {
+            let Some(d) = node.seek_data(pos).expect("seek_data") else {
+                break;
+            };
+            assert!(d >= pos && d < size);
+            let h = node
+                .seek_hole(d)
+                .expect("seek_hole")
+                .expect("a hole after data");
+            assert!(h > d && h <= size);
+            pos = h;
+        }
+    }
+}
+
 /// Builds a small but varied [`IndexData`] from fuzz bytes.
 fn gen_index_data(b: &mut Bytes<'_>) -> IndexData {
     let mut layers = Vec::new();
@@ -261,10 +326,14 @@ fn gen_index_data(b: &mut Bytes<'_>) -> IndexData {
             NodeKind::File => {
                 node.size = b.u64() >> (b.u8() % 64);
                 if node.size > 0 && !layers.is_empty() {
+                    let layer = u32::from(b.u8()) % layers.len() as u32;
                     node.data = Some(DataRef {
-                        layer: u32::from(b.u8()) % layers.len() as u32,
+                        layer,
                         offset: b.u64(),
                     });
+                    if b.u8().is_multiple_of(4) {
+                        gen_sparse(b, &mut node, layers[layer as usize].uncompressed_size);
+                    }
                 }
             }
             NodeKind::Symlink => {
@@ -323,9 +392,69 @@ fn gen_index_data(b: &mut Bytes<'_>) -> IndexData {
                 })
                 .collect(),
         }),
+        hints: {
+            // Hints for a few inodes, strictly increasing, naming valid inodes.
+            let inodes = tree.nodes.len() as u64;
+            let mut ino = 0u64;
+            let mut hints = Vec::new();
+            for _ in 0..b.u8() % 4 {
+                ino += 1 + u64::from(b.u8() % 3);
+                if ino > inodes {
+                    break;
+                }
+                hints.push(FileHint {
+                    ino,
+                    dependencies: (0..b.u8() % 4)
+                        .map(|_| 1 + u64::from(b.u8()) % inodes)
+                        .collect(),
+                    hot_ranges: (0..b.u8() % 3).map(|_| (b.u64(), b.u64())).collect(),
+                });
+            }
+            hints
+        },
         layers,
         tree,
     }
+}
+
+/// Turns `node` into a sparse file: up to 8 runs inside its size and inside
+/// a layer of `layer_size` bytes (none: all hole).
+fn gen_sparse(b: &mut Bytes<'_>, node: &mut Node, layer_size: u64) {
+    let mut segments = Vec::new();
+    let mut pos = 0u64;
+    for _ in 0..b.u8() % 9 {
+        let file_offset = pos.saturating_add(u64::from(b.u32()) >> (b.u8() % 32));
+        let len = 1 + u64::from(b.u32() % 70_000);
+        let Some(end) = file_offset.checked_add(len).filter(|&e| e <= node.size) else {
+            break;
+        };
+        if layer_size < len {
+            break;
+        }
+        segments.push(SparseSegment {
+            file_offset,
+            len,
+            layer_offset: b.u64() % (layer_size - len + 1),
+        });
+        pos = end;
+    }
+    node.data = segments.first().and(node.data).map(|d| DataRef {
+        offset: segments[0].layer_offset,
+        ..d
+    });
+    node.sparse = Some(segments);
+}
+
+/// Reads a file's bytes as the read path would, through its pieces, with
+/// `layer(offset, len)` standing in for the layer's bytes.
+fn read_pieces(node: &InodeView<'_>, offset: u64, len: u64) -> Vec<(bool, u64, u64)> {
+    node.pieces(offset, len)
+        .expect("pieces")
+        .map(|p| match p {
+            Piece::Data { layer_offset, len } => (true, layer_offset, len),
+            Piece::Hole { len } => (false, 0, len),
+        })
+        .collect()
 }
 
 /// Every [`IndexData`] the writer accepts reads back identically, and every
@@ -337,6 +466,12 @@ fn index_round_trip(data: &[u8]) {
     let bytes = write_index(&d, WriteOptions { compress }).expect("write_index on a valid tree");
     let idx = Index::from_bytes(bytes.clone()).expect("reading back a freshly written index");
     assert_eq!(idx.profile(), d.profile.as_ref());
+    assert_eq!(idx.hinted_files(), d.hints.len());
+    for h in &d.hints {
+        let got = idx.file_hints(h.ino).expect("hints").expect("hinted file");
+        assert_eq!(got.dependencies().collect::<Vec<_>>(), h.dependencies);
+        assert_eq!(got.hot_ranges().collect::<Vec<_>>(), h.hot_ranges);
+    }
     assert_eq!(idx.file_size(), bytes.len() as u64);
     assert_eq!(idx.meta(), &d.meta);
     assert_eq!(idx.layer_count() as usize, d.layers.len());
@@ -373,6 +508,25 @@ fn index_round_trip(data: &[u8]) {
         assert_eq!(got.size(), want.size);
         assert_eq!(got.rdev(), (want.rdev_major, want.rdev_minor));
         assert_eq!(got.data(), want.data.map(|r| (r.layer, r.offset)));
+        assert_eq!(got.is_sparse(), want.sparse.is_some());
+        if let Some(segs) = &want.sparse {
+            // Byte by byte (in pieces) the file is its runs and zeros between.
+            let mut expect = Vec::new();
+            let mut pos = 0;
+            for s in segs {
+                if s.file_offset > pos {
+                    expect.push((false, 0, s.file_offset - pos));
+                }
+                expect.push((true, s.layer_offset, s.len));
+                pos = s.file_offset + s.len;
+            }
+            if want.size > pos {
+                expect.push((false, 0, want.size - pos));
+            }
+            assert_eq!(read_pieces(&got, 0, want.size), expect);
+            let allocated: u64 = segs.iter().map(|s| s.len).sum();
+            assert_eq!(got.allocated_size(), allocated);
+        }
         assert_eq!(got.link_target().unwrap(), &want.link_target[..]);
         let xattrs: Vec<(Vec<u8>, Vec<u8>)> = got
             .xattrs()
@@ -489,19 +643,35 @@ fn check_tar(data: &[u8]) {
             e.xattrs.windows(2).all(|w| w[0].0 < w[1].0),
             "xattrs unsorted"
         );
+        // A sparse file's runs: non-empty, sorted, disjoint, inside its size,
+        // stored back to back from its data offset.
+        if let Some(segs) = &e.sparse {
+            assert_eq!(e.kind, EntryKind::File, "sparse non-file");
+            let (mut end, mut at) = (0u64, e.data_offset);
+            for s in segs {
+                assert!(s.len > 0 && s.offset >= end, "sparse runs out of order");
+                end = s.offset.checked_add(s.len).expect("sparse run overflows");
+                assert!(end <= e.size, "sparse run beyond the size");
+                assert_eq!(s.data_offset, at, "sparse runs not back to back");
+                at += s.len;
+            }
+        }
     }
     if let Ok(total) = res {
         assert_eq!(total, len, "accepted stream not drained to EOF");
         for e in &entries {
+            let stored = match &e.sparse {
+                None => e.size,
+                Some(segs) => segs.iter().map(|s| s.len).sum(),
+            };
             let end = e
                 .data_offset
-                .checked_add(e.size)
+                .checked_add(stored)
                 .expect("data range overflows");
             assert!(
                 end <= len,
-                "data range {}+{} beyond {len}",
+                "data range {}+{stored} beyond {len}",
                 e.data_offset,
-                e.size
             );
         }
     }
@@ -566,8 +736,9 @@ fn tar_round_trip(data: &[u8]) {
             path.extend_from_slice(&b.name(max));
         }
         path.extend_from_slice(format!("-{i}").as_bytes());
-        let (kind, flag) = match b.u8() % 5 {
+        let (kind, flag) = match b.u8() % 6 {
             0 => (EntryKind::File, b'0'),
+            5 => (EntryKind::File, b'S'), // sparse, in one of the four dialects
             1 => (EntryKind::Dir, b'5'),
             2 => (EntryKind::Symlink, b'2'),
             3 => (EntryKind::Fifo, b'6'),
@@ -576,7 +747,7 @@ fn tar_round_trip(data: &[u8]) {
                 None => (EntryKind::File, b'0'),
             },
         };
-        let content = if kind == EntryKind::File {
+        let content = if flag == b'0' {
             b.bytes(255).repeat(1 + b.u8() as usize % 5)
         } else {
             Vec::new()
@@ -611,6 +782,26 @@ fn tar_round_trip(data: &[u8]) {
         for (k, v) in &xattrs {
             pax_record(&mut pax, &[b"SCHILY.xattr.".as_slice(), k].concat(), v);
         }
+        let mut e = Entry {
+            path,
+            kind,
+            perm,
+            uid: 0,
+            gid: 0,
+            mtime,
+            mtime_nsec: nsec,
+            size: content.len() as u64,
+            data_offset: 0,
+            link_target: link,
+            rdev_major: 0,
+            rdev_minor: 0,
+            xattrs,
+            sparse: None,
+        };
+        if flag == b'S' {
+            want.push(write_sparse(&mut b, &mut tar, pax, e));
+            continue;
+        }
         tar.extend_from_slice(&tar_header(
             b"PaxHeaders/x",
             b'x',
@@ -620,28 +811,17 @@ fn tar_round_trip(data: &[u8]) {
         ));
         tar.extend_from_slice(&pax);
         pad_to_block(&mut tar);
-        tar.extend_from_slice(&tar_header(&path, flag, content.len() as u64, perm, &link));
-        let data_offset = tar.len() as u64;
+        tar.extend_from_slice(&tar_header(
+            &e.path,
+            flag,
+            content.len() as u64,
+            perm,
+            &e.link_target,
+        ));
+        e.data_offset = tar.len() as u64;
         tar.extend_from_slice(&content);
         pad_to_block(&mut tar);
-        want.push((
-            Entry {
-                path,
-                kind,
-                perm,
-                uid: 0,
-                gid: 0,
-                mtime,
-                mtime_nsec: nsec,
-                size: content.len() as u64,
-                data_offset,
-                link_target: link,
-                rdev_major: 0,
-                rdev_minor: 0,
-                xattrs,
-            },
-            content,
-        ));
+        want.push((e, content));
     }
     tar.extend_from_slice(&[0u8; 1024]);
     let mut got = Vec::new();
@@ -654,10 +834,141 @@ fn tar_round_trip(data: &[u8]) {
     assert_eq!(got.len(), want.len());
     for (g, (w, content)) in got.iter().zip(&want) {
         assert_eq!(g, w);
+        // `content` is a plain file's bytes, or a sparse file's runs.
         let s = g.data_offset as usize;
-        assert_eq!(&tar[s..s + g.size as usize], &content[..]);
+        assert_eq!(&tar[s..s + content.len()], &content[..]);
     }
     check_tar(&tar);
+}
+
+/// Appends sparse file `e` (its PAX `records` so far, runs generated from
+/// the bytes) in one of GNU tar's four dialects: old GNU `S` (with
+/// extension blocks past 4 runs), PAX 0.0, 0.1 or 1.0. Returns the entry
+/// `read_entries` must yield and the runs' bytes.
+fn write_sparse(
+    b: &mut Bytes<'_>,
+    tar: &mut Vec<u8>,
+    mut records: Vec<u8>,
+    mut e: Entry,
+) -> (Entry, Vec<u8>) {
+    let mut pairs = Vec::new();
+    let mut pos = 0u64;
+    for _ in 0..b.u8() % 30 {
+        let offset = pos + u64::from(b.u8()) * 100;
+        let len = 1 + u64::from(b.u8() % 200);
+        pairs.push((offset, len));
+        pos = offset + len;
+    }
+    let size = pos + u64::from(b.u8()) * 10;
+    let runs: Vec<u8> = (0..pairs.iter().map(|p| p.1).sum::<u64>())
+        .map(|i| i as u8 ^ 0x5a)
+        .collect();
+    // Old GNU headers cannot hold a long name: PAX 0.1 then.
+    let dialect = match b.u8() % 4 {
+        0 if e.path.len() > 100 => 2,
+        d => d,
+    };
+    let num = |v: u64| v.to_string().into_bytes();
+    let mut map_1_0 = Vec::new();
+    match dialect {
+        0 => {}
+        1 => {
+            pax_record(&mut records, b"GNU.sparse.size", &num(size));
+            pax_record(
+                &mut records,
+                b"GNU.sparse.numblocks",
+                &num(pairs.len() as u64),
+            );
+            for &(o, l) in &pairs {
+                pax_record(&mut records, b"GNU.sparse.offset", &num(o));
+                pax_record(&mut records, b"GNU.sparse.numbytes", &num(l));
+            }
+        }
+        2 => {
+            let map: Vec<String> = pairs.iter().map(|(o, l)| format!("{o},{l}")).collect();
+            pax_record(&mut records, b"GNU.sparse.size", &num(size));
+            pax_record(
+                &mut records,
+                b"GNU.sparse.numblocks",
+                &num(pairs.len() as u64),
+            );
+            pax_record(&mut records, b"GNU.sparse.map", map.join(",").as_bytes());
+            pax_record(&mut records, b"GNU.sparse.name", &e.path);
+        }
+        _ => {
+            pax_record(&mut records, b"GNU.sparse.major", b"1");
+            pax_record(&mut records, b"GNU.sparse.minor", b"0");
+            pax_record(&mut records, b"GNU.sparse.realsize", &num(size));
+            pax_record(&mut records, b"GNU.sparse.name", &e.path);
+            map_1_0 = format!("{}\n", pairs.len()).into_bytes();
+            for (o, l) in &pairs {
+                map_1_0.extend_from_slice(format!("{o}\n{l}\n").as_bytes());
+            }
+            pad_to_block(&mut map_1_0);
+        }
+    }
+    tar.extend_from_slice(&tar_header(
+        b"PaxHeaders/x",
+        b'x',
+        records.len() as u64,
+        0o644,
+        b"",
+    ));
+    tar.extend_from_slice(&records);
+    pad_to_block(tar);
+    let stored = (map_1_0.len() + runs.len()) as u64;
+    if dialect == 0 {
+        let mut h = tar_header(&e.path, b'S', stored, e.perm, b"");
+        h[257..265].copy_from_slice(b"ustar  \0");
+        let put = |blk: &mut [u8], at: usize, ps: &[(u64, u64)]| {
+            for (i, &(o, l)) in ps.iter().enumerate() {
+                octal(&mut blk[at + 24 * i..at + 24 * i + 12], o);
+                octal(&mut blk[at + 24 * i + 12..at + 24 * i + 24], l);
+            }
+        };
+        put(&mut h, 386, &pairs[..pairs.len().min(4)]);
+        h[482] = u8::from(pairs.len() > 4);
+        octal(&mut h[483..495], size);
+        set_tar_checksum(&mut h);
+        tar.extend_from_slice(&h);
+        let rest: Vec<_> = pairs.iter().skip(4).copied().collect();
+        let blocks: Vec<_> = rest.chunks(21).collect();
+        for (i, ps) in blocks.iter().enumerate() {
+            let mut ext = [0u8; 512];
+            put(&mut ext, 0, ps);
+            ext[504] = u8::from(i + 1 < blocks.len());
+            tar.extend_from_slice(&ext);
+        }
+    } else {
+        let name = if dialect == 1 {
+            e.path.clone()
+        } else {
+            b"GNUSparseFile.0/x".to_vec()
+        };
+        tar.extend_from_slice(&tar_header(&name, b'0', stored, e.perm, b""));
+        tar.extend_from_slice(&map_1_0);
+    }
+    let data_offset = tar.len() as u64;
+    tar.extend_from_slice(&runs);
+    pad_to_block(tar);
+    let mut at = data_offset;
+    e.size = size;
+    e.data_offset = data_offset;
+    e.sparse = Some(
+        pairs
+            .iter()
+            .map(|&(offset, len)| {
+                let s = clip::tar::SparseSegment {
+                    offset,
+                    len,
+                    data_offset: at,
+                };
+                at += len;
+                s
+            })
+            .collect(),
+    );
+    (e, runs)
 }
 
 // ---------------------------------------------------------------------------

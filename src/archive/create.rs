@@ -230,6 +230,7 @@ pub fn create(
         layers: vec![placeholder],
         tree: std::mem::take(&mut input.tree),
         profile: None,
+        hints: Vec::new(),
     };
     let bound = write_index(&data, WriteOptions::default())?.len() as u64
         + record_bytes(data.layers[0].checkpoints.len())

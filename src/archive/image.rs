@@ -14,28 +14,71 @@ use super::ArchiveError;
 use crate::digest::{Digest, HashingReader};
 use crate::format::{IndexData, LayerKind, NodeKind};
 use crate::source::BlobSource;
+use crate::zstd_limits::WINDOW_LOG_MAX;
 
 /// Builds the input for an image whose index is `data` and whose blobs
-/// `source` serves.
+/// `source` serves. A sparse file's holes become zeros in the data stream
+/// (the archive stores it as a plain file).
 pub(crate) fn image_input(
-    data: IndexData,
+    mut data: IndexData,
     source: Arc<dyn BlobSource>,
 ) -> Result<Input, ArchiveError> {
+    // (layer, offset) of each file's first stored byte; an all-hole sparse
+    // file reads no layer and sorts first.
     let mut located = Vec::new();
     for (i, n) in data.tree.nodes.iter().enumerate() {
-        if let (NodeKind::File, Some(d)) = (n.kind, n.data) {
-            if n.size > 0 {
-                located.push((d.layer, d.offset, i as u32, n.size));
-            }
+        if n.kind != NodeKind::File || n.size == 0 {
+            continue;
         }
+        let first = match (n.data, &n.sparse) {
+            (Some(d), _) => (d.layer, d.offset),
+            (None, Some(_)) => (0, 0),
+            (None, None) => return Err(ArchiveError::Corrupt("a file without data".into())),
+        };
+        located.push((first, i as u32));
     }
     located.sort_unstable();
+    let mut pieces = Vec::new();
+    for &(_, i) in &located {
+        let n = &data.tree.nodes[i as usize];
+        match (&n.sparse, n.data) {
+            (Some(segments), d) => {
+                let layer = d.map_or(0, |d| d.layer);
+                let mut at = 0;
+                for seg in segments {
+                    if seg.file_offset < at || seg.file_offset + seg.len > n.size {
+                        return Err(ArchiveError::Corrupt("overlapping sparse runs".into()));
+                    }
+                    pieces.push(Piece::Zeros(seg.file_offset - at));
+                    pieces.push(Piece::Data {
+                        layer,
+                        offset: seg.layer_offset,
+                        len: seg.len,
+                    });
+                    at = seg.file_offset + seg.len;
+                }
+                pieces.push(Piece::Zeros(n.size - at));
+            }
+            (None, Some(d)) => pieces.push(Piece::Data {
+                layer: d.layer,
+                offset: d.offset,
+                len: n.size,
+            }),
+            (None, None) => unreachable!("files without data were refused above"),
+        }
+    }
+    pieces.retain(|p| p.len() > 0);
+    for &(_, i) in &located {
+        data.tree.nodes[i as usize].sparse = None;
+    }
     let layers = data.layers.iter().map(|l| (l.digest, l.kind)).collect();
     let items = located
         .iter()
-        .map(|&(_, _, node, size)| DataItem { node, size })
+        .map(|&(_, node)| DataItem {
+            node,
+            size: data.tree.nodes[node as usize].size,
+        })
         .collect();
-    let places = located.iter().map(|&(l, off, _, _)| (l, off)).collect();
     Ok(Input {
         tree: data.tree,
         items,
@@ -43,13 +86,29 @@ pub(crate) fn image_input(
         feed: Box::new(LayerFeed {
             source,
             layers,
-            places,
-            sizes: located.iter().map(|l| l.3).collect(),
+            pieces,
             next: 0,
             left: 0,
+            zeros: false,
             stream: None,
         }),
     })
+}
+
+/// A run of the data stream: bytes of a layer's uncompressed stream, or a
+/// sparse file's hole.
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    Data { layer: u32, offset: u64, len: u64 },
+    Zeros(u64),
+}
+
+impl Piece {
+    fn len(&self) -> u64 {
+        match *self {
+            Piece::Data { len, .. } | Piece::Zeros(len) => len,
+        }
+    }
 }
 
 /// A layer blob being decoded, with the digest of its stored bytes.
@@ -129,13 +188,13 @@ impl LayerStream {
 struct LayerFeed {
     source: Arc<dyn BlobSource>,
     layers: Vec<(Digest, LayerKind)>,
-    /// (layer, offset) of every item.
-    places: Vec<(u32, u64)>,
-    sizes: Vec<u64>,
-    /// Next item to start.
+    pieces: Vec<Piece>,
+    /// Next piece to start.
     next: usize,
-    /// Bytes of the current item still to copy.
+    /// Bytes of the current piece still to copy.
     left: u64,
+    /// Whether the current piece is a hole.
+    zeros: bool,
     stream: Option<LayerStream>,
 }
 
@@ -153,7 +212,10 @@ impl LayerFeed {
         let reader = match kind {
             LayerKind::Gzip => Decoded::Gzip(Box::new(MultiGzDecoder::new(raw))),
             LayerKind::ZstdFrames | LayerKind::ZstdWhole => {
-                Decoded::Zstd(zstd::stream::read::Decoder::new(raw).map_err(|e| layer_err(&e))?)
+                let mut d = zstd::stream::read::Decoder::new(raw).map_err(|e| layer_err(&e))?;
+                d.window_log_max(WINDOW_LOG_MAX)
+                    .map_err(|e| layer_err(&e))?;
+                Decoded::Zstd(d)
             }
             LayerKind::Tar => Decoded::Plain(raw),
         };
@@ -165,9 +227,14 @@ impl LayerFeed {
         })
     }
 
-    /// Positions the stream at the start of item `i`.
-    fn start_item(&mut self, i: usize) -> Result<(), ArchiveError> {
-        let (layer, offset) = self.places[i];
+    /// Starts piece `i`: positions the layer stream at its first byte.
+    fn start_piece(&mut self, i: usize) -> Result<(), ArchiveError> {
+        self.left = self.pieces[i].len();
+        let Piece::Data { layer, offset, .. } = self.pieces[i] else {
+            self.zeros = true;
+            return Ok(());
+        };
+        self.zeros = false;
         let reusable = matches!(&self.stream, Some(s) if s.layer == layer && s.pos <= offset);
         if !reusable {
             if let Some(done) = self.stream.take() {
@@ -178,7 +245,6 @@ impl LayerFeed {
         if let Some(s) = self.stream.as_mut() {
             s.skip_to(offset)?;
         }
-        self.left = self.sizes[i];
         Ok(())
     }
 }
@@ -187,18 +253,24 @@ impl Feed for LayerFeed {
     fn fill(&mut self, mut buf: &mut [u8]) -> Result<(), ArchiveError> {
         while !buf.is_empty() {
             if self.left == 0 {
-                if self.next >= self.places.len() {
+                if self.next >= self.pieces.len() {
                     return Err(ArchiveError::Corrupt(
                         "data stream longer than the image's files".into(),
                     ));
                 }
-                self.start_item(self.next)?;
+                self.start_piece(self.next)?;
                 self.next += 1;
+            }
+            let n = self.left.min(buf.len() as u64) as usize;
+            if self.zeros {
+                buf[..n].fill(0);
+                self.left -= n as u64;
+                buf = &mut buf[n..];
+                continue;
             }
             let Some(s) = self.stream.as_mut() else {
                 return Err(ArchiveError::Corrupt("no layer stream".into()));
             };
-            let n = self.left.min(buf.len() as u64) as usize;
             let got = match s.reader.read(&mut buf[..n]) {
                 Ok(0) => return Err(s.err("layer ended inside a file's data")),
                 Ok(got) => got,
@@ -210,7 +282,7 @@ impl Feed for LayerFeed {
             buf = &mut buf[got..];
         }
         // The last byte of the last file: check the final layer's digest.
-        if self.left == 0 && self.next == self.places.len() {
+        if self.left == 0 && self.next == self.pieces.len() {
             if let Some(s) = self.stream.take() {
                 s.finish()?;
             }

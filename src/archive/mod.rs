@@ -4,7 +4,7 @@
 //! An archive is a 64-byte header, a complete `.clip` index file (the tree,
 //! one data "layer" of kind `ZstdFrames`, its checkpoints and chunk
 //! digests), then the data section: the file bytes in independent zstd
-//! frames (spec: docs/format.md, section 6). The metadata comes first and
+//! frames (spec: docs/format.md, section 7). The metadata comes first and
 //! is small, so a remote reader starts with one short range read; mounting
 //! is opening the embedded index and serving the data section as the layer
 //! blob through [`Archive::blob_source`], so `cache` and `fuse` see an

@@ -1,6 +1,6 @@
 //! On-disk header of a `.clip` archive.
 //!
-//! NB: documented in docs/format.md (section 6, "Archive files"); change both
+//! NB: documented in docs/format.md (section 7, "Archive files"); change both
 //! in one commit. Only plain declarations live here; `open.rs` checks them.
 
 use zerocopy::little_endian::{U16, U32, U64};

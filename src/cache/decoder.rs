@@ -1,6 +1,7 @@
 //! Resumable decoders positioned at a checkpoint: gzip (zran) via
 //! `gzip::SpanDecoder`, zstd via the streaming `zstd` decoder (which moves
-//! across frame boundaries by itself).
+//! across frame boundaries by itself, and refuses frames whose window is over
+//! [`crate::zstd_limits::WINDOW_LOG_MAX`]).
 //!
 //! All kinds share one contract: `decode` takes input starting exactly at
 //! `input_position()` and returns `(consumed, produced)`; `(0, 0)` with all
@@ -12,6 +13,22 @@ use zstd::stream::raw::Operation as _;
 
 use crate::format::{Checkpoint, LayerKind};
 use crate::gzip as gz;
+use crate::zstd_limits;
+
+/// Why a decoder failed.
+#[derive(Debug)]
+pub(crate) enum DecodeError {
+    /// A zstd frame asks for a window over [`zstd_limits::WINDOW_LOG_MAX`].
+    ZstdWindowTooLarge,
+    /// Corrupt or truncated input, or no decoder for the kind.
+    Failed(String),
+}
+
+impl From<String> for DecodeError {
+    fn from(message: String) -> Self {
+        DecodeError::Failed(message)
+    }
+}
 
 /// A live decoder of one layer's compressed stream.
 pub(crate) enum Decoder {
@@ -45,8 +62,7 @@ impl Decoder {
                 .map(Decoder::Gzip)
                 .map_err(|e| e.to_string()),
             LayerKind::ZstdFrames | LayerKind::ZstdWhole => {
-                let dec =
-                    zstd::stream::raw::Decoder::new().map_err(|e| format!("zstd decoder: {e}"))?;
+                let dec = zstd_limits::decoder().map_err(|e| format!("zstd decoder: {e}"))?;
                 Ok(Decoder::Zstd {
                     dec: Box::new(dec),
                     in_pos: cp.in_offset,
@@ -79,17 +95,23 @@ impl Decoder {
         &mut self,
         input: &[u8],
         out: &mut [u8],
-    ) -> Result<(usize, usize), String> {
+    ) -> Result<(usize, usize), DecodeError> {
         match self {
-            Decoder::Gzip(d) => d.decode(input, out).map_err(|e| e.to_string()),
+            Decoder::Gzip(d) => d
+                .decode(input, out)
+                .map_err(|e| DecodeError::Failed(e.to_string())),
             Decoder::Zstd {
                 dec,
                 in_pos,
                 out_pos,
             } => {
-                let st = dec
-                    .run_on_buffers(input, out)
-                    .map_err(|e| format!("zstd: {e}"))?;
+                let st = dec.run_on_buffers(input, out).map_err(|e| {
+                    if zstd_limits::is_window_too_large(&e) {
+                        DecodeError::ZstdWindowTooLarge
+                    } else {
+                        DecodeError::Failed(format!("zstd: {e}"))
+                    }
+                })?;
                 *in_pos += st.bytes_read as u64;
                 *out_pos += st.bytes_written as u64;
                 Ok((st.bytes_read, st.bytes_written))

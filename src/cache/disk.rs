@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime};
 use crossbeam_channel::Sender;
 
 use crate::digest::Digest;
+use crate::metrics::{Counter, Metrics};
 
 /// Bytes of chunks waiting for the writer; more are dropped.
 const WRITE_QUEUE_BYTES: u64 = 64 << 20;
@@ -41,42 +42,28 @@ pub struct DiskCache {
     tx: Sender<(Digest, Arc<[u8]>)>,
     /// Bytes queued for the writer.
     queued: Arc<AtomicU64>,
-    stats: Arc<DiskStats>,
-}
-
-/// Counters of a [`DiskCache`].
-#[derive(Debug, Default)]
-pub struct DiskStats {
-    /// Chunks read back from disk (verified).
-    pub hits: AtomicU64,
-    /// Damaged files found (and deleted).
-    pub damaged: AtomicU64,
-    /// Chunks written.
-    pub writes: AtomicU64,
-    /// Writes dropped (queue full) or failed.
-    pub write_drops: AtomicU64,
-    /// Files deleted to stay within the budget.
-    pub evictions: AtomicU64,
+    /// Damaged files, writes, dropped writes and evictions are counted here
+    /// (hits are counted by the cache that asked).
+    metrics: Arc<Metrics>,
 }
 
 impl DiskCache {
     /// Opens (creating) the chunk directory `dir`, holding at most about
-    /// `budget` bytes, and starts its writer thread. The thread ends when
-    /// the cache is dropped.
-    pub fn open(dir: &Path, budget: u64) -> io::Result<Self> {
+    /// `budget` bytes, and starts its writer thread, counting into
+    /// `metrics`. The thread ends when the cache is dropped.
+    pub fn open(dir: &Path, budget: u64, metrics: Arc<Metrics>) -> io::Result<Self> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
         let (tx, rx) = crossbeam_channel::unbounded::<(Digest, Arc<[u8]>)>();
-        let stats = Arc::new(DiskStats::default());
         let queued = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             dir: dir.to_path_buf(),
             budget,
             used: None,
             since_scan: 0,
-            stats: stats.clone(),
+            metrics: metrics.clone(),
         };
         let q = queued.clone();
         std::thread::Builder::new()
@@ -92,13 +79,8 @@ impl DiskCache {
             dir: dir.to_path_buf(),
             tx,
             queued,
-            stats,
+            metrics,
         })
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> &DiskStats {
-        &self.stats
     }
 
     /// Chunk `digest` (`len` bytes) if a file holds exactly those bytes.
@@ -110,15 +92,20 @@ impl DiskCache {
         let mut buf = vec![0u8; len];
         let whole = f.metadata().ok()?.len() == len as u64 && f.read_exact(&mut buf).is_ok();
         if !whole || Digest::of(&buf) != *digest {
-            self.stats.damaged.fetch_add(1, Relaxed);
+            self.metrics.count(Counter::DiskDamaged, 1);
             tracing::warn!(path = %path.display(), "damaged chunk in the disk cache; deleted");
             let _ = std::fs::remove_file(&path);
             return None;
         }
         // Refresh the LRU clock; a failure only ages the file.
         let _ = f.set_modified(SystemTime::now());
-        self.stats.hits.fetch_add(1, Relaxed);
         Some(buf)
+    }
+
+    /// Whether a file of `len` bytes is stored for chunk `digest` (one
+    /// `stat`; its content is verified only when [`DiskCache::get`] reads it).
+    pub fn contains(&self, digest: &Digest, len: usize) -> bool {
+        std::fs::metadata(path_of(&self.dir, digest)).is_ok_and(|m| m.len() == len as u64)
     }
 
     /// Queues chunk `digest` (already verified) for writing; dropped when
@@ -129,7 +116,7 @@ impl DiskCache {
             || self.tx.send((digest, data)).is_err()
         {
             self.queued.fetch_sub(len, Relaxed);
-            self.stats.write_drops.fetch_add(1, Relaxed);
+            self.metrics.count(Counter::DiskWriteDrops, 1);
         }
     }
 }
@@ -148,7 +135,7 @@ struct Writer {
     used: Option<u64>,
     /// Bytes written since the last scan.
     since_scan: u64,
-    stats: Arc<DiskStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
@@ -159,7 +146,7 @@ impl Writer {
         }
         match write_atomic(&path, data) {
             Ok(()) => {
-                self.stats.writes.fetch_add(1, Relaxed);
+                self.metrics.count(Counter::DiskWrites, 1);
                 self.since_scan += data.len() as u64;
                 // Recount now and then: other daemons write here too.
                 let used = match self.used {
@@ -175,7 +162,7 @@ impl Writer {
                 }
             }
             Err(e) => {
-                self.stats.write_drops.fetch_add(1, Relaxed);
+                self.metrics.count(Counter::DiskWriteDrops, 1);
                 tracing::debug!(path = %path.display(), error = %e, "disk cache write failed");
             }
         }
@@ -194,7 +181,7 @@ impl Writer {
             }
             if std::fs::remove_file(&path).is_ok() {
                 used = used.saturating_sub(len);
-                self.stats.evictions.fetch_add(1, Relaxed);
+                self.metrics.count(Counter::DiskEvictions, 1);
             }
         }
         used

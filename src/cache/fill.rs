@@ -9,28 +9,24 @@
 //! 2. short leaf locks: the parked-decoder pool, a memory shard, the
 //!    in-flight semaphore. None of them is held across I/O or decoding.
 
-use crate::metrics::{ErrorKind, Metrics};
+use crate::metrics::{Counter, ErrorKind, Metrics};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
-use super::decoder::Decoder;
+use super::decoder::{DecodeError, Decoder};
 use super::disk::DiskCache;
 use super::memory::{key, MemoryCache};
 use super::plan::LayerPlan;
-use super::prefetch::{in_prefetch_thread, Job, Prefetcher};
+use super::prefetch::{count_get, gets_on_this_thread, in_prefetch_thread, Job, Prefetcher};
 use super::profile::{self, AccessRecorder};
-use super::stats::{CacheStats, CacheStatsSnapshot};
-use super::{CacheConfig, CacheError, ContentReader};
+use super::{CacheConfig, CacheError, ContentReader, Urgency};
 use crate::digest::Digest;
 use crate::format::{AccessProfile, Index, LayerKind, PROFILE_VERSION};
-use crate::source::BlobSource;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::source::{BlobSource, RemoteKind};
+use crate::sync::{lock, wait};
 
 /// Largest follow-up fetch when a decoder keeps starving within one fill.
 const MAX_REFETCH: u64 = 8 << 20;
@@ -115,7 +111,7 @@ impl Semaphore {
     fn acquire(&self) -> Permit<'_> {
         let mut free = lock(&self.free);
         while *free == 0 {
-            free = self.cv.wait(free).unwrap_or_else(|e| e.into_inner());
+            free = wait(&self.cv, free);
         }
         *free -= 1;
         Permit(self)
@@ -138,9 +134,12 @@ pub struct ContentCache {
     mem: MemoryCache,
     parked: Mutex<ParkPool>,
     in_flight: Semaphore,
-    stats: CacheStats,
-    metrics: Option<Arc<Metrics>>,
+    /// Every counter and latency of the cache (a private registry unless
+    /// [`ContentCache::with_metrics`] shares the mount's).
+    metrics: Arc<Metrics>,
     prefetcher: Prefetcher,
+    /// [`ContentCache::replay`] was called.
+    replaying: AtomicBool,
     recorder: AccessRecorder,
     disk: Option<Arc<DiskCache>>,
 }
@@ -181,9 +180,9 @@ impl ContentCache {
             source,
             config,
             layers,
-            stats: CacheStats::default(),
-            metrics: None,
+            metrics: Arc::new(Metrics::new()),
             prefetcher: Prefetcher::default(),
+            replaying: AtomicBool::new(false),
         }
     }
 
@@ -234,9 +233,11 @@ impl ContentCache {
     /// touches, in first-touch order, spread over `threads` threads (the
     /// fetches count as prefetch bytes). Returns the number of jobs.
     pub fn replay(self: &Arc<Self>, profile: &AccessProfile, threads: usize) -> usize {
+        self.replaying
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let jobs = profile::replay_jobs(profile, &self.layers);
         let n = jobs.len();
-        CacheStats::add(&self.stats.prefetch_jobs, n as u64);
+        self.metrics.count(Counter::PrefetchJobs, n as u64);
         self.prefetcher.run_list(
             threads.max(1),
             jobs,
@@ -246,13 +247,19 @@ impl ContentCache {
         n
     }
 
+    /// Whether a startup profile is being (or was) replayed into the cache.
+    pub fn replaying(&self) -> bool {
+        self.replaying.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Count of live prefetch threads (stays readable after the cache is gone).
     pub fn prefetch_threads_live(&self) -> Arc<AtomicUsize> {
         self.prefetcher.live()
     }
 
-    /// Queues one job for `[offset, offset+len)` (dropped if the queue is full).
-    fn queue_prefetch(&self, layer: u32, offset: u64, len: u64) {
+    /// Queues jobs for `[offset, offset+len)`: pieces of about
+    /// `prefetch_piece` bytes cut on span boundaries, in order.
+    fn queue_prefetch(&self, layer: u32, offset: u64, len: u64, urgency: Urgency) {
         if !self.prefetcher.started() {
             return;
         }
@@ -263,13 +270,27 @@ impl ContentCache {
             return;
         }
         let end = plan.size.min(offset.saturating_add(len));
-        if self.prefetcher.try_send(Job {
-            layer,
-            start: offset,
-            end,
-        }) {
-            CacheStats::add(&self.stats.prefetch_jobs, 1);
+        let piece = self.config.prefetch_piece;
+        let mut jobs = Vec::new();
+        let mut start = offset;
+        while start < end {
+            let mut s = plan.span_of(start);
+            // Whole spans until the piece is full (at least one span).
+            let mut stop = plan.spans[s].end;
+            while piece > 0 && stop < end && stop - start < piece && s + 1 < plan.spans.len() {
+                s += 1;
+                stop = plan.spans[s].end;
+            }
+            let stop = if piece == 0 { end } else { stop.min(end) };
+            jobs.push(Job {
+                layer,
+                start,
+                end: stop,
+            });
+            start = stop;
         }
+        let queued = self.prefetcher.send(urgency, jobs);
+        self.metrics.count(Counter::PrefetchJobs, queued as u64);
     }
 
     /// A prefetch thread's job: fill, span after span, the chunks of the
@@ -283,7 +304,7 @@ impl ContentCache {
             return;
         };
         if let Err(e) = self.prefetch_range(plan, job.start, job.end) {
-            CacheStats::add(&self.stats.prefetch_errors, 1);
+            self.metrics.count(Counter::PrefetchErrors, 1);
             tracing::debug!(
                 layer = job.layer,
                 start = job.start,
@@ -314,27 +335,35 @@ impl ContentCache {
             if lo < hi {
                 let first = plan.chunk_at(lo).1;
                 let last = plan.chunk_at(hi - 1).1;
-                let _flight = lock(&plan.locks[plan.lock_for(s)]);
+                let mut flight = lock(&plan.locks[plan.lock_for(s)]);
+                let gets = gets_on_this_thread();
                 for c in first..=last {
                     if !self.mem.contains(key(plan.number, c)) {
                         self.load_from_disk(plan, c);
                     }
                 }
                 let missing = |c: &u32| !self.mem.contains(key(plan.number, *c));
-                if let Some(first) = (first..=last).find(missing) {
-                    let last = (first..=last).rev().find(missing).unwrap_or(first);
-                    self.fill_locked(plan, s, first, last, ahead)?;
-                }
+                let filled = match (first..=last).find(missing) {
+                    Some(first) => {
+                        let last = (first..=last).rev().find(missing).unwrap_or(first);
+                        self.fill_locked(plan, s, first, last, ahead).map(drop)
+                    }
+                    None => Ok(()),
+                };
+                // Readers queued on the lock meanwhile are waiting for these GETs.
+                *flight = u32::try_from(gets_on_this_thread() - gets).unwrap_or(u32::MAX);
+                filled?;
             }
             s += 1;
         }
         Ok(())
     }
 
-    /// Also records latencies and counters into `metrics` (fetches, inflate,
-    /// hits and misses, bytes served, errors, evictions).
+    /// Records latencies and counters into `metrics` (fetches, inflate,
+    /// hits and misses, bytes served, errors, evictions) instead of a
+    /// private registry.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        self.metrics = metrics;
         self
     }
 
@@ -344,14 +373,9 @@ impl ContentCache {
         self
     }
 
-    /// The live counters (for metrics hooks).
-    pub fn counters(&self) -> &CacheStats {
-        &self.stats
-    }
-
-    /// A copy of the counters.
-    pub fn stats(&self) -> CacheStatsSnapshot {
-        self.stats.snapshot()
+    /// Where the cache records its counters and latencies.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Bytes of verified chunks currently held in memory.
@@ -390,9 +414,10 @@ impl ContentCache {
             .get(layer as usize)
             .ok_or(CacheError::NoSuchLayer { layer })?;
         match &plan.broken {
-            Some(why) => Err(CacheError::Other {
+            Some(why) => Err(CacheError::UnusableLayer {
                 layer,
-                message: format!("{} ({}): {why}", "unusable index entry", plan.digest),
+                digest: plan.digest,
+                reason: why.clone(),
             }),
             None => Ok(plan),
         }
@@ -425,7 +450,7 @@ impl ContentCache {
             self.recorder.note(layer, c);
             let start = plan.chunk_range(s, c).start;
             if let Some(data) = self.mem.get(key(layer, c)) {
-                CacheStats::add(&self.stats.hits, 1);
+                self.metrics.count(Counter::ChunkHits, 1);
                 copy(&mut pos, start, &data);
                 continue;
             }
@@ -433,10 +458,19 @@ impl ContentCache {
                 copy(&mut pos, start, &data);
                 continue;
             }
-            CacheStats::add(&self.stats.misses, 1);
+            self.metrics.count(Counter::ChunkMisses, 1);
             *missed = true;
             let (_, last) = plan.chunk_at(end.min(plan.spans[s].end) - 1);
+            let waited = Instant::now();
             let chunks = self.fill(plan, s, c, last)?;
+            tracing::trace!(
+                layer,
+                pos,
+                chunk = c,
+                span = s,
+                us = waited.elapsed().as_micros() as u64,
+                "MISS"
+            );
             for (i, data) in chunks.iter().enumerate() {
                 if pos >= end {
                     break;
@@ -449,7 +483,6 @@ impl ContentCache {
             }
         }
         let n = (end - offset) as usize;
-        CacheStats::add(&self.stats.bytes_served, n as u64);
         Ok(n)
     }
 
@@ -462,12 +495,30 @@ impl ContentCache {
         first: u32,
         last: u32,
     ) -> Result<Vec<Arc<[u8]>>, CacheError> {
-        let _flight = lock(&plan.locks[plan.lock_for(s)]);
+        let _flight = self.lock_span_as_reader(plan, s);
         if let Some(data) = self.mem.get(key(plan.number, first)) {
-            CacheStats::add(&self.stats.shared_fills, 1);
+            self.metrics.count(Counter::SharedFills, 1);
             return Ok(vec![data]);
         }
         self.fill_locked(plan, s, first, last, 0)
+    }
+
+    /// Takes span `s`'s single-flight lock for a reader. A reader that had to
+    /// wait while a prefetch thread held it waited for that holder's GETs:
+    /// they count as critical-path GETs, once (the count is taken).
+    fn lock_span_as_reader<'p>(&self, plan: &'p LayerPlan, s: usize) -> MutexGuard<'p, u32> {
+        let m = &plan.locks[plan.lock_for(s)];
+        let (mut flight, waited) = match m.try_lock() {
+            Ok(g) => (g, false),
+            Err(TryLockError::Poisoned(e)) => (e.into_inner(), false),
+            Err(TryLockError::WouldBlock) => (lock(m), true),
+        };
+        let prefetch_gets = std::mem::take(&mut *flight);
+        if waited && prefetch_gets > 0 {
+            self.metrics
+                .count(Counter::CriticalPathGets, u64::from(prefetch_gets));
+        }
+        flight
     }
 
     /// [`Self::fill`] with the span's single-flight lock held by the caller;
@@ -530,7 +581,7 @@ impl ContentCache {
         };
         let (mut st, sequential) = match parked {
             Some(mut p) if p.dec.output_position() <= target => {
-                CacheStats::add(&self.stats.decoder_resumes, 1);
+                self.metrics.count(Counter::DecoderResumes, 1);
                 // A stream continues exactly where the last fill stopped;
                 // skipping ahead (the next file in the directory) is not one.
                 p.streak = if p.dec.output_position() == target {
@@ -541,7 +592,7 @@ impl ContentCache {
                 (p, true)
             }
             _ => {
-                CacheStats::add(&self.stats.decoder_starts, 1);
+                self.metrics.count(Counter::DecoderStarts, 1);
                 (self.start_decoder(plan, s)?, false)
             }
         };
@@ -629,23 +680,31 @@ impl ContentCache {
         } else {
             s
         };
-        let other = |message: String| CacheError::Other {
-            layer: plan.number,
-            message,
+        let index_err = |what: String| {
+            move |source| CacheError::Index {
+                layer: plan.number,
+                what,
+                source,
+            }
         };
         let view = self
             .index
             .layer(plan.number)
-            .map_err(|e| other(e.to_string()))?;
+            .map_err(index_err("layer record".into()))?;
         let cp = view
             .checkpoint(s as u32)
-            .map_err(|e| other(format!("checkpoint {s}: {e}")))?;
+            .map_err(index_err(format!("checkpoint {s}")))?;
         let sp = plan.spans[s];
         if cp.out_offset != sp.start || cp.first_chunk != sp.first_chunk {
-            return Err(other(format!(
-                "checkpoint {s} ({}) disagrees with the chunk table (out {} chunk {}, expected {} {})",
-                plan.digest, cp.out_offset, cp.first_chunk, sp.start, sp.first_chunk
-            )));
+            return Err(CacheError::CheckpointMismatch {
+                layer: plan.number,
+                digest: plan.digest,
+                span: s as u32,
+                out_offset: cp.out_offset,
+                first_chunk: cp.first_chunk,
+                want_offset: sp.start,
+                want_chunk: sp.first_chunk,
+            });
         }
         let dec = Decoder::new(plan.kind, &cp).map_err(|m| self.decode_err(plan, s, m))?;
         Ok(Parked {
@@ -683,7 +742,6 @@ impl ContentCache {
                 *refills += 1;
             }
         }
-        CacheStats::add(&self.stats.bytes_inflated, buf.len() as u64);
         Ok(())
     }
 
@@ -698,12 +756,10 @@ impl ContentCache {
         let t = Instant::now();
         let r = st.dec.decode(&st.input[st.consumed..], out);
         let took = t.elapsed();
-        CacheStats::add(&self.stats.inflate_time_ns, took.as_nanos() as u64);
-        if let Some(m) = &self.metrics {
-            m.record_inflate(took, r.as_ref().map_or(0, |&(_, p)| p as u64));
-            if r.is_err() {
-                m.count_error(ErrorKind::Inflate);
-            }
+        self.metrics
+            .record_inflate(took, r.as_ref().map_or(0, |&(_, p)| p as u64));
+        if r.is_err() {
+            self.metrics.count_error(ErrorKind::Inflate);
         }
         let (c, p) = r.map_err(|m| self.decode_err(plan, s, m))?;
         st.consumed += c;
@@ -749,24 +805,35 @@ impl ContentCache {
         let t = Instant::now();
         let r = self.source.read_exact_at(&plan.digest, offset, buf);
         let took = t.elapsed();
+        tracing::trace!(
+            layer = plan.number,
+            offset,
+            len = buf.len(),
+            us = took.as_micros() as u64,
+            prefetch = in_prefetch_thread(),
+            "FETCH"
+        );
         let prefetch = in_prefetch_thread();
-        CacheStats::add(&self.stats.fetch_time_ns, took.as_nanos() as u64);
-        CacheStats::add(&self.stats.fetch_count, 1);
-        if let Some(m) = &self.metrics {
-            // A fetch on a reader's thread is a wait; a prefetch thread's is not.
-            if !prefetch {
-                m.record_blocked(took);
-            }
-            match &r {
-                Ok(()) => {
-                    m.record_range_get(took, buf.len() as u64);
-                    if prefetch {
-                        m.add_prefetched(buf.len() as u64);
-                    }
+        count_get();
+        let m = &self.metrics;
+        // A fetch on a reader's thread is a wait; a prefetch thread's is one
+        // only for a reader that queues behind it (lock_span_as_reader).
+        if !prefetch {
+            m.record_blocked(took);
+            m.count(Counter::CriticalPathGets, 1);
+        }
+        match &r {
+            Ok(()) => {
+                m.record_range_get(took, buf.len() as u64);
+                if prefetch {
+                    m.add_prefetched(buf.len() as u64);
                 }
-                Err(_) => {
-                    m.record_range_get(took, 0);
-                    m.count_error(ErrorKind::Fetch);
+            }
+            Err(e) => {
+                m.record_range_get(took, 0);
+                m.count_error(ErrorKind::Fetch);
+                if e.remote_kind() == Some(RemoteKind::Timeout) {
+                    m.count_error(ErrorKind::Timeout);
                 }
             }
         }
@@ -774,22 +841,14 @@ impl ContentCache {
             layer: plan.number,
             digest: plan.digest,
             source,
-        })?;
-        CacheStats::add(&self.stats.bytes_fetched, buf.len() as u64);
-        if prefetch {
-            CacheStats::add(&self.stats.prefetch_bytes, buf.len() as u64);
-        }
-        Ok(())
+        })
     }
 
     /// Verifies chunk `chunk` against the index and stores it.
     fn admit(&self, plan: &LayerPlan, chunk: u32, data: &[u8]) -> Result<Arc<[u8]>, CacheError> {
         let want = self.layer_chunk(plan, chunk)?.digest;
         if Digest::of(data).as_bytes() != &want {
-            CacheStats::add(&self.stats.digest_mismatches, 1);
-            if let Some(m) = &self.metrics {
-                m.count_error(ErrorKind::DigestMismatch);
-            }
+            self.metrics.count_error(ErrorKind::DigestMismatch);
             tracing::error!(
                 layer = plan.number,
                 digest = %plan.digest,
@@ -809,6 +868,15 @@ impl ContentCache {
         Ok(data)
     }
 
+    /// Whether the disk tier holds chunk `chunk` (`len` bytes).
+    fn on_disk(&self, plan: &LayerPlan, chunk: u32, len: u64) -> bool {
+        let Some(disk) = &self.disk else {
+            return false;
+        };
+        self.layer_chunk(plan, chunk)
+            .is_ok_and(|c| disk.contains(&Digest::from_bytes(c.digest), len as usize))
+    }
+
     /// Chunk `chunk` from the disk tier, verified and kept in memory.
     fn load_from_disk(&self, plan: &LayerPlan, chunk: u32) -> Option<Arc<[u8]>> {
         let disk = self.disk.as_ref()?;
@@ -816,10 +884,7 @@ impl ContentCache {
         let r = plan.chunk_range_of(chunk)?;
         // Verified against the chunk digest inside.
         let data = disk.get(&Digest::from_bytes(want), (r.end - r.start) as usize)?;
-        CacheStats::add(&self.stats.disk_hits, 1);
-        if let Some(m) = &self.metrics {
-            m.add_disk_hit();
-        }
+        self.metrics.add_disk_hit();
         let data: Arc<[u8]> = Arc::from(data);
         self.keep(plan, chunk, data.clone());
         Some(data)
@@ -828,13 +893,8 @@ impl ContentCache {
     /// Puts a verified chunk in memory, counting evictions.
     fn keep(&self, plan: &LayerPlan, chunk: u32, data: Arc<[u8]>) {
         let evicted = self.mem.insert(key(plan.number, chunk), data);
-        CacheStats::add(&self.stats.evictions, evicted);
-        if let Some(m) = &self.metrics {
-            for _ in 0..evicted {
-                m.count_eviction();
-            }
-            m.set_cache_bytes(self.mem.bytes());
-        }
+        self.metrics.count(Counter::CacheEvictions, evicted);
+        self.metrics.set_cache_bytes(self.mem.bytes());
     }
 
     fn layer_chunk(
@@ -846,18 +906,26 @@ impl ContentCache {
             .layer(plan.number)
             .ok()
             .and_then(|l| l.chunk(chunk))
-            .ok_or_else(|| CacheError::Other {
+            .ok_or(CacheError::NoSuchChunk {
                 layer: plan.number,
-                message: format!("no chunk {chunk} in the index"),
+                chunk,
             })
     }
 
-    fn decode_err(&self, plan: &LayerPlan, s: usize, message: String) -> CacheError {
-        CacheError::Decode {
-            layer: plan.number,
-            digest: plan.digest,
-            span: s as u32,
-            message,
+    fn decode_err(&self, plan: &LayerPlan, s: usize, e: impl Into<DecodeError>) -> CacheError {
+        let (layer, digest, span) = (plan.number, plan.digest, s as u32);
+        match e.into() {
+            DecodeError::ZstdWindowTooLarge => CacheError::ZstdWindowTooLarge {
+                layer,
+                digest,
+                span,
+            },
+            DecodeError::Failed(message) => CacheError::Decode {
+                layer,
+                digest,
+                span,
+                message,
+            },
         }
     }
 }
@@ -865,19 +933,34 @@ impl ContentCache {
 impl ContentReader for ContentCache {
     fn read(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, CacheError> {
         let mut missed = false;
-        let Some(m) = &self.metrics else {
-            return self.read_impl(layer, offset, buf, &mut missed);
-        };
         let t = Instant::now();
         let r = self.read_impl(layer, offset, buf, &mut missed);
-        m.record_cache(!missed, t.elapsed());
+        self.metrics.record_cache(!missed, t.elapsed());
         if let Ok(n) = r {
-            m.add_served(n as u64);
+            self.metrics.add_served(n as u64);
         }
         r
     }
 
-    fn prefetch(&self, layer: u32, offset: u64, len: u64) {
-        self.queue_prefetch(layer, offset, len);
+    fn prefetch(&self, layer: u32, offset: u64, len: u64, urgency: Urgency) {
+        self.queue_prefetch(layer, offset, len, urgency);
+    }
+
+    fn would_block(&self, layer: u32, offset: u64, len: u64) -> bool {
+        // An unusable layer fails at once: nothing to wait for.
+        let Ok(plan) = self.plan(layer) else {
+            return false;
+        };
+        let end = plan.size.min(offset.saturating_add(len));
+        let mut pos = offset;
+        while pos < end {
+            let (s, c) = plan.chunk_at(pos);
+            let r = plan.chunk_range(s, c);
+            if !self.mem.contains(key(layer, c)) && !self.on_disk(plan, c, r.end - r.start) {
+                return true;
+            }
+            pos = r.end;
+        }
+        false
     }
 }

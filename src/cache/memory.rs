@@ -9,7 +9,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 
 /// Most shards (power of two).
 const MAX_SHARDS: usize = 16;
@@ -49,10 +51,6 @@ impl fmt::Debug for MemoryCache {
             .field("bytes", &self.bytes())
             .finish()
     }
-}
-
-fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl MemoryCache {

@@ -11,7 +11,7 @@
 //! [`ContentCache`] read path, miss path, single-flight and decoder parking),
 //! `prefetch` (background fill threads for [`ContentReader::prefetch`] and
 //! profile replay), `profile` (record and replay of startup access
-//! profiles), `stats` (counters).
+//! profiles). Counters and latencies go to a [`crate::metrics::Metrics`].
 
 use std::fmt;
 
@@ -22,14 +22,12 @@ mod memory;
 mod plan;
 mod prefetch;
 mod profile;
-mod stats;
 
 #[cfg(test)]
 mod tests;
 
-pub use disk::{DiskCache, DiskStats};
+pub use disk::DiskCache;
 pub use fill::ContentCache;
-pub use stats::{CacheStats, CacheStatsSnapshot};
 
 /// Why layer bytes could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -66,19 +64,75 @@ pub enum CacheError {
         /// What went wrong.
         message: String,
     },
+    /// A zstd frame asks for a window over
+    /// [`crate::zstd_limits::WINDOW_LOG_MAX`]: refused, not allocated.
+    #[error(
+        "layer {layer} ({digest}) span {span}: a zstd frame needs a window over {} MiB (the limit)",
+        (1u64 << crate::zstd_limits::WINDOW_LOG_MAX) >> 20
+    )]
+    ZstdWindowTooLarge {
+        /// Layer number.
+        layer: u32,
+        /// Layer blob digest.
+        digest: crate::Digest,
+        /// Span (checkpoint number) being decoded.
+        span: u32,
+    },
     /// The image has no such layer.
     #[error("no layer {layer} in the image")]
     NoSuchLayer {
         /// Layer number asked for.
         layer: u32,
     },
-    /// Anything else, with its context.
-    #[error("layer {layer}: {message}")]
-    Other {
+    /// The layer's index entry is inconsistent (checked when the cache is
+    /// built; every read of the layer fails with this).
+    #[error("layer {layer}: unusable index entry ({digest}): {reason}")]
+    UnusableLayer {
         /// Layer number.
         layer: u32,
-        /// What went wrong.
-        message: String,
+        /// Layer blob digest.
+        digest: crate::Digest,
+        /// What is inconsistent.
+        reason: String,
+    },
+    /// A record the read needs could not be read from the index.
+    #[error("layer {layer}: {what}: {source}")]
+    Index {
+        /// Layer number.
+        layer: u32,
+        /// Which record.
+        what: String,
+        /// The error.
+        source: crate::format::FormatError,
+    },
+    /// The index has no record of this chunk.
+    #[error("layer {layer}: no chunk {chunk} in the index")]
+    NoSuchChunk {
+        /// Layer number.
+        layer: u32,
+        /// Chunk number asked for.
+        chunk: u32,
+    },
+    /// A checkpoint disagrees with the layer's chunk table.
+    #[error(
+        "layer {layer}: checkpoint {span} ({digest}) disagrees with the chunk table \
+         (out {out_offset} chunk {first_chunk}, expected {want_offset} {want_chunk})"
+    )]
+    CheckpointMismatch {
+        /// Layer number.
+        layer: u32,
+        /// Layer blob digest.
+        digest: crate::Digest,
+        /// Checkpoint (span) number.
+        span: u32,
+        /// Its uncompressed offset.
+        out_offset: u64,
+        /// Its first chunk.
+        first_chunk: u32,
+        /// The span start the chunk table implies.
+        want_offset: u64,
+        /// The first chunk the chunk table implies.
+        want_chunk: u32,
     },
 }
 
@@ -91,9 +145,32 @@ pub trait ContentReader: Send + Sync + fmt::Debug {
     /// Hints that `[offset, offset+len)` of layer `layer` will probably be
     /// read soon: the reader may start fetching it in the background. Best
     /// effort, never blocks on I/O and never fails (default: does nothing).
-    fn prefetch(&self, layer: u32, offset: u64, len: u64) {
-        let _ = (layer, offset, len);
+    fn prefetch(&self, layer: u32, offset: u64, len: u64, urgency: Urgency) {
+        let _ = (layer, offset, len, urgency);
     }
+
+    /// Whether reading `[offset, offset+len)` of layer `layer` now could wait
+    /// on the network (some of it is neither in memory nor on local disk).
+    /// The FUSE transports serve a READ that would not block on the thread
+    /// that received it and hand the others to a pool, so a slow source
+    /// never stalls metadata requests. A cheap, side-effect-free guess: a
+    /// range evicted right after the answer is read anyway. Default: `true`
+    /// (an unknown reader may block).
+    fn would_block(&self, layer: u32, offset: u64, len: u64) -> bool {
+        let _ = (layer, offset, len);
+        true
+    }
+}
+
+/// How sure a prefetch hint is, and so where it queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// A reader is on it now (the rest of the file it just started): ahead
+    /// of everything speculative.
+    Now,
+    /// Speculation (a program's libraries, a directory's other small
+    /// files): after every urgent hint, newest first.
+    Later,
 }
 
 /// Tuning knobs of a [`ContentCache`].
@@ -125,15 +202,20 @@ pub struct CacheConfig {
     /// Live decoders kept parked for resumption (default 32).
     pub parked_decoders: usize,
     /// Background threads serving [`ContentReader::prefetch`] hints, started
-    /// by [`ContentCache::start_prefetch`] (default 0: off. Measured on the
-    /// loopback registry, 4 threads cut a cold `import numpy` from 1.04 s to
-    /// 0.92 s but fetch 28 MiB instead of 20.6 MiB; worth it where round
-    /// trips are long, so it is opt-in). They also bound how many prefetch
+    /// by [`ContentCache::start_prefetch`] (default 6; 0: hints are
+    /// ignored). A first start waits one registry round trip per cold read;
+    /// these threads keep several GETs in flight for what the warming rules
+    /// expect next, so the waits overlap. They also bound how many prefetch
     /// fetches are in flight, leaving the rest of `max_in_flight` to readers.
     pub prefetch_threads: usize,
-    /// Hints waiting for a prefetch thread; hints beyond are dropped
-    /// (default 1024).
+    /// Jobs waiting for a prefetch thread; beyond, the oldest speculative
+    /// jobs are dropped (default 1024).
     pub prefetch_queue: usize,
+    /// A hinted range is cut into jobs of about this many uncompressed
+    /// bytes, on span boundaries, so the prefetch threads fetch the pieces
+    /// of one file in parallel: a round trip per piece, all at once,
+    /// instead of one after another (default 2 MiB; 0: one job per hint).
+    pub prefetch_piece: u64,
 }
 
 impl Default for CacheConfig {
@@ -147,8 +229,9 @@ impl Default for CacheConfig {
             sequential_max: 4 << 20,
             max_in_flight: 16,
             parked_decoders: 32,
-            prefetch_threads: 0,
+            prefetch_threads: 6,
             prefetch_queue: 1024,
+            prefetch_piece: 2 << 20,
         }
     }
 }

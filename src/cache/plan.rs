@@ -27,7 +27,9 @@ pub(crate) struct LayerPlan {
     pub chunk_size: u64,
     pub spans: Vec<SpanInfo>,
     /// One lock per span: holders fill the span, others wait (single-flight).
-    pub locks: Vec<Mutex<()>>,
+    /// It holds the GETs a prefetch thread made in its last hold of the lock:
+    /// a reader that had to wait for the lock waited for those GETs.
+    pub locks: Vec<Mutex<u32>>,
     /// Why the layer cannot be served, if its index entry is inconsistent.
     pub broken: Option<String>,
 }
@@ -72,7 +74,7 @@ impl LayerPlan {
         if broken.is_none() && l.kind() == LayerKind::Tar && l.compressed_size() < size {
             broken = Some("uncompressed layer blob is shorter than its content".to_string());
         }
-        let locks = (0..spans.len()).map(|_| Mutex::new(())).collect();
+        let locks = (0..spans.len()).map(|_| Mutex::new(0)).collect();
         LayerPlan {
             number: l.number(),
             digest: l.digest(),

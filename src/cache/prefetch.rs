@@ -1,21 +1,29 @@
-//! Background prefetch: a bounded queue of range jobs and the threads that
-//! serve them. The jobs themselves run the cache's ordinary single-flight fill
-//! span by span (see `ContentCache::run_prefetch`), so a reader that needs a
-//! span being prefetched waits on the span lock and then finds the chunks in
-//! memory.
+//! Background prefetch: a bounded two-level queue of range jobs and the
+//! threads that serve them. The jobs themselves run the cache's ordinary
+//! single-flight fill span by span (see `ContentCache::run_prefetch`), so a
+//! reader that needs a span being prefetched waits on the span lock and then
+//! finds the chunks in memory.
 //!
-//! The threads hold only a `Weak` reference to the cache and the receiving
-//! end of the queue; the cache holds the sending end. Dropping the last
-//! strong reference closes the queue and every thread exits.
+//! [`Urgency::Now`] jobs (the rest of a file a reader just started on) are
+//! served before every [`Urgency::Later`] job (speculation: a program's
+//! libraries, a directory's other small files), newest first: what was hinted
+//! last is what a process is about to read. When the queue is full the
+//! oldest speculative job is dropped, never a newer one.
+//!
+//! The threads hold only a `Weak` reference to the cache and an `Arc` of the
+//! queue; dropping the [`Prefetcher`] (with the cache) closes the queue and
+//! every thread exits.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 
-use crossbeam_channel::{Sender, TrySendError};
+use super::Urgency;
+use crate::sync::{lock, wait};
 
 /// Fill the chunks holding `[start, end)` of layer `layer`'s uncompressed stream.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Job {
     pub layer: u32,
     pub start: u64,
@@ -24,6 +32,17 @@ pub(super) struct Job {
 
 thread_local! {
     static PREFETCH_THREAD: Cell<bool> = const { Cell::new(false) };
+    static GETS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts one GET made by the calling thread.
+pub(super) fn count_get() {
+    GETS.with(|g| g.set(g.get() + 1));
+}
+
+/// GETs the calling thread has made so far.
+pub(super) fn gets_on_this_thread() -> u64 {
+    GETS.with(Cell::get)
 }
 
 /// Whether the calling thread is a prefetch thread (its fetches are nobody's
@@ -32,10 +51,37 @@ pub(super) fn in_prefetch_thread() -> bool {
     PREFETCH_THREAD.with(Cell::get)
 }
 
-/// The queue's sending end (once started) and a count of live threads.
+/// The jobs waiting for a thread.
+#[derive(Debug, Default)]
+struct Queue {
+    now: VecDeque<Job>,
+    later: VecDeque<Job>,
+    cap: usize,
+    closed: bool,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.now.len() + self.later.len()
+    }
+
+    /// The next job: urgent ones first, in the order they came (a reader
+    /// walks a file forward); then the newest speculation.
+    fn pop(&mut self) -> Option<Job> {
+        self.now.pop_front().or_else(|| self.later.pop_back())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+/// The queue (once started) and a count of live threads.
 #[derive(Debug, Default)]
 pub(super) struct Prefetcher {
-    tx: OnceLock<Sender<Job>>,
+    shared: OnceLock<Arc<Shared>>,
     live: Arc<AtomicUsize>,
 }
 
@@ -50,23 +96,30 @@ impl Drop for Alive {
 
 impl Prefetcher {
     /// Starts `threads` threads running `run(&owner, job)` for each job while
-    /// `owner` is alive. Only the first call does anything.
+    /// `owner` is alive, with at most `cap` jobs waiting. Only the first
+    /// call does anything.
     pub fn start<T: Send + Sync + 'static>(
         &self,
         threads: usize,
-        queue: usize,
+        cap: usize,
         owner: Weak<T>,
         run: fn(&T, Job),
     ) {
-        if threads == 0 || self.tx.get().is_some() {
+        if threads == 0 || self.shared.get().is_some() {
             return;
         }
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(queue.max(1));
-        if self.tx.set(tx).is_err() {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                cap: cap.max(1),
+                ..Queue::default()
+            }),
+            ready: Condvar::new(),
+        });
+        if self.shared.set(shared.clone()).is_err() {
             return;
         }
         for i in 0..threads {
-            let (rx, owner) = (rx.clone(), owner.clone());
+            let (shared, owner) = (shared.clone(), owner.clone());
             self.live.fetch_add(1, Ordering::SeqCst);
             let alive = Alive(self.live.clone());
             let spawned = std::thread::Builder::new()
@@ -74,8 +127,7 @@ impl Prefetcher {
                 .spawn(move || {
                     let _alive = alive;
                     PREFETCH_THREAD.with(|p| p.set(true));
-                    // Ends when the cache (the only sender) is dropped.
-                    while let Ok(job) = rx.recv() {
+                    while let Some(job) = next_job(&shared) {
                         let Some(owner) = owner.upgrade() else { break };
                         run(&owner, job);
                     }
@@ -90,15 +142,43 @@ impl Prefetcher {
 
     /// Whether prefetch threads were started.
     pub fn started(&self) -> bool {
-        self.tx.get().is_some()
+        self.shared.get().is_some()
     }
 
-    /// Queues `job`; `false` when prefetch is off or the queue is full.
-    pub fn try_send(&self, job: Job) -> bool {
-        match self.tx.get().map(|tx| tx.try_send(job)) {
-            Some(Ok(())) => true,
-            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => false,
+    /// Queues `jobs` (in the order they should run); returns how many were
+    /// queued (none when prefetch is off; a full queue drops the oldest
+    /// speculative jobs first, then refuses new speculative ones).
+    pub fn send(&self, urgency: Urgency, jobs: impl IntoIterator<Item = Job>) -> usize {
+        let Some(shared) = self.shared.get() else {
+            return 0;
+        };
+        let mut q = lock(&shared.queue);
+        let mut queued = 0;
+        for job in jobs {
+            if q.len() >= q.cap {
+                // Make room by dropping the oldest speculation, but never a
+                // job of this batch: then the rest of the batch is dropped.
+                let own = if urgency == Urgency::Later { queued } else { 0 };
+                if q.later.len() <= own {
+                    break;
+                }
+                q.later.pop_front();
+            }
+            match urgency {
+                Urgency::Now => q.now.push_back(job),
+                // Reversed below so that `pop_back` serves the batch in order.
+                Urgency::Later => q.later.push_back(job),
+            }
+            queued += 1;
         }
+        if urgency == Urgency::Later && queued > 1 {
+            // This batch runs in the order given, before older speculation.
+            let n = q.later.len();
+            q.later.make_contiguous()[n - queued..].reverse();
+        }
+        drop(q);
+        shared.ready.notify_all();
+        queued
     }
 
     /// Starts `threads` threads that run `run(&owner, job)` over `jobs`,
@@ -138,5 +218,55 @@ impl Prefetcher {
     /// Live prefetch threads (shared counter, readable after the cache is gone).
     pub fn live(&self) -> Arc<AtomicUsize> {
         self.live.clone()
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.get() {
+            lock(&shared.queue).closed = true;
+            shared.ready.notify_all();
+        }
+    }
+}
+
+/// Blocks until there is a job, or returns `None` once the queue is closed.
+fn next_job(shared: &Shared) -> Option<Job> {
+    let mut q = lock(&shared.queue);
+    loop {
+        if q.closed {
+            return None;
+        }
+        if let Some(job) = q.pop() {
+            return Some(job);
+        }
+        q = wait(&shared.ready, q);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Job, Queue};
+
+    fn job(start: u64) -> Job {
+        Job {
+            layer: 0,
+            start,
+            end: start + 1,
+        }
+    }
+
+    #[test]
+    fn urgent_jobs_first_in_order_then_newest_speculation() {
+        let mut q = Queue {
+            cap: 16,
+            ..Queue::default()
+        };
+        q.later.push_back(job(10));
+        q.later.push_back(job(20));
+        q.now.push_back(job(1));
+        q.now.push_back(job(2));
+        let order: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|j| j.start).collect();
+        assert_eq!(order, [1, 2, 20, 10]);
     }
 }

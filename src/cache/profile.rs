@@ -21,6 +21,7 @@ use super::plan::LayerPlan;
 use super::prefetch::Job;
 use crate::digest::Digest;
 use crate::format::{AccessProfile, LayerKind, ProfileRange, MAX_RANGES};
+use crate::sync::lock;
 
 /// Notes the first touch of every chunk while on; the hot path costs one
 /// relaxed load when off.
@@ -72,7 +73,7 @@ impl AccessRecorder {
         let bit = 1u64 << (chunk % 64);
         if word.fetch_or(bit, Relaxed) & bit == 0 {
             self.first.get_or_init(Instant::now);
-            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let mut log = lock(&self.log);
             if log.len() < MAX_RANGES {
                 log.push((layer, chunk));
             }
@@ -90,9 +91,7 @@ impl AccessRecorder {
         if !self.on.swap(false, Relaxed) {
             return None;
         }
-        Some(std::mem::take(
-            &mut *self.log.lock().unwrap_or_else(|e| e.into_inner()),
-        ))
+        Some(std::mem::take(&mut *lock(&self.log)))
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::digest::Digest;
@@ -16,7 +16,9 @@ use crate::format::{
     write_index, Checkpoint, Chunk, Index, IndexData, Layer, LayerKind, ProfileRange, WriteOptions,
     PROFILE_VERSION,
 };
-use crate::source::{BlobSource, MemSource, SourceError};
+use crate::metrics::{Counters, ErrorKind, Metrics};
+use crate::source::{BlobSource, MemSource, RemoteKind, SourceError};
+use crate::testutil::{gzip_layer, sample_tar};
 
 // ---------------------------------------------------------------- fakes
 
@@ -64,7 +66,10 @@ impl BlobSource for FaultySource {
             std::thread::sleep(Duration::from_millis(ms));
         }
         if self.fail.load(Relaxed) {
-            return Err(SourceError::Remote("injected failure".into()));
+            return Err(SourceError::remote(
+                RemoteKind::Transient,
+                "injected failure",
+            ));
         }
         let n = self.inner.read_at(digest, offset, buf)?;
         self.bytes.fetch_add(n as u64, Relaxed);
@@ -82,64 +87,6 @@ impl BlobSource for FaultySource {
 }
 
 // ---------------------------------------------------------------- fixtures
-
-/// Mixed content: text-like runs, zeros and incompressible random runs.
-fn mixed_bytes(rng: &mut StdRng, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        let run = rng.gen_range(1..64 << 10).min(len - out.len());
-        match rng.gen_range(0..3) {
-            0 => {
-                let words: [&[u8]; 6] = [
-                    b"import ",
-                    b"numpy ",
-                    b"def f(x):\n",
-                    b"    return ",
-                    b"self.",
-                    b"# comment\n",
-                ];
-                let stop = out.len() + run;
-                while out.len() < stop {
-                    out.extend_from_slice(words[rng.gen_range(0..words.len())]);
-                }
-                out.truncate(len);
-            }
-            1 => out.resize(out.len() + run, 0),
-            _ => {
-                let start = out.len();
-                out.resize(start + run, 0);
-                rng.fill_bytes(&mut out[start..]);
-            }
-        }
-    }
-    out
-}
-
-/// A multi-file tar of about `size` bytes of mixed content.
-fn sample_tar(seed: u64, size: usize) -> Vec<u8> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut b = tar::Builder::new(Vec::new());
-    let mut total = 0;
-    let mut i = 0;
-    while total < size {
-        let len = match i % 4 {
-            0 => rng.gen_range(0..2000),
-            1 => rng.gen_range(0..100_000),
-            2 => rng.gen_range(100_000..1_500_000),
-            _ => rng.gen_range(0..300_000),
-        };
-        let data = mixed_bytes(&mut rng, len);
-        let mut h = tar::Header::new_ustar();
-        h.set_size(len as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, format!("dir{}/file{i}.bin", i % 5), &data[..])
-            .unwrap();
-        total += len + 512;
-        i += 1;
-    }
-    b.into_inner().unwrap()
-}
 
 /// Chunk records for spans starting at `starts`, with `in_end` from `hint`.
 fn chunks_for(data: &[u8], starts: &[u64], chunk: u64, hint: impl Fn(u64) -> u64) -> Vec<Chunk> {
@@ -241,42 +188,6 @@ fn zstd_layer(data: &[u8], span: u64, chunk: u64, whole: bool) -> (Layer, Vec<u8
     (layer, blob)
 }
 
-/// A gzip layer (`members` concatenated gzip members) indexed by `ZranReader`.
-fn gzip_layer(data: &[u8], span: u64, chunk: u64, members: usize) -> (Layer, Vec<u8>) {
-    use std::io::Write;
-    let mut blob = Vec::new();
-    let per = data.len().div_ceil(members.max(1));
-    for part in data.chunks(per.max(1)) {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-        e.write_all(part).unwrap();
-        blob.extend(e.finish().unwrap());
-    }
-    let mut r = crate::gzip::ZranReader::new(
-        &blob[..],
-        crate::gzip::IndexerConfig {
-            span,
-            chunk_size: chunk as u32,
-        },
-    );
-    let mut out = Vec::new();
-    r.read_to_end(&mut out).unwrap();
-    assert!(out == data, "gunzip ground truth");
-    let idx = r.finish().unwrap();
-    assert_eq!(idx.compressed_size, blob.len() as u64);
-    let layer = Layer {
-        digest: Digest::of(&blob),
-        diff_id: Digest::of(data),
-        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-        kind: LayerKind::Gzip,
-        compressed_size: idx.compressed_size,
-        uncompressed_size: idx.uncompressed_size,
-        chunk_size: chunk as u32,
-        checkpoints: idx.checkpoints,
-        chunks: idx.chunks,
-    };
-    (layer, blob)
-}
-
 /// An index over `layers` and a counting source holding their blobs.
 fn image(layers: Vec<(Layer, Vec<u8>)>) -> (Arc<Index>, Arc<FaultySource>) {
     let mut mem = MemSource::new();
@@ -294,6 +205,11 @@ fn image(layers: Vec<(Layer, Vec<u8>)>) -> (Arc<Index>, Arc<FaultySource>) {
 
 fn cache(index: &Arc<Index>, src: &Arc<FaultySource>, config: CacheConfig) -> Arc<ContentCache> {
     Arc::new(ContentCache::new(index.clone(), src.clone(), config))
+}
+
+/// The cache's counters.
+fn stats(c: &ContentCache) -> Counters {
+    c.metrics().counters()
 }
 
 fn cfg(memory_bytes: u64) -> CacheConfig {
@@ -361,18 +277,18 @@ fn check_every_path(
     // Cold then warm on the same cache.
     let c = cache(&index, &src, cfg(512 << 20));
     check_random_reads(&c, 0, &truth, reads, 1, span, chunk);
-    let before = c.stats();
+    let before = stats(&c);
     check_random_reads(&c, 0, &truth, reads, 1, span, chunk);
-    let warm = c.stats();
+    let warm = stats(&c);
     assert_eq!(
-        warm.misses, before.misses,
+        warm.chunk_misses, before.chunk_misses,
         "second identical pass must be all hits"
     );
     assert_eq!(warm.fetch_count, before.fetch_count);
     // Tiny budget: constant eviction.
     let c = cache(&index, &src, cfg(3 * chunk));
     check_random_reads(&c, 0, &truth, tiny_reads, 2, span, chunk);
-    assert!(c.stats().evictions > 0);
+    assert!(stats(&c).cache_evictions > 0);
     assert!(c.memory_used() <= 3 * chunk);
     // Concurrent readers, modest budget so hits, misses and evictions mix.
     let c = cache(&index, &src, cfg(truth.len() as u64 / 3));
@@ -493,7 +409,7 @@ fn gzip_random_read_fetches_only_what_it_needs() {
         read_all(&c, 0, off + (64 << 10), 100),
         data[(off + (64 << 10)) as usize..][..100]
     );
-    let st = c.stats();
+    let st = stats(&c);
     assert_eq!((st.decoder_starts, st.decoder_resumes), (1, 1));
     assert_eq!(src.log.lock().unwrap()[0].0, ck.in_end);
 }
@@ -568,9 +484,9 @@ fn single_flight_for_one_cold_chunk() {
             1,
             "8 concurrent cold reads of one chunk must share one fetch"
         );
-        let st = c.stats();
+        let st = stats(&c);
         assert_eq!(st.fetch_count, 1);
-        assert_eq!(st.shared_fills + st.hits, 7);
+        assert_eq!(st.shared_fills + st.chunk_hits, 7);
     }
 }
 
@@ -587,7 +503,7 @@ fn flipped_source_byte_is_a_digest_mismatch_never_wrong_data() {
             other => panic!("expected a digest mismatch, got {other:?}"),
         }
     }
-    assert_eq!(c.stats().digest_mismatches, 2);
+    assert_eq!(c.metrics().error_count(ErrorKind::DigestMismatch), 2);
     // Other chunks are fine; once the source is healthy the chunk is served.
     assert_eq!(read_all(&c, 0, 0, 1000), data[..1000]);
     *src.flip_at.lock().unwrap() = None;
@@ -676,6 +592,33 @@ fn truncated_blob_is_a_decode_error() {
     }
 }
 
+#[test]
+fn zstd_frame_with_a_window_over_the_limit_is_refused_by_name() {
+    use std::io::Write;
+    let data = sample_tar(4, 64 << 10);
+    let (mut layer, _) = zstd_layer(&data, 0, 16 << 10, true);
+    // The same bytes in a frame asking for a 256 MiB window.
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(28))
+        .unwrap();
+    enc.write_all(&data).unwrap();
+    let blob = enc.finish().unwrap();
+    layer.digest = Digest::of(&blob);
+    layer.compressed_size = blob.len() as u64;
+    layer
+        .chunks
+        .iter_mut()
+        .for_each(|c| c.in_end = blob.len() as u64);
+    let (index, src) = image(vec![(layer, blob)]);
+    let c = cache(&index, &src, cfg(64 << 20));
+    let err = c.read(0, 0, &mut [0u8; 100]).unwrap_err();
+    assert!(
+        matches!(err, CacheError::ZstdWindowTooLarge { layer: 0, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("128 MiB"), "{err}");
+}
+
 /// Reads the whole layer front to back in `step`-byte reads and checks the
 /// compressed bytes fetched stay close to the blob size (no re-fetching from
 /// checkpoints) and the decoder is continued rather than restarted.
@@ -684,7 +627,7 @@ fn check_sequential_volume(
     truth: &[u8],
     step: usize,
     config: CacheConfig,
-) -> CacheStatsSnapshot {
+) -> Counters {
     let compressed = layer.1.len() as u64;
     let (index, src) = image(vec![layer]);
     let c = cache(&index, &src, config);
@@ -698,7 +641,7 @@ fn check_sequential_volume(
         );
         off += got.len();
     }
-    let st = c.stats();
+    let st = stats(&c);
     assert_eq!(st.bytes_fetched, src.bytes());
     assert!(
         src.bytes() as f64 <= 1.1 * compressed as f64,
@@ -731,13 +674,24 @@ fn zstd_frames_sequential_read_fetches_blob_once() {
 
 // ---------------------------------------------------------------- prefetch
 
-/// A cache with its prefetch threads running.
+/// A cache with its prefetch threads running, one job per hint.
 fn prefetching(index: &Arc<Index>, src: &Arc<FaultySource>, threads: usize) -> Arc<ContentCache> {
+    prefetching_in_pieces(index, src, threads, 0)
+}
+
+/// A cache with its prefetch threads running, hints cut into `piece` bytes.
+fn prefetching_in_pieces(
+    index: &Arc<Index>,
+    src: &Arc<FaultySource>,
+    threads: usize,
+    piece: u64,
+) -> Arc<ContentCache> {
     let c = cache(
         index,
         src,
         CacheConfig {
             prefetch_threads: threads,
+            prefetch_piece: piece,
             ..cfg(64 << 20)
         },
     );
@@ -769,9 +723,9 @@ fn prefetch_fills_the_range_in_few_fetches() {
     let c = prefetching(&index, &src, 2);
     // A "file" over ~10 spans, starting mid-span.
     let (start, end) = (300_000u64, 2_900_000u64);
-    c.prefetch(0, start, end - start);
+    c.prefetch(0, start, end - start, Urgency::Now);
     wait_for("prefetched", || all_cached(&c, start, end));
-    let st = c.stats();
+    let st = stats(&c);
     assert_eq!(st.prefetch_jobs, 1);
     assert_eq!(st.prefetch_errors, 0);
     assert_eq!(st.prefetch_bytes, st.bytes_fetched);
@@ -783,12 +737,39 @@ fn prefetch_fills_the_range_in_few_fetches() {
     src.reset_counts();
     assert!(read_all(&c, 0, start, (end - start) as usize) == data[start as usize..end as usize]);
     assert_eq!(src.calls(), 0);
-    assert_eq!(c.stats().misses, 0);
+    assert_eq!(stats(&c).chunk_misses, 0);
     // A hint for cached bytes costs nothing.
-    c.prefetch(0, start, 1000);
-    wait_for("idle", || c.stats().prefetch_jobs == 2);
+    c.prefetch(0, start, 1000, Urgency::Now);
+    wait_for("idle", || stats(&c).prefetch_jobs == 2);
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(src.calls(), 0);
+}
+
+#[test]
+fn a_hint_is_cut_into_pieces_fetched_in_parallel() {
+    let data = sample_tar(22, 4 << 20);
+    let (layer, blob) = gzip_layer(&data, 256 << 10, 64 << 10, 1);
+    let (index, src) = image(vec![(layer, blob)]);
+    // Pieces of 1 MiB over 256 KiB spans: 4 spans a piece.
+    let c = prefetching_in_pieces(&index, &src, 4, 1 << 20);
+    let (start, end) = (300_000u64, 3_900_000u64);
+    let spans = {
+        let plan = &c.layers_for_tests()[0];
+        plan.span_of(end - 1) - plan.span_of(start) + 1
+    };
+    c.prefetch(0, start, end - start, Urgency::Now);
+    wait_for("prefetched", || all_cached(&c, start, end));
+    let st = stats(&c);
+    let pieces = st.prefetch_jobs;
+    assert_eq!(pieces as usize, spans.div_ceil(4), "{st:?}");
+    // Every piece starts its own decoder (at its first span's checkpoint)
+    // and makes its own GET, so the pieces can be in flight together.
+    assert_eq!(st.decoder_starts, pieces, "{st:?}");
+    assert!(
+        st.fetch_count >= pieces && st.fetch_count <= 2 * pieces,
+        "{st:?}"
+    );
+    assert!(read_all(&c, 0, start, (end - start) as usize) == data[start as usize..end as usize]);
 }
 
 #[test]
@@ -796,12 +777,12 @@ fn prefetch_hints_are_ignored_until_started_or_with_zero_threads() {
     let data = sample_tar(21, 1 << 20);
     let (index, src) = image(vec![gzip_layer(&data, 256 << 10, 64 << 10, 1)]);
     let c = cache(&index, &src, cfg(64 << 20));
-    c.prefetch(0, 0, 1 << 20);
+    c.prefetch(0, 0, 1 << 20, Urgency::Now);
     let c0 = prefetching(&index, &src, 0);
-    c0.prefetch(0, 0, 1 << 20);
+    c0.prefetch(0, 0, 1 << 20, Urgency::Now);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(src.calls(), 0);
-    assert_eq!(c.stats().prefetch_jobs + c0.stats().prefetch_jobs, 0);
+    assert_eq!(stats(&c).prefetch_jobs + stats(&c0).prefetch_jobs, 0);
     assert_eq!(c0.prefetch_threads_live().load(Relaxed), 0);
 }
 
@@ -817,7 +798,7 @@ fn prefetch_and_reader_of_one_span_share_one_fetch() {
         src.latency_ms.store(50, Relaxed);
         let c = prefetching(&index, &src, 4);
         let span = index.layer(0).unwrap().span_range(3).unwrap();
-        c.prefetch(0, span.start, span.end - span.start);
+        c.prefetch(0, span.start, span.end - span.start, Urgency::Now);
         // The reader wants the span's last chunk: whoever fills first fills
         // (and, compressed, decodes) the whole span, the other finds it cached.
         let off = span.end - 100;
@@ -830,8 +811,44 @@ fn prefetch_and_reader_of_one_span_share_one_fetch() {
         } else {
             assert_eq!(src.calls(), 1, "{:?}", src.log.lock().unwrap());
         }
-        assert_eq!(c.stats().prefetch_errors, 0);
+        assert_eq!(stats(&c).prefetch_errors, 0);
     }
+}
+
+#[test]
+fn critical_path_gets_are_the_gets_readers_wait_for() {
+    let data = sample_tar(25, 2 << 20);
+    let (index, src) = image(vec![gzip_layer(&data, 256 << 10, 64 << 10, 1)]);
+    src.latency_ms.store(100, Relaxed);
+    let c = prefetching(&index, &src, 2);
+    let gets = || (stats(&c).fetch_count, stats(&c).critical_path_gets);
+    let span = |i| index.layer(0).unwrap().span_range(i).unwrap();
+    // A reader's own GET.
+    let s1 = span(1);
+    assert_eq!(
+        read_all(&c, 0, s1.start, 10),
+        data[s1.start as usize..][..10]
+    );
+    assert_eq!(gets(), (1, 1));
+    // A reader that queues behind a prefetch's GET waited for it.
+    let s3 = span(3);
+    c.prefetch(0, s3.start, s3.end - s3.start, Urgency::Now);
+    wait_for("prefetch GET started", || src.calls() == 2);
+    let off = s3.end - 100;
+    assert_eq!(read_all(&c, 0, off, 100), data[off as usize..][..100]);
+    assert_eq!(gets(), (2, 2));
+    // A prefetch done before the reader comes is nobody's wait.
+    let s5 = span(5);
+    c.prefetch(0, s5.start, s5.end - s5.start, Urgency::Now);
+    wait_for("prefetched", || all_cached(&c, s5.start, s5.end));
+    assert_eq!(
+        read_all(&c, 0, s5.start, 10),
+        data[s5.start as usize..][..10]
+    );
+    assert_eq!(gets(), (3, 2));
+    // Only the reader's own GET counts as time blocked on the network.
+    let t = c.metrics().snapshot(Default::default()).timings;
+    assert_eq!(t.blocked_on_network.count, 1);
 }
 
 #[test]
@@ -840,24 +857,24 @@ fn prefetch_errors_are_counted_and_readers_still_see_theirs() {
     let (index, src) = image(vec![gzip_layer(&data, 256 << 10, 64 << 10, 1)]);
     src.fail.store(true, Relaxed);
     let c = prefetching(&index, &src, 2);
-    c.prefetch(0, 0, 1 << 20);
-    wait_for("prefetch error", || c.stats().prefetch_errors == 1);
+    c.prefetch(0, 0, 1 << 20, Urgency::Now);
+    wait_for("prefetch error", || stats(&c).prefetch_errors == 1);
     let mut buf = [0u8; 10];
     assert!(matches!(
         c.read(0, 500_000, &mut buf),
         Err(CacheError::Source { layer: 0, .. })
     ));
     // Bad hints are ignored.
-    c.prefetch(7, 0, 10);
-    c.prefetch(0, 1 << 40, 10);
+    c.prefetch(7, 0, 10, Urgency::Now);
+    c.prefetch(0, 1 << 40, 10, Urgency::Now);
     // Recovery: a new hint prefetches once the source is healthy.
     src.fail.store(false, Relaxed);
-    c.prefetch(0, 0, 1 << 20);
+    c.prefetch(0, 0, 1 << 20, Urgency::Now);
     wait_for("prefetched", || {
         all_cached(&c, 0, (1 << 20).min(data.len() as u64))
     });
     assert_eq!(read_all(&c, 0, 500_000, 10), data[500_000..500_010]);
-    assert_eq!(c.stats().prefetch_errors, 1);
+    assert_eq!(stats(&c).prefetch_errors, 1);
 }
 
 #[test]
@@ -871,7 +888,7 @@ fn dropping_the_cache_stops_the_prefetch_threads() {
     assert_eq!(live.load(Relaxed), 3);
     // Threads busy and jobs queued when the last reference goes.
     for i in 0..8u64 {
-        c.prefetch(0, i * (256 << 10), 256 << 10);
+        c.prefetch(0, i * (256 << 10), 256 << 10, Urgency::Now);
     }
     let weak = Arc::downgrade(&c);
     drop(c);
@@ -938,7 +955,7 @@ fn replaying_a_profile_prefetches_its_spans_so_reads_are_hits() {
         assert_eq!(read_all(&rec, 0, off, len), data[off as usize..][..len]);
     }
     let mut profile = rec.finish_recording().unwrap();
-    let recorded_bytes = rec.stats().bytes_fetched;
+    let recorded_bytes = stats(&rec).bytes_fetched;
     // A range of a layer this image does not have is ignored.
     profile.ranges.insert(
         0,
@@ -966,7 +983,7 @@ fn replaying_a_profile_prefetches_its_spans_so_reads_are_hits() {
     wait_for("replay threads done", || {
         c.prefetch_threads_live().load(Relaxed) == 0
     });
-    let st = c.stats();
+    let st = stats(&c);
     assert_eq!(st.prefetch_errors, 0);
     assert_eq!(st.prefetch_bytes, st.bytes_fetched);
     assert_eq!(src.calls(), jobs as u64, "one fetch per span");
@@ -981,7 +998,7 @@ fn replaying_a_profile_prefetches_its_spans_so_reads_are_hits() {
         assert_eq!(read_all(&c, 0, off, len), data[off as usize..][..len]);
     }
     assert_eq!(src.calls(), 0);
-    assert_eq!(c.stats().misses, 0);
+    assert_eq!(stats(&c).chunk_misses, 0);
 }
 
 // ---------------------------------------------------------------- disk tier
@@ -1005,8 +1022,13 @@ fn with_disk(
     dir: &std::path::Path,
     budget: u64,
 ) -> Arc<ContentCache> {
-    let disk = Arc::new(DiskCache::open(dir, budget).unwrap());
-    Arc::new(ContentCache::new(index.clone(), src.clone(), cfg(64 << 20)).with_disk(disk))
+    let metrics = Arc::new(Metrics::new());
+    let disk = Arc::new(DiskCache::open(dir, budget, metrics.clone()).unwrap());
+    Arc::new(
+        ContentCache::new(index.clone(), src.clone(), cfg(64 << 20))
+            .with_metrics(metrics)
+            .with_disk(disk),
+    )
 }
 
 #[test]
@@ -1018,7 +1040,7 @@ fn disk_tier_serves_a_restarted_cache_without_fetching() {
     let (off, len) = (1_500_000u64, 300_000usize);
     let first = with_disk(&index, &src, &dir, 1 << 30);
     assert_eq!(read_all(&first, 0, off, len), data[off as usize..][..len]);
-    let produced = first.stats().bytes_inflated / (64 << 10);
+    let produced = stats(&first).inflate_bytes / (64 << 10);
     wait_for("chunks written", || {
         disk_files(&dir).len() as u64 >= produced
     });
@@ -1029,7 +1051,7 @@ fn disk_tier_serves_a_restarted_cache_without_fetching() {
     let second = with_disk(&index, &src, &dir, 1 << 30);
     assert_eq!(read_all(&second, 0, off, len), data[off as usize..][..len]);
     assert_eq!(src.calls(), 0, "served from disk");
-    let st = second.stats();
+    let st = stats(&second);
     assert!(st.disk_hits >= 4, "{st:?}");
     assert_eq!(st.bytes_fetched, 0);
 
@@ -1043,10 +1065,10 @@ fn disk_tier_serves_a_restarted_cache_without_fetching() {
     let third = with_disk(&index, &src, &dir, 1 << 30);
     assert_eq!(read_all(&third, 0, off, len), data[off as usize..][..len]);
     assert!(src.calls() > 0);
-    assert_eq!(third.stats().disk_hits, 0);
-    assert_eq!(third.stats().digest_mismatches, 0);
+    assert_eq!(stats(&third).disk_hits, 0);
+    assert_eq!(third.metrics().error_count(ErrorKind::DigestMismatch), 0);
     let disk = third.disk_for_tests().unwrap();
-    assert!(disk.stats().damaged.load(Relaxed) > 0);
+    assert!(stats(&third).disk_damaged > 0);
     // ... and repaired: a damaged file found is deleted, and the fill that
     // replaced it writes it again.
     let c = third.layers_for_tests()[0].chunk_at(off).1;
@@ -1075,16 +1097,15 @@ fn disk_tier_stays_within_its_budget() {
     let dir = tmp.path().join("chunks");
     let budget = 10 * (64 << 10);
     let c = with_disk(&index, &src, &dir, budget);
-    let disk = c.disk_for_tests().unwrap();
     assert_eq!(read_all(&c, 0, 0, data.len()), data);
     let chunks = index.layer(0).unwrap().chunk_count() as u64;
     wait_for("all written or dropped", || {
-        let s = disk.stats();
-        s.writes.load(Relaxed) + s.write_drops.load(Relaxed) >= chunks
+        let s = stats(&c);
+        s.disk_writes + s.disk_write_drops >= chunks
     });
     let used: u64 = disk_files(&dir).iter().map(|f| f.1).sum();
     assert!(used <= budget, "{used} > {budget}");
-    assert!(disk.stats().evictions.load(Relaxed) > 0);
+    assert!(stats(&c).disk_evictions > 0);
 }
 
 #[test]

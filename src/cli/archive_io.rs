@@ -14,7 +14,7 @@ use clap::Args;
 use crate::archive::Archive;
 use crate::object::{FileObject, FileWriter, ObjectRead, ObjectWrite};
 use crate::s3::{S3Client, S3Options, S3Url};
-use crate::source::SourceError;
+use crate::source::{RemoteKind, SourceError};
 
 /// S3 settings shared by the archive verbs.
 #[derive(Debug, Clone, Args)]
@@ -63,7 +63,7 @@ impl S3Args {
         if S3Url::is_s3(location) {
             let client = self
                 .client(location)
-                .map_err(|e| SourceError::Remote(format!("{e:#}")))?;
+                .map_err(|e| SourceError::remote(RemoteKind::Permanent, format!("{e:#}")))?;
             Ok(Box::new(client.writer(front_len)))
         } else {
             Ok(Box::new(FileWriter::create(

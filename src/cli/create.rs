@@ -12,10 +12,10 @@ use crate::archive::{
     self, CreateOptions, CreateProgress, Input, DEFAULT_CHUNK, DEFAULT_FRAME, DEFAULT_LEVEL,
 };
 use crate::index::{build, IndexOptions, Progress};
+use crate::node;
 
 use super::archive_io::{with_progress, S3Args};
-use super::index::open_image;
-use super::util::{human, parse_size};
+use super::util::{human, parse_platform, parse_size};
 
 /// Arguments of `clipctl create`.
 #[derive(Debug, Args)]
@@ -72,10 +72,11 @@ pub fn run(args: CreateArgs) -> Result<()> {
     let input = match &args.input {
         Some(dir) => Input::from_dir(dir).context("reading the input directory")?,
         None => {
-            let opened = open_image(
+            let platform = parse_platform(args.platform.as_deref())?;
+            let opened = node::open_image(
                 args.image.as_deref(),
                 args.layout.as_deref(),
-                args.platform.as_deref(),
+                platform.as_ref(),
                 &args.insecure_registry,
             )?;
             let data = build(

@@ -5,15 +5,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::format::{write_index_file, AccessProfile, ImageMeta, IndexData, WriteOptions};
+use crate::format::{write_index_file, AccessProfile, IndexData, WriteOptions};
 use crate::index::{build, IndexOptions, Progress, DEFAULT_CHUNK, DEFAULT_SPAN};
-use crate::oci::{open_layout, ImageRef, Platform, RegistryOptions, RegistrySource, ResolvedImage};
-use crate::source::BlobSource;
+use crate::node;
+use crate::oci::ReferrersVia;
 
-use super::util::{human, parse_size};
+use super::util::{human, parse_platform, parse_size};
 
 /// Arguments of `clipctl index`.
 #[derive(Debug, Args)]
@@ -50,73 +50,11 @@ pub struct IndexArgs {
     /// then fetches those bytes ahead of the process.
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
-}
-
-/// The resolved image, its blob source and where it came from.
-pub struct Opened {
-    /// Manifest, config, layers.
-    pub image: ResolvedImage,
-    /// Serves the layer blobs.
-    pub source: Box<dyn BlobSource>,
-    /// Provenance for the index META.
-    pub meta: ImageMeta,
-}
-
-/// Resolves `--image` or `--layout` into an image and a blob source.
-pub fn open_image(
-    image: Option<&str>,
-    layout: Option<&str>,
-    platform: Option<&str>,
-    insecure: &[String],
-) -> Result<Opened> {
-    let platform: Option<Platform> = platform
-        .map(|p| {
-            p.parse()
-                .with_context(|| format!("invalid --platform {p:?}"))
-        })
-        .transpose()?;
-    if let Some(spec) = layout {
-        let (image, source) =
-            open_layout(spec, platform.as_ref()).with_context(|| format!("OCI layout {spec}"))?;
-        let meta = ImageMeta {
-            layout: Some(spec.to_string()),
-            ..Default::default()
-        };
-        return Ok(Opened {
-            image,
-            source: Box::new(source),
-            meta,
-        });
-    }
-    let reference = image.context("give --image REF or --layout DIR[:TAG]")?;
-    let r: ImageRef = reference
-        .parse()
-        .with_context(|| format!("invalid image reference {reference:?}"))?;
-    let opts = RegistryOptions {
-        insecure_registries: insecure.to_vec(),
-        platform,
-        ..Default::default()
-    };
-    let source =
-        RegistrySource::connect(&r, &opts).with_context(|| format!("registry for {reference}"))?;
-    let image = source
-        .resolve()
-        .with_context(|| format!("resolving {reference}"))?;
-    let pinned = ImageRef {
-        tag: None,
-        digest: Some(image.manifest_digest),
-        ..r.clone()
-    };
-    let meta = ImageMeta {
-        reference: Some(reference.to_string()),
-        pinned_reference: Some(pinned.to_string()),
-        ..Default::default()
-    };
-    Ok(Opened {
-        image,
-        source: Box::new(source),
-        meta,
-    })
+    /// Also publish the index in the image's repository, as an OCI artifact
+    /// attached to the image (referrers API, or the `sha256-<hex>` tag
+    /// schema), where `clipctl mount --image` finds it. Needs push access.
+    #[arg(long, requires = "image")]
+    pub push: bool,
 }
 
 /// Runs `clipctl index`.
@@ -133,15 +71,17 @@ pub fn run(args: IndexArgs) -> Result<()> {
         .as_deref()
         .map(AccessProfile::load)
         .transpose()?;
-    let opened = open_image(
+    let platform = parse_platform(args.platform.as_deref())?;
+    let opened = node::open_image(
         args.image.as_deref(),
         args.layout.as_deref(),
-        args.platform.as_deref(),
+        platform.as_ref(),
         &args.insecure_registry,
     )?;
-    if let Some(p) = &profile {
-        check_profile_fits(p, &opened.image)
-            .with_context(|| format!("--profile {}", args.profile.as_ref().unwrap().display()))?;
+    if let (Some(p), Some(path)) = (&profile, &args.profile) {
+        let layers: Vec<_> = opened.image.layers.iter().map(|l| l.digest).collect();
+        node::check_profile_fits(p, opened.image.manifest_digest, &layers)
+            .with_context(|| format!("--profile {}", path.display()))?;
     }
     let mut opts = IndexOptions {
         span,
@@ -191,28 +131,20 @@ pub fn run(args: IndexArgs) -> Result<()> {
         human(size),
         if total > 0 { size as f64 * 100.0 / total as f64 } else { 0.0 },
     );
+    if let (true, Some(reference)) = (args.push, &args.image) {
+        let a = node::publish_index(reference, &args.insecure_registry, &args.out)
+            .with_context(|| format!("{} was written but not published", args.out.display()))?;
+        println!("published as artifact {} ({})", a.digest, via(a.via));
+    }
     Ok(())
 }
 
-/// A profile fits an image if it was recorded on it (when it says) and
-/// names at least one of its layers.
-fn check_profile_fits(p: &AccessProfile, image: &ResolvedImage) -> Result<()> {
-    if let Some(m) = p.manifest {
-        if m != image.manifest_digest {
-            bail!(
-                "the profile was recorded for image {m}, not {}",
-                image.manifest_digest
-            );
-        }
+/// How a registry lists what was attached, for people.
+pub(super) fn via(v: ReferrersVia) -> &'static str {
+    match v {
+        ReferrersVia::Api => "referrers API",
+        ReferrersVia::TagSchema => "referrers tag schema",
     }
-    if !p
-        .ranges
-        .iter()
-        .any(|r| image.layers.iter().any(|l| l.digest == r.layer))
-    {
-        bail!("the profile names none of the image's layers");
-    }
-    Ok(())
 }
 
 fn show_progress(progress: &Progress, done: &AtomicBool, total: u64) {

@@ -7,12 +7,17 @@
 
 mod archive_io;
 mod create;
+mod daemon;
 mod extract;
 mod index;
 mod inspect;
+mod ls;
 mod metrics;
 mod mount;
+mod profile;
+mod ps;
 mod push;
+mod umount;
 mod util;
 
 use std::process::ExitCode;
@@ -43,18 +48,20 @@ enum Command {
     /// Summarise a .clip index or archive: image, layers, checkpoints, sizes.
     Inspect(inspect::InspectArgs),
     /// List the file tree of a .clip index or archive, like `ls -l`.
-    Ls(inspect::LsArgs),
+    Ls(ls::LsArgs),
     /// Mount an image: a per-container overlay rootfs, or the read-only tree alone.
     Mount(mount::MountArgs),
     /// Remove a container's rootfs; the image mount goes with its last container.
-    Umount(mount::UmountArgs),
+    Umount(umount::UmountArgs),
+    /// Startup profiles in the registry: publish one, list what is published.
+    Profile(profile::ProfileArgs),
     /// List mounted images and containers.
-    Ps(mount::PsArgs),
+    Ps(ps::PsArgs),
     /// Show FUSE/fetch/cache latencies and counters of the running mount daemons.
     Metrics(metrics::MetricsArgs),
     /// Internal: the long-lived mount daemon (started by `mount`).
     #[command(name = "__daemon", hide = true)]
-    Daemon(mount::DaemonCliArgs),
+    Daemon(daemon::DaemonArgs),
 }
 
 /// An error that carries its own exit code.
@@ -76,13 +83,14 @@ pub fn main() -> ExitCode {
         Command::Create(a) => create::run(a),
         Command::Extract(a) => extract::run(a),
         Command::Push(a) => push::run(a),
-        Command::Inspect(a) => inspect::run_inspect(a),
-        Command::Ls(a) => inspect::run_ls(a),
-        Command::Mount(a) => mount::run_mount(a),
-        Command::Umount(a) => mount::run_umount(a),
-        Command::Ps(a) => mount::run_ps(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Ls(a) => ls::run(a),
+        Command::Mount(a) => mount::run(a),
+        Command::Umount(a) => umount::run(a),
+        Command::Profile(a) => profile::run(a),
+        Command::Ps(a) => ps::run(a),
         Command::Metrics(a) => metrics::run(a),
-        Command::Daemon(a) => mount::run_daemon(a),
+        Command::Daemon(a) => daemon::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,6 +101,18 @@ pub fn main() -> ExitCode {
             eprintln!("clipctl: error: {}", dedup_chain(&chain));
             ExitCode::from(code)
         }
+    }
+}
+
+/// Maps "no such container" to its documented exit code.
+fn coded(e: crate::mount::MountError) -> anyhow::Error {
+    match e {
+        crate::mount::MountError::UnknownCid(_) => CodedError {
+            code: EXIT_NOT_FOUND,
+            message: e.to_string(),
+        }
+        .into(),
+        other => other.into(),
     }
 }
 

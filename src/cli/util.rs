@@ -1,6 +1,9 @@
-//! Helpers shared by the verbs: logging setup and size parsing/formatting.
+//! Helpers shared by the verbs: logging setup, size and duration parsing,
+//! size formatting.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+
+use crate::oci::Platform;
 
 /// Logging: `RUST_LOG`-style filter (default `warn` for the CLI, `info` for
 /// the daemon, whose stderr is its log file).
@@ -15,15 +18,22 @@ pub fn init_logging(daemon: bool) {
         .try_init();
 }
 
-/// Parses `4M`, `4MiB`, `512k`, `1048576`.
-pub fn parse_size(s: &str) -> Result<u64> {
+/// `"512KiB"` → `(512, "kib")`: the leading decimal number and the
+/// lower-cased unit after it; `what` names the value in the error.
+fn number_and_unit(s: &str, what: &str) -> Result<(u64, String)> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
+    let n = num
         .parse()
-        .map_err(|_| anyhow::anyhow!("invalid size {s:?}"))?;
-    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        .map_err(|_| anyhow::anyhow!("invalid {what} {s:?}"))?;
+    Ok((n, unit.to_ascii_lowercase()))
+}
+
+/// Parses `4M`, `4MiB`, `512k`, `1048576`.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let (n, unit) = number_and_unit(s, "size")?;
+    let mult: u64 = match unit.as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
@@ -34,11 +44,50 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("size {s:?} is too large"))
 }
 
+/// Parses `--platform` (`os/arch[/variant]`), if given.
+pub fn parse_platform(p: Option<&str>) -> Result<Option<Platform>> {
+    p.map(|p| {
+        p.parse()
+            .with_context(|| format!("invalid --platform {p:?}"))
+    })
+    .transpose()
+}
+
+/// Parses `60s`, `500ms`, `2m`, `1h`, or plain seconds (`60`); at least
+/// one millisecond.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let (n, unit) = number_and_unit(s, "duration")?;
+    let ms: u64 = match unit.as_str() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        _ => bail!("invalid duration unit in {s:?} (use ms, s, m or h)"),
+    };
+    match n.checked_mul(ms) {
+        Some(0) => bail!("duration {s:?} must be at least 1ms"),
+        Some(ms) => Ok(std::time::Duration::from_millis(ms)),
+        None => bail!("duration {s:?} is too large"),
+    }
+}
+
 pub use crate::metrics::human_bytes as human;
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_duration, parse_size};
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        for bad in ["", "0", "5x", "s", "99999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes() {

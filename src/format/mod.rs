@@ -1,25 +1,29 @@
 //! The `.clip` index file: bytes in, checked views out (normative spec:
 //! `docs/format.md`).
 //!
-//! A leaf: no I/O beyond opening/mapping the file and the atomic write, no
-//! network. `index` builds an [`IndexData`] and calls [`write_index_file`];
+//! A leaf: no I/O beyond reading the file and the atomic write, no
+//! network. No unsafe code: the file is read, not mapped. `index` builds an [`IndexData`] and calls [`write_index_file`];
 //! `cache`, `fuse` and the CLI read through [`Index`], which verifies every
 //! section's checksum on load and never panics on a corrupt file.
 
-mod mmap;
+mod bomb;
 mod model;
 mod profile;
 mod raw;
 mod reader;
+mod sparse;
 mod writer;
 
 use std::path::PathBuf;
 
 pub use model::{
-    Checkpoint, Chunk, DataRef, ImageMeta, IndexData, Layer, LayerKind, Node, NodeKind, Tree,
+    Checkpoint, Chunk, DataRef, FileHint, ImageMeta, IndexData, Layer, LayerKind, Node, NodeKind,
+    SparseSegment, Tree,
 };
 pub use profile::{AccessProfile, ProfileError, ProfileRange, MAX_RANGES, PROFILE_VERSION};
-pub use reader::{DirEntry, DirIter, Index, InodeView, LayerView, Xattr, ROOT_INO};
+pub use raw::{MAJOR as FORMAT_MAJOR, MINOR as FORMAT_MINOR};
+pub use reader::{DirEntry, DirIter, FileHints, Index, InodeView, LayerView, Xattr, ROOT_INO};
+pub use sparse::{Piece, Pieces};
 pub use writer::{write_index, write_index_file, WriteOptions};
 
 /// Why an index file could not be read or written.
@@ -48,6 +52,22 @@ pub enum FormatError {
         expected: u64,
         /// Actual size.
         actual: u64,
+    },
+    /// The section table names a section kind twice.
+    #[error("index file is corrupt: section kind {0} appears twice")]
+    DuplicateSection(u32),
+    /// A compressed section declares far more bytes than its stored bytes
+    /// can hold (a decompression bomb); refused before allocating.
+    #[error(
+        "index file is corrupt: the {section} declares {raw_len} bytes from {stored_len} compressed bytes (more than the format allows)"
+    )]
+    SectionBomb {
+        /// Which section.
+        section: &'static str,
+        /// Its stored (compressed) length.
+        stored_len: u64,
+        /// The uncompressed length it declares.
+        raw_len: u64,
     },
     /// A checksum did not match.
     #[error("index file is corrupt: checksum mismatch in the {0}")]
@@ -80,5 +100,9 @@ pub enum FormatError {
     },
 }
 
+#[cfg(test)]
+mod section_tests;
+#[cfg(test)]
+mod sparse_tests;
 #[cfg(test)]
 mod tests;

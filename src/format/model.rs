@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 
+/// Resume points and chunk records are what the gzip indexer produces; the
+/// index stores them as they are (zstd layers reuse the checkpoint record
+/// with an empty window).
+pub use crate::gzip::{Checkpoint, Chunk};
+
 /// Where the image came from and what it is; stored as JSON in the META section.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ImageMeta {
@@ -58,37 +63,6 @@ impl LayerKind {
             _ => return None,
         })
     }
-}
-
-/// A resume point inside a compressed layer.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Checkpoint {
-    /// Offset in the blob of the first byte holding bits of the next block.
-    /// For gzip with `bits > 0` the byte at `in_offset - 1` holds the
-    /// `bits` high bits that start the block.
-    pub in_offset: u64,
-    /// Number of bits of byte `in_offset - 1` still unread (0..=7).
-    pub bits: u8,
-    /// Uncompressed offset of the checkpoint.
-    pub out_offset: u64,
-    /// The preceding window (up to 32 KiB), raw-deflate compressed; empty for
-    /// a checkpoint at a member start or for non-gzip layers.
-    pub window: Vec<u8>,
-    /// Length of the window once inflated.
-    pub window_len: u32,
-    /// Index (into [`Layer::chunks`]) of the first chunk of this span.
-    pub first_chunk: u32,
-}
-
-/// A verification unit: a run of at most [`Layer::chunk_size`] uncompressed
-/// bytes inside one span; spans are cut into chunks from their start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Chunk {
-    /// sha256 of the chunk's uncompressed bytes.
-    pub digest: [u8; 32],
-    /// Blob offset by which the compressed stream had produced the end of
-    /// this chunk (a hint for how much to fetch; readers fetch more on demand).
-    pub in_end: u64,
 }
 
 /// One layer of the image.
@@ -173,6 +147,18 @@ pub struct DataRef {
     pub offset: u64,
 }
 
+/// One data run of a sparse file: `len` bytes at `file_offset` of the file
+/// are at `layer_offset` of its data layer's uncompressed stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SparseSegment {
+    /// Offset of the run in the file.
+    pub file_offset: u64,
+    /// Length of the run (> 0).
+    pub len: u64,
+    /// Offset of the run's first byte in the layer's uncompressed stream.
+    pub layer_offset: u64,
+}
+
 /// One inode of the merged tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
@@ -198,8 +184,13 @@ pub struct Node {
     pub link_target: Vec<u8>,
     /// Extended attributes, sorted by name.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// File contents (regular files with size > 0).
+    /// File contents (regular files with size > 0; for a sparse file, its
+    /// first data run, `None` if it is all hole).
     pub data: Option<DataRef>,
+    /// A sparse file's data runs in `data.layer`, sorted and disjoint; the
+    /// rest of the file reads as zeros. `None` for a plain file (`size`
+    /// contiguous bytes at `data`).
+    pub sparse: Option<Vec<SparseSegment>>,
     /// Directory entries: name → node index (directories only).
     pub children: BTreeMap<Vec<u8>, u32>,
 }
@@ -220,6 +211,7 @@ impl Node {
             link_target: Vec::new(),
             xattrs: Vec::new(),
             data: None,
+            sparse: None,
             children: BTreeMap::new(),
         }
     }
@@ -252,4 +244,18 @@ pub struct IndexData {
     pub tree: Tree,
     /// A startup access profile to embed (PROFILE section).
     pub profile: Option<super::AccessProfile>,
+    /// Read hints, sorted by inode (HINTS sections).
+    pub hints: Vec<FileHint>,
+}
+
+/// Read hints of one file: what a loader opens after it and touches in it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FileHint {
+    /// The file's inode number.
+    pub ino: u64,
+    /// Inode numbers of the files opened after it, in the order a loader
+    /// opens them.
+    pub dependencies: Vec<u64>,
+    /// `(offset, len)` ranges of the file a loader reads or maps, sorted.
+    pub hot_ranges: Vec<(u64, u64)>,
 }

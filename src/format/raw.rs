@@ -11,12 +11,15 @@ pub const MAGIC: [u8; 8] = *b"CLIPIDX\0";
 /// Major version this code reads and writes; a file with a larger major is refused.
 pub const MAJOR: u16 = 2;
 /// Minor version written; readers accept any minor of their major.
-pub const MINOR: u16 = 1;
+pub const MINOR: u16 = 3;
 
 /// Incompatible feature: some sections are zstd-compressed (section flag bit 0).
 pub const INCOMPAT_ZSTD_SECTIONS: u32 = 1;
+/// Incompatible feature: some regular files are sparse (SPARSE_FILES is not
+/// empty); a reader that ignored the map would serve wrong bytes. Since 2.2.
+pub const INCOMPAT_SPARSE: u32 = 2;
 /// Every incompatible feature this reader understands.
-pub const INCOMPAT_KNOWN: u32 = INCOMPAT_ZSTD_SECTIONS;
+pub const INCOMPAT_KNOWN: u32 = INCOMPAT_ZSTD_SECTIONS | INCOMPAT_SPARSE;
 
 /// Section flag: the section's bytes are one zstd frame.
 pub const SECTION_ZSTD: u32 = 1;
@@ -43,6 +46,18 @@ pub mod kind {
     pub const XATTRS: u32 = 9;
     /// Embedded startup access profile (JSON, [`crate::format::AccessProfile`]); since 2.1.
     pub const PROFILE: u32 = 10;
+    /// [`super::SparseFileRec`] array, sorted by inode; since 2.2.
+    pub const SPARSE_FILES: u32 = 11;
+    /// [`super::SparseSegmentRec`] array: the files' data runs; since 2.2.
+    pub const SPARSE_SEGMENTS: u32 = 12;
+    /// [`super::FileHintRec`] array, sorted by inode; since 2.3.
+    pub const FILE_HINTS: u32 = 16;
+    /// Little-endian u32 inode numbers: the files' dependencies; since 2.3.
+    pub const HINT_DEPS: u32 = 17;
+    /// [`super::HintRangeRec`] array: the files' hot ranges; since 2.3.
+    pub const HINT_RANGES: u32 = 18;
+    /// One past the largest kind this reader knows.
+    pub const END: u32 = 19;
 }
 
 /// The fixed header at offset 0.
@@ -227,6 +242,61 @@ pub struct XattrRec {
     pub value_len: U32,
 }
 
+/// Read hints of one file (an ELF program or library): the files a
+/// loader opens after it and the ranges of it a loader touches.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct FileHintRec {
+    /// Inode number of the file.
+    pub ino: U32,
+    /// First dependency in HINT_DEPS.
+    pub first_dep: U32,
+    /// Number of dependencies.
+    pub dep_count: U32,
+    /// First range in HINT_RANGES.
+    pub first_range: U32,
+    /// Number of hot ranges.
+    pub range_count: U32,
+    /// Zero.
+    pub reserved: U32,
+}
+
+/// A sparse regular file: its run of [`SparseSegmentRec`]s.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct SparseFileRec {
+    /// Inode number of the file.
+    pub ino: U32,
+    /// First segment in SPARSE_SEGMENTS.
+    pub first_segment: U32,
+    /// Number of segments (0: the file is all hole).
+    pub segment_count: U32,
+    /// Zero.
+    pub reserved: U32,
+}
+
+/// A byte range of a file.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct HintRangeRec {
+    /// Offset in the file.
+    pub offset: U64,
+    /// Length.
+    pub len: U64,
+}
+
+/// One data run of a sparse file; the bytes between runs read as zeros.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct SparseSegmentRec {
+    /// Offset of the run in the file.
+    pub file_offset: U64,
+    /// Length of the run (> 0).
+    pub len: U64,
+    /// Offset of its first byte in the data layer's uncompressed stream.
+    pub layer_offset: U64,
+}
+
 /// Size of the header on disk.
 pub const HEADER_SIZE: usize = 64;
 
@@ -245,4 +315,10 @@ const _: () = {
     assert!(offset_of!(InodeRec, mtime) == 24);
     assert!(size_of::<DirentRec>() == 12);
     assert!(size_of::<XattrRec>() == 16);
+    assert!(size_of::<FileHintRec>() == 24);
+    assert!(offset_of!(FileHintRec, range_count) == 16);
+    assert!(size_of::<HintRangeRec>() == 16);
+    assert!(size_of::<SparseFileRec>() == 16);
+    assert!(size_of::<SparseSegmentRec>() == 24);
+    assert!(offset_of!(SparseSegmentRec, layer_offset) == 16);
 };

@@ -1,46 +1,36 @@
 //! Checked, zero-copy views over the bytes of a `.clip` index file.
 //!
-//! `Index::open` verifies the header, the section table and every section's
-//! CRC once; afterwards every accessor still takes offsets with `.get()` and
-//! returns `FormatError::Corrupt` instead of panicking, so a hostile file can
-//! at worst produce errors.
+//! `Index::open` reads the file into memory (a private copy: the file may be
+//! rewritten or truncated in place while a daemon serves it, which would
+//! make a mapping fault) and verifies the header, the section table and
+//! every section's CRC once; afterwards every accessor still takes offsets
+//! with `.get()` and returns `FormatError::Corrupt` instead of panicking, so
+//! a hostile file can at worst produce errors.
 
 use std::fs::File;
+use std::io::Read;
 use std::ops::Range;
 use std::path::Path;
 
-use memmap2::Mmap;
 use zerocopy::FromBytes;
 
 use super::raw::{
-    self, kind, CheckpointRec, ChunkRec, DirentRec, Header, InodeRec, LayerRec, SectionEntry,
-    XattrRec,
+    self, kind, CheckpointRec, ChunkRec, DirentRec, FileHintRec, Header, HintRangeRec, InodeRec,
+    LayerRec, SectionEntry, XattrRec,
 };
 use super::{AccessProfile, Checkpoint, Chunk, FormatError, ImageMeta, LayerKind, NodeKind};
 use crate::digest::Digest;
+use zerocopy::little_endian::U32;
 
 /// Largest index file we open: far above any real image, low enough to stop
 /// a corrupt length from driving allocation.
 const MAX_FILE_SIZE: u64 = 4 << 30;
 /// Largest decompressed section: same reasoning.
 const MAX_SECTION_SIZE: u64 = 2 << 30;
+/// Most bytes decompressed from all sections of one file together.
+const MAX_DECOMPRESSED_TOTAL: u64 = 4 << 30;
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
-
-#[derive(Debug)]
-enum Storage {
-    Mapped(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Storage {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Storage::Mapped(m) => m,
-            Storage::Owned(v) => v,
-        }
-    }
-}
 
 /// Where a section's raw bytes are.
 #[derive(Debug, Default)]
@@ -54,8 +44,9 @@ enum Section {
 /// An opened, verified index file.
 #[derive(Debug)]
 pub struct Index {
-    storage: Storage,
-    sections: [Section; 11],
+    /// The whole file.
+    bytes: Vec<u8>,
+    sections: [Section; kind::END as usize],
     meta: ImageMeta,
     /// The PROFILE section, parsed at open.
     profile: Option<AccessProfile>,
@@ -66,7 +57,10 @@ fn corrupt(what: &'static str) -> FormatError {
     FormatError::Corrupt(what)
 }
 
-fn records<'a, T: FromBytes + zerocopy::Immutable + zerocopy::KnownLayout + zerocopy::Unaligned>(
+pub(super) fn records<
+    'a,
+    T: FromBytes + zerocopy::Immutable + zerocopy::KnownLayout + zerocopy::Unaligned,
+>(
     bytes: &'a [u8],
     what: &'static str,
 ) -> Result<&'a [T], FormatError> {
@@ -74,7 +68,8 @@ fn records<'a, T: FromBytes + zerocopy::Immutable + zerocopy::KnownLayout + zero
 }
 
 impl Index {
-    /// Opens and verifies the index file at `path` (memory-mapped).
+    /// Reads the index file at `path` into memory and verifies it. Once
+    /// open, the index no longer depends on the file.
     pub fn open(path: &Path) -> Result<Self, FormatError> {
         let io_err = |source| FormatError::Io {
             path: path.to_path_buf(),
@@ -85,8 +80,12 @@ impl Index {
         if len > MAX_FILE_SIZE {
             return Err(FormatError::TooLarge("index file"));
         }
-        let map = super::mmap::map(&file).map_err(io_err)?;
-        Self::parse(Storage::Mapped(map))
+        // The file may grow while it is read: never read past the limit.
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.take(MAX_FILE_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        Self::from_bytes(bytes)
     }
 
     /// Verifies and wraps index bytes held in memory.
@@ -94,11 +93,11 @@ impl Index {
         if bytes.len() as u64 > MAX_FILE_SIZE {
             return Err(FormatError::TooLarge("index file"));
         }
-        Self::parse(Storage::Owned(bytes))
+        Self::parse(bytes)
     }
 
-    fn parse(storage: Storage) -> Result<Self, FormatError> {
-        let data = storage.bytes();
+    fn parse(bytes: Vec<u8>) -> Result<Self, FormatError> {
+        let data = &bytes[..];
         let head = data
             .get(..raw::HEADER_SIZE)
             .ok_or(FormatError::NotAnIndex)?;
@@ -142,7 +141,13 @@ impl Index {
             return Err(FormatError::Checksum("section table"));
         }
         let table: &[SectionEntry] = records(table_bytes, "section table")?;
-        let mut sections: [Section; 11] = Default::default();
+        let mut kinds: Vec<u32> = table.iter().map(|e| e.kind.get()).collect();
+        kinds.sort_unstable();
+        if let Some(w) = kinds.windows(2).find(|w| w[0] == w[1]) {
+            return Err(FormatError::DuplicateSection(w[0]));
+        }
+        let mut sections: [Section; kind::END as usize] = Default::default();
+        let mut decompressed_total = 0u64;
         for entry in table {
             let k = entry.kind.get() as usize;
             let start =
@@ -162,9 +167,13 @@ impl Index {
             let flags = entry.flags.get();
             sections[k] = if flags & raw::SECTION_ZSTD != 0 {
                 let raw_len = entry.raw_len.get();
-                if raw_len > MAX_SECTION_SIZE {
+                super::bomb::check_declared_size(section_name(k as u32), bytes, raw_len)?;
+                decompressed_total = decompressed_total.saturating_add(raw_len);
+                if raw_len > MAX_SECTION_SIZE || decompressed_total > MAX_DECOMPRESSED_TOTAL {
                     return Err(FormatError::TooLarge("section"));
                 }
+                // The output buffer is exactly the checked, declared size:
+                // decompression cannot write (or allocate) more.
                 let out = zstd::bulk::decompress(bytes, raw_len as usize)
                     .map_err(|_| corrupt("compressed section does not decompress"))?;
                 if out.len() as u64 != raw_len {
@@ -177,12 +186,11 @@ impl Index {
         }
         let mut index = Index {
             file_size: data.len() as u64,
-            storage: Storage::Owned(Vec::new()),
+            bytes,
             sections,
             meta: ImageMeta::default(),
             profile: None,
         };
-        index.storage = storage;
         let meta_bytes = index.section(kind::META);
         index.meta = serde_json::from_slice(meta_bytes)
             .map_err(|_| corrupt("metadata is not valid JSON"))?;
@@ -191,7 +199,7 @@ impl Index {
             index.profile = AccessProfile::from_section(profile)
                 .map_err(|_| corrupt("PROFILE section is not a valid access profile"))?;
         }
-        index.validate()?;
+        index.validate(header.incompat.get())?;
         Ok(index)
     }
 
@@ -199,7 +207,7 @@ impl Index {
     /// One pass over every record: all cross references (dirent → inode,
     /// inode → dirents/xattrs/strings/layer, layer → checkpoints/chunks) are
     /// in bounds, so a file that opens never names something absent.
-    fn validate(&self) -> Result<(), FormatError> {
+    fn validate(&self, incompat: u32) -> Result<(), FormatError> {
         let layers = records::<LayerRec>(self.section(kind::LAYERS), "layer records")?;
         let cps = records::<CheckpointRec>(self.section(kind::CHECKPOINTS), "checkpoint records")?;
         let chunks = records::<ChunkRec>(self.section(kind::CHUNKS), "chunk records")?;
@@ -251,12 +259,62 @@ impl Index {
                 return Err(corrupt("xattr record out of bounds"));
             }
         }
-        Ok(())
+        let hints = records::<FileHintRec>(self.section(kind::FILE_HINTS), "file hint records")?;
+        let deps = records::<U32>(self.section(kind::HINT_DEPS), "hint dependencies")?;
+        records::<HintRangeRec>(self.section(kind::HINT_RANGES), "hint ranges")?;
+        let ranges = self.section(kind::HINT_RANGES).len() / size_of::<HintRangeRec>();
+        let mut last = 0;
+        for h in hints {
+            let ino = h.ino.get();
+            if ino <= last
+                || u64::from(ino) > inodes.len() as u64
+                || !within(h.first_dep.get(), h.dep_count.get(), deps.len())
+                || !within(h.first_range.get(), h.range_count.get(), ranges)
+            {
+                return Err(corrupt("file hint out of bounds or out of order"));
+            }
+            last = ino;
+        }
+        if deps
+            .iter()
+            .any(|d| d.get() == 0 || u64::from(d.get()) > inodes.len() as u64)
+        {
+            return Err(corrupt("file hint names no inode"));
+        }
+        self.validate_sparse(incompat, inodes, layers)
     }
 
-    fn section(&self, k: u32) -> &[u8] {
+    /// The read hints of file `ino`, if the index has any for it (binary
+    /// search over the FILE_HINTS records, sorted by inode).
+    pub fn file_hints(&self, ino: u64) -> Result<Option<FileHints<'_>>, FormatError> {
+        let hints: &[FileHintRec] = records(self.section(kind::FILE_HINTS), "file hint records")?;
+        let Ok(i) = hints.binary_search_by_key(&ino, |h| u64::from(h.ino.get())) else {
+            return Ok(None);
+        };
+        let h = &hints[i];
+        let slice = |first: u32, count: u32| {
+            (first as usize)..(first as usize).saturating_add(count as usize)
+        };
+        let deps: &[U32] = records(self.section(kind::HINT_DEPS), "hint dependencies")?;
+        let ranges: &[HintRangeRec] = records(self.section(kind::HINT_RANGES), "hint ranges")?;
+        Ok(Some(FileHints {
+            deps: deps
+                .get(slice(h.first_dep.get(), h.dep_count.get()))
+                .ok_or(corrupt("hint dependencies out of bounds"))?,
+            ranges: ranges
+                .get(slice(h.first_range.get(), h.range_count.get()))
+                .ok_or(corrupt("hint ranges out of bounds"))?,
+        }))
+    }
+
+    /// Number of files with read hints.
+    pub fn hinted_files(&self) -> usize {
+        self.section(kind::FILE_HINTS).len() / size_of::<FileHintRec>()
+    }
+
+    pub(super) fn section(&self, k: u32) -> &[u8] {
         match self.sections.get(k as usize) {
-            Some(Section::InFile(r)) => self.storage.bytes().get(r.clone()).unwrap_or(&[]),
+            Some(Section::InFile(r)) => self.bytes.get(r.clone()).unwrap_or(&[]),
             Some(Section::Decompressed(v)) => v,
             _ => &[],
         }
@@ -412,7 +470,31 @@ fn section_name(k: u32) -> &'static str {
         kind::STRINGS => "STRINGS section",
         kind::XATTRS => "XATTRS section",
         kind::PROFILE => "PROFILE section",
+        kind::FILE_HINTS => "FILE_HINTS section",
+        kind::HINT_DEPS => "HINT_DEPS section",
+        kind::HINT_RANGES => "HINT_RANGES section",
+        kind::SPARSE_FILES => "SPARSE_FILES section",
+        kind::SPARSE_SEGMENTS => "SPARSE_SEGMENTS section",
         _ => "unknown section",
+    }
+}
+
+/// The read hints of one file ([`Index::file_hints`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FileHints<'a> {
+    deps: &'a [U32],
+    ranges: &'a [HintRangeRec],
+}
+
+impl FileHints<'_> {
+    /// Inode numbers of the files a loader opens after this one, in order.
+    pub fn dependencies(&self) -> impl Iterator<Item = u64> + '_ {
+        self.deps.iter().map(|d| u64::from(d.get()))
+    }
+
+    /// `(offset, len)` ranges of the file a loader reads or maps.
+    pub fn hot_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().map(|r| (r.offset.get(), r.len.get()))
     }
 }
 
@@ -463,8 +545,8 @@ pub type Xattr<'a> = (&'a [u8], &'a [u8]);
 /// A checked view of one inode.
 #[derive(Debug, Clone, Copy)]
 pub struct InodeView<'a> {
-    index: &'a Index,
-    ino: u64,
+    pub(super) index: &'a Index,
+    pub(super) ino: u64,
     rec: &'a InodeRec,
 }
 

@@ -6,7 +6,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::raw::{kind, Header, SectionEntry, HEADER_SIZE};
 
-fn sample() -> IndexData {
+pub(super) fn sample() -> IndexData {
     let mut tree = Tree::default();
     let mut file = Node::new(NodeKind::File);
     file.size = 5;
@@ -81,6 +81,7 @@ fn sample() -> IndexData {
         }],
         tree,
         profile: None,
+        hints: Vec::new(),
     }
 }
 
@@ -177,7 +178,11 @@ fn newer_major_is_refused_by_name() {
 
 /// Applies `patch` to the entry and stored bytes of every section of kind
 /// `k` in an uncompressed index, then fixes every checksum.
-fn patch_section(bytes: &mut [u8], k: u32, mut patch: impl FnMut(&mut SectionEntry, &mut [u8])) {
+pub(super) fn patch_section(
+    bytes: &mut [u8],
+    k: u32,
+    mut patch: impl FnMut(&mut SectionEntry, &mut [u8]),
+) {
     let header = Header::read_from_bytes(&bytes[..HEADER_SIZE]).unwrap();
     let table_at = header.section_table.get() as usize;
     let n = header.section_count.get() as usize;
@@ -327,4 +332,76 @@ fn overlap_counts_shared_bytes_per_layer() {
     assert_eq!(new.overlap_bytes(&old), 45);
     assert_eq!(p(&[]).overlap_bytes(&old), 0);
     assert_eq!(new.overlap_bytes(&p(&[])), 0);
+}
+
+fn with_hints() -> IndexData {
+    let mut data = sample();
+    data.hints = vec![FileHint {
+        ino: 2,
+        dependencies: vec![5, 3],
+        hot_ranges: vec![(0, 4096), (8192, 100)],
+    }];
+    data
+}
+
+#[test]
+fn file_hints_round_trip_and_absent_ones_are_none() {
+    for compress in [false, true] {
+        let bytes = write_index(&with_hints(), WriteOptions { compress }).unwrap();
+        let idx = Index::from_bytes(bytes).unwrap();
+        assert_eq!(idx.hinted_files(), 1);
+        let h = idx.file_hints(2).unwrap().unwrap();
+        assert_eq!(h.dependencies().collect::<Vec<_>>(), [5, 3]);
+        assert_eq!(h.hot_ranges().collect::<Vec<_>>(), [(0, 4096), (8192, 100)]);
+        for ino in [1, 3, 4, 5, 99] {
+            assert!(idx.file_hints(ino).unwrap().is_none());
+        }
+    }
+    // An index without hints (as written before 2.3) has none.
+    let idx = Index::from_bytes(write_index(&sample(), WriteOptions::default()).unwrap()).unwrap();
+    assert_eq!(idx.hinted_files(), 0);
+    assert!(idx.file_hints(2).unwrap().is_none());
+}
+
+#[test]
+fn bad_file_hints_are_refused_when_written_and_when_opened() {
+    let mut data = with_hints();
+    data.hints[0].dependencies.push(99);
+    assert!(matches!(
+        write_index(&data, WriteOptions::default()),
+        Err(FormatError::Invalid(_))
+    ));
+    let mut data = with_hints();
+    data.hints.push(data.hints[0].clone());
+    assert!(matches!(
+        write_index(&data, WriteOptions::default()),
+        Err(FormatError::Invalid(_))
+    ));
+    // Patched on disk (CRCs fixed up): a dependency on no inode, a record
+    // pointing past the dependency list, an inode out of range.
+    let cases: [(u32, usize, u32, &str); 3] = [
+        (kind::HINT_DEPS, 0, 0, "file hint names no inode"),
+        (
+            kind::FILE_HINTS,
+            8,
+            7,
+            "file hint out of bounds or out of order",
+        ),
+        (
+            kind::FILE_HINTS,
+            0,
+            4242,
+            "file hint out of bounds or out of order",
+        ),
+    ];
+    for (k, at, value, want) in cases {
+        let mut bytes = write_index(&with_hints(), WriteOptions { compress: false }).unwrap();
+        patch_section(&mut bytes, k, |_, b| {
+            b[at..at + 4].copy_from_slice(&value.to_le_bytes())
+        });
+        match Index::from_bytes(bytes) {
+            Err(FormatError::Corrupt(msg)) => assert_eq!(msg, want),
+            other => panic!("expected {want:?}, got {other:?}"),
+        }
+    }
 }

@@ -5,10 +5,12 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
 
+use zerocopy::little_endian::U32;
 use zerocopy::IntoBytes;
 
 use super::raw::{
-    self, kind, CheckpointRec, ChunkRec, DirentRec, InodeRec, LayerRec, SectionEntry, XattrRec,
+    self, kind, CheckpointRec, ChunkRec, DirentRec, FileHintRec, HintRangeRec, InodeRec, LayerRec,
+    SectionEntry, SparseFileRec, SparseSegmentRec, XattrRec,
 };
 use super::{FormatError, IndexData, NodeKind, Tree};
 
@@ -160,7 +162,27 @@ pub fn write_index(data: &IndexData, opts: WriteOptions) -> Result<Vec<u8>, Form
     }
 
     let mut xattrs = Vec::new();
+    let mut sparse_files = Vec::new();
+    let mut sparse_segments = Vec::new();
     for (i, node) in tree.nodes.iter().enumerate() {
+        if let Some(segments) = &node.sparse {
+            if node.kind != NodeKind::File || (!segments.is_empty() && node.data.is_none()) {
+                return Err(FormatError::Invalid(
+                    "sparse map on a non-file or without a data layer",
+                ));
+            }
+            sparse_files.push(SparseFileRec {
+                ino: to_u32(i + 1, "inode count")?.into(),
+                first_segment: to_u32(sparse_segments.len(), "sparse segment count")?.into(),
+                segment_count: to_u32(segments.len(), "sparse segment count")?.into(),
+                reserved: 0.into(),
+            });
+            sparse_segments.extend(segments.iter().map(|s| SparseSegmentRec {
+                file_offset: s.file_offset.into(),
+                len: s.len.into(),
+                layer_offset: s.layer_offset.into(),
+            }));
+        }
         let (t_off, t_len) = strings.add(&node.link_target)?;
         let xattr_first = to_u32(xattrs.len(), "xattr count")?;
         for (name, value) in &node.xattrs {
@@ -206,7 +228,8 @@ pub fn write_index(data: &IndexData, opts: WriteOptions) -> Result<Vec<u8>, Form
         }
         None => Vec::new(),
     };
-    let sections: [(u32, &[u8]); 10] = [
+    let (file_hints, hint_deps, hint_ranges) = hint_records(data, tree.nodes.len())?;
+    let mut sections: Vec<(u32, &[u8])> = vec![
         (kind::META, &meta),
         (kind::LAYERS, layers.as_bytes()),
         (kind::CHECKPOINTS, checkpoints.as_bytes()),
@@ -217,26 +240,82 @@ pub fn write_index(data: &IndexData, opts: WriteOptions) -> Result<Vec<u8>, Form
         (kind::STRINGS, &strings.bytes),
         (kind::XATTRS, xattrs.as_bytes()),
         (kind::PROFILE, &profile),
+        (kind::FILE_HINTS, file_hints.as_bytes()),
+        (kind::HINT_DEPS, hint_deps.as_bytes()),
+        (kind::HINT_RANGES, hint_ranges.as_bytes()),
     ];
-    assemble(&sections, opts)
+    let mut incompat = 0;
+    // Only images with sparse files need (and set) the sparse feature, so
+    // every other index stays readable by 2.1 readers.
+    if !sparse_files.is_empty() {
+        sections.push((kind::SPARSE_FILES, sparse_files.as_bytes()));
+        sections.push((kind::SPARSE_SEGMENTS, sparse_segments.as_bytes()));
+        incompat |= raw::INCOMPAT_SPARSE;
+    }
+    assemble(&sections, incompat, opts)
 }
 
-fn assemble(sections: &[(u32, &[u8])], opts: WriteOptions) -> Result<Vec<u8>, FormatError> {
+/// The records of the three HINTS sections.
+type HintRecords = (Vec<FileHintRec>, Vec<U32>, Vec<HintRangeRec>);
+
+/// The HINTS sections' records: one per hinted file, in inode order.
+fn hint_records(data: &IndexData, inodes: usize) -> Result<HintRecords, FormatError> {
+    let (mut files, mut deps, mut ranges) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last = 0;
+    for h in &data.hints {
+        if h.ino <= last || h.ino > inodes as u64 {
+            return Err(FormatError::Invalid(
+                "file hints not sorted by inode or out of range",
+            ));
+        }
+        last = h.ino;
+        files.push(FileHintRec {
+            ino: to_u32(h.ino as usize, "inode count")?.into(),
+            first_dep: to_u32(deps.len(), "hint count")?.into(),
+            dep_count: to_u32(h.dependencies.len(), "hint count")?.into(),
+            first_range: to_u32(ranges.len(), "hint count")?.into(),
+            range_count: to_u32(h.hot_ranges.len(), "hint count")?.into(),
+            reserved: 0.into(),
+        });
+        for &d in &h.dependencies {
+            if d == 0 || d > inodes as u64 {
+                return Err(FormatError::Invalid("file hint names no inode"));
+            }
+            deps.push(U32::new(d as u32));
+        }
+        ranges.extend(h.hot_ranges.iter().map(|&(offset, len)| HintRangeRec {
+            offset: offset.into(),
+            len: len.into(),
+        }));
+    }
+    Ok((files, deps, ranges))
+}
+
+/// Lays out `sections`, the table and the header with the `incompat` bits
+/// (plus the zstd bit if a section gets compressed).
+fn assemble(
+    sections: &[(u32, &[u8])],
+    mut incompat: u32,
+    opts: WriteOptions,
+) -> Result<Vec<u8>, FormatError> {
     let mut out = vec![0u8; raw::HEADER_SIZE];
     let mut table = Vec::with_capacity(sections.len());
-    let mut incompat = 0;
     for &(kind, bytes) in sections {
         // Windows are already deflated: compressing them again wastes time.
         let compress = opts.compress && bytes.len() >= COMPRESS_MIN && kind != raw::kind::WINDOWS;
-        let (stored, flags) = if compress {
-            let z = zstd::bulk::compress(bytes, ZSTD_LEVEL)
-                .map_err(|_| FormatError::Invalid("zstd failed"))?;
-            incompat |= raw::INCOMPAT_ZSTD_SECTIONS;
-            (z, raw::SECTION_ZSTD)
-        } else {
-            (bytes.to_vec(), 0)
+        let z = compress
+            .then(|| zstd::bulk::compress(bytes, ZSTD_LEVEL))
+            .transpose()
+            .map_err(|_| FormatError::Invalid("zstd failed"))?;
+        // A section compressing past the ratio readers accept is stored as is.
+        let (stored, flags) = match z {
+            Some(z) if super::bomb::ratio_ok(z.len() as u64, bytes.len() as u64) => {
+                incompat |= raw::INCOMPAT_ZSTD_SECTIONS;
+                (z, raw::SECTION_ZSTD)
+            }
+            _ => (bytes.to_vec(), 0),
         };
-        // 8-byte alignment keeps uncompressed record arrays friendly to mmap readers.
+        // 8-byte alignment keeps uncompressed record arrays aligned in memory.
         while !out.len().is_multiple_of(8) {
             out.push(0);
         }

@@ -12,7 +12,8 @@ pub const BLOCK_SIZE: u32 = 4096;
 /// Longest name the index accepts from a tar (Linux `NAME_MAX`).
 pub const NAME_MAX: u64 = 255;
 
-/// The `stat64` of an inode: mode, ids, nlink, size, 512-byte block count,
+/// The `stat64` of an inode: mode, ids, nlink, size, 512-byte block count
+/// (of the data only, for a sparse file),
 /// rdev (`makedev`; its low 32 bits are the kernel's `new_encode_dev` form
 /// that FUSE carries), and mtime (ctime and atime equal to it) with
 /// nanoseconds.
@@ -26,7 +27,7 @@ pub fn stat_of(node: &InodeView<'_>) -> libc::stat64 {
     let attr = Attr {
         ino: node.ino(),
         size: node.size(),
-        blocks: node.size().div_ceil(512),
+        blocks: node.allocated_size().div_ceil(512),
         // Pre-1970 times round-trip: the kernel reads these bits as s64.
         atime: sec as u64,
         mtime: sec as u64,

@@ -11,20 +11,20 @@
 
 mod attr;
 mod ops;
+mod warm;
 mod zerocopy;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::{CacheError, ContentReader};
-use crate::format::{FormatError, Index, NodeKind, ROOT_INO};
+use crate::format::{FormatError, Index, NodeKind, Piece, Pieces, ROOT_INO};
+use crate::metrics::{Counter, ErrorKind, Metrics};
 
 pub use attr::{dirent_type, stat_of};
-
-/// Default [`FsConfig::prefetch_min`].
-pub const DEFAULT_PREFETCH_MIN: u64 = 256 << 10;
+pub use warm::WarmConfig;
 
 /// Knobs of the filesystem (not of the mount).
 #[derive(Debug, Clone)]
@@ -34,11 +34,10 @@ pub struct FsConfig {
     /// Ask for FUSE_NO_OPEN/NO_OPENDIR: after the first open the kernel sends
     /// no more OPEN/RELEASE (and keeps the page cache across opens).
     pub no_open: bool,
-    /// The first READ of a regular file at least this big hints the content
-    /// reader to prefetch the whole file ([`ContentReader::prefetch`]);
-    /// `None` never hints. Small files are read whole by one or two READs
-    /// anyway (default 256 KiB).
-    pub prefetch_min: Option<u64>,
+    /// First-start warming: what a file's first READ hints the content
+    /// reader to fetch ahead ([`ContentReader::prefetch`]); `None` never
+    /// hints (a mount replaying a startup profile knows better).
+    pub warm: Option<WarmConfig>,
 }
 
 impl Default for FsConfig {
@@ -48,7 +47,7 @@ impl Default for FsConfig {
             // the kernel caches and still fits every timeout field.
             ttl: Duration::from_secs(86_400),
             no_open: true,
-            prefetch_min: Some(DEFAULT_PREFETCH_MIN),
+            warm: Some(WarmConfig::default()),
         }
     }
 }
@@ -84,6 +83,17 @@ pub enum FsError {
     /// A mutating operation on the read-only image.
     #[error("read-only filesystem")]
     ReadOnly,
+    /// OPEN/OPENDIR after FUSE_NO_OPEN/NO_OPENDIR was negotiated: answered
+    /// with ENOSYS, which then means "success, and send no more OPEN or
+    /// RELEASE" (the page cache is kept across opens).
+    #[error("open is not needed (no-open negotiated)")]
+    OpenNotNeeded,
+    /// A read without an offset: layer contents are read only positionally.
+    #[error("layer contents are read only at an offset")]
+    NotPositional,
+    /// `SEEK_DATA`/`SEEK_HOLE` found nothing at or after the offset.
+    #[error("no data or hole at or after offset {0}")]
+    NoSuchOffset(u64),
     /// The index is corrupt or inconsistent.
     #[error("index: {0}")]
     Index(#[from] FormatError),
@@ -126,6 +136,9 @@ impl FsError {
             FsError::NoXattrs => libc::ENOSYS,
             FsError::Range(_) => libc::ERANGE,
             FsError::ReadOnly => libc::EROFS,
+            FsError::OpenNotNeeded => libc::ENOSYS,
+            FsError::NotPositional => libc::ESPIPE,
+            FsError::NoSuchOffset(_) => libc::ENXIO,
             FsError::Index(FormatError::NoSuchInode(_)) => libc::ENOENT,
             FsError::Index(FormatError::NotADirectory(_)) => libc::ENOTDIR,
             FsError::Index(_) => libc::EIO,
@@ -144,19 +157,6 @@ impl From<FsError> for io::Error {
 /// Receives (cookie, name, ino, kind) per directory entry; `false` = reply full.
 type DirEmit<'a> = dyn FnMut(u64, &[u8], u64, Option<NodeKind>) -> Result<bool, FsError> + 'a;
 
-/// Counters the filesystem keeps (cheap relaxed atomics).
-#[derive(Debug, Default)]
-pub struct FsStats {
-    /// READ requests served.
-    pub reads: AtomicU64,
-    /// Bytes returned by READ.
-    pub read_bytes: AtomicU64,
-    /// READs that failed with EIO.
-    pub read_errors: AtomicU64,
-    /// LOOKUP requests.
-    pub lookups: AtomicU64,
-}
-
 /// The filesystem: an index, a content reader and a parent map for "..".
 #[derive(Debug)]
 pub struct ClipFs {
@@ -168,11 +168,13 @@ pub struct ClipFs {
     /// Whether the kernel agreed to no-open / no-opendir.
     no_open: AtomicBool,
     no_opendir: AtomicBool,
-    /// Bit `ino` set once `ino`'s prefetch hint was given.
-    prefetched: Vec<AtomicU64>,
+    /// First-start warming state (None: off).
+    warmer: Option<warm::Warmer>,
     /// No inode has an xattr ([`FsError::NoXattrs`]).
     no_xattrs: bool,
-    stats: Arc<FsStats>,
+    /// READ and LOOKUP counters (a private registry unless
+    /// [`ClipFs::with_metrics`] shares the mount's).
+    metrics: Arc<Metrics>,
 }
 
 impl ClipFs {
@@ -202,17 +204,24 @@ impl ClipFs {
             }
         }
         let no_xattrs = index.xattr_count() == 0;
+        let warmer = cfg.warm.clone().map(|w| warm::Warmer::new(w, n));
         Ok(ClipFs {
             index,
             content,
             cfg,
+            warmer,
             parents,
             no_open: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
-            prefetched: (0..(n / 64 + 1)).map(|_| AtomicU64::new(0)).collect(),
             no_xattrs,
-            stats: Arc::new(FsStats::default()),
+            metrics: Arc::new(Metrics::new()),
         })
+    }
+
+    /// Counts into `metrics` instead of a private registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The index being served.
@@ -220,18 +229,24 @@ impl ClipFs {
         &self.index
     }
 
-    /// Live counters.
-    pub fn stats(&self) -> Arc<FsStats> {
-        self.stats.clone()
+    /// Where the filesystem counts its reads and lookups.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
-    /// Marks `ino` as hinted; `true` only the first time.
-    fn first_hint(&self, ino: u64) -> bool {
-        let Some(word) = self.prefetched.get((ino / 64) as usize) else {
-            return false;
-        };
-        let bit = 1u64 << (ino % 64);
-        word.fetch_or(bit, Ordering::Relaxed) & bit == 0
+    /// Lets the warming rules see a READ of regular file `ino`.
+    fn warm_on_read(&self, ino: u64) {
+        if let Some(w) = &self.warmer {
+            w.on_read(&self.index, &*self.content, ino);
+        }
+    }
+
+    /// Notes that regular file `ino` was found in directory `parent` under
+    /// `name` (directory warming needs to know where a read file lives).
+    fn looked_up(&self, parent: u64, name: &[u8], ino: u64) {
+        if let Some(w) = &self.warmer {
+            w.looked_up(parent, name, ino);
+        }
     }
 
     fn parent_of(&self, dir: u64) -> u64 {
@@ -273,15 +288,26 @@ impl ClipFs {
         Ok(())
     }
 
-    /// Reads file bytes `[offset, offset+size)` of `ino` (clamped to the file
-    /// size) into `w`; returns the count.
-    fn read_file(
-        &self,
-        ino: u64,
-        offset: u64,
-        size: u32,
-        w: &mut dyn fuse_backend_rs::api::filesystem::ZeroCopyWriter,
-    ) -> Result<usize, FsError> {
+    /// `lseek` with `SEEK_DATA` or `SEEK_HOLE` (the kernel answers the other
+    /// whences itself): the next data or hole offset of regular file `ino`.
+    fn seek(&self, ino: u64, offset: u64, whence: u32) -> Result<u64, FsError> {
+        let node = self.index.inode(ino)?;
+        match node.kind() {
+            Some(NodeKind::File) => {}
+            Some(NodeKind::Dir) => return Err(FsError::IsADirectory(ino)),
+            _ => return Err(FsError::Invalid),
+        }
+        let found = match whence as i32 {
+            libc::SEEK_DATA => node.seek_data(offset)?,
+            libc::SEEK_HOLE => node.seek_hole(offset)?,
+            _ => return Err(FsError::Invalid),
+        };
+        found.ok_or(FsError::NoSuchOffset(offset))
+    }
+
+    /// Where READ `(ino, offset, size)` finds its bytes; `None` for an
+    /// empty read (at or past the end, or `size` 0). No side effects.
+    fn locate(&self, ino: u64, offset: u64, size: u32) -> Result<Option<Located<'_>>, FsError> {
         let node = self.index.inode(ino)?;
         match node.kind() {
             Some(NodeKind::File) => {}
@@ -290,37 +316,153 @@ impl ClipFs {
         }
         let file_size = node.size();
         if offset >= file_size || size == 0 {
-            return Ok(0);
+            return Ok(None);
         }
         let len = (file_size - offset).min(size as u64) as usize;
-        let Some((layer, data_offset)) = node.data() else {
-            return Err(FsError::Index(FormatError::Corrupt(
-                "regular file with bytes but no data reference",
-            )));
-        };
-        if self.cfg.prefetch_min.is_some_and(|min| file_size >= min) && self.first_hint(ino) {
-            // The rest of the file is probably wanted too (a program loading
-            // a library, an interpreter reading a module): start fetching it
-            // in the background so later page faults find it cached.
-            self.content.prefetch(layer, data_offset, file_size);
+        // A sparse file that is all hole has no data layer: every piece is a hole.
+        let layer = node.data().map_or(0, |(layer, _)| layer);
+        Ok(Some(Located {
+            ino,
+            layer,
+            offset,
+            len,
+            pieces: node.pieces(offset, len as u64)?,
+        }))
+    }
+
+    /// Whether READ `(ino, offset, size)` could wait on the network now
+    /// ([`ContentReader::would_block`]); a read that fails fast does not.
+    pub(crate) fn read_would_block(&self, ino: u64, offset: u64, size: u32) -> bool {
+        match self.locate(ino, offset, size) {
+            Ok(Some(l)) => l.pieces.clone().any(|p| match p {
+                Piece::Data { layer_offset, len } => {
+                    self.content.would_block(l.layer, layer_offset, len)
+                }
+                Piece::Hole { .. } => false,
+            }),
+            _ => false,
         }
-        let start = data_offset + offset;
-        let res = zerocopy::copy_direct(&*self.content, ino, layer, start, len, w);
+    }
+
+    /// Reads file bytes `[offset, offset+size)` of `ino` (clamped to the file
+    /// size) into `w`, the kernel's reply buffer; returns the count.
+    fn read_file(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        w: &mut dyn fuse_backend_rs::api::filesystem::ZeroCopyWriter,
+    ) -> Result<usize, FsError> {
+        let Some(l) = self.locate(ino, offset, size)? else {
+            return Ok(0);
+        };
+        self.warm_on_read(ino);
+        tracing::trace!(ino, layer = l.layer, offset, len = l.len, "READ");
+        let mut res = Ok(());
+        for piece in l.pieces.clone() {
+            res = match piece {
+                Piece::Data { layer_offset, len } => zerocopy::copy_direct(
+                    &*self.content,
+                    ino,
+                    l.layer,
+                    layer_offset,
+                    len as usize,
+                    w,
+                ),
+                // Holes never touch the cache or the network.
+                Piece::Hole { len } => zerocopy::write_zeros(w, len as usize),
+            };
+            if res.is_err() {
+                break;
+            }
+        }
+        self.count_read(&l, res)
+    }
+
+    /// [`Self::read_file`] into a buffer of its own, for a READ answered
+    /// later than it was received (the FUSE transports' hand-off pool).
+    pub(crate) fn read_to_vec(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let Some(l) = self.locate(ino, offset, size)? else {
+            return Ok(Vec::new());
+        };
+        self.warm_on_read(ino);
+        tracing::trace!(ino, layer = l.layer, offset, len = l.len, "READ");
+        let mut buf = vec![0u8; l.len];
+        let mut at = 0;
+        let mut res = Ok(());
+        for piece in l.pieces.clone() {
+            match piece {
+                Piece::Data { layer_offset, len } => {
+                    let end = at + len as usize;
+                    res = self.fill_from_layer(ino, l.layer, layer_offset, &mut buf[at..end]);
+                    at = end;
+                }
+                // Already zero.
+                Piece::Hole { len } => at += len as usize,
+            }
+            if res.is_err() {
+                break;
+            }
+        }
+        self.count_read(&l, res).map(|_| buf)
+    }
+
+    /// Fills `buf` from `layer`'s uncompressed bytes at `start`.
+    fn fill_from_layer(
+        &self,
+        ino: u64,
+        layer: u32,
+        start: u64,
+        buf: &mut [u8],
+    ) -> Result<(), FsError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let offset = start + done as u64;
+            match self.content.read(layer, offset, &mut buf[done..]) {
+                Ok(0) => return Err(FsError::ShortLayer { ino, layer, offset }),
+                Ok(n) => done += n,
+                Err(source) => {
+                    return Err(FsError::Content {
+                        ino,
+                        layer,
+                        offset,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a READ's outcome; logs a failure (answered with EIO).
+    fn count_read(&self, l: &Located<'_>, res: Result<(), FsError>) -> Result<usize, FsError> {
         match res {
             Ok(()) => {
-                self.stats.reads.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .read_bytes
-                    .fetch_add(len as u64, Ordering::Relaxed);
-                Ok(len)
+                self.metrics.count(Counter::FuseReads, 1);
+                self.metrics.count(Counter::FuseReadBytes, l.len as u64);
+                Ok(l.len)
             }
             Err(e) => {
-                self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(ino, layer, offset = start, len, error = %e, "read failed; returning EIO");
+                self.metrics.count(Counter::FuseReadErrors, 1);
+                if e.errno() == libc::EIO {
+                    self.metrics.count_error(ErrorKind::FuseEio);
+                }
+                tracing::error!(ino = l.ino, layer = l.layer, offset = l.offset, len = l.len, error = %e, "read failed; returning EIO");
                 Err(e)
             }
         }
     }
+}
+
+/// The file bytes behind one READ: `len` bytes from `offset`, as data
+/// runs of `layer` and holes.
+#[derive(Debug, Clone)]
+struct Located<'a> {
+    ino: u64,
+    layer: u32,
+    offset: u64,
+    len: usize,
+    pieces: Pieces<'a>,
 }
 
 #[cfg(test)]

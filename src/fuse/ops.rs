@@ -15,6 +15,7 @@ use fuse_backend_rs::api::filesystem::{
 use super::attr::{dirent_type, entry_of, negative_entry, stat_of, statfs_of};
 use super::{ClipFs, FsError};
 use crate::format::NodeKind;
+use crate::metrics::Counter;
 
 type Res<T> = io::Result<T>;
 
@@ -56,7 +57,7 @@ impl FileSystem for ClipFs {
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> Res<Entry> {
-        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        self.metrics.count(Counter::FuseLookups, 1);
         let name = name.to_bytes();
         let ino = match name {
             b"." => Some(parent),
@@ -64,10 +65,13 @@ impl FileSystem for ClipFs {
             _ => self.index.lookup(parent, name).map_err(FsError::from)?,
         };
         match ino {
-            Some(ino) => Ok(entry_of(
-                &self.index.inode(ino).map_err(FsError::from)?,
-                self.cfg.ttl,
-            )),
+            Some(ino) => {
+                let node = self.index.inode(ino).map_err(FsError::from)?;
+                if node.kind() == Some(NodeKind::File) {
+                    self.looked_up(parent, name, ino);
+                }
+                Ok(entry_of(&node, self.cfg.ttl))
+            }
             // Immutable image: let the kernel cache the miss.
             None => Ok(negative_entry(self.cfg.ttl)),
         }
@@ -111,9 +115,7 @@ impl FileSystem for ClipFs {
             return Err(FsError::IsADirectory(inode).into());
         }
         if self.no_open.load(Ordering::Relaxed) {
-            // With FUSE_NO_OPEN negotiated, ENOSYS means "success, and do not
-            // send OPEN/RELEASE again"; the page cache is kept across opens.
-            return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+            return Err(FsError::OpenNotNeeded.into());
         }
         Ok((None, OpenOptions::KEEP_CACHE, None))
     }
@@ -153,13 +155,24 @@ impl FileSystem for ClipFs {
         Ok(self.read_file(inode, offset, size, w)?)
     }
 
+    fn lseek(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> Res<u64> {
+        Ok(self.seek(inode, offset, whence)?)
+    }
+
     fn opendir(&self, _ctx: &Context, inode: u64, _flags: u32) -> Res<(Option<u64>, OpenOptions)> {
         let node = self.index.inode(inode).map_err(FsError::from)?;
         if node.kind() != Some(NodeKind::Dir) {
             return Err(FsError::NotADirectory(inode).into());
         }
         if self.no_opendir.load(Ordering::Relaxed) {
-            return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+            return Err(FsError::OpenNotNeeded.into());
         }
         Ok((None, OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR))
     }
@@ -210,6 +223,9 @@ impl FileSystem for ClipFs {
         Ok(
             self.walk_dir(inode, offset, &mut |cookie, name, ino, kind| {
                 let node = self.index.inode(ino)?;
+                if kind == Some(NodeKind::File) {
+                    self.looked_up(inode, name, ino);
+                }
                 let n = add_entry(
                     DirEntry {
                         ino,

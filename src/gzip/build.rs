@@ -11,7 +11,7 @@ use super::header::{HeaderParser, Trailer};
 use super::trim::Trimmer;
 use super::{
     compress_window_with, trimmed_window_compressor, window_compressor, Checkpoint, Chunk,
-    GzipError, IndexerConfig, SpanDecoder, ZranIndex, WINDOW_SIZE,
+    GzipError, IndexerConfig, SpanDecoder, Stalls, ZranIndex, WINDOW_SIZE,
 };
 
 /// Compressed input buffer size.
@@ -20,8 +20,6 @@ const IN_BUF: usize = 256 * 1024;
 const STAGE_BUF: usize = 128 * 1024;
 /// Reads at least this large inflate straight into the caller's buffer.
 const DIRECT_MIN: usize = 32 * 1024;
-/// Consecutive inflate calls without visible progress before giving up.
-const MAX_STALLS: u32 = 8;
 /// Most compressed bytes logged for window trimming; past this (only
 /// pathological streams, e.g. long runs of empty blocks, need that much for
 /// 32 KiB of output) the checkpoints in flight keep their full windows.
@@ -99,7 +97,7 @@ pub struct ZranReader<R: Read> {
     pending: Option<Checkpoint>,
     window: Box<[u8; WINDOW_SIZE]>,
     compressor: libdeflater::Compressor,
-    stalls: u32,
+    stalls: Stalls,
     /// Whether checkpoint windows are trimmed.
     trim: bool,
     /// Checkpoints awaiting trimming, oldest first (more than one only when
@@ -177,7 +175,7 @@ impl<R: Read> ZranReader<R> {
             pending: None,
             window: Box::new([0u8; WINDOW_SIZE]),
             compressor: window_compressor(),
-            stalls: 0,
+            stalls: Stalls::default(),
             trim: true,
             trims: VecDeque::new(),
             logging: false,
@@ -486,7 +484,7 @@ impl<R: Read> ZranReader<R> {
         }
         match step.code {
             Z_STREAM_END => {
-                self.stalls = 0;
+                self.stalls.reset();
                 // Nothing after the member end references the window.
                 self.finish_trims();
                 self.phase = Phase::Trailer(Trailer::default());
@@ -500,20 +498,11 @@ impl<R: Read> ZranReader<R> {
                 {
                     self.block_checkpoint((dt & 7) as u8)?;
                 }
-                if step.consumed == 0 && step.produced == 0 {
-                    if self.in_lo == self.in_hi && self.in_eof {
-                        return Err(self.truncated());
-                    }
-                    self.stalls += 1;
-                    if self.stalls > MAX_STALLS {
-                        return Err(GzipError::Zlib {
-                            code: step.code,
-                            msg: "inflate makes no progress".into(),
-                        });
-                    }
-                } else {
-                    self.stalls = 0;
+                let stalled = step.consumed == 0 && step.produced == 0;
+                if stalled && self.in_lo == self.in_hi && self.in_eof {
+                    return Err(self.truncated());
                 }
+                self.stalls.note(!stalled, step.code)?;
             }
             code => {
                 let msg = self.z.as_ref().map(|z| z.msg()).unwrap_or_default();

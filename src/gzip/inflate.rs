@@ -2,7 +2,7 @@
 
 use super::ffi::{ZStream, Z_BUF_ERROR, Z_NO_FLUSH, Z_STREAM_END};
 use super::header::{HeaderParser, Trailer};
-use super::{decompress_window, Checkpoint, GzipError, ZranIndex};
+use super::{decompress_window, Checkpoint, GzipError, Stalls, ZranIndex};
 
 /// Where the decoder is in the gzip framing.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ pub struct SpanDecoder {
     phase: Phase,
     in_pos: u64,
     out_pos: u64,
-    stalls: u32,
+    stalls: Stalls,
 }
 
 impl SpanDecoder {
@@ -69,7 +69,7 @@ impl SpanDecoder {
             },
             in_pos: Self::input_start(cp),
             out_pos: cp.out_offset,
-            stalls: 0,
+            stalls: Stalls::default(),
         })
     }
 
@@ -144,23 +144,14 @@ impl SpanDecoder {
                     match step.code {
                         Z_STREAM_END => self.phase = Phase::Trailer(Trailer::default()),
                         0 | Z_BUF_ERROR => {
-                            if step.consumed == 0 && step.produced == 0 {
-                                if eof {
-                                    return Err(self.truncated());
-                                }
-                                if used == input.len() {
-                                    break;
-                                }
-                                self.stalls += 1;
-                                if self.stalls > 8 {
-                                    return Err(GzipError::Zlib {
-                                        code: step.code,
-                                        msg: "inflate makes no progress".into(),
-                                    });
-                                }
-                            } else {
-                                self.stalls = 0;
+                            let stalled = step.consumed == 0 && step.produced == 0;
+                            if stalled && eof {
+                                return Err(self.truncated());
                             }
+                            if stalled && used == input.len() {
+                                break;
+                            }
+                            self.stalls.note(!stalled, step.code)?;
                         }
                         code => {
                             let msg = self.z.msg();

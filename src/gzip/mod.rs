@@ -21,9 +21,72 @@ mod trim;
 
 use std::io;
 
-pub use crate::format::{Checkpoint, Chunk};
 pub use build::ZranReader;
 pub use inflate::{read_range, SpanDecoder};
+
+/// A resume point inside a compressed layer (stored in the index as is:
+/// `format::Layer::checkpoints`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Checkpoint {
+    /// Offset in the blob of the first byte holding bits of the next block.
+    /// For gzip with `bits > 0` the byte at `in_offset - 1` holds the
+    /// `bits` high bits that start the block.
+    pub in_offset: u64,
+    /// Number of bits of byte `in_offset - 1` still unread (0..=7).
+    pub bits: u8,
+    /// Uncompressed offset of the checkpoint.
+    pub out_offset: u64,
+    /// The preceding window (up to 32 KiB), raw-deflate compressed; empty for
+    /// a checkpoint at a member start or for non-gzip layers.
+    pub window: Vec<u8>,
+    /// Length of the window once inflated.
+    pub window_len: u32,
+    /// Index (into the layer's chunk list) of the first chunk of this span.
+    pub first_chunk: u32,
+}
+
+/// A verification unit: a run of at most the layer's chunk size of
+/// uncompressed bytes inside one span; spans are cut into chunks from
+/// their start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Chunk {
+    /// sha256 of the chunk's uncompressed bytes.
+    pub digest: [u8; 32],
+    /// Blob offset by which the compressed stream had produced the end of
+    /// this chunk (a hint for how much to fetch; readers fetch more on demand).
+    pub in_end: u64,
+}
+
+/// Consecutive inflate calls without visible progress before a decoder
+/// gives up (the indexer and the span decoder alike).
+const MAX_STALLS: u32 = 8;
+
+/// Counts inflate calls in a row that made no progress (see [`MAX_STALLS`]).
+#[derive(Debug, Default)]
+struct Stalls(u32);
+
+impl Stalls {
+    /// Notes one inflate call that returned `code`: progress resets the
+    /// count; more than [`MAX_STALLS`] calls in a row without is an error.
+    fn note(&mut self, progressed: bool, code: i32) -> Result<(), GzipError> {
+        if progressed {
+            self.0 = 0;
+            return Ok(());
+        }
+        self.0 += 1;
+        if self.0 > MAX_STALLS {
+            return Err(GzipError::Zlib {
+                code,
+                msg: "inflate makes no progress".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
 
 /// Largest deflate window, and so the most a checkpoint window holds.
 pub const WINDOW_SIZE: usize = 32 * 1024;

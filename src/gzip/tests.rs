@@ -7,60 +7,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use sha2::{Digest as _, Sha256};
 
 use super::*;
-
-/// Deterministic mix of text-like and random bytes.
-fn mixed_data(len: usize, seed: u64) -> Vec<u8> {
-    const WORDS: &[&str] = &[
-        "the",
-        "layer",
-        "image",
-        "container",
-        "lazy",
-        "gzip",
-        "block",
-        "window",
-        "span",
-        "checkpoint",
-        "fuse",
-        "inode",
-        "/usr/lib/x86_64-linux-gnu/",
-        "libc.so.6",
-        "0x7f",
-        "\n",
-        "{\"key\": ",
-        "}",
-        "ERROR",
-        "warn",
-        "42",
-        "-",
-        "=",
-        "\t",
-    ];
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        let run = rng.gen_range(1_000..60_000);
-        if rng.gen_bool(0.3) {
-            let start = out.len();
-            out.resize(start + run, 0);
-            rng.fill_bytes(&mut out[start..]);
-        } else {
-            let end = out.len() + run;
-            while out.len() < end {
-                out.extend_from_slice(WORDS[rng.gen_range(0..WORDS.len())].as_bytes());
-                out.push(b' ');
-            }
-        }
-    }
-    out.truncate(len);
-    out
-}
-
-fn gzip(data: &[u8], level: u32) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
+use crate::testutil::{gzip, mixed_data};
 
 /// gzip with sync flushes every `every` bytes (empty stored blocks) and a
 /// header carrying FEXTRA, FNAME and FCOMMENT.

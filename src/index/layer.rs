@@ -2,6 +2,7 @@
 //! (zran for gzip, frame by frame for zstd), hashing the tar, cutting it into verification chunks and
 //! collecting the tar entries.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::atomic::Ordering;
 
@@ -10,8 +11,10 @@ use crate::format::{Checkpoint, Chunk, Layer, LayerKind};
 use crate::gzip::{IndexerConfig, ZranReader};
 use crate::oci::LayerDesc;
 use crate::source::BlobSource;
-use crate::tar::{self, Entry, TarError};
+use crate::tar::{self, Entry, EntryKind, TarError};
 
+use super::hints::{ElfFacts, ElfTap};
+use super::limits::{BlobGuard, Budget};
 use super::zstd::FrameIndexer;
 use super::{IndexError, IndexOptions, Progress};
 
@@ -22,6 +25,25 @@ pub struct IndexedLayer {
     pub layer: Layer,
     /// Tar entries in stream order.
     pub entries: Vec<Entry>,
+    /// What its ELF files tell a loader, by the stream offset of their data.
+    pub elf: HashMap<u64, ElfFacts>,
+}
+
+/// Reads the tar entries of `r` into `entries`, noting the ELF files'
+/// facts on the way.
+fn read_tar<R: Read>(
+    r: R,
+    collect: &mut dyn FnMut(Entry) -> Result<(), TarError>,
+) -> Result<HashMap<u64, ElfFacts>, TarError> {
+    let (tap, handle) = ElfTap::new(r);
+    tar::read_entries(tap, |e: Entry| {
+        // A sparse file's stored bytes are not its file bytes: no ELF look.
+        if e.kind == EntryKind::File && e.sparse.is_none() {
+            handle.expect(e.data_offset, e.size);
+        }
+        collect(e)
+    })?;
+    Ok(handle.into_found())
 }
 
 /// How a layer media type is served, or `None` if unsupported.
@@ -117,11 +139,21 @@ impl<R: Read> Read for Chunker<R> {
     }
 }
 
+/// What decoding a layer's stream yields besides its entries.
+struct Decoded {
+    checkpoints: Vec<Checkpoint>,
+    chunks: Vec<Chunk>,
+    tar_digest: Digest,
+    tar_size: u64,
+    elf: HashMap<u64, ElfFacts>,
+}
+
 pub(super) fn index_layer(
     desc: &LayerDesc,
     diff_id: Digest,
     source: &dyn BlobSource,
     opts: &IndexOptions,
+    budget: &Budget,
     progress: &Progress,
 ) -> Result<IndexedLayer, IndexError> {
     let digest = desc.digest;
@@ -133,55 +165,44 @@ pub(super) fn index_layer(
         .open(&digest)
         .map_err(|source| IndexError::Source { digest, source })?;
     let mut compressed = HashingReader::new(Counting {
-        inner: stream,
+        inner: BlobGuard::new(stream, desc.size),
         progress,
     });
-    let tar_err = |source: TarError| IndexError::Tar { digest, source };
     let mut entries = Vec::new();
-    let mut collect = |e: Entry| {
-        entries.push(e);
-        Ok(())
-    };
-
-    let (checkpoints, mut chunks, tar_digest, tar_size) = match kind {
-        LayerKind::Gzip => {
-            let cfg = IndexerConfig {
-                span: opts.span,
-                chunk_size: opts.chunk_size,
-            };
-            let mut zran = ZranReader::new(&mut compressed, cfg);
-            let mut tar_in = HashingReader::new(&mut zran);
-            tar::read_entries(&mut tar_in, &mut collect).map_err(tar_err)?;
-            let (tar_digest, tar_size) = tar_in.finish();
-            let zran = zran
-                .finish()
-                .map_err(|source| IndexError::Gzip { digest, source })?;
-            (zran.checkpoints, zran.chunks, tar_digest, tar_size)
+    // An entry over a limit stops the tar reader; the named error is kept here.
+    let mut over_limit = None;
+    let mut collect = |e: Entry| match budget.admit(&e, &opts.limits, digest) {
+        Ok(()) => {
+            entries.push(e);
+            Ok(())
         }
-        LayerKind::Tar => {
-            let mut chunker = Chunker::new(&mut compressed, opts.chunk_size, |out| out);
-            tar::read_entries(&mut chunker, &mut collect).map_err(tar_err)?;
-            let chunks = chunker.finish();
-            let (tar_digest, tar_size) = compressed.peek();
-            (vec![Checkpoint::default()], chunks, tar_digest, tar_size)
-        }
-        LayerKind::ZstdFrames | LayerKind::ZstdWhole => {
-            let zerr = |source| IndexError::Zstd { digest, source };
-            let mut frames =
-                FrameIndexer::new(&mut compressed, opts.span, opts.chunk_size).map_err(zerr)?;
-            let mut tar_in = HashingReader::new(&mut frames);
-            let read = tar::read_entries(&mut tar_in, &mut collect);
-            let (tar_digest, tar_size) = tar_in.finish();
-            if let Err(e) = read {
-                // A broken frame surfaces through the tar reader: name it as zstd's.
-                return Err(frames.take_error().map_or_else(|| tar_err(e), zerr));
-            }
-            let z = frames.finish().map_err(zerr)?;
-            (z.checkpoints, z.chunks, tar_digest, tar_size)
+        Err(err) => {
+            over_limit = Some(err);
+            Err(TarError::Callback("index limit reached".into()))
         }
     };
+    let decoded = decode(kind, &mut compressed, opts, digest, &mut collect);
+    // A source that sent more (or fewer) bytes than the manifest says is
+    // named as such, whatever the decoders made of it.
+    if let Some(e) = compressed.get_mut().inner.length_error(digest) {
+        return Err(e);
+    }
+    if let Some(e) = over_limit {
+        return Err(e);
+    }
+    let Decoded {
+        checkpoints,
+        mut chunks,
+        tar_digest,
+        tar_size,
+        elf,
+    } = decoded?;
     // Hash any bytes the decoders did not need (gzip trailer padding).
-    io::copy(&mut compressed, &mut io::sink()).map_err(|e| IndexError::Source {
+    let drained = io::copy(&mut compressed, &mut io::sink());
+    if let Some(e) = compressed.get_mut().inner.length_error(digest) {
+        return Err(e);
+    }
+    drained.map_err(|e| IndexError::Source {
         digest,
         source: crate::source::SourceError::Io {
             context: "reading layer".into(),
@@ -235,5 +256,77 @@ pub(super) fn index_layer(
             chunks,
         },
         entries,
+        elf,
+    })
+}
+
+/// Streams the layer through its decoder and the tar reader, calling
+/// `collect` per entry; the checkpoints, chunks and tar digest it yields.
+fn decode<R: Read>(
+    kind: LayerKind,
+    compressed: &mut HashingReader<R>,
+    opts: &IndexOptions,
+    digest: Digest,
+    collect: &mut dyn FnMut(Entry) -> Result<(), TarError>,
+) -> Result<Decoded, IndexError> {
+    let tar_err = |source: TarError| IndexError::Tar { digest, source };
+    Ok(match kind {
+        LayerKind::Gzip => {
+            let cfg = IndexerConfig {
+                span: opts.span,
+                chunk_size: opts.chunk_size,
+            };
+            let mut zran = ZranReader::new(&mut *compressed, cfg);
+            let mut tar_in = HashingReader::new(&mut zran);
+            let elf = read_tar(&mut tar_in, collect).map_err(tar_err)?;
+            let (tar_digest, tar_size) = tar_in.finish();
+            let zran = zran
+                .finish()
+                .map_err(|source| IndexError::Gzip { digest, source })?;
+            Decoded {
+                checkpoints: zran.checkpoints,
+                chunks: zran.chunks,
+                tar_digest,
+                tar_size,
+                elf,
+            }
+        }
+        LayerKind::Tar => {
+            let mut chunker = Chunker::new(&mut *compressed, opts.chunk_size, |out| out);
+            let elf = read_tar(&mut chunker, collect).map_err(tar_err)?;
+            let chunks = chunker.finish();
+            let (tar_digest, tar_size) = compressed.peek();
+            Decoded {
+                checkpoints: vec![Checkpoint::default()],
+                chunks,
+                tar_digest,
+                tar_size,
+                elf,
+            }
+        }
+        LayerKind::ZstdFrames | LayerKind::ZstdWhole => {
+            let zerr = |source| IndexError::Zstd { digest, source };
+            let mut frames =
+                FrameIndexer::new(&mut *compressed, opts.span, opts.chunk_size).map_err(zerr)?;
+            let mut tar_in = HashingReader::new(&mut frames);
+            let read = read_tar(&mut tar_in, collect);
+            let (tar_digest, tar_size) = tar_in.finish();
+            if frames.window_too_large() {
+                return Err(IndexError::ZstdWindowTooLarge { digest });
+            }
+            let elf = match read {
+                Ok(elf) => elf,
+                // A broken frame surfaces through the tar reader: name it as zstd's.
+                Err(e) => return Err(frames.take_error().map_or_else(|| tar_err(e), zerr)),
+            };
+            let z = frames.finish().map_err(zerr)?;
+            Decoded {
+                checkpoints: z.checkpoints,
+                chunks: z.chunks,
+                tar_digest,
+                tar_size,
+                elf,
+            }
+        }
     })
 }

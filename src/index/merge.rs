@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use crate::format::{DataRef, Node, NodeKind, Tree};
+use crate::format::{DataRef, Node, NodeKind, SparseSegment, Tree};
 use crate::tar::{Entry, EntryKind};
 
 /// Prefix marking a whiteout file.
@@ -341,10 +341,30 @@ fn node_from(layer: u32, e: &Entry) -> Node {
     match kind {
         NodeKind::File => {
             n.size = e.size;
-            n.data = (e.size > 0).then_some(DataRef {
-                layer,
-                offset: e.data_offset,
-            });
+            match &e.sparse {
+                None => {
+                    n.data = (e.size > 0).then_some(DataRef {
+                        layer,
+                        offset: e.data_offset,
+                    })
+                }
+                Some(segments) => {
+                    n.data = segments.first().map(|s| DataRef {
+                        layer,
+                        offset: s.data_offset,
+                    });
+                    n.sparse = Some(
+                        segments
+                            .iter()
+                            .map(|s| SparseSegment {
+                                file_offset: s.offset,
+                                len: s.len,
+                                layer_offset: s.data_offset,
+                            })
+                            .collect(),
+                    );
+                }
+            }
         }
         NodeKind::Symlink => {
             n.link_target = e.link_target.clone();
@@ -378,6 +398,7 @@ mod tests {
             rdev_major: 0,
             rdev_minor: 0,
             xattrs: Vec::new(),
+            sparse: None,
         }
     }
     fn f(path: &str) -> Entry {
@@ -604,6 +625,72 @@ mod tests {
         );
         assert_eq!(node(&t, "p").kind, NodeKind::Fifo);
         assert_eq!(node(&t, "c").kind, NodeKind::CharDev);
+    }
+
+    #[test]
+    fn sparse_maps_follow_their_file_through_layers() {
+        use crate::tar::SparseSegment as Run;
+        let sparse = |path: &str, runs: Vec<Run>| Entry {
+            size: 1 << 20,
+            data_offset: runs.first().map_or(2048, |r| r.data_offset),
+            sparse: Some(runs),
+            ..entry(path, EntryKind::File)
+        };
+        let run = |offset, data_offset| Run {
+            offset,
+            len: 10,
+            data_offset,
+        };
+        let t = merge(vec![
+            vec![
+                sparse("gone", vec![run(0, 1024)]),
+                sparse("replaced", vec![run(4096, 2048)]),
+                sparse("kept", vec![run(100, 3072), run(9000, 3082)]),
+                sparse("hole", vec![]),
+                hl("kept-link", "kept"),
+            ],
+            vec![f(".wh.gone"), f_at("replaced", 3, 512)],
+        ])
+        .unwrap();
+        assert_eq!(
+            listing(&t),
+            [
+                "/hole File",
+                "/kept File",
+                "/kept-link File",
+                "/replaced File"
+            ]
+        );
+        let r = node(&t, "replaced");
+        assert_eq!((r.size, r.sparse.as_ref()), (3, None));
+        assert_eq!(
+            r.data,
+            Some(DataRef {
+                layer: 1,
+                offset: 512
+            })
+        );
+        let k = node(&t, "kept");
+        assert_eq!(k.size, 1 << 20);
+        assert_eq!(
+            k.data,
+            Some(DataRef {
+                layer: 0,
+                offset: 3072
+            })
+        );
+        let segs = k.sparse.as_ref().unwrap();
+        assert_eq!(
+            segs[1],
+            SparseSegment {
+                file_offset: 9000,
+                len: 10,
+                layer_offset: 3082
+            }
+        );
+        assert_eq!(find(&t, "kept"), find(&t, "kept-link"));
+        let h = node(&t, "hole");
+        assert_eq!((h.data, h.sparse.as_deref()), (None, Some(&[][..])));
     }
 
     #[test]

@@ -6,14 +6,18 @@
 //! [`crate::format::IndexData`], written by `format`. Nothing here knows HTTP;
 //! nothing here is used at mount time.
 
+mod hints;
 mod layer;
+mod limits;
 mod merge;
 mod zstd;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 pub use layer::{layer_kind, IndexedLayer};
+pub use limits::{IndexLimits, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_META_BYTES, DEFAULT_MAX_PATH_LEN};
 pub use merge::{MergeError, Merger};
 
 use crate::digest::Digest;
@@ -61,7 +65,7 @@ pub enum IndexError {
         /// What the uncompressed bytes hash to.
         actual: Digest,
     },
-    /// The blob is not as long as the manifest says.
+    /// The blob is shorter than the manifest says.
     #[error("layer {digest}: blob has {actual} bytes, the manifest says {expected}")]
     SizeMismatch {
         /// Layer digest.
@@ -70,6 +74,54 @@ pub enum IndexError {
         expected: u64,
         /// Bytes read.
         actual: u64,
+    },
+    /// The source sent more bytes than the manifest's size (reading
+    /// stopped one byte past it).
+    #[error("layer {digest}: the source sent more than the manifest's {expected} bytes")]
+    BlobTooLong {
+        /// Layer digest.
+        digest: Digest,
+        /// Manifest size.
+        expected: u64,
+    },
+    /// The image has more tar entries than [`IndexLimits::max_entries`].
+    #[error("layer {digest}: the image has more than {limit} entries (the index limit)")]
+    TooManyEntries {
+        /// Layer where the limit was passed.
+        digest: Digest,
+        /// The limit.
+        limit: u64,
+    },
+    /// An entry's path or link target is longer than
+    /// [`IndexLimits::max_path_len`].
+    #[error(
+        "layer {digest}: entry {path:?} has a path or link target of {len} bytes (limit {limit})"
+    )]
+    PathTooLong {
+        /// Layer digest.
+        digest: Digest,
+        /// The path (its start, lossily).
+        path: String,
+        /// Its length (or the link target's).
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Paths, link targets, xattrs and sparse maps together exceed
+    /// [`IndexLimits::max_meta_bytes`].
+    #[error("layer {digest}: the image's paths, link targets, xattrs and sparse maps exceed {limit} bytes (the index limit)")]
+    TooMuchMetadata {
+        /// Layer where the limit was passed.
+        digest: Digest,
+        /// The limit.
+        limit: u64,
+    },
+    /// A zstd frame needs a larger window than
+    /// [`crate::zstd_limits::WINDOW_LOG_MAX`] allows.
+    #[error("layer {digest}: a zstd frame needs a window over {} MiB (the limit)", (1u64 << crate::zstd_limits::WINDOW_LOG_MAX) >> 20)]
+    ZstdWindowTooLarge {
+        /// Layer digest.
+        digest: Digest,
     },
     /// Reading the blob failed.
     #[error("layer {digest}: {source}")]
@@ -128,6 +180,8 @@ pub struct IndexOptions {
     pub chunk_size: u32,
     /// Layers indexed at once.
     pub threads: usize,
+    /// Caps on entries and path bytes.
+    pub limits: IndexLimits,
 }
 
 impl Default for IndexOptions {
@@ -136,6 +190,7 @@ impl Default for IndexOptions {
             span: DEFAULT_SPAN,
             chunk_size: DEFAULT_CHUNK,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            limits: IndexLimits::default(),
         }
     }
 }
@@ -176,6 +231,7 @@ pub fn build(
     let mut order: Vec<usize> = (0..image.layers.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(image.layers[i].size));
     let next = AtomicU64::new(0);
+    let budget = limits::Budget::default();
     let threads = opts.threads.clamp(1, image.layers.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -186,7 +242,7 @@ pub fn build(
                 else {
                     break;
                 };
-                let r = layer::index_layer(desc, *diff_id, source, opts, progress);
+                let r = layer::index_layer(desc, *diff_id, source, opts, &budget, progress);
                 let failed = r.is_err();
                 *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                 if failed {
@@ -209,11 +265,26 @@ pub fn build(
     }
     let mut merger = Merger::new();
     let mut layers = Vec::with_capacity(image.layers.len());
+    let mut elf = Vec::with_capacity(image.layers.len());
     for (i, slot) in slots.into_iter().enumerate() {
         let indexed = slot.ok_or(IndexError::Aborted)??;
         merger.apply_layer(i as u32, indexed.entries)?;
         layers.push(indexed.layer);
+        elf.push(indexed.elf);
     }
+    let tree = merger.finish();
+    // ELF facts of the files that made it into the merged tree.
+    let facts: HashMap<u32, hints::ElfFacts> = tree
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(n, node)| {
+            let d = node.data?;
+            let f = elf.get(d.layer as usize)?.get(&d.offset)?;
+            Some((n as u32, f.clone()))
+        })
+        .collect();
+    let file_hints = hints::resolve(&tree, &facts);
     meta.manifest_digest = Some(image.manifest_digest);
     meta.manifest = String::from_utf8_lossy(&image.manifest_raw).into_owned();
     meta.config = String::from_utf8_lossy(&image.config_raw).into_owned();
@@ -224,7 +295,8 @@ pub fn build(
     Ok(IndexData {
         meta,
         layers,
-        tree: merger.finish(),
+        tree,
         profile: None,
+        hints: file_hints,
     })
 }

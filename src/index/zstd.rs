@@ -7,7 +7,8 @@
 //! that holds its last byte.
 //!
 //! Skippable frames (magic `0x184D2A50..=0x184D2A5F`) are decoded (skipped)
-//! by libzstd like any other frame and produce no output.
+//! by libzstd like any other frame and produce no output. Frames whose
+//! window exceeds [`crate::zstd_limits::WINDOW_LOG_MAX`] are refused.
 
 use std::io::{self, Read};
 
@@ -15,6 +16,7 @@ use zstd::stream::raw::{Decoder, Operation as _};
 
 use crate::digest::Hasher;
 use crate::format::{Checkpoint, Chunk};
+use crate::zstd_limits;
 
 /// Compressed input buffered at once.
 const INPUT_BUF: usize = 128 << 10;
@@ -72,13 +74,15 @@ pub(super) struct FrameIndexer<R> {
     /// The first decode error, kept so the caller can report it as zstd's
     /// rather than as whatever the tar reader wrapped it in.
     error: Option<String>,
+    /// That error was a frame asking for too large a window.
+    window_too_large: bool,
 }
 
 impl<R: Read> FrameIndexer<R> {
     pub(super) fn new(inner: R, span: u64, chunk_size: u32) -> io::Result<Self> {
         Ok(FrameIndexer {
             inner,
-            dec: Decoder::new()?,
+            dec: zstd_limits::decoder()?,
             input: vec![0u8; INPUT_BUF].into_boxed_slice(),
             in_start: 0,
             in_end: 0,
@@ -100,7 +104,13 @@ impl<R: Read> FrameIndexer<R> {
             hasher: Hasher::new(),
             in_chunk: 0,
             error: None,
+            window_too_large: false,
         })
+    }
+
+    /// Whether decoding stopped at a frame whose window is over the limit.
+    pub(super) fn window_too_large(&self) -> bool {
+        self.window_too_large
     }
 
     /// The decode error that stopped the stream, if any.
@@ -249,10 +259,11 @@ impl<R: Read> Read for FrameIndexer<R> {
             let st = match self.dec.run_on_buffers(input, buf) {
                 Ok(st) => st,
                 Err(e) => {
+                    self.window_too_large |= zstd_limits::is_window_too_large(&e);
                     return Err(self.fail(format!(
                         "frame {} (at blob offset {}): {e}",
                         self.frames, self.frame_in_start
-                    )))
+                    )));
                 }
             };
             self.in_start += st.bytes_read;

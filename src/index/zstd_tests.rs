@@ -175,6 +175,7 @@ fn opts(span: u64, chunk: u32) -> IndexOptions {
         span,
         chunk_size: chunk,
         threads: 1,
+        ..Default::default()
     }
 }
 
@@ -259,7 +260,7 @@ fn frames_become_checkpoints_and_reads_agree() {
     let off = tar.len() as u64 - 100;
     assert_eq!(c.read(0, off, &mut buf).unwrap(), 100);
     assert!(buf[..] == tar[off as usize..]);
-    let fetched = c.stats().bytes_fetched;
+    let fetched = c.metrics().counters().bytes_fetched;
     assert!(
         fetched < blob.len() as u64 / 2,
         "fetched {fetched} of {}",
@@ -372,4 +373,28 @@ fn empty_frames_and_tiny_chunks() {
     let outs: Vec<u64> = cps.iter().map(|c| c.out_offset).collect();
     assert!(outs.windows(2).all(|w| w[0] < w[1]), "{outs:?}");
     check_reads(&cache_over(&data, src), &tar, 40, 18);
+}
+
+#[test]
+fn frame_with_a_window_over_the_limit_is_refused_by_name() {
+    use std::io::Write;
+    let tar = sample_tar(11, 64 << 10);
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(28))
+        .unwrap();
+    enc.write_all(&tar).unwrap();
+    let blob = enc.finish().unwrap();
+    let err = index(&blob, &tar, &opts(1 << 20, 64 << 10)).unwrap_err();
+    assert!(
+        matches!(err, IndexError::ZstdWindowTooLarge { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("128 MiB"), "{err}");
+    // At the limit (window log 27) the same bytes index fine.
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(27))
+        .unwrap();
+    enc.write_all(&tar).unwrap();
+    let blob = enc.finish().unwrap();
+    index(&blob, &tar, &opts(1 << 20, 64 << 10)).unwrap();
 }

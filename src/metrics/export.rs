@@ -94,12 +94,16 @@ fn text_one(out: &mut String, s: &Snapshot) {
     let _ = writeln!(out, "image {}  {}", s.labels.image, s.labels.digest);
     let _ = writeln!(out, "  containers  {cids}");
     let _ = writeln!(out, "  uptime      {:.0}s", s.uptime_seconds);
+    if !s.fuse_transport.is_empty() {
+        let _ = writeln!(out, "  transport   {}", s.fuse_transport);
+    }
     let _ = writeln!(
         out,
-        "  bytes       served {}  fetched {} in {} GETs ({} ahead)  inflated {}  amplification {amp}",
+        "  bytes       served {}  fetched {} in {} GETs ({} waited for; {} ahead)  inflated {}  amplification {amp}",
         human_bytes(c.bytes_served),
         human_bytes(c.bytes_fetched),
         c.fetch_count,
+        c.critical_path_gets,
         human_bytes(c.prefetch_bytes),
         human_bytes(c.inflate_bytes)
     );
@@ -294,6 +298,15 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             &l,
             s.uptime_seconds,
         );
+        if !s.fuse_transport.is_empty() {
+            f.sample(
+                "clip_fuse_transport_info",
+                "gauge",
+                "The FUSE transport serving the image (label transport: dev, uring).",
+                &format!("{l},transport=\"{}\"", esc(&s.fuse_transport)),
+                1.0,
+            );
+        }
         f.sample(
             "clip_containers",
             "gauge",
@@ -301,7 +314,7 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             &l,
             s.labels.cids.len() as f64,
         );
-        let counters: [(&'static str, &'static str, f64); 11] = [
+        let counters: [(&'static str, &'static str, f64); 27] = [
             (
                 "clip_bytes_served_total",
                 "Bytes returned to readers.",
@@ -348,6 +361,11 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
                 c.network_blocked_ns_total as f64 / 1e9,
             ),
             (
+                "clip_critical_path_gets_total",
+                "Range GETs a reader waited for (its own or a prefetch it queued behind).",
+                c.critical_path_gets as f64,
+            ),
+            (
                 "clip_disk_hits_total",
                 "Chunks served from the node's disk cache instead of the network.",
                 c.disk_hits as f64,
@@ -356,6 +374,81 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
                 "clip_prefetch_bytes_total",
                 "Compressed bytes fetched ahead of readers (prefetch, startup profile).",
                 c.prefetch_bytes as f64,
+            ),
+            (
+                "clip_chunk_hits_total",
+                "Chunk lookups of readers served from memory.",
+                c.chunk_hits as f64,
+            ),
+            (
+                "clip_chunk_misses_total",
+                "Chunk lookups of readers that had to fill.",
+                c.chunk_misses as f64,
+            ),
+            (
+                "clip_shared_fills_total",
+                "Misses served by another reader's fill.",
+                c.shared_fills as f64,
+            ),
+            (
+                "clip_decoder_starts_total",
+                "Fills that started a decoder at a checkpoint.",
+                c.decoder_starts as f64,
+            ),
+            (
+                "clip_decoder_resumes_total",
+                "Fills that continued a parked decoder.",
+                c.decoder_resumes as f64,
+            ),
+            (
+                "clip_prefetch_jobs_total",
+                "Span jobs queued by prefetch hints and profile replay.",
+                c.prefetch_jobs as f64,
+            ),
+            (
+                "clip_prefetch_errors_total",
+                "Prefetch jobs that failed.",
+                c.prefetch_errors as f64,
+            ),
+            (
+                "clip_fuse_reads_total",
+                "FUSE READ requests served.",
+                c.fuse_reads as f64,
+            ),
+            (
+                "clip_fuse_read_bytes_total",
+                "Bytes returned by FUSE READ.",
+                c.fuse_read_bytes as f64,
+            ),
+            (
+                "clip_fuse_read_errors_total",
+                "FUSE READs that failed.",
+                c.fuse_read_errors as f64,
+            ),
+            (
+                "clip_fuse_lookups_total",
+                "FUSE LOOKUP requests.",
+                c.fuse_lookups as f64,
+            ),
+            (
+                "clip_disk_damaged_total",
+                "Damaged chunk files found in the disk cache.",
+                c.disk_damaged as f64,
+            ),
+            (
+                "clip_disk_writes_total",
+                "Chunks written to the disk cache.",
+                c.disk_writes as f64,
+            ),
+            (
+                "clip_disk_write_drops_total",
+                "Disk cache writes dropped or failed.",
+                c.disk_write_drops as f64,
+            ),
+            (
+                "clip_disk_evictions_total",
+                "Chunk files deleted to keep the disk cache within its budget.",
+                c.disk_evictions as f64,
             ),
         ];
         for (name, help, v) in counters {

@@ -30,6 +30,8 @@
 //!   "labels": { "image": "docker.io/library/alpine:3.19",
 //!               "digest": "sha256:<hex>", "cids": ["c1", "c2"] },
 //!   "uptime_seconds": 12.5,                 // since Metrics::new
+//!   "fuse_transport": "uring",              // "dev" (/dev/fuse), "uring" (FUSE over
+//!                                           // io_uring), "" unknown; merged: "dev,uring"
 //!   "read_amplification": 0.42,             // bytes_fetched / bytes_served, null if nothing served
 //!   "counters": {
 //!     "bytes_served": 0, "bytes_fetched": 0, "fetch_count": 0, "inflate_bytes": 0,
@@ -37,7 +39,16 @@
 //!     "cache_bytes": 0,                     // gauge: bytes currently cached
 //!     "retries": 0, "network_blocked_ns_total": 0,
 //!     "prefetch_bytes": 0,                  // of bytes_fetched: fetched ahead of readers
-//!     "disk_hits": 0                        // chunks from the node's disk cache
+//!     "disk_hits": 0,                       // chunks from the node's disk cache
+//!     "chunk_hits": 0, "chunk_misses": 0,   // per chunk (cache_hits/misses: per read)
+//!     "shared_fills": 0,                    // misses served by another reader's fill
+//!     "decoder_starts": 0, "decoder_resumes": 0,
+//!     "prefetch_jobs": 0, "prefetch_errors": 0,
+//!     "fuse_reads": 0, "fuse_read_bytes": 0, "fuse_read_errors": 0, "fuse_lookups": 0,
+//!     "disk_damaged": 0, "disk_writes": 0, "disk_write_drops": 0, "disk_evictions": 0,
+//!     "critical_path_gets": 0               // of fetch_count: GETs a reader waited for (its
+//!                                           // own, or a prefetch thread's on a span the
+//!                                           // reader then queued on; each counted once)
 //!   },
 //!   "errors": { "fetch": 0, "digest_mismatch": 0, "inflate": 0, "fuse_eio": 0,
 //!               "timeout": 0, "other": 0 },
@@ -84,7 +95,7 @@ pub use export::{
 };
 pub use hook::{op_for_opcode, FuseMetricsHook};
 pub use http::{MetricsServer, RenderFn};
-pub use recorder::{Metrics, OpTimer};
+pub use recorder::{Counter, Metrics, OpTimer};
 pub use snapshot::{Counters, HistSnapshot, Labels, Snapshot, Timings, SCHEMA_VERSION};
 
 /// FUSE operations with their own latency histogram.
@@ -159,7 +170,7 @@ pub enum ErrorKind {
     Inflate,
     /// A FUSE request was answered with `EIO`.
     FuseEio,
-    /// A fetch hit its deadline.
+    /// A fetch, or a READ waiting for its bytes, hit its deadline.
     Timeout,
     /// Anything else.
     Other,

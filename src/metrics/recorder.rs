@@ -45,22 +45,66 @@ impl Timing {
     }
 }
 
-/// Plain counters, in declaration order.
-#[derive(Debug, Clone, Copy)]
-enum Ctr {
+/// The plain counters (see [`Counters`] for what each counts). Most have a
+/// named recording method; the rest are counted with [`Metrics::count`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// [`Counters::bytes_served`].
     BytesServed,
+    /// [`Counters::bytes_fetched`].
     BytesFetched,
+    /// [`Counters::fetch_count`].
     FetchCount,
+    /// [`Counters::inflate_bytes`].
     InflateBytes,
+    /// [`Counters::cache_hits`].
     CacheHits,
+    /// [`Counters::cache_misses`].
     CacheMisses,
+    /// [`Counters::cache_evictions`].
     CacheEvictions,
+    /// [`Counters::retries`].
     Retries,
+    /// [`Counters::network_blocked_ns_total`].
     NetworkBlockedNs,
+    /// [`Counters::prefetch_bytes`].
     PrefetchBytes,
+    /// [`Counters::disk_hits`].
     DiskHits,
+    /// [`Counters::chunk_hits`].
+    ChunkHits,
+    /// [`Counters::chunk_misses`].
+    ChunkMisses,
+    /// [`Counters::shared_fills`].
+    SharedFills,
+    /// [`Counters::decoder_starts`].
+    DecoderStarts,
+    /// [`Counters::decoder_resumes`].
+    DecoderResumes,
+    /// [`Counters::prefetch_jobs`].
+    PrefetchJobs,
+    /// [`Counters::prefetch_errors`].
+    PrefetchErrors,
+    /// [`Counters::fuse_reads`].
+    FuseReads,
+    /// [`Counters::fuse_read_bytes`].
+    FuseReadBytes,
+    /// [`Counters::fuse_read_errors`].
+    FuseReadErrors,
+    /// [`Counters::fuse_lookups`].
+    FuseLookups,
+    /// [`Counters::disk_damaged`].
+    DiskDamaged,
+    /// [`Counters::disk_writes`].
+    DiskWrites,
+    /// [`Counters::disk_write_drops`].
+    DiskWriteDrops,
+    /// [`Counters::disk_evictions`].
+    DiskEvictions,
+    /// [`Counters::critical_path_gets`].
+    CriticalPathGets,
 }
-const N_CTRS: usize = 11;
+const N_CTRS: usize = Counter::CriticalPathGets as usize + 1;
 
 /// An empty auto-resizing nanosecond histogram with the crate's precision.
 pub(super) fn new_histogram() -> Histogram<u64> {
@@ -120,8 +164,7 @@ impl Shard {
     }
 
     fn lock(&self) -> MutexGuard<'_, Locked> {
-        // A panic while holding the lock leaves consistent data: keep going.
-        self.locked.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.locked)
     }
 }
 
@@ -141,6 +184,8 @@ pub struct Metrics {
     shards: Box<[Shard]>,
     cache_bytes: AtomicU64,
     started: Instant,
+    /// The FUSE transport serving the mount (`dev`, `uring`), once known.
+    fuse_transport: std::sync::OnceLock<&'static str>,
 }
 
 impl Default for Metrics {
@@ -163,7 +208,14 @@ impl Metrics {
             shards: (0..n).map(|_| Shard::new()).collect(),
             cache_bytes: AtomicU64::new(0),
             started: Instant::now(),
+            fuse_transport: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Names the FUSE transport serving the mount (`dev` or `uring`); it
+    /// shows in every snapshot. Set once; later calls are ignored.
+    pub fn set_fuse_transport(&self, name: &'static str) {
+        let _ = self.fuse_transport.set(name);
     }
 
     #[inline]
@@ -172,8 +224,9 @@ impl Metrics {
         &self.shards[i]
     }
 
+    /// Adds `n` to counter `c` (one relaxed add on this thread's shard).
     #[inline]
-    fn add(&self, c: Ctr, n: u64) {
+    pub fn count(&self, c: Counter, n: u64) {
         self.shard().counters[c as usize].fetch_add(n, Ordering::Relaxed);
     }
 
@@ -213,8 +266,8 @@ impl Metrics {
         let shard = self.shard();
         let ns = (latency.as_nanos().min(u128::from(HIGHEST_NS))) as u64;
         put(&mut shard.lock().slots[Timing::RangeGet.slot()], ns);
-        shard.counters[Ctr::FetchCount as usize].fetch_add(1, Ordering::Relaxed);
-        shard.counters[Ctr::BytesFetched as usize].fetch_add(bytes, Ordering::Relaxed);
+        shard.counters[Counter::FetchCount as usize].fetch_add(1, Ordering::Relaxed);
+        shard.counters[Counter::BytesFetched as usize].fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Tallies one HTTP response from the registry by status (`0`: no
@@ -231,16 +284,16 @@ impl Metrics {
     pub fn record_inflate(&self, d: Duration, bytes: u64) {
         let shard = self.shard();
         self.record_slot(shard, Timing::Inflate.slot(), d);
-        shard.counters[Ctr::InflateBytes as usize].fetch_add(bytes, Ordering::Relaxed);
+        shard.counters[Counter::InflateBytes as usize].fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// A cache lookup was served (`hit`) or had to be filled (`!hit`) in `d`.
     pub fn record_cache(&self, hit: bool, d: Duration) {
         let shard = self.shard();
         let (slot, ctr) = if hit {
-            (Timing::CacheHit, Ctr::CacheHits)
+            (Timing::CacheHit, Counter::CacheHits)
         } else {
-            (Timing::CacheMiss, Ctr::CacheMisses)
+            (Timing::CacheMiss, Counter::CacheMisses)
         };
         self.record_slot(shard, slot.slot(), d);
         shard.counters[ctr as usize].fetch_add(1, Ordering::Relaxed);
@@ -251,24 +304,24 @@ impl Metrics {
         let shard = self.shard();
         self.record_slot(shard, Timing::Blocked.slot(), d);
         let ns = (d.as_nanos().min(u128::from(u64::MAX))) as u64;
-        shard.counters[Ctr::NetworkBlockedNs as usize].fetch_add(ns, Ordering::Relaxed);
+        shard.counters[Counter::NetworkBlockedNs as usize].fetch_add(ns, Ordering::Relaxed);
     }
 
     /// `n` of the fetched bytes were fetched ahead of readers (prefetch
     /// hints, startup profile replay); they are also in `bytes_fetched`.
     pub fn add_prefetched(&self, n: u64) {
-        self.add(Ctr::PrefetchBytes, n);
+        self.count(Counter::PrefetchBytes, n);
     }
 
     /// A chunk came from the node's disk cache instead of the network.
     pub fn add_disk_hit(&self) {
-        self.add(Ctr::DiskHits, 1);
+        self.count(Counter::DiskHits, 1);
     }
 
     /// `n` bytes were returned to a reader (FUSE read replies).
     #[inline]
     pub fn add_served(&self, n: u64) {
-        self.add(Ctr::BytesServed, n);
+        self.count(Counter::BytesServed, n);
     }
 
     /// Counts one error of `kind`.
@@ -278,17 +331,69 @@ impl Metrics {
 
     /// Counts one retried fetch attempt.
     pub fn count_retry(&self) {
-        self.add(Ctr::Retries, 1);
+        self.count(Counter::Retries, 1);
     }
 
     /// Counts one evicted cache entry.
     pub fn count_eviction(&self) {
-        self.add(Ctr::CacheEvictions, 1);
+        self.count(Counter::CacheEvictions, 1);
     }
 
     /// Sets the cache size gauge (bytes currently held).
     pub fn set_cache_bytes(&self, n: u64) {
         self.cache_bytes.store(n, Ordering::Relaxed);
+    }
+
+    /// The counters summed over the shards (no histogram is read: cheap
+    /// enough for tests and benches to call per read).
+    pub fn counters(&self) -> Counters {
+        let mut ctr = [0u64; N_CTRS];
+        for shard in self.shards.iter() {
+            sum_into(&mut ctr, &shard.counters);
+        }
+        self.counters_of(&ctr)
+    }
+
+    /// How many errors of `kind` were counted.
+    pub fn error_count(&self, kind: ErrorKind) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.errors[kind as usize].load(Ordering::Relaxed))
+            .fold(0, u64::saturating_add)
+    }
+
+    fn counters_of(&self, ctr: &[u64; N_CTRS]) -> Counters {
+        let c = |k: Counter| ctr[k as usize];
+        Counters {
+            bytes_served: c(Counter::BytesServed),
+            bytes_fetched: c(Counter::BytesFetched),
+            fetch_count: c(Counter::FetchCount),
+            inflate_bytes: c(Counter::InflateBytes),
+            cache_hits: c(Counter::CacheHits),
+            cache_misses: c(Counter::CacheMisses),
+            cache_evictions: c(Counter::CacheEvictions),
+            cache_bytes: self.cache_bytes.load(Ordering::Relaxed),
+            retries: c(Counter::Retries),
+            network_blocked_ns_total: c(Counter::NetworkBlockedNs),
+            prefetch_bytes: c(Counter::PrefetchBytes),
+            disk_hits: c(Counter::DiskHits),
+            chunk_hits: c(Counter::ChunkHits),
+            chunk_misses: c(Counter::ChunkMisses),
+            shared_fills: c(Counter::SharedFills),
+            decoder_starts: c(Counter::DecoderStarts),
+            decoder_resumes: c(Counter::DecoderResumes),
+            prefetch_jobs: c(Counter::PrefetchJobs),
+            prefetch_errors: c(Counter::PrefetchErrors),
+            fuse_reads: c(Counter::FuseReads),
+            fuse_read_bytes: c(Counter::FuseReadBytes),
+            fuse_read_errors: c(Counter::FuseReadErrors),
+            fuse_lookups: c(Counter::FuseLookups),
+            disk_damaged: c(Counter::DiskDamaged),
+            disk_writes: c(Counter::DiskWrites),
+            disk_write_drops: c(Counter::DiskWriteDrops),
+            disk_evictions: c(Counter::DiskEvictions),
+            critical_path_gets: c(Counter::CriticalPathGets),
+        }
     }
 
     /// A consistent-enough copy of everything recorded so far (each shard is
@@ -314,34 +419,17 @@ impl Metrics {
                     *status.entry(st.to_string()).or_default() += n;
                 }
             }
-            let sum = |dst: &mut [u64], src: &[AtomicU64]| {
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d = d.saturating_add(s.load(Ordering::Relaxed));
-                }
-            };
-            sum(&mut ctr, &shard.counters);
-            sum(&mut errs, &shard.errors);
-            sum(&mut op_errs, &shard.op_errors);
+            sum_into(&mut ctr, &shard.counters);
+            sum_into(&mut errs, &shard.errors);
+            sum_into(&mut op_errs, &shard.op_errors);
         }
         let hs = |slot: usize| HistSnapshot::from_histogram(&hists[slot].0, hists[slot].1);
-        let counters = Counters {
-            bytes_served: ctr[Ctr::BytesServed as usize],
-            bytes_fetched: ctr[Ctr::BytesFetched as usize],
-            fetch_count: ctr[Ctr::FetchCount as usize],
-            inflate_bytes: ctr[Ctr::InflateBytes as usize],
-            cache_hits: ctr[Ctr::CacheHits as usize],
-            cache_misses: ctr[Ctr::CacheMisses as usize],
-            cache_evictions: ctr[Ctr::CacheEvictions as usize],
-            cache_bytes: self.cache_bytes.load(Ordering::Relaxed),
-            retries: ctr[Ctr::Retries as usize],
-            network_blocked_ns_total: ctr[Ctr::NetworkBlockedNs as usize],
-            prefetch_bytes: ctr[Ctr::PrefetchBytes as usize],
-            disk_hits: ctr[Ctr::DiskHits as usize],
-        };
+        let counters = self.counters_of(&ctr);
         let mut snap = Snapshot {
             schema_version: SCHEMA_VERSION,
             labels,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
+            fuse_transport: self.fuse_transport.get().map_or("", |t| t).to_string(),
             read_amplification: None,
             counters,
             errors: ErrorKind::ALL
@@ -367,6 +455,13 @@ impl Metrics {
         };
         snap.read_amplification = snap.counters.read_amplification();
         snap
+    }
+}
+
+/// Adds the shard counters `src` into `dst`.
+fn sum_into(dst: &mut [u64], src: &[AtomicU64]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = d.saturating_add(s.load(Ordering::Relaxed));
     }
 }
 

@@ -56,6 +56,41 @@ pub struct Counters {
     pub prefetch_bytes: u64,
     /// Chunks served from the node's disk cache instead of the network.
     pub disk_hits: u64,
+    /// Chunk lookups of readers served from memory (`cache_hits` counts
+    /// reads, this counts the chunks they touch).
+    pub chunk_hits: u64,
+    /// Chunk lookups of readers that went to the miss path.
+    pub chunk_misses: u64,
+    /// Misses that found the chunk after waiting for another reader's fill.
+    pub shared_fills: u64,
+    /// Fills that started a decoder at a checkpoint.
+    pub decoder_starts: u64,
+    /// Fills that continued a parked decoder.
+    pub decoder_resumes: u64,
+    /// Span jobs queued by prefetch hints and profile replay.
+    pub prefetch_jobs: u64,
+    /// Prefetch jobs that failed (readers then fetch for themselves).
+    pub prefetch_errors: u64,
+    /// FUSE READ requests served.
+    pub fuse_reads: u64,
+    /// Bytes returned by FUSE READ.
+    pub fuse_read_bytes: u64,
+    /// FUSE READs that failed.
+    pub fuse_read_errors: u64,
+    /// FUSE LOOKUP requests.
+    pub fuse_lookups: u64,
+    /// Damaged chunk files the disk tier found (and deleted).
+    pub disk_damaged: u64,
+    /// Chunks the disk tier wrote.
+    pub disk_writes: u64,
+    /// Disk tier writes dropped (queue full) or failed.
+    pub disk_write_drops: u64,
+    /// Chunk files the disk tier deleted to stay within its budget.
+    pub disk_evictions: u64,
+    /// Of `fetch_count`, the GETs a reader waited for: those made on a
+    /// reader's thread, and a prefetch thread's GETs for a span a reader then
+    /// queued on (counted once). The first start's round trips in series.
+    pub critical_path_gets: u64,
 }
 
 impl Counters {
@@ -81,6 +116,22 @@ impl Counters {
             ),
             (&mut self.prefetch_bytes, o.prefetch_bytes),
             (&mut self.disk_hits, o.disk_hits),
+            (&mut self.chunk_hits, o.chunk_hits),
+            (&mut self.chunk_misses, o.chunk_misses),
+            (&mut self.shared_fills, o.shared_fills),
+            (&mut self.decoder_starts, o.decoder_starts),
+            (&mut self.decoder_resumes, o.decoder_resumes),
+            (&mut self.prefetch_jobs, o.prefetch_jobs),
+            (&mut self.prefetch_errors, o.prefetch_errors),
+            (&mut self.fuse_reads, o.fuse_reads),
+            (&mut self.fuse_read_bytes, o.fuse_read_bytes),
+            (&mut self.fuse_read_errors, o.fuse_read_errors),
+            (&mut self.fuse_lookups, o.fuse_lookups),
+            (&mut self.disk_damaged, o.disk_damaged),
+            (&mut self.disk_writes, o.disk_writes),
+            (&mut self.disk_write_drops, o.disk_write_drops),
+            (&mut self.disk_evictions, o.disk_evictions),
+            (&mut self.critical_path_gets, o.critical_path_gets),
         ];
         for (d, s) in pairs {
             *d = d.saturating_add(s);
@@ -216,6 +267,10 @@ pub struct Snapshot {
     pub labels: Labels,
     /// Seconds since the registry was created (for a merge: the largest).
     pub uptime_seconds: f64,
+    /// The FUSE transport serving the mount: `dev` (`/dev/fuse`), `uring`
+    /// (FUSE over io_uring), `""` if not known (yet); for a merge, the
+    /// distinct transports joined with `,`.
+    pub fuse_transport: String,
     /// `bytes_fetched / bytes_served`; `null` before anything was served.
     pub read_amplification: Option<f64>,
     /// Byte and event counters.
@@ -259,6 +314,14 @@ impl Snapshot {
                 ops.entry(k.as_str()).or_default().push(h);
             }
         }
+        let mut transports: Vec<&str> = parts
+            .iter()
+            .map(|p| p.fuse_transport.as_str())
+            .filter(|t| !t.is_empty())
+            .collect();
+        transports.sort_unstable();
+        transports.dedup();
+        out.fuse_transport = transports.join(",");
         for (k, hs) in ops {
             out.fuse_ops
                 .insert(k.to_string(), HistSnapshot::merged(hs)?);

@@ -16,8 +16,8 @@ use rand::{Rng, SeedableRng};
 
 use super::{
     collect, discover, op_for_opcode, prometheus_scrape, query_daemon, render_json,
-    render_prometheus, render_text, ErrorKind, FuseMetricsHook, HistSnapshot, Labels, Metrics,
-    MetricsError, MetricsServer, Op, Snapshot,
+    render_prometheus, render_text, Counter, ErrorKind, FuseMetricsHook, HistSnapshot, Labels,
+    Metrics, MetricsError, MetricsServer, Op, Snapshot,
 };
 
 fn labels(image: &str, hex: &str) -> Labels {
@@ -91,6 +91,8 @@ fn timer_counters_and_errors() {
         m.count_http_status(status);
     }
     m.record_blocked(Duration::from_millis(2));
+    m.count(Counter::CriticalPathGets, 1);
+    m.count(Counter::CriticalPathGets, 2);
     m.count_error(ErrorKind::Fetch);
     m.count_error(ErrorKind::DigestMismatch);
     m.count_retry();
@@ -109,6 +111,7 @@ fn timer_counters_and_errors() {
     );
     assert_eq!((c.retries, c.cache_evictions, c.cache_bytes), (1, 1, 4096));
     assert_eq!(c.network_blocked_ns_total, 2_000_000);
+    assert_eq!(c.critical_path_gets, 3);
     assert_eq!(s.read_amplification, Some(0.5));
     assert_eq!(
         s.http_status,
@@ -226,6 +229,7 @@ fn sample_snapshots() -> Vec<Snapshot> {
             m.record_blocked(Duration::from_micros(200 * k));
         }
         m.add_served(5 << 20);
+        m.count(Counter::CriticalPathGets, 7);
         m.count_error(ErrorKind::Timeout);
         let mut l = labels(img, hex);
         l.cids = vec![format!("c{i}")];
@@ -374,6 +378,9 @@ fn prometheus_output_is_valid() {
     );
     assert!(text.contains("clip_daemon_up{digest=\"sha256:dead\"} 0"));
     assert!(text.contains(
+        "clip_critical_path_gets_total{image=\"docker.io/library/alpine:3.19\",digest=\"sha256:aa11\"} 7"
+    ));
+    assert!(text.contains(
         "clip_errors_total{image=\"docker.io/library/alpine:3.19\",digest=\"sha256:aa11\",kind=\"timeout\"} 1"
     ));
     assert!(text.contains(
@@ -405,6 +412,7 @@ fn text_and_json_rendering() {
     assert!(text.contains("node-wide total (2 images)"), "{text}");
     assert!(text.contains("fuse lookup"), "{text}");
     assert!(text.contains("amplification"), "{text}");
+    assert!(text.contains("in 200 GETs (7 waited for;"), "{text}");
     assert!(text.contains("errors      timeout=1"), "{text}");
     let one = render_text(&snaps[..1]).unwrap();
     assert!(!one.contains("node-wide"));

@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::control::control_request;
-use super::daemon::{DaemonArgs, CONTAINERS_FILE, PID_FILE, SOCK_FILE};
+use super::daemon::{CONTAINERS_FILE, PID_FILE, SOCK_FILE};
 use super::spawn::{start_daemon, Launcher};
+use super::spec::{DaemonSpec, StackPart};
 use super::{is_mounted, mount_overlay, unmount, validate_cid, MountError};
 use crate::format::Index;
 
-/// What the CLI asks for in `clipctl mount`.
+/// What the CLI asks for in `clipctl mount`; `S` is what a newly started
+/// daemon serves (the [`DaemonSpec`]'s stack part).
 #[derive(Debug, Clone)]
-pub struct MountRequest {
+pub struct MountRequest<S> {
     /// Container id.
     pub cid: String,
     /// The image's `.clip` index.
@@ -26,29 +28,26 @@ pub struct MountRequest {
     pub run_dir: PathBuf,
     /// Base of the writable layers (default `/var/lib/clip`).
     pub node_dir: PathBuf,
-    /// FUSE worker threads of a newly started daemon.
-    pub threads: usize,
-    /// bdi read-ahead of a newly started daemon (KiB; 0 = kernel default).
-    pub read_ahead_kb: u32,
     /// How to start the daemon.
-    pub launcher: Launcher,
+    pub launcher: Launcher<S>,
     /// How long to wait for a new daemon to be ready.
     pub ready_timeout: Duration,
+    /// What a newly started daemon serves (a running one is reused as is).
+    pub stack: S,
 }
 
-impl MountRequest {
-    /// A request with the default dirs, 2 threads, 4 MiB read-ahead and the
-    /// default launcher (`current_exe __daemon …`).
+impl<S: Default> MountRequest<S> {
+    /// A request with the default dirs, the default launcher
+    /// (`current_exe __daemon --spec …`) and a default stack.
     pub fn new(cid: impl Into<String>, clip_path: impl Into<PathBuf>) -> Self {
         MountRequest {
             cid: cid.into(),
             clip_path: clip_path.into(),
             run_dir: super::DEFAULT_RUN_DIR.into(),
             node_dir: super::DEFAULT_NODE_DIR.into(),
-            threads: 2,
-            read_ahead_kb: 4096,
             launcher: Launcher::default(),
             ready_timeout: Duration::from_secs(60),
+            stack: S::default(),
         }
     }
 }
@@ -75,12 +74,16 @@ pub struct ContainerInfo {
     pub clip_path: PathBuf,
     /// The overlay rootfs.
     pub rootfs: PathBuf,
+    /// The image's run dir (holds the daemon's spec and log).
+    pub image_dir: PathBuf,
     /// Whether the overlay is mounted.
     pub mounted: bool,
     /// The image daemon's pid, if its pid file exists.
     pub daemon_pid: Option<u32>,
     /// Whether that process is alive.
     pub daemon_alive: bool,
+    /// The FUSE transport the daemon serves with (`dev`, `uring`), if known.
+    pub fuse_transport: Option<String>,
 }
 
 /// What [`detach_container`] did.
@@ -159,7 +162,12 @@ fn daemon_answers(image_dir: &Path) -> bool {
 }
 
 fn read_containers(image_dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(image_dir.join(CONTAINERS_FILE))
+    read_cids(&image_dir.join(CONTAINERS_FILE))
+}
+
+/// The cids listed in a `containers` file (none if it is missing).
+pub(super) fn read_cids(containers_file: &Path) -> Vec<String> {
+    std::fs::read_to_string(containers_file)
         .unwrap_or_default()
         .lines()
         .filter(|l| !l.is_empty())
@@ -220,7 +228,7 @@ fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
 
 /// Attaches container `req.cid`: starts (or reuses) the image's daemon and
 /// mounts an overlay over its FUSE mount; returns the rootfs path.
-pub fn attach_container(req: &MountRequest) -> Result<PathBuf, MountError> {
+pub fn attach_container<S: StackPart>(req: &MountRequest<S>) -> Result<PathBuf, MountError> {
     validate_cid(&req.cid)?;
     super::check_privileges()?;
     let cdir = req.run_dir.join(&req.cid);
@@ -258,8 +266,8 @@ pub fn attach_container(req: &MountRequest) -> Result<PathBuf, MountError> {
     res
 }
 
-fn attach_locked(
-    req: &MountRequest,
+fn attach_locked<S: StackPart>(
+    req: &MountRequest<S>,
     image: &str,
     image_dir: &Path,
     cdir: &Path,
@@ -271,16 +279,14 @@ fn attach_locked(
             tracing::warn!(image_dir = %image_dir.display(), "stale image daemon state; cleaning up");
             stop_image(image_dir)?;
         }
-        let args = DaemonArgs {
-            clip_path: req
-                .clip_path
+        let spec = DaemonSpec::new(
+            req.clip_path
                 .canonicalize()
                 .map_err(MountError::io("resolve", &req.clip_path))?,
-            image_dir: image_dir.to_path_buf(),
-            threads: req.threads,
-            read_ahead_kb: req.read_ahead_kb,
-        };
-        start_daemon(&args, &req.launcher, req.ready_timeout)?;
+            image_dir.to_path_buf(),
+            req.stack.clone(),
+        );
+        start_daemon(&spec, &req.launcher, req.ready_timeout)?;
     }
     let (upper, work, rootfs) = (
         node_cdir.join("upper"),
@@ -305,7 +311,10 @@ fn attach_locked(
             .map_or(0, |d| d.as_secs()),
     };
     let rec_path = cdir.join("container.json");
-    let json = serde_json::to_vec_pretty(&rec).map_err(|e| MountError::Fs(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&rec).map_err(|source| MountError::Json {
+        path: rec_path.clone(),
+        source,
+    })?;
     std::fs::write(&rec_path, json).map_err(MountError::io("write", &rec_path))?;
     let mut cids = read_containers(image_dir);
     cids.push(req.cid.clone());
@@ -382,10 +391,13 @@ pub fn list(run_dir: &Path) -> Vec<ContainerInfo> {
         .map(|r| {
             let image_dir = images_dir(run_dir).join(&r.image);
             let pid = pid_of(&image_dir);
+            let transport = std::fs::read_to_string(image_dir.join(super::daemon::TRANSPORT_FILE));
             ContainerInfo {
+                fuse_transport: transport.ok().map(|t| t.trim().to_string()),
                 mounted: is_mounted(&r.rootfs),
                 daemon_alive: pid.is_some_and(pid_alive),
                 daemon_pid: pid,
+                image_dir,
                 cid: r.cid,
                 image: r.image,
                 clip_path: r.clip_path,

@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! images/<manifest-hex>/mnt            shared read-only FUSE mount of the image
+//! images/<manifest-hex>/daemon.json    what the daemon serves (DaemonSpec, 0600)
 //! images/<manifest-hex>/daemon.pid     the daemon's pid
 //! images/<manifest-hex>/daemon.log     its stdout/stderr
 //! images/<manifest-hex>/containers     cids using the image, one per line
@@ -20,8 +21,12 @@
 //! and under the node dir (default `/var/lib/clip`):
 //! `containers/<cid>/{upper,work}`.
 //!
-//! Unsafe lives in `sys.rs` (mount/umount/geteuid/kill) and `spawn.rs`
-//! (`setsid` in `pre_exec`).
+//! The FUSE transports (`/dev/fuse` and io_uring) and the READ hand-off
+//! that keeps them off the network are in `transport/`.
+//!
+//! Unsafe lives in `sys.rs` (mount/umount/geteuid/kill), `spawn.rs`
+//! (`setsid` in `pre_exec`) and `transport/uring/sys.rs` (io_uring
+//! commands, eventfd, CPU pinning).
 
 mod container;
 mod control;
@@ -29,7 +34,9 @@ mod daemon;
 mod mountinfo;
 mod session;
 mod spawn;
+mod spec;
 mod sys;
+mod transport;
 
 use std::io;
 use std::path::PathBuf;
@@ -38,11 +45,16 @@ pub use container::{
     attach_container, detach_container, list, ContainerInfo, DetachOutcome, MountRequest,
 };
 pub use control::{control_request, ControlReply};
-pub use daemon::{run_daemon, ContentFactory, DaemonArgs, DaemonConfig, StatsFn};
+pub use daemon::{run_daemon, ContentFactory, DaemonConfig, FsCounters, StatsReply};
 pub use mountinfo::{is_mounted, mount_fstype};
 pub use session::{serve, serve_with, MountHandle, ServeOptions};
-pub use spawn::{start_daemon, Launcher};
+pub use spawn::{start_daemon, Launcher, GLIBC_TUNABLES};
+pub use spec::{DaemonSpec, StackPart, DAEMON_SPEC_VERSION, SPEC_FILE};
 pub use sys::{mount_overlay, unmount};
+pub use transport::{
+    uring_param, FuseTransport, TransportKind, TransportOptions, DEFAULT_READ_TIMEOUT,
+    ENABLE_URING_PARAM,
+};
 
 /// Default base of the run-time state.
 pub const DEFAULT_RUN_DIR: &str = "/run/clip";
@@ -91,9 +103,38 @@ pub enum MountError {
         /// The error.
         source: crate::format::FormatError,
     },
-    /// The filesystem could not be built, or the content reader factory failed.
+    /// The filesystem could not be built.
     #[error("filesystem: {0}")]
-    Fs(String),
+    Fs(#[source] Box<crate::fuse::FsError>),
+    /// The content reader could not be built (the factory's own error).
+    #[error("{0}")]
+    Content(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A daemon spec file is not valid JSON of the expected shape.
+    #[error("daemon spec {}: {source}", path.display())]
+    BadSpec {
+        /// The spec file.
+        path: PathBuf,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// A daemon spec file of another version.
+    #[error("daemon spec {}: version {found}, this clipctl reads version {supported}", path.display())]
+    SpecVersion {
+        /// The spec file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// A record could not be written as JSON.
+    #[error("writing {}: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: serde_json::Error,
+    },
     /// The control socket misbehaved.
     #[error("control socket {}: {message}", path.display())]
     Control {

@@ -1,17 +1,16 @@
-//! The FUSE session: mount, worker threads, read-ahead, unmount.
+//! The FUSE session: mount, the transports serving it
+//! ([`super::transport`]), read-ahead, unmount.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::FuseSession;
 
+use super::transport::{self, Engine, TransportKind, TransportOptions};
 use super::MountError;
-use crate::fuse::{ClipFs, FsStats};
-use crate::metrics::{FuseMetricsHook, Metrics};
-use fuse_backend_rs::api::server::MetricsHook;
+use crate::fuse::ClipFs;
+use crate::metrics::Metrics;
 
 /// How to serve a [`ClipFs`].
 #[derive(Debug, Clone)]
@@ -35,6 +34,8 @@ pub struct ServeOptions {
     pub read_ahead_kb: Option<u32>,
     /// Per-opcode latency recording (None: no hook on the request path).
     pub metrics: Option<Arc<Metrics>>,
+    /// FUSE transport (`/dev/fuse` or io_uring) and the READ hand-off.
+    pub transport: TransportOptions,
 }
 
 impl Default for ServeOptions {
@@ -44,6 +45,7 @@ impl Default for ServeOptions {
             allow_other: true,
             read_ahead_kb: Some(4096),
             metrics: None,
+            transport: TransportOptions::default(),
         }
     }
 }
@@ -51,9 +53,8 @@ impl Default for ServeOptions {
 /// A live FUSE mount. Dropping it unmounts.
 pub struct MountHandle {
     session: Option<FuseSession>,
-    workers: Vec<JoinHandle<()>>,
+    engine: Option<Engine>,
     mountpoint: PathBuf,
-    stats: Arc<FsStats>,
 }
 
 /// Mounts `fs` at `mountpoint` (fsname and subtype "clip", read-only,
@@ -79,57 +80,32 @@ pub fn serve_with(
     if super::is_mounted(mountpoint) {
         return Err(MountError::MountBusy(mountpoint.to_path_buf()));
     }
-    let stats = fs.stats();
+    // Before mount(2): it sends INIT, which offers io_uring only if the
+    // module parameter is on by then.
+    let offer_uring = transport::prepare(&opts.transport)?;
     let mut se = FuseSession::new(mountpoint, "clip", "clip", true)
         .map_err(|e| MountError::Session(e.to_string()))?;
     se.set_allow_other(opts.allow_other);
     se.mount()
         .map_err(|e| MountError::Session(format!("mount {}: {e}", mountpoint.display())))?;
-    let server = Arc::new(Server::new(fs));
+    let engine = Engine::start(
+        &se,
+        fs,
+        opts.threads,
+        offer_uring,
+        &opts.transport,
+        opts.metrics.clone(),
+    );
+    // From here on, dropping the handle unmounts and stops the workers.
     let mut handle = MountHandle {
-        session: None,
-        workers: Vec::new(),
+        session: Some(se),
+        engine: None,
         mountpoint: mountpoint.to_path_buf(),
-        stats,
     };
-    for i in 0..opts.threads.max(1) {
-        let mut ch = match se.new_channel() {
-            Ok(ch) => ch,
-            Err(e) => {
-                handle.session = Some(se);
-                handle.shutdown();
-                return Err(MountError::Session(format!("channel: {e}")));
-            }
-        };
-        let server = server.clone();
-        let hook = opts.metrics.clone().map(FuseMetricsHook::new);
-        let w = std::thread::Builder::new()
-            .name(format!("clip-fuse-{i}"))
-            .spawn(move || loop {
-                match ch.get_request() {
-                    Ok(Some((reader, writer))) => {
-                        if let Err(e) = server.handle_message(
-                            reader,
-                            writer.into(),
-                            None,
-                            hook.as_ref().map(|h| h as &dyn MetricsHook),
-                        ) {
-                            // Malformed request or a reply the kernel refused
-                            // (e.g. the request was interrupted): keep serving.
-                            tracing::debug!(error = %e, "FUSE message");
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "FUSE channel closed");
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| MountError::Session(format!("spawn worker: {e}")))?;
-        handle.workers.push(w);
+    handle.engine = Some(engine?);
+    if let Some(e) = &handle.engine {
+        e.settle(opts.transport.transport)?;
     }
-    handle.session = Some(se);
     if let Some(kb) = opts.read_ahead_kb {
         if let Err(e) = set_read_ahead(mountpoint, kb) {
             tracing::warn!(error = %e, "could not raise read_ahead_kb; READs stay at 128 KiB");
@@ -153,7 +129,7 @@ impl std::fmt::Debug for MountHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MountHandle")
             .field("mountpoint", &self.mountpoint)
-            .field("workers", &self.workers.len())
+            .field("engine", &self.engine)
             .field("mounted", &self.session.is_some())
             .finish()
     }
@@ -165,16 +141,16 @@ impl MountHandle {
         &self.mountpoint
     }
 
-    /// The filesystem's live counters.
-    pub fn stats(&self) -> &Arc<FsStats> {
-        &self.stats
+    /// The FUSE transport serving the mount.
+    pub fn transport(&self) -> Option<TransportKind> {
+        self.engine.as_ref().and_then(Engine::kind)
     }
 
     /// Blocks until the filesystem is unmounted from outside (`umount`,
     /// or [`super::unmount`] from another thread) and the workers exit.
     pub fn wait(mut self) {
-        for w in self.workers.drain(..) {
-            let _ = w.join();
+        if let Some(mut e) = self.engine.take() {
+            e.join();
         }
         // Already unmounted by the kernel; just release the device fd.
         if let Some(mut se) = self.session.take() {
@@ -195,8 +171,8 @@ impl MountHandle {
             }
             let _ = se.wake();
         }
-        for w in self.workers.drain(..) {
-            let _ = w.join();
+        if let Some(mut e) = self.engine.take() {
+            e.join();
         }
     }
 }

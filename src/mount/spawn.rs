@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::control::control_request;
-use super::daemon::{DaemonArgs, LOG_FILE, SOCK_FILE};
+use super::daemon::{LOG_FILE, SOCK_FILE};
+use super::spec::{DaemonSpec, StackPart};
 use super::MountError;
 
 /// The glibc tunable that moves `rep movsb` out of the 128 KiB – 4 MiB copy
@@ -20,11 +21,11 @@ use super::MountError;
 /// caller already set `GLIBC_TUNABLES`.
 pub const GLIBC_TUNABLES: &str = "glibc.cpu.x86_rep_movsb_threshold=4194304";
 
-/// How the daemon process is started.
-#[derive(Clone)]
-pub enum Launcher {
-    /// `exe <args…> <DaemonArgs::to_args()…>`, detached (new session), stdio to
-    /// `daemon.log`, with extra environment.
+/// How the daemon process is started; `S` is the spec's stack part.
+pub enum Launcher<S> {
+    /// Runs `exe <args…> --spec <image_dir>/daemon.json` (the saved
+    /// [`DaemonSpec`]), detached (new session), stdio to `daemon.log`, with
+    /// extra environment.
     Exec {
         /// The executable (default: the current one).
         exe: PathBuf,
@@ -34,10 +35,23 @@ pub enum Launcher {
         env: Vec<(OsString, OsString)>,
     },
     /// Runs the daemon on a thread of this process (tests, embedding).
-    InProcess(Arc<dyn Fn(DaemonArgs) + Send + Sync>),
+    InProcess(Arc<dyn Fn(DaemonSpec<S>) + Send + Sync>),
 }
 
-impl std::fmt::Debug for Launcher {
+impl<S> Clone for Launcher<S> {
+    fn clone(&self) -> Self {
+        match self {
+            Launcher::Exec { exe, args, env } => Launcher::Exec {
+                exe: exe.clone(),
+                args: args.clone(),
+                env: env.clone(),
+            },
+            Launcher::InProcess(f) => Launcher::InProcess(f.clone()),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Launcher<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Launcher::Exec { exe, args, env } => f
@@ -51,9 +65,9 @@ impl std::fmt::Debug for Launcher {
     }
 }
 
-impl Default for Launcher {
-    /// `current_exe __daemon …`: the CLI dispatches `__daemon` to
-    /// `DaemonArgs::parse` + `run_daemon`.
+impl<S> Default for Launcher<S> {
+    /// `current_exe __daemon --spec <path>`: the CLI reads the spec and
+    /// runs `node::run_daemon`.
     fn default() -> Self {
         Launcher::Exec {
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
@@ -70,14 +84,15 @@ pub(super) fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Starts the daemon for `args` and waits (up to `timeout`) until its mount
-/// shows in `/proc/self/mountinfo` and its control socket answers `ping`.
-pub fn start_daemon(
-    args: &DaemonArgs,
-    launcher: &Launcher,
+/// Writes `spec` to `<image_dir>/daemon.json`, starts the daemon for it and
+/// waits (up to `timeout`) until its mount shows in `/proc/self/mountinfo`
+/// and its control socket answers `ping`.
+pub fn start_daemon<S: StackPart>(
+    spec: &DaemonSpec<S>,
+    launcher: &Launcher<S>,
     timeout: Duration,
 ) -> Result<(), MountError> {
-    let dir = &args.image_dir;
+    let dir = &spec.image_dir;
     std::fs::create_dir_all(dir).map_err(MountError::io("create", dir))?;
     let log = dir.join(LOG_FILE);
     let failed = |reason: String| MountError::DaemonFailed {
@@ -85,6 +100,9 @@ pub fn start_daemon(
         log: log.clone(),
         log_tail: log_tail(&log, 20),
     };
+    // Kept for the daemon's whole life, whichever launcher runs it: enough
+    // to start the same daemon again.
+    let spec_path = spec.save()?;
     let mut child = None;
     match launcher {
         Launcher::Exec {
@@ -100,7 +118,8 @@ pub fn start_daemon(
             let err = out.try_clone().map_err(MountError::io("dup", &log))?;
             let mut cmd = Command::new(exe);
             cmd.args(pre)
-                .args(args.to_args())
+                .arg("--spec")
+                .arg(&spec_path)
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
@@ -129,14 +148,14 @@ pub fn start_daemon(
             child = Some(c);
         }
         Launcher::InProcess(f) => {
-            let (f, a) = (f.clone(), args.clone());
+            let (f, a) = (f.clone(), spec.clone());
             std::thread::Builder::new()
                 .name("clip-daemon".into())
                 .spawn(move || f(a))
                 .map_err(|e| failed(format!("spawn thread: {e}")))?;
         }
     }
-    let mnt = args.mnt();
+    let mnt = spec.mnt();
     let sock = dir.join(SOCK_FILE);
     let deadline = Instant::now() + timeout;
     loop {

@@ -16,7 +16,7 @@ use crate::format::{
 };
 use crate::fuse::{ClipFs, FsConfig};
 
-fn skip_unless_privileged(test: &str) -> bool {
+pub(super) fn skip_unless_privileged(test: &str) -> bool {
     match check_privileges() {
         Ok(()) => false,
         Err(e) => {
@@ -26,6 +26,33 @@ fn skip_unless_privileged(test: &str) -> bool {
     }
 }
 
+/// Held by tests that mount: the test that turns the fuse module's
+/// `enable_uring` off and on again holds it for writing.
+pub(super) static URING_PARAM: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub(super) fn uring_param_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    URING_PARAM.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`serve`] over `transport` (2 workers); checks it is the one in use.
+fn serve_over(mnt: &Path, fs: ClipFs, transport: FuseTransport) -> MountHandle {
+    let opts = ServeOptions {
+        threads: 2,
+        transport: TransportOptions {
+            transport,
+            ..TransportOptions::default()
+        },
+        ..ServeOptions::default()
+    };
+    let h = serve_with(mnt, fs, &opts).unwrap();
+    let want = match transport {
+        FuseTransport::Dev => TransportKind::Dev,
+        _ => TransportKind::Uring,
+    };
+    assert_eq!(h.transport(), Some(want));
+    h
+}
+
 /// Layer bytes held in memory; layer 1 always fails.
 #[derive(Debug)]
 pub(super) struct MemContent(pub Vec<Vec<u8>>);
@@ -33,19 +60,29 @@ pub(super) struct MemContent(pub Vec<Vec<u8>>);
 impl ContentReader for MemContent {
     fn read(&self, layer: u32, offset: u64, buf: &mut [u8]) -> Result<usize, CacheError> {
         if layer == 1 {
-            return Err(CacheError::Other {
+            return Err(CacheError::Source {
                 layer,
-                message: "injected failure".into(),
+                digest: crate::Digest::of(b"bad"),
+                source: crate::source::SourceError::remote(
+                    crate::source::RemoteKind::Transient,
+                    "injected failure",
+                ),
             });
         }
-        let data = self.0.get(layer as usize).ok_or(CacheError::Other {
-            layer,
-            message: "no layer".into(),
-        })?;
+        let data = self
+            .0
+            .get(layer as usize)
+            .ok_or(CacheError::NoSuchLayer { layer })?;
         let start = (offset as usize).min(data.len());
         let n = buf.len().min(data.len() - start);
         buf[..n].copy_from_slice(&data[start..start + n]);
         Ok(n)
+    }
+
+    // Layer 0 is "in memory" (served inline); the failing layer takes the
+    // hand-off path, whose errors must be EIO as well.
+    fn would_block(&self, layer: u32, _offset: u64, _len: u64) -> bool {
+        layer != 0
     }
 }
 
@@ -151,6 +188,7 @@ pub(super) fn image(hex_seed: &str) -> IndexData {
         layers: vec![layer(layer0().len() as u64), layer(100)],
         tree: t,
         profile: None,
+        hints: Vec::new(),
     }
 }
 
@@ -274,27 +312,56 @@ fn cid_validation() {
 }
 
 #[test]
-fn daemon_args_roundtrip() {
-    let a = DaemonArgs {
-        clip_path: "/x/y.clip".into(),
-        image_dir: "/run/clip/images/ab".into(),
-        threads: 3,
-        read_ahead_kb: 1024,
-    };
-    assert_eq!(DaemonArgs::parse(a.to_args()).unwrap(), a);
-    assert!(DaemonArgs::parse(vec!["--bogus".into(), "1".into()]).is_err());
+fn daemon_spec_roundtrip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = DaemonSpec::new(
+        "/x/y.clip".into(),
+        tmp.path().to_path_buf(),
+        (3u32, "stack".to_string()),
+    );
+    let path = a.save().unwrap();
+    assert_eq!(path, tmp.path().join(SPEC_FILE));
+    assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(DaemonSpec::load(&path).unwrap(), a);
+    fs::write(&path, br#"{"version": 1, "bogus": true}"#).unwrap();
+    assert!(matches!(
+        DaemonSpec::<(u32, String)>::load(&path),
+        Err(MountError::BadSpec { .. })
+    ));
+    fs::write(&path, br#"{"version": 99}"#).unwrap();
+    assert!(matches!(
+        DaemonSpec::<(u32, String)>::load(&path),
+        Err(MountError::SpecVersion { found: 99, .. })
+    ));
 }
 
 #[test]
-fn privileged_fuse_metadata_reads_xattrs() {
-    if skip_unless_privileged("privileged_fuse_metadata_reads_xattrs") {
+fn privileged_fuse_metadata_reads_xattrs_dev() {
+    if skip_unless_privileged("privileged_fuse_metadata_reads_xattrs_dev") {
         return;
     }
+    fuse_metadata_reads_xattrs(FuseTransport::Dev);
+}
+
+#[test]
+fn privileged_fuse_metadata_reads_xattrs_uring() {
+    if skip_unless_privileged("privileged_fuse_metadata_reads_xattrs_uring") {
+        return;
+    }
+    fuse_metadata_reads_xattrs(FuseTransport::Uring);
+}
+
+/// Metadata, listings, reads (inline and handed off), errnos, xattrs and
+/// EROFS through a real mount over `transport`.
+fn fuse_metadata_reads_xattrs(transport: FuseTransport) {
+    let _param = uring_param_shared();
     let tmp = tempfile::tempdir().unwrap();
     let clip = write_image(tmp.path(), "meta");
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let h = serve(&mnt, clipfs(&clip), 2).unwrap();
+    let fs = clipfs(&clip);
+    let metrics = fs.metrics().clone();
+    let h = serve_over(&mnt, fs, transport);
     assert_eq!(mount_fstype(&mnt).as_deref(), Some("fuse.clip"));
 
     // Metadata.
@@ -436,17 +503,29 @@ fn privileged_fuse_metadata_reads_xattrs() {
         libc::EROFS
     );
 
-    let st = h.stats().clone();
-    assert!(st.read_errors.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(metrics.counters().fuse_read_errors >= 1);
     h.unmount().unwrap();
     assert!(!is_mounted(&mnt), "still in mountinfo after unmount");
 }
 
 #[test]
-fn privileged_overlay_on_fuse() {
-    if skip_unless_privileged("privileged_overlay_on_fuse") {
+fn privileged_overlay_on_fuse_dev() {
+    if skip_unless_privileged("privileged_overlay_on_fuse_dev") {
         return;
     }
+    overlay_on_fuse(FuseTransport::Dev);
+}
+
+#[test]
+fn privileged_overlay_on_fuse_uring() {
+    if skip_unless_privileged("privileged_overlay_on_fuse_uring") {
+        return;
+    }
+    overlay_on_fuse(FuseTransport::Uring);
+}
+
+fn overlay_on_fuse(transport: FuseTransport) {
+    let _param = uring_param_shared();
     let tmp = tempfile::tempdir().unwrap();
     let clip = write_image(tmp.path(), "ovl");
     let mnt = tmp.path().join("mnt");
@@ -458,7 +537,7 @@ fn privileged_overlay_on_fuse() {
     for d in [&mnt, &upper, &work, &root] {
         fs::create_dir(d).unwrap();
     }
-    let h = serve(&mnt, clipfs(&clip), 2).unwrap();
+    let h = serve_over(&mnt, clipfs(&clip), transport);
     mount_overlay(&mnt, &upper, &work, &root).unwrap();
     let g = OverlayGuard(root.clone());
     assert_eq!(mount_fstype(&root).as_deref(), Some("overlay"));
@@ -526,24 +605,20 @@ fn privileged_overlay_on_fuse() {
     assert!(!is_mounted(&mnt));
 }
 
-fn in_process_launcher() -> Launcher {
-    Launcher::InProcess(Arc::new(|args: DaemonArgs| {
-        let cfg = DaemonConfig {
-            args,
-            content: Box::new(|_| {
-                Ok(Arc::new(MemContent(vec![layer0()])) as Arc<dyn ContentReader>)
-            }),
-            stats: Some(Arc::new(|| serde_json::json!({"plugged": true}))),
-            fs: FsConfig::default(),
-            metrics: None,
-        };
+fn mem_content() -> ContentFactory {
+    Box::new(|_| Ok(Arc::new(MemContent(vec![layer0()])) as Arc<dyn ContentReader>))
+}
+
+fn in_process_launcher() -> Launcher<()> {
+    Launcher::InProcess(Arc::new(|spec: DaemonSpec<()>| {
+        let cfg = DaemonConfig::new(&spec, mem_content());
         if let Err(e) = run_daemon(cfg) {
             eprintln!("daemon: {e}");
         }
     }))
 }
 
-fn request(tmp: &Path, cid: &str, clip: &Path, launcher: Launcher) -> MountRequest {
+fn request(tmp: &Path, cid: &str, clip: &Path, launcher: Launcher<()>) -> MountRequest<()> {
     MountRequest {
         run_dir: tmp.join("run"),
         node_dir: tmp.join("node"),
@@ -576,6 +651,7 @@ fn privileged_daemon_attach_reuse_detach() {
     if skip_unless_privileged("privileged_daemon_attach_reuse_detach") {
         return;
     }
+    let _param = uring_param_shared();
     let tmp = tempfile::tempdir().unwrap();
     let clip = write_image(tmp.path(), "shared");
     let run = tmp.path().join("run");
@@ -605,6 +681,12 @@ fn privileged_daemon_attach_reuse_detach() {
     assert!(!r2.join("only-in-c1").exists());
     let mode = fs::metadata(image_dir.join("control.sock")).unwrap().mode() & 0o777;
     assert_eq!(mode, 0o600);
+    // The spec the daemon was started from stays, enough to start it again.
+    let spec_path = image_dir.join(SPEC_FILE);
+    assert_eq!(fs::metadata(&spec_path).unwrap().mode() & 0o777, 0o600);
+    let spec = DaemonSpec::<()>::load(&spec_path).unwrap();
+    assert_eq!(spec.clip_path, clip.canonicalize().unwrap());
+    assert_eq!(spec.image_dir, image_dir);
     let sock = image_dir.join("control.sock");
     assert_eq!(
         control_request(&sock, "ping", Duration::from_secs(2))
@@ -618,7 +700,15 @@ fn privileged_daemon_attach_reuse_detach() {
             .0,
     )
     .unwrap();
-    assert_eq!(stats["metrics"]["plugged"], true);
+    // The daemon's metrics, labelled with the image and its containers.
+    assert_eq!(
+        stats["metrics"]["labels"]["digest"],
+        crate::Digest::of(b"shared").to_string()
+    );
+    assert_eq!(
+        stats["metrics"]["labels"]["cids"],
+        serde_json::json!(["c1", "c2"])
+    );
     assert!(stats["fs"]["reads"].as_u64().unwrap() >= 1);
     assert!(control_request(&sock, "bogus", Duration::from_secs(2))
         .unwrap()
@@ -667,14 +757,10 @@ fn daemon_child_entry() {
         .skip_while(|a| a != "--")
         .skip(1)
         .collect();
-    let cfg = DaemonConfig {
-        args: DaemonArgs::parse(args).unwrap(),
-        content: Box::new(|_| Ok(Arc::new(MemContent(vec![layer0()])) as Arc<dyn ContentReader>)),
-        stats: None,
-        fs: FsConfig::default(),
-        metrics: None,
-    };
-    run_daemon(cfg).unwrap();
+    assert_eq!(args.len(), 2, "want --spec PATH after --: {args:?}");
+    assert_eq!(args[0], "--spec");
+    let spec = DaemonSpec::<()>::load(Path::new(&args[1])).unwrap();
+    run_daemon(DaemonConfig::new(&spec, mem_content())).unwrap();
 }
 
 #[test]
@@ -682,6 +768,7 @@ fn privileged_killed_daemon_is_cleaned_up() {
     if skip_unless_privileged("privileged_killed_daemon_is_cleaned_up") {
         return;
     }
+    let _param = uring_param_shared();
     let tmp = tempfile::tempdir().unwrap();
     let clip = write_image(tmp.path(), "killed");
     let run = tmp.path().join("run");
@@ -731,9 +818,14 @@ fn privileged_killed_daemon_is_cleaned_up() {
     }
     assert!(!list(&run)[0].daemon_alive);
     // A dead FUSE server: ENOTCONN, or ECONNABORTED once the kernel has
-    // aborted the connection; never a hang or a false answer.
+    // aborted the connection, or (io_uring) ECANCELED for a request that
+    // reached a ring entry of the dead task before the teardown; never a
+    // hang or a false answer.
     let e = errno(fs::metadata(image_dir.join("mnt/never-looked-up")));
-    assert!(e == libc::ENOTCONN || e == libc::ECONNABORTED, "errno {e}");
+    assert!(
+        [libc::ENOTCONN, libc::ECONNABORTED, libc::ECANCELED].contains(&e),
+        "errno {e}"
+    );
     let out = detach_container("k1", &run).unwrap();
     assert!(out.daemon_stopped && out.daemon_was_dead);
     assert!(!is_mounted(&rootfs) && !is_mounted(&image_dir.join("mnt")) && !image_dir.exists());
@@ -747,6 +839,7 @@ fn privileged_allow_other_is_needed() {
     if skip_unless_privileged("privileged_allow_other_is_needed") {
         return;
     }
+    let _param = uring_param_shared();
     if std::process::Command::new("setpriv")
         .arg("--version")
         .output()
@@ -789,7 +882,7 @@ fn privileged_allow_other_is_needed() {
             threads: 1,
             allow_other,
             read_ahead_kb: None,
-            metrics: None,
+            ..ServeOptions::default()
         };
         let h = serve_with(&mnt, clipfs(&clip), &opts).unwrap();
         mount_overlay(&mnt, &upper, &work, &root).unwrap();
@@ -819,6 +912,7 @@ fn privileged_bench_read_throughput() {
     if skip_unless_privileged("privileged_bench_read_throughput") {
         return;
     }
+    let _param = uring_param_shared();
     const SIZE: usize = 512 << 20;
     let tmp = tempfile::tempdir().unwrap();
     let mut data = image("bench");
@@ -852,7 +946,7 @@ fn privileged_bench_read_throughput() {
                     threads,
                     allow_other: false,
                     read_ahead_kb: ra,
-                    metrics: None,
+                    ..ServeOptions::default()
                 },
             )
             .unwrap();

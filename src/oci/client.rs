@@ -9,10 +9,10 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 
 use super::auth::{self, Credentials};
+use super::headers::content_length;
 use super::{OciError, RegistryOptions};
 
 const USER_AGENT: &str = concat!("clip/", env!("CARGO_PKG_VERSION"));
@@ -41,7 +42,59 @@ impl From<OciError> for Failure {
     }
 }
 
-type Http = HyperClient<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type Http = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One request: method, the headers that vary, and a body that is cheap to
+/// send again (after an auth challenge, a redirect or a retry).
+#[derive(Debug, Clone)]
+pub(crate) struct Call<'a> {
+    pub method: Method,
+    pub accept: Option<&'a str>,
+    pub range: Option<&'a str>,
+    /// Other headers: `Content-Type`, `Content-Range`, `If-Match`, ...
+    pub headers: Vec<(HeaderName, String)>,
+    pub body: Bytes,
+}
+
+impl<'a> Call<'a> {
+    /// A GET.
+    pub fn get(accept: Option<&'a str>, range: Option<&'a str>) -> Self {
+        Call {
+            method: Method::GET,
+            accept,
+            range,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// A request without a body.
+    pub fn bare(method: Method) -> Self {
+        Call {
+            method,
+            ..Call::get(None, None)
+        }
+    }
+
+    /// The same with `body` of media type `content_type`.
+    pub fn with_body(mut self, content_type: &str, body: Bytes) -> Self {
+        self.headers
+            .push((header::CONTENT_TYPE, content_type.to_string()));
+        self.body = body;
+        self
+    }
+
+    /// The same with one more header.
+    pub fn with_header(mut self, name: HeaderName, value: String) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Whether the request writes to the registry (the hint of a refusal).
+    fn writes(&self) -> bool {
+        !matches!(self.method, Method::GET | Method::HEAD)
+    }
+}
 
 /// The HTTP client for one repository on one registry.
 pub(crate) struct Client {
@@ -259,23 +312,36 @@ impl Client {
         accept: Option<&str>,
         range: Option<&str>,
     ) -> Result<Response<Incoming>, Failure> {
+        self.call(url, &Call::get(accept, range)).await
+    }
+
+    /// Sends `call` like [`Client::exchange`] sends a GET. A 303 redirect
+    /// turns it into a GET without a body, as browsers do.
+    pub async fn call(&self, url: &Uri, call: &Call<'_>) -> Result<Response<Incoming>, Failure> {
         let mut url = url.clone();
+        let mut call = call.clone();
         let mut authed = false;
         let mut hops = 0;
         loop {
             let same = self.is_registry(&url);
             let sent = if same { self.current_auth() } else { None };
-            let mut b = Request::get(url.clone()).header(header::USER_AGENT, USER_AGENT);
-            if let Some(a) = accept {
+            let mut b = Request::builder()
+                .method(call.method.clone())
+                .uri(url.clone())
+                .header(header::USER_AGENT, USER_AGENT);
+            if let Some(a) = call.accept {
                 b = b.header(header::ACCEPT, a);
             }
-            if let Some(r) = range {
+            if let Some(r) = call.range {
                 b = b.header(header::RANGE, r);
+            }
+            for (k, v) in &call.headers {
+                b = b.header(k, v.as_str());
             }
             if let Some(v) = &sent {
                 b = b.header(header::AUTHORIZATION, v.clone());
             }
-            let req = b.body(Empty::new()).map_err(|e| {
+            let req = b.body(Full::new(call.body.clone())).map_err(|e| {
                 Failure::Fatal(OciError::Protocol {
                     url: show(&url),
                     reason: format!("cannot build request: {e}"),
@@ -288,9 +354,10 @@ impl Client {
                     let headers = resp.headers().clone();
                     self.drain(resp).await;
                     if authed {
+                        let access = if call.writes() { "push" } else { "pull" };
                         let hint = match self.creds.get() {
                             Some(Some(_)) => format!(
-                                "credentials for {} were rejected or lack pull access to {}",
+                                "credentials for {} were rejected or lack {access} access to {}",
                                 self.registry, self.repository
                             ),
                             _ => self.no_creds_hint(),
@@ -309,13 +376,16 @@ impl Client {
                 | StatusCode::TEMPORARY_REDIRECT
                 | StatusCode::PERMANENT_REDIRECT => {
                     hops += 1;
-                    let next = self.redirect_target(&url, resp.headers())?;
+                    let next = self.location(&url, resp.headers())?;
                     self.drain(resp).await;
                     if hops > MAX_REDIRECTS {
                         return Err(Failure::Fatal(OciError::Protocol {
                             url: show(&url),
                             reason: format!("more than {MAX_REDIRECTS} redirects"),
                         }));
+                    }
+                    if status == StatusCode::SEE_OTHER && call.method != Method::HEAD {
+                        call = Call::get(call.accept, call.range);
                     }
                     tracing::debug!(from = %show(&url), to = %show(&next), "following redirect");
                     url = next;
@@ -331,7 +401,7 @@ impl Client {
 
     async fn send(
         &self,
-        req: Request<Empty<Bytes>>,
+        req: Request<Full<Bytes>>,
         url: &Uri,
     ) -> Result<Response<Incoming>, Failure> {
         let host = url.authority().map(|a| a.to_string()).unwrap_or_default();
@@ -363,17 +433,31 @@ impl Client {
         }
     }
 
-    fn redirect_target(&self, from: &Uri, headers: &HeaderMap) -> Result<Uri, Failure> {
+    /// The URL a response's `Location` names (a redirect, an upload
+    /// session), absolute or relative to `from`; plain HTTP only where
+    /// allowed.
+    pub fn location(&self, from: &Uri, headers: &HeaderMap) -> Result<Uri, Failure> {
+        let loc = headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Failure::Fatal(OciError::Protocol {
+                    url: show(from),
+                    reason: "response without a usable Location".into(),
+                })
+            })?;
+        self.resolve(from, loc)
+    }
+
+    /// `loc` (absolute, or an absolute path) relative to `from`; plain
+    /// HTTP only where allowed.
+    pub fn resolve(&self, from: &Uri, loc: &str) -> Result<Uri, Failure> {
         let bad = |reason: &str| {
             Failure::Fatal(OciError::Protocol {
                 url: show(from),
                 reason: reason.to_string(),
             })
         };
-        let loc = headers
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| bad("redirect without a usable Location"))?;
         let target = if loc.starts_with("http://") || loc.starts_with("https://") {
             loc.to_string()
         } else if loc.starts_with('/') && !loc.starts_with("//") {
@@ -384,11 +468,9 @@ impl Client {
                 loc
             )
         } else {
-            return Err(bad("relative redirect Location is not supported"));
+            return Err(bad("a relative Location is not supported"));
         };
-        let uri: Uri = target
-            .parse()
-            .map_err(|_| bad("redirect Location is not a URL"))?;
+        let uri: Uri = target.parse().map_err(|_| bad("Location is not a URL"))?;
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
         if uri.scheme_str() == Some("http") && !self.http_allowed(authority) {
             return Err(Failure::Fatal(OciError::InsecureNotAllowed {
@@ -496,7 +578,7 @@ impl Client {
             v.set_sensitive(true);
             b = b.header(header::AUTHORIZATION, v);
         }
-        let req = b.body(Empty::new()).map_err(|e| {
+        let req = b.body(Full::new(Bytes::new())).map_err(|e| {
             Failure::Fatal(OciError::Protocol {
                 url: show(&uri),
                 reason: e.to_string(),
@@ -632,7 +714,7 @@ impl Client {
     }
 
     /// Reads and drops a small body so the connection can be reused.
-    async fn drain(&self, resp: Response<Incoming>) {
+    pub async fn drain(&self, resp: Response<Incoming>) {
         if content_length(resp.headers()).is_some_and(|n| n > 65536) {
             return;
         }
@@ -684,75 +766,18 @@ impl Client {
     }
 }
 
-/// The `Content-Length` header, if present and numeric.
-pub(crate) fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// A parsed `Content-Range: bytes a-b/total` (`total` may be `*`), or
-/// `bytes */total` (first two `None`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ContentRange {
-    pub first: Option<u64>,
-    pub last: Option<u64>,
-    pub total: Option<u64>,
-}
-
-/// Parses a `Content-Range` header value.
-pub(crate) fn parse_content_range(v: &str) -> Option<ContentRange> {
-    let rest = v.trim().strip_prefix("bytes")?.trim_start();
-    let (range, total) = rest.split_once('/')?;
-    let total = match total.trim() {
-        "*" => None,
-        t => Some(t.parse().ok()?),
-    };
-    if range.trim() == "*" {
-        return Some(ContentRange {
-            first: None,
-            last: None,
-            total,
-        });
-    }
-    let (a, b) = range.trim().split_once('-')?;
-    let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
-    if b < a || total.is_some_and(|t| b >= t) {
-        return None;
-    }
-    Some(ContentRange {
-        first: Some(a),
-        last: Some(b),
-        total,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn loopback_and_ranges() {
+    fn loopback_and_backoff() {
         assert!(is_loopback("127.0.0.1:5000"));
         assert!(is_loopback("127.3.4.5"));
         assert!(is_loopback("localhost:80"));
         assert!(is_loopback("[::1]:5000"));
         assert!(!is_loopback("example.com:5000"));
         assert!(!is_loopback("10.0.0.1"));
-        let r = parse_content_range("bytes 0-4095/44673554").unwrap();
-        assert_eq!(
-            (r.first, r.last, r.total),
-            (Some(0), Some(4095), Some(44673554))
-        );
-        let r = parse_content_range("bytes */100").unwrap();
-        assert_eq!((r.first, r.total), (None, Some(100)));
-        assert!(parse_content_range("bytes 5-4/10").is_none());
-        assert!(parse_content_range("bytes 5-10/10").is_none());
-        assert!(parse_content_range("items 0-1/2").is_none());
-        assert_eq!(parse_content_range("bytes 0-1/*").unwrap().total, None);
         assert!(backoff(40) <= Duration::from_secs(2));
     }
 }

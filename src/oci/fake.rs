@@ -13,8 +13,11 @@ use crate::digest::Digest;
 /// A request as the fake saw it.
 #[derive(Debug, Clone)]
 pub(crate) struct Req {
+    pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// The body (by `Content-Length`).
+    pub body: Vec<u8>,
 }
 
 impl Req {
@@ -115,10 +118,14 @@ pub(crate) fn serve(handler: Handler) -> FakeServer {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
         206 => "Partial Content",
         307 => "Temporary Redirect",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
+        412 => "Precondition Failed",
         416 => "Range Not Satisfiable",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -150,6 +157,7 @@ fn serve_conn(
         if reader.read_line(&mut line)? == 0 {
             return Ok(());
         }
+        let method = line.split_whitespace().next().unwrap_or("GET").to_string();
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let mut headers = Vec::new();
         loop {
@@ -165,7 +173,19 @@ fn serve_conn(
                 headers.push((k.trim().to_string(), v.trim().to_string()));
             }
         }
-        let req = Req { path, headers };
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        std::io::Read::read_exact(&mut reader, &mut body)?;
+        let req = Req {
+            method,
+            path,
+            headers,
+            body,
+        };
         log.lock().unwrap().push(req.clone());
         match handler(&req) {
             Reply::Response {

@@ -15,16 +15,28 @@
 //! Manifests are parsed with small serde types (see `manifest.rs`) that accept
 //! both OCI and Docker schema2 media types; layer media types are passed
 //! through untouched. Credentials never reach logs or error messages.
+//!
+//! Publishing: [`RegistrySource::attach`] uploads an [`Artifact`] (one
+//! file) as an OCI 1.1 artifact manifest whose subject is an image
+//! manifest, [`RegistrySource::referrers`] lists what is attached (the
+//! referrers API, or the `sha256-<hex>` tag schema on registries without
+//! it) and [`RegistrySource::fetch_artifact`] downloads one after checking
+//! its manifest and size, verifying every digest.
 
+mod artifact;
 mod auth;
 mod client;
+mod headers;
 mod layout;
 mod manifest;
 mod reference;
+mod referrers;
 mod registry;
 
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod referrers_tests;
 #[cfg(test)]
 mod tests;
 
@@ -32,14 +44,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::digest::Digest;
-use crate::source::SourceError;
+use crate::source::{RemoteKind, SourceError};
 
+pub use artifact::{
+    newest_first, rfc3339_now, Artifact, Referrer, ReferrersVia, Subject, ANNOTATION_CREATED,
+    ANNOTATION_TITLE, MEDIA_TYPE_EMPTY,
+};
 pub use layout::{open_layout, LayoutSource};
 pub use manifest::{
     MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_INDEX,
     MEDIA_TYPE_OCI_MANIFEST,
 };
 pub use reference::{ImageRef, Platform};
+pub use referrers::{Attached, PulledArtifact};
 pub use registry::RegistrySource;
 
 /// Largest manifest, index, config or token body accepted (8 MiB).
@@ -262,6 +279,14 @@ pub enum OciError {
         /// What is wrong.
         reason: String,
     },
+    /// An artifact attached to an image is not what it should be.
+    #[error("artifact {digest} refused: {reason}")]
+    Artifact {
+        /// The artifact manifest's digest.
+        digest: Digest,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Credentials could not be looked up (never contains secrets).
     #[error("credentials for {registry}: {reason}")]
     Credentials {
@@ -275,11 +300,34 @@ pub enum OciError {
     Setup(String),
 }
 
+impl OciError {
+    /// What kind of remote failure this is (for [`SourceError::Remote`]).
+    pub fn remote_kind(&self) -> RemoteKind {
+        match self {
+            OciError::NotFound { .. } | OciError::BlobNotFound { .. } => RemoteKind::NotFound,
+            OciError::Unauthorized { .. } | OciError::Credentials { .. } => {
+                RemoteKind::Unauthorized
+            }
+            OciError::Timeout { .. } => RemoteKind::Timeout,
+            OciError::UnknownRegistry { .. } | OciError::Connect { .. } => RemoteKind::Unreachable,
+            OciError::Http { status, .. } => match status {
+                401 | 403 => RemoteKind::Unauthorized,
+                404 => RemoteKind::NotFound,
+                408 | 429 | 500..=599 => RemoteKind::Transient,
+                _ => RemoteKind::Permanent,
+            },
+            // A broken or short body: retried, and still broken.
+            OciError::Protocol { .. } => RemoteKind::Transient,
+            _ => RemoteKind::Permanent,
+        }
+    }
+}
+
 impl From<OciError> for SourceError {
     fn from(e: OciError) -> Self {
         match e {
             OciError::BlobNotFound { digest, .. } => SourceError::NotFound { digest },
-            other => SourceError::Remote(other.to_string()),
+            other => SourceError::remote(other.remote_kind(), other),
         }
     }
 }

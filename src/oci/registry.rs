@@ -13,10 +13,11 @@ use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
 use super::client::{self, Client, Failure};
+use super::headers;
 use super::manifest::{self, Descriptor, DocumentStore, MANIFEST_ACCEPT};
 use super::{ImageRef, OciError, Platform, RegistryOptions, ResolvedImage, MAX_DOCUMENT_BYTES};
 use crate::digest::Digest;
-use crate::source::{BlobSource, SourceError};
+use crate::source::{BlobSource, RemoteKind, SourceError};
 
 /// Chunks buffered between the download task and a reader of `open()`.
 const STREAM_CHANNEL_DEPTH: usize = 16;
@@ -77,7 +78,13 @@ impl RegistrySource {
         &self.image
     }
 
-    fn block_on<F: std::future::Future>(&self, f: F) -> Result<F::Output, OciError> {
+    /// The HTTP client (for the other files of `oci`).
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs `f` on the source's runtime; fails inside a runtime.
+    pub(super) fn block_on<F: std::future::Future>(&self, f: F) -> Result<F::Output, OciError> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(in_runtime_error());
         }
@@ -130,18 +137,27 @@ impl DocumentStore for RegistrySource {
 
     fn fetch_config(&self, d: &Descriptor) -> Result<Vec<u8>, OciError> {
         let digest = manifest::desc_digest(d)?;
-        let url = self.blob_url(&digest)?;
+        self.fetch_blob(&digest, &format!("config {digest}"), MAX_DOCUMENT_BYTES)
+    }
+}
+
+impl RegistrySource {
+    /// GETs a whole blob of at most `limit` bytes (`what` names it in
+    /// errors). The caller verifies the digest.
+    pub(super) fn fetch_blob(
+        &self,
+        digest: &Digest,
+        what: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, OciError> {
+        let url = self.blob_url(digest)?;
         let client = &self.client;
         self.block_on(client.retry(async || {
             let resp = client.exchange(&url, None, None).await?;
             match resp.status() {
-                StatusCode::OK => {
-                    client
-                        .read_capped(resp, &url, &format!("config {digest}"), MAX_DOCUMENT_BYTES)
-                        .await
-                }
+                StatusCode::OK => client.read_capped(resp, &url, what, limit).await,
                 StatusCode::NOT_FOUND => Err(Failure::Fatal(OciError::BlobNotFound {
-                    digest,
+                    digest: *digest,
                     repository: format!("{}/{}", client.registry(), client.repository()),
                 })),
                 _ => Err(Failure::Fatal(client.status_error(resp, &url).await)),
@@ -151,7 +167,7 @@ impl DocumentStore for RegistrySource {
 }
 
 /// GETs a manifest by tag or digest: bytes, Content-Type, Docker-Content-Digest.
-async fn get_manifest(
+pub(super) async fn get_manifest(
     client: &Client,
     reference: &str,
 ) -> Result<(Vec<u8>, Option<String>, Option<String>), OciError> {
@@ -215,7 +231,7 @@ async fn read_range(
         .headers()
         .get(header::CONTENT_RANGE)
         .and_then(|v| v.to_str().ok())
-        .map(client::parse_content_range);
+        .map(headers::parse_content_range);
     match status {
         StatusCode::PARTIAL_CONTENT => {
             let cr = content_range.flatten().ok_or_else(|| {
@@ -249,7 +265,7 @@ async fn read_range(
         StatusCode::OK => {
             // The server ignored Range: skip to the offset in the full body.
             tracing::debug!(url = %client::show(url), "server ignored Range; skipping");
-            let total = client::content_length(resp.headers());
+            let total = headers::content_length(resp.headers());
             let mut pos = 0u64;
             let mut got = 0usize;
             let mut body = resp.into_body();
@@ -308,6 +324,24 @@ impl BlobSource for RegistrySource {
         }
     }
 
+    /// `connections` concurrent one-byte GETs of `digest`: HTTP/1.1 opens a
+    /// connection per request in flight, and the pool keeps them for the
+    /// reads that follow.
+    fn warm_up(&self, digest: &Digest, connections: usize) {
+        let Ok(url) = self.blob_url(digest) else {
+            return;
+        };
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..connections {
+            let (client, url, digest) = (self.client.clone(), url.clone(), *digest);
+            set.spawn(async move {
+                let mut byte = [0u8; 1];
+                read_range(&client, &url, &digest, 0, &mut byte).await
+            });
+        }
+        let _ = self.block_on(set.join_all());
+    }
+
     fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, SourceError> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(in_runtime_error().into());
@@ -325,9 +359,10 @@ impl BlobSource for RegistrySource {
                 _runtime: self.runtime.clone(),
             })),
             Some(Msg::Failed(e)) => Err(e.into()),
-            _ => Err(SourceError::Remote(format!(
-                "download of blob {digest} ended before it started"
-            ))),
+            _ => Err(SourceError::remote(
+                RemoteKind::Transient,
+                format!("download of blob {digest} ended before it started"),
+            )),
         }
     }
 }
@@ -394,7 +429,7 @@ async fn stream_once(
                 .headers()
                 .get(header::CONTENT_RANGE)
                 .and_then(|v| v.to_str().ok())
-                .and_then(client::parse_content_range)
+                .and_then(headers::parse_content_range)
                 .and_then(|c| c.first);
             if first != Some(*received) {
                 return Err(Failure::Fatal(OciError::Protocol {

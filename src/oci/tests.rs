@@ -313,14 +313,14 @@ fn connect(server: &FakeServer, repo_tag: &str, o: &RegistryOptions) -> Registry
 static ENV_LOCK: Mutex<()> = Mutex::new(());
 
 /// Points every credential location into a temp dir (restored on drop).
-struct AuthEnv {
+pub(super) struct AuthEnv {
     _lock: MutexGuard<'static, ()>,
     dir: tempfile::TempDir,
     saved: Vec<(&'static str, Option<OsString>)>,
 }
 
 impl AuthEnv {
-    fn new(auth_json: Option<serde_json::Value>) -> AuthEnv {
+    pub(super) fn new(auth_json: Option<serde_json::Value>) -> AuthEnv {
         let lock = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let mut saved = Vec::new();
@@ -429,8 +429,10 @@ fn fake_requires_accept_header() {
     // The fake behaves like distribution 2.8: no Accept → 404.
     let img = make_image("a/b");
     let req = Req {
+        method: "GET".into(),
         path: format!("/v2/a/b/manifests/{}", img.manifest_digest),
         headers: vec![],
+        body: vec![],
     };
     match img.reg.handle(&req) {
         Reply::Response { status, body, .. } => {
@@ -1194,7 +1196,9 @@ fn errors_map_to_source_errors() {
         detail: String::new(),
     }
     .into();
-    assert!(matches!(e, SourceError::Remote(ref m) if m.contains("502")));
+    assert!(
+        matches!(e, SourceError::Remote { kind: RemoteKind::Transient, .. } if e.to_string().contains("502"))
+    );
 }
 
 // ---------------------------------------------------------------- real registry

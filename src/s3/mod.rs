@@ -28,7 +28,7 @@ use tokio::runtime::Runtime;
 pub use writer::S3Writer;
 
 use crate::object::ObjectRead;
-use crate::source::SourceError;
+use crate::source::{RemoteKind, SourceError};
 
 /// Bytes fetched by the first GET of an object: an archive's header and,
 /// usually, its whole index, so opening it costs one request.
@@ -88,7 +88,14 @@ pub enum S3Error {
 
 impl From<S3Error> for SourceError {
     fn from(e: S3Error) -> Self {
-        SourceError::Remote(e.to_string())
+        let kind = match &e {
+            S3Error::NoSuchBucket { .. } | S3Error::NoSuchKey { .. } => RemoteKind::NotFound,
+            S3Error::NoCredentials | S3Error::AccessDenied { .. } => RemoteKind::Unauthorized,
+            S3Error::Unreachable { .. } => RemoteKind::Unreachable,
+            S3Error::Request { .. } => RemoteKind::Transient,
+            S3Error::InvalidUrl(_) | S3Error::Config(_) => RemoteKind::Permanent,
+        };
+        SourceError::remote(kind, e)
     }
 }
 

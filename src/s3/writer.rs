@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::{S3Client, S3Error};
 use crate::object::ObjectWrite;
-use crate::source::SourceError;
+use crate::source::{RemoteKind, SourceError};
 
 /// Size of the first parts; S3 wants at least 5 MiB for all but the last.
 const PART: usize = 8 << 20;
@@ -75,7 +75,12 @@ impl S3Writer {
         let part = self
             .client
             .block_on(handle)?
-            .map_err(|e| SourceError::Remote(format!("{}: part upload: {e}", self.client.url)))?
+            .map_err(|e| {
+                SourceError::remote(
+                    RemoteKind::Transient,
+                    format!("{}: part upload: {e}", self.client.url),
+                )
+            })?
             .map_err(|e| self.err(e))?;
         self.parts[slot] = Some(part);
         Ok(())
@@ -158,7 +163,10 @@ impl ObjectWrite for S3Writer {
     fn finish(mut self: Box<Self>, front: &[u8]) -> Result<u64, SourceError> {
         if front.len() as u64 != self.front_len {
             self.abort_upload();
-            return Err(SourceError::Remote("front length changed".into()));
+            return Err(SourceError::remote(
+                RemoteKind::Permanent,
+                "front length changed",
+            ));
         }
         self.first[..front.len()].copy_from_slice(front);
         let first = Bytes::from(std::mem::take(&mut self.first));

@@ -1,9 +1,11 @@
 //! The entry record handed to callers of [`super::read_entries`].
 
+use super::SparseSegment;
+
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EntryKind {
-    /// Regular file (type `0`, NUL, or `7` contiguous).
+    /// Regular file (type `0`, NUL, `7` contiguous, or `S` GNU sparse).
     File,
     /// Directory (type `5`, GNU dumpdir `D`, or a v7 regular entry whose
     /// name ends in `/`).
@@ -39,11 +41,18 @@ pub struct Entry {
     pub mtime: i64,
     /// Nanoseconds of the modification time (from a fractional PAX `mtime`).
     pub mtime_nsec: u32,
-    /// Data size for regular files; 0 for every other kind.
+    /// Data size for regular files (a sparse file's real size, holes
+    /// included); 0 for every other kind.
     pub size: u64,
     /// Offset of the first data byte in the uncompressed tar stream (just
-    /// past the entry's header block, also for entries without data).
+    /// past the entry's header block, also for entries without data; for a
+    /// sparse file, past its map).
     pub data_offset: u64,
+    /// A GNU sparse file's data runs, sorted by file offset and stored one
+    /// after the other from `data_offset`; the rest of the file is holes.
+    /// `None` for a plain file (`size` bytes at `data_offset`); empty for a
+    /// file that is all hole.
+    pub sparse: Option<Vec<SparseSegment>>,
     /// Symlink target verbatim; hard link target normalised like `path`;
     /// empty otherwise.
     pub link_target: Vec<u8>,

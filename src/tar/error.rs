@@ -68,14 +68,16 @@ pub enum TarError {
         /// What is wrong (`".." component`, `NUL byte`, …).
         reason: &'static str,
     },
-    /// The entry is a GNU sparse file (type `S` or PAX `GNU.sparse.*`),
-    /// which is not supported.
-    #[error("tar: sparse file {path:?} at offset {offset} is not supported")]
-    Sparse {
+    /// A GNU sparse file (type `S` or PAX `GNU.sparse.*`) whose map is
+    /// malformed or does not fit its data.
+    #[error("tar: sparse file {path:?} at offset {offset}: {reason}")]
+    BadSparse {
         /// The entry's path.
         path: String,
         /// Offset of the entry's header block.
         offset: u64,
+        /// What is wrong (`"sparse segments overlap or are not sorted"`, …).
+        reason: &'static str,
     },
     /// The entry has a type flag this reader does not know how to represent.
     #[error("tar: entry {path:?} at offset {offset} has unsupported type {typeflag:?}")]

@@ -4,7 +4,8 @@
 //!
 //! A small self-contained parser (v7, ustar, GNU long names/links, PAX with
 //! fractional mtime, sizes over 8 GiB and `SCHILY.xattr.*`, base-256 numeric
-//! fields). It reads with bounded memory (extension members are capped at
+//! fields, GNU sparse files in all four dialects: see `sparse.rs`). It reads
+//! with bounded memory (extension members and sparse maps are capped at
 //! [`MAX_META_SIZE`]), never seeks, and drains its input to EOF so a digest
 //! computed underneath (see [`crate::digest`]) covers the whole layer.
 //! Neighbours: fed by [`crate::gzip`] (or a raw tar blob), consumed by
@@ -15,13 +16,18 @@ mod error;
 mod header;
 mod pax;
 mod reader;
+mod sparse;
 
 pub use entry::{Entry, EntryKind};
 pub use error::TarError;
 pub use reader::read_entries;
+pub use sparse::SparseSegment;
 
-/// Largest accepted PAX header or GNU long name/link member (1 MiB).
+/// Largest accepted PAX header, GNU long name/link member or sparse map
+/// (1 MiB).
 pub const MAX_META_SIZE: u64 = 1 << 20;
 
+#[cfg(test)]
+mod sparse_tests;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! PAX extended header records (`"<len> <key>=<value>\n"`), reduced to the
 //! keys this crate uses.
 
+use super::sparse::PaxSparse;
 use super::TarError;
 
 /// The PAX keys that matter to us, from one `x` header.
@@ -21,8 +22,8 @@ pub(crate) struct Pax {
     /// `SCHILY.xattr.<name>` records, in record order (later duplicates win
     /// when sorted by the caller).
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Whether any `GNU.sparse.*` key was present.
-    pub sparse: bool,
+    /// The `GNU.sparse.*` records (a GNU sparse file, PAX 0.0, 0.1 or 1.0).
+    pub sparse: PaxSparse,
 }
 
 fn bad(offset: u64, reason: &'static str) -> TarError {
@@ -117,8 +118,8 @@ pub(crate) fn parse(mut data: &[u8], offset: u64) -> Result<Pax, TarError> {
             _ => {
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     pax.xattrs.push((name.to_vec(), value.to_vec()));
-                } else if key.starts_with(b"GNU.sparse.") {
-                    pax.sparse = true;
+                } else if let Some(k) = key.strip_prefix(b"GNU.sparse.") {
+                    pax.sparse.record(k, value).map_err(|r| bad(offset, r))?;
                 }
             }
         }
@@ -156,6 +157,7 @@ mod tests {
         // Value may contain '=', '\n' and NUL: the length delimits it.
         let p = parse(b"24 SCHILY.xattr.a=x=\n\0y\n", 0).unwrap();
         assert_eq!(p.xattrs, vec![(b"a".to_vec(), b"x=\n\0y".to_vec())]);
-        assert!(parse(b"20 GNU.sparse.map=1\n", 0).unwrap().sparse);
+        assert!(parse(b"20 GNU.sparse.map=1\n", 0).unwrap().sparse.any);
+        assert!(parse(b"25 GNU.sparse.numbytes=1\n", 0).is_err());
     }
 }

@@ -5,6 +5,7 @@ use std::io::{self, Read};
 
 use super::header::{self, BLOCK};
 use super::pax::{self, Pax};
+use super::sparse::{self, Dialect, Map1, MAX_EXT_BLOCKS};
 use super::{Entry, EntryKind, TarError, MAX_META_SIZE};
 
 /// Size of the scratch buffer used to skip file data.
@@ -164,6 +165,71 @@ fn normalise(raw: &[u8], offset: u64) -> Result<Vec<u8>, TarError> {
     Ok(out)
 }
 
+/// Reads the extension blocks of an old-GNU sparse header `block` (at
+/// stream `offset`); returns its `(offset, numbytes)` pairs and real size.
+fn read_old_gnu_map<R: Read>(
+    c: &mut Counting<R>,
+    block: &[u8; 512],
+    offset: u64,
+    bad: &dyn Fn(&'static str) -> TarError,
+) -> Result<(Vec<(u64, u64)>, u64), TarError> {
+    let sparse::OldGnuHeader {
+        mut pairs,
+        real_size,
+        extended: mut more,
+    } = sparse::old_gnu_header(block).map_err(bad)?;
+    let mut blocks = 0u64;
+    while more {
+        blocks += 1;
+        if blocks > MAX_EXT_BLOCKS {
+            return Err(TarError::MetaTooLarge {
+                offset,
+                what: "GNU sparse map",
+                size: blocks * BLOCK,
+                limit: MAX_META_SIZE,
+            });
+        }
+        let ext = c.read_block()?.ok_or(TarError::Truncated {
+            offset: c.pos,
+            needed: BLOCK,
+        })?;
+        more = sparse::old_gnu_extension(&ext, &mut pairs).map_err(bad)?;
+    }
+    Ok((pairs, real_size))
+}
+
+/// Reads the PAX 1.0 sparse map that opens a member of `data_len` bytes
+/// (header at stream `offset`); returns its pairs and its length in the
+/// stream (whole blocks).
+fn read_map_1_0<R: Read>(
+    c: &mut Counting<R>,
+    data_len: u64,
+    offset: u64,
+    bad: &dyn Fn(&'static str) -> TarError,
+) -> Result<(Vec<(u64, u64)>, u64), TarError> {
+    let mut map = Map1::default();
+    loop {
+        if map.len() >= MAX_META_SIZE {
+            return Err(TarError::MetaTooLarge {
+                offset,
+                what: "PAX 1.0 sparse map",
+                size: map.len() + BLOCK,
+                limit: MAX_META_SIZE,
+            });
+        }
+        if map.len() + BLOCK > data_len {
+            return Err(bad("PAX 1.0 sparse map runs past the entry's data"));
+        }
+        let block = c.read_block()?.ok_or(TarError::Truncated {
+            offset: c.pos,
+            needed: BLOCK,
+        })?;
+        if let Some(pairs) = map.feed(&block).map_err(bad)? {
+            return Ok((pairs, map.len()));
+        }
+    }
+}
+
 /// Extension headers seen since the last real entry.
 #[derive(Default)]
 struct Pending {
@@ -245,26 +311,29 @@ pub fn read_entries<R: Read>(
             _ => {}
         }
         let ext = std::mem::take(&mut pending);
-        let pax = ext.pax.unwrap_or_default();
-        let raw_path = pax.path.or(ext.long_name).unwrap_or(h.name);
+        let mut pax = ext.pax.unwrap_or_default();
+        // PAX 0.1 and 1.0 keep the real name out of the ustar header.
+        let sparse_name = pax.sparse.name.take();
+        let raw_path = sparse_name.or(pax.path).or(ext.long_name).unwrap_or(h.name);
         let raw_link = pax.linkpath.or(ext.long_link).unwrap_or(h.linkname);
+        // Bytes of member data following the header (or, for old-GNU sparse
+        // files, following its extension blocks) in the stream.
         let size = pax.size.unwrap_or(h.size);
+        let bad_sparse = |reason| TarError::BadSparse {
+            path: lossy(&raw_path),
+            offset,
+            reason,
+        };
 
         let kind = match h.typeflag {
             b'0' | 0 | b'7' if raw_path.ends_with(b"/") => EntryKind::Dir,
-            b'0' | 0 | b'7' => EntryKind::File,
+            b'0' | 0 | b'7' | b'S' => EntryKind::File,
             b'1' => EntryKind::Hardlink,
             b'2' => EntryKind::Symlink,
             b'3' => EntryKind::CharDev,
             b'4' => EntryKind::BlockDev,
             b'5' | b'D' => EntryKind::Dir,
             b'6' => EntryKind::Fifo,
-            b'S' => {
-                return Err(TarError::Sparse {
-                    path: lossy(&raw_path),
-                    offset,
-                })
-            }
             other => {
                 return Err(TarError::UnsupportedType {
                     path: lossy(&raw_path),
@@ -273,16 +342,45 @@ pub fn read_entries<R: Read>(
                 })
             }
         };
-        if pax.sparse {
-            return Err(TarError::Sparse {
-                path: lossy(&raw_path),
-                offset,
-            });
-        }
-        // Bytes of member data following the header in the stream.
         let data_len = match h.typeflag {
-            b'0' | 0 | b'7' | b'D' => size,
+            b'0' | 0 | b'7' | b'D' | b'S' => size,
             _ => 0,
+        };
+        let dialect = if h.typeflag == b'S' {
+            Some(Dialect::OldGnu)
+        } else {
+            pax.sparse.dialect().map_err(bad_sparse)?
+        };
+        // Member data already read (a PAX 1.0 map).
+        let mut consumed = 0u64;
+        let (size, sparse) = match dialect {
+            None => (size, None),
+            Some(_) if kind != EntryKind::File => {
+                return Err(bad_sparse("sparse entry is not a regular file"))
+            }
+            Some(dialect) => {
+                let (pairs, real_size) = match dialect {
+                    Dialect::OldGnu => read_old_gnu_map(&mut c, &block, offset, &bad_sparse)?,
+                    Dialect::Pax0(pairs) => (
+                        pairs,
+                        pax.sparse
+                            .size
+                            .ok_or_else(|| bad_sparse("sparse file without GNU.sparse.size"))?,
+                    ),
+                    Dialect::Pax1 => {
+                        let real_size = pax
+                            .sparse
+                            .size
+                            .ok_or_else(|| bad_sparse("sparse file without GNU.sparse.realsize"))?;
+                        let (pairs, map_len) = read_map_1_0(&mut c, data_len, offset, &bad_sparse)?;
+                        consumed = map_len;
+                        (pairs, real_size)
+                    }
+                };
+                let segments = sparse::segments(&pairs, real_size, data_len - consumed, c.pos)
+                    .map_err(bad_sparse)?;
+                (real_size, Some(segments))
+            }
         };
 
         let path = normalise(&raw_path, offset)?;
@@ -332,6 +430,7 @@ pub fn read_entries<R: Read>(
             mtime_nsec,
             size: if kind == EntryKind::File { size } else { 0 },
             data_offset: c.pos,
+            sparse,
             link_target,
             rdev_major: if is_dev {
                 num(h.devmajor, "devmajor")?
@@ -346,12 +445,13 @@ pub fn read_entries<R: Read>(
             xattrs: xattrs.into_iter().collect(),
         };
         f(entry)?;
-        let total = data_len
-            .checked_add(padding(data_len))
-            .ok_or(TarError::BadNumber {
-                offset,
-                field: "size",
-            })?;
+        let total =
+            (data_len - consumed)
+                .checked_add(padding(data_len))
+                .ok_or(TarError::BadNumber {
+                    offset,
+                    field: "size",
+                })?;
         c.skip(total)?;
     }
     c.drain()?;

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: the clipctl binary, the test
 //! registry and test bed set up by `scripts/test.sh`, skip rules.
 
+pub mod proxy;
 pub mod s3;
 
 use std::collections::{BTreeMap, HashMap};
@@ -45,6 +46,20 @@ pub fn privileged() -> Result<(), &'static str> {
         return Err("no /dev/fuse");
     }
     Ok(())
+}
+
+/// The test registry if privileged tests can run here; otherwise prints why
+/// the test is skipped (like `require!`).
+pub fn privileged_registry() -> Option<String> {
+    if let Err(why) = privileged() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let reg = registry();
+    if reg.is_none() {
+        eprintln!("skipped: CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
+    }
+    reg
 }
 
 /// Skips the calling test (with a printed reason) unless `$cond` is `Some`/`Ok`.
@@ -105,12 +120,18 @@ pub fn put_blob(dir: &std::path::Path, data: &[u8]) -> String {
 
 /// A gzip'ed layer from an uncompressed tar.
 pub fn gzip_layer(tar: &[u8]) -> TestLayer {
-    use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
-    enc.write_all(tar).unwrap();
     TestLayer {
         media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-        blob: enc.finish().unwrap(),
+        blob: clip::testutil::gzip(tar, 6),
+        diff_id: format!("sha256:{}", sha256_hex(tar)),
+    }
+}
+
+/// An uncompressed tar layer.
+pub fn tar_layer(tar: &[u8]) -> TestLayer {
+    TestLayer {
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        blob: tar.to_vec(),
         diff_id: format!("sha256:{}", sha256_hex(tar)),
     }
 }
@@ -210,6 +231,34 @@ pub type LinkGroups<K> = HashMap<K, Vec<Vec<u8>>>;
 
 /// Path (`/a/b`) → entry.
 pub type Tree = BTreeMap<Vec<u8>, Entry>;
+
+/// Asserts two walks hold the same paths with the same entries (`what`
+/// names the image in messages).
+pub fn assert_same_tree(got: &Tree, want: &Tree, what: &str) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}: path sets differ"
+    );
+    for (path, w) in want {
+        assert_eq!(&got[path], w, "{what}: {}", String::from_utf8_lossy(path));
+    }
+}
+
+/// The hard link groups of a walk (two names or more), sorted, for comparing
+/// two trees whatever their inode numbers.
+pub fn link_groups<K>(m: LinkGroups<K>) -> Vec<Vec<Vec<u8>>> {
+    let mut v: Vec<_> = m
+        .into_values()
+        .filter(|g| g.len() > 1)
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect();
+    v.sort();
+    v
+}
 
 /// Walks a directory tree (an unpacked rootfs or a mount): path → entry, and
 /// (dev, ino) → names for hard link groups.
@@ -314,6 +363,8 @@ pub struct Dirs {
     pub tmp: tempfile::TempDir,
     /// Containers mounted so far (unmounted on drop).
     pub cids: Vec<String>,
+    /// `--fuse-transport` of every mount (None: the default, auto).
+    pub transport: Option<&'static str>,
 }
 
 impl Dirs {
@@ -322,7 +373,15 @@ impl Dirs {
         Dirs {
             tmp: tempdir(),
             cids: Vec::new(),
+            transport: None,
         }
+    }
+
+    /// Fresh dirs whose mounts use FUSE transport `t` (`dev`, `uring`).
+    pub fn over(t: &'static str) -> Self {
+        let mut d = Dirs::new();
+        d.transport = Some(t);
+        d
     }
     /// `--run-dir` of this test.
     pub fn run_dir(&self) -> PathBuf {
@@ -334,6 +393,14 @@ impl Dirs {
     }
     /// `clipctl mount --cid` with this test's dirs; returns the rootfs.
     pub fn mount(&mut self, cid: &str, extra: &[&str]) -> Result<PathBuf, String> {
+        let o = self.mount_output(cid, extra);
+        if !o.status.success() {
+            return Err(stderr(&o));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    }
+    /// `clipctl mount --cid` with this test's dirs; its whole output.
+    pub fn mount_output(&mut self, cid: &str, extra: &[&str]) -> Output {
         let (r, n) = (self.run_dir(), self.node_dir());
         let mut args = vec![
             "mount",
@@ -344,13 +411,26 @@ impl Dirs {
             "--node-dir",
             n.to_str().unwrap(),
         ];
+        if let Some(t) = self.transport {
+            args.extend(["--fuse-transport", t]);
+        }
         args.extend_from_slice(extra);
         let o = run(&args);
-        if !o.status.success() {
-            return Err(stderr(&o));
+        if o.status.success() {
+            self.cids.push(cid.to_string());
         }
-        self.cids.push(cid.to_string());
-        Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        o
+    }
+    /// `clipctl ps --json` of this test's run dir.
+    pub fn ps(&self) -> serde_json::Value {
+        let o = run(&[
+            "ps",
+            "--json",
+            "--run-dir",
+            self.run_dir().to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
     }
     /// `clipctl umount --cid` with this test's run dir.
     pub fn umount(&self, cid: &str) -> Output {
@@ -362,6 +442,25 @@ impl Dirs {
             self.run_dir().to_str().unwrap(),
         ])
     }
+    /// The FUSE transport the daemon of container `cid` serves with, from
+    /// `clipctl ps --json`.
+    pub fn transport_of(&self, cid: &str) -> Option<String> {
+        let o = run(&[
+            "ps",
+            "--json",
+            "--run-dir",
+            self.run_dir().to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_array()?
+            .iter()
+            .find(|c| c["cid"] == cid)?
+            .get("fuse_transport")?
+            .as_str()
+            .map(str::to_string)
+    }
+
     /// Lines of /proc/self/mountinfo under this test's dirs.
     pub fn mounts_left(&self) -> Vec<String> {
         let base = self.tmp.path().to_string_lossy().into_owned();
@@ -382,6 +481,16 @@ impl Drop for Dirs {
     }
 }
 
+/// `clipctl index --layout DIR:latest --out OUT (extra…)`; returns OUT.
+pub fn index_layout(layout: &Path, out: &Path, extra: &[&str]) -> PathBuf {
+    let spec = format!("{}:latest", layout.display());
+    let mut args = vec!["index", "--layout", &spec, "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out.to_path_buf()
+}
+
 /// `clipctl index --image reference` into `dir/image.clip`; returns its path.
 pub fn index_image(dir: &Path, reference: &str) -> PathBuf {
     let out = dir.join("image.clip");
@@ -394,4 +503,82 @@ pub fn index_image(dir: &Path, reference: &str) -> PathBuf {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     out
+}
+
+/// A private copy of a test image ([`private_copy`]); removed from the
+/// registry (the image manifest, what is attached to it and the tag schema
+/// index) on drop, best effort.
+#[derive(Debug)]
+pub struct PrivateImage {
+    /// `registry/repo:latest`.
+    pub reference: String,
+}
+
+impl Drop for PrivateImage {
+    fn drop(&mut self) {
+        let Some((registry, rest)) = self.reference.split_once('/') else {
+            return;
+        };
+        let repo = rest.trim_end_matches(":latest");
+        let base = format!("http://{registry}/v2/{repo}/manifests");
+        let accept = "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
+        let curl = |args: &[&str]| {
+            Command::new("curl")
+                .args(["-fsS", "-H", accept])
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        };
+        let digest_of = |url: &str| {
+            curl(&["-I", url])?.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("docker-content-digest:")
+                    .map(|d| d.trim().to_string())
+            })
+        };
+        let Some(image) = digest_of(&format!("{base}/latest")) else {
+            return;
+        };
+        let tag = format!("{base}/sha256-{}", image.trim_start_matches("sha256:"));
+        let mut doomed: Vec<String> = curl(&[&tag])
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                let list = v["manifests"].as_array()?.iter();
+                Some(
+                    list.filter_map(|m| m["digest"].as_str().map(str::to_string))
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
+        doomed.extend(digest_of(&tag));
+        doomed.push(image);
+        for d in doomed {
+            let _ = curl(&["-o", "/dev/null", "-X", "DELETE", &format!("{base}/{d}")]);
+        }
+    }
+}
+
+/// Copies test image `name` of the registry into a repository of its own
+/// (same manifest digest, blobs mounted across repositories), so that what
+/// a test attaches to it is seen by that test alone.
+pub fn private_copy(registry: &str, name: &str) -> PrivateImage {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let to = format!("{registry}/clip/{name}-{}-{n}:latest", std::process::id());
+    let o = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("docker://{}", image_ref(registry, name)))
+        .arg(format!("docker://{to}"))
+        .output()
+        .expect("skopeo (scripts/install-deps.sh installs it)");
+    assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
+    PrivateImage { reference: to }
 }

@@ -6,7 +6,8 @@
 //! `tar_entries` seeds). Seeds are capped at 1 MiB (big ones are truncated,
 //! big `.clip` files skipped: a truncated index is only a header check).
 //! Run via `cargo run --features gen --bin generate_corpus` (see
-//! `scripts/fuzz-smoke.sh`).
+//! `scripts/fuzz-smoke.sh`). The sparse-file `tar_entries` seeds are
+//! written by GNU tar itself, one per sparse dialect.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use clip::format::{
     write_index, AccessProfile, Checkpoint, Chunk, DataRef, ImageMeta, IndexData, Layer, LayerKind,
-    Node, NodeKind, ProfileRange, Tree, WriteOptions, PROFILE_VERSION,
+    Node, NodeKind, ProfileRange, SparseSegment, Tree, WriteOptions, PROFILE_VERSION,
 };
 use clip::gzip::{IndexerConfig, ZranReader};
 use clip::Digest;
@@ -141,6 +142,40 @@ fn tar_seeds(out: &mut Out) {
     out.put("one-file", &one);
 }
 
+/// GNU tar archives of two small sparse files (6 runs: more than an old-GNU
+/// header holds; and all hole) in each of its four sparse dialects.
+fn sparse_tar_seeds(out: &mut Out) {
+    use std::os::unix::fs::FileExt;
+    let dir = std::env::temp_dir().join(format!("clip-fuzz-sparse-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("temp dir");
+    let f = fs::File::create(dir.join("runs")).unwrap();
+    f.set_len(64 << 10).unwrap();
+    for i in 0..6u64 {
+        f.write_all_at(format!("run {i}").as_bytes(), i * 10_000 + 4096)
+            .unwrap();
+    }
+    fs::File::create(dir.join("hole"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    for (name, args) in [
+        ("gnu", &["--format=gnu"][..]),
+        ("pax-0.0", &["--format=posix", "--sparse-version=0.0"]),
+        ("pax-0.1", &["--format=posix", "--sparse-version=0.1"]),
+        ("pax-1.0", &["--format=posix", "--sparse-version=1.0"]),
+    ] {
+        let o = std::process::Command::new("tar")
+            .current_dir(&dir)
+            .args(args)
+            .args(["--sparse", "-cf", "-", "runs", "hole"])
+            .output()
+            .expect("GNU tar");
+        assert!(o.status.success(), "tar {args:?}");
+        out.put(&format!("sparse-{name}"), &o.stdout);
+    }
+    fs::remove_dir_all(&dir).ok();
+}
+
 fn index_seeds(out: &mut Out) {
     out.put(
         "root-only",
@@ -210,6 +245,30 @@ fn index_seeds(out: &mut Out) {
     child(&mut nodes, etc, "null", d);
     let usr = child(&mut nodes, 0, "usr", Node::new(NodeKind::Dir));
     // Enough inodes (> 4 KiB of records) for the zstd section path.
+    // A sparse file (two runs in the tar layer) and an all-hole one.
+    let mut sp = Node::new(NodeKind::File);
+    sp.size = 1 << 20;
+    sp.data = Some(DataRef {
+        layer: 1,
+        offset: 1024,
+    });
+    sp.sparse = Some(vec![
+        SparseSegment {
+            file_offset: 4096,
+            len: 512,
+            layer_offset: 1024,
+        },
+        SparseSegment {
+            file_offset: 900_000,
+            len: 100,
+            layer_offset: 1536,
+        },
+    ]);
+    child(&mut nodes, 0, "sparse", sp);
+    let mut hole = Node::new(NodeKind::File);
+    hole.size = 1 << 30;
+    hole.sparse = Some(Vec::new());
+    child(&mut nodes, 0, "hole", hole);
     for i in 0..120 {
         let mut f = Node::new(NodeKind::File);
         f.size = i * 100;
@@ -263,6 +322,7 @@ fn main() {
     let mut gz = Out::new(&corpus, "gzip_index");
     index_seeds(&mut fmt);
     tar_seeds(&mut tar);
+    sparse_tar_seeds(&mut tar);
     gzip_seeds(&mut gz);
     for extra in args {
         let stem = extra
