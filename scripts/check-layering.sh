@@ -33,8 +33,8 @@ for mod in "${!allowed[@]}"; do
   [ "${#files[@]}" -eq 0 ] && { echo "layering: no files for module $mod"; bad=1; continue; }
   # file:line:text of every non-comment line naming crate::, one per path.
   while IFS=: read -r file line text; do
-    for dep in $(grep -oE 'crate::(\{[^}]*\}|[A-Za-z_]+)' <<<"$text" \
-        | sed -E 's/^crate:://; s/[{}]//g; s/::[A-Za-z_:]*//g; s/,/ /g'); do
+    for dep in $(grep -oE 'crate::(\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)' <<<"$text" \
+        | sed -E 's/^crate:://; s/[{}]//g; s/::[A-Za-z0-9_:]*//g; s/,/ /g'); do
       dep="${root[$dep]:-$dep}"
       [[ "$dep" == self ]] && continue
       if [[ "$ok" != *" $dep "* ]]; then

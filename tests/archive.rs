@@ -59,7 +59,7 @@ fn full(root: &Path) -> Full {
     }
 }
 
-fn assert_same_tree(got: &Path, want: &Path) {
+pub(crate) fn assert_same_tree(got: &Path, want: &Path) {
     let (g, w) = (full(got), full(want));
     assert_eq!(
         g.entries.keys().collect::<Vec<_>>(),
@@ -79,19 +79,19 @@ fn assert_same_tree(got: &Path, want: &Path) {
     assert_eq!(g.links, w.links, "hard link groups differ");
 }
 
-fn ok(o: &std::process::Output) {
+pub(crate) fn ok(o: &std::process::Output) {
     assert!(o.status.success(), "{}", stderr(o));
 }
 
 /// A failed run: non-zero exit and exactly one line on stderr naming `what`.
-fn one_line_error(o: &std::process::Output, what: &str) {
+pub(crate) fn one_line_error(o: &std::process::Output, what: &str) {
     assert!(!o.status.success(), "expected a failure");
     let err = stderr(o);
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     assert!(err.contains(what), "expected {what:?} in: {err}");
 }
 
-fn create(input: &Path, output: &str) -> std::process::Output {
+pub(crate) fn create(input: &Path, output: &str) -> std::process::Output {
     run(&[
         "create",
         "--input",
@@ -381,7 +381,7 @@ fn archive_bad_input_fails_in_one_line_and_leaves_nothing() {
 }
 
 /// A tree large enough that one file is a small part of the archive.
-fn bulky_tree(root: &Path) -> PathBuf {
+pub(crate) fn bulky_tree(root: &Path) -> PathBuf {
     use std::io::Write;
     std::fs::create_dir_all(root.join("blobs")).unwrap();
     let mut x = 0x2545_f491_4f6c_dd1du64;

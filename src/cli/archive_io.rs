@@ -12,9 +12,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::archive::Archive;
-use crate::object::{FileObject, FileWriter, ObjectRead, ObjectWrite};
-use crate::s3::{S3Client, S3Options, S3Url};
-use crate::source::{RemoteKind, SourceError};
+use crate::node;
+use crate::object::{FileWriter, ObjectRead, ObjectWrite};
+use crate::s3::S3Url;
+use crate::source::SourceError;
 
 /// S3 settings shared by the archive verbs.
 #[derive(Debug, Clone, Args)]
@@ -28,22 +29,9 @@ pub struct S3Args {
 }
 
 impl S3Args {
-    fn client(&self, url: &str) -> Result<S3Client> {
-        let url: S3Url = url.parse()?;
-        let opts = S3Options {
-            endpoint: self.s3_endpoint.clone(),
-            keys: None,
-        };
-        Ok(S3Client::connect(&url, &opts)?)
-    }
-
     /// Opens the object at `location` for range reads.
     pub fn open_object(&self, location: &str) -> Result<Arc<dyn ObjectRead>> {
-        if S3Url::is_s3(location) {
-            Ok(Arc::new(self.client(location)?.open()?))
-        } else {
-            Ok(Arc::new(FileObject::open(Path::new(location))?))
-        }
+        Ok(node::open_object(location, self.s3_endpoint.as_deref())?)
     }
 
     /// Opens and checks the archive at `location`. Errors name it.
@@ -61,9 +49,7 @@ impl S3Args {
         front_len: u64,
     ) -> Result<Box<dyn ObjectWrite>, SourceError> {
         if S3Url::is_s3(location) {
-            let client = self
-                .client(location)
-                .map_err(|e| SourceError::remote(RemoteKind::Permanent, format!("{e:#}")))?;
+            let client = node::s3_client(location, self.s3_endpoint.as_deref())?;
             Ok(Box::new(client.writer(front_len)))
         } else {
             Ok(Box::new(FileWriter::create(
