@@ -23,6 +23,10 @@ EPOCH="${SOURCE_DATE_EPOCH:-1700000000}"          # fixed mtimes / created for t
 PY_PKGS="${PY_PKGS:-numpy==2.2.6 pandas==2.2.3}"
 BUILD="$CLIP_TESTBED/build"; OCI="$CLIP_TESTBED/oci"; UNPACKED="$CLIP_TESTBED/unpacked"
 mkdir -p "$BUILD" "$OCI" "$UNPACKED"
+# One run at a time per test bed: runs share the build dir (and clean up
+# its scratch dirs), so concurrent suites would pull files from under each other.
+exec 9>"$CLIP_TESTBED/.make-images.lock"
+flock 9
 for c in skopeo umoci runc mmdebstrap jq setfattr getfattr openssl curl; do
   command -v "$c" >/dev/null 2>&1 || { "$HERE/install-deps.sh"; break; }
 done

