@@ -17,7 +17,9 @@ declare -A allowed=(
   [index]="oci tar gzip format source zstd_limits"
   [fuse]="cache format metrics"
   [mount]="fuse cache format metrics"
-  [node]="mount cache fuse oci format index metrics source"
+  [node]="mount cache fuse oci format index metrics source archive object s3"
+  [object]="source"               [s3]="object source"
+  [archive]="format object source zstd_limits"
 )
 # Root re-exports and the module each stands for.
 declare -A root=([Digest]=digest [BlobSource]=source)
@@ -31,8 +33,8 @@ for mod in "${!allowed[@]}"; do
   [ "${#files[@]}" -eq 0 ] && { echo "layering: no files for module $mod"; bad=1; continue; }
   # file:line:text of every non-comment line naming crate::, one per path.
   while IFS=: read -r file line text; do
-    for dep in $(grep -oE 'crate::(\{[^}]*\}|[A-Za-z_]+)' <<<"$text" \
-        | sed -E 's/^crate:://; s/[{}]//g; s/::[A-Za-z_:]*//g; s/,/ /g'); do
+    for dep in $(grep -oE 'crate::(\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)' <<<"$text" \
+        | sed -E 's/^crate:://; s/[{}]//g; s/::[A-Za-z0-9_:]*//g; s/,/ /g'); do
       dep="${root[$dep]:-$dep}"
       [[ "$dep" == self ]] && continue
       if [[ "$ok" != *" $dep "* ]]; then

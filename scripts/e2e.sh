@@ -3,9 +3,13 @@
 # install deps -> cargo build --release -> local registry -> test images (tiny, python)
 # -> clipctl index / inspect / ls -> clipctl mount -> `import numpy` in runc on the
 # lazy rootfs (first start, records a startup profile) -> metrics -> umount -> cold mount
-# again (replays the profile) -> umount -> check that no clip mount is left.
-# Env: CLIP_REGISTRY_PORT (default 5000), CLIP_TESTBED (default /var/tmp/clip-testbed).
-# The registry is stopped at exit if (and only if) this script started it.
+# again (replays the profile) -> umount -> archives and S3 (s3s-fs on loopback, started
+# here): clipctl create --image -> s3://, inspect / ls / extract from S3, the extracted
+# tree == umoci's rootfs, push, mount --archive s3:// + import numpy in runc -> check
+# that no clip mount is left.
+# Env: CLIP_REGISTRY_PORT (default 5000), CLIP_S3_PORT (default registry port + 4000),
+# CLIP_TESTBED (default /var/tmp/clip-testbed). The registry is stopped at exit if (and
+# only if) this script started it; the S3 server always.
 set -euo pipefail
 . "$(dirname "$(readlink -f "$0")")/lib.sh"
 cd "$CLIP_ROOT"
@@ -21,21 +25,22 @@ cleanup() {
   local rc=$?
   if [ "$MOUNTED" = 1 ]; then "$CLIPCTL" umount --cid "$CID" >/dev/null 2>&1 || true; fi
   stop_registry
+  stop_s3
   rm -rf "$W"
   if [ "$rc" = 0 ]; then step "e2e: PASSED"; else step "e2e: FAILED (exit $rc)"; fi
   exit "$rc"
 }
 trap cleanup EXIT
 
-step "1/11 install dependencies";        scripts/install-deps.sh
-step "2/11 cargo build --release";       ensure_cargo; cargo build --release
-step "3/11 registry on $REG";            with_registry "$PORT"
-step "4/11 test images (tiny, python)";  IMAGES="tiny python" scripts/make-images.sh "$REG"
+step "1/15 install dependencies";        scripts/install-deps.sh
+step "2/15 cargo build --release";       ensure_cargo; cargo build --release
+step "3/15 registry on $REG";            with_registry "$PORT"
+step "4/15 test images (tiny, python)";  IMAGES="tiny python" scripts/make-images.sh "$REG"
 
-step "5/11 clipctl index $IMAGE"
+step "5/15 clipctl index $IMAGE"
 "$CLIPCTL" index --image "$IMAGE" --out "$W/python.clip"
 ls -l "$W/python.clip"
-step "6/11 clipctl inspect / ls /app"
+step "6/15 clipctl inspect / ls /app"
 "$CLIPCTL" inspect "$W/python.clip"
 "$CLIPCTL" ls "$W/python.clip" /app
 
@@ -50,32 +55,70 @@ run_numpy() {   # run_numpy ROOTFS: import numpy in runc, check the version, pri
   echo "numpy.__version__ in the container: $out (container run $(( ($(date +%s%N) - s) / 1000000 )) ms)"
 }
 
-step "7/11 clipctl mount (cid $CID, first start: records a startup profile) + import numpy in runc"
+step "7/15 clipctl mount (cid $CID, first start: records a startup profile) + import numpy in runc"
 sync; echo 3 > /proc/sys/vm/drop_caches
 ROOTFS="$("$CLIPCTL" mount --image "$IMAGE" --cid "$CID" --clip "$W/python.clip" "${NODE_ARGS[@]}")"
 MOUNTED=1
 echo "rootfs: $ROOTFS"
 run_numpy "$ROOTFS"
 
-step "8/11 clipctl metrics --cid $CID"
+step "8/15 clipctl metrics --cid $CID"
 "$CLIPCTL" metrics --cid "$CID" --format text
 
-step "9/11 clipctl umount --cid $CID (saves the startup profile)"
+step "9/15 clipctl umount --cid $CID (saves the startup profile)"
 "$CLIPCTL" umount --cid "$CID"
 MOUNTED=0
 PROFILE="$(ls "$W"/node/profiles/*.json)" || die "no startup profile saved"
 jq -r '"profile \(input_filename): \(.ranges | length) ranges, \([.ranges[].len] | add) bytes"' "$PROFILE"
 
-step "10/11 cold mount again: the profile is replayed from mount time on"
+step "10/15 cold mount again: the profile is replayed from mount time on"
 sync; echo 3 > /proc/sys/vm/drop_caches
 ROOTFS="$("$CLIPCTL" mount --image "$IMAGE" --cid "$CID" --clip "$W/python.clip" "${NODE_ARGS[@]}")"
 MOUNTED=1
 run_numpy "$ROOTFS"
 "$CLIPCTL" metrics --cid "$CID" --format text | grep -E "^ *(bytes|network)"
 
-step "11/11 clipctl umount --cid $CID"
+step "11/15 clipctl umount --cid $CID"
 "$CLIPCTL" umount --cid "$CID"
 MOUNTED=0
+
+S3_PORT="${CLIP_S3_PORT:-$((PORT + 4000))}"
+step "12/15 S3 (s3s-fs on 127.0.0.1:$S3_PORT): clipctl create --image $IMAGE -> s3://$S3_BUCKET/python.clip"
+start_s3 "$S3_PORT" "$W/s3"
+"$CLIPCTL" create --image "$IMAGE" --output "s3://$S3_BUCKET/python.clip"
+"$CLIPCTL" inspect "s3://$S3_BUCKET/python.clip"
+"$CLIPCTL" ls "s3://$S3_BUCKET/python.clip" /app
+
+step "13/15 clipctl extract --archive s3://$S3_BUCKET/python.clip: the tree == umoci's rootfs"
+GT="$CLIP_TESTBED/unpacked/python/rootfs"
+"$CLIPCTL" extract --archive "s3://$S3_BUCKET/python.clip" --output "$W/extracted"
+listing() { (cd "$1" && find . -printf '%p %M %U %G %s %T@ %l\n' | sort); }
+cmp <(listing "$W/extracted") <(listing "$GT") || die "extracted tree differs from $GT (metadata)"
+if ! diff -r --no-dereference "$W/extracted" "$GT" > "$W/diff.txt" 2>&1; then
+  # diff cannot compare devices and fifos; their columns were compared above.
+  if grep -v -e ' is a fifo while ' -e ' special file while ' "$W/diff.txt" | grep -q .; then
+    die "extracted tree differs from $GT: $(head -3 "$W/diff.txt")"
+  fi
+fi
+echo "extracted tree equals $GT (names, modes, owners, sizes, mtimes, link targets, bytes)"
+
+step "14/15 clipctl push (local archive -> S3) and extract it back"
+"$CLIPCTL" create --input "$CLIP_TESTBED/unpacked/tiny/rootfs" --output "$W/tiny.clip"
+"$CLIPCTL" push "$W/tiny.clip" "s3://$S3_BUCKET/tiny.clip"
+cmp "$W/tiny.clip" "$W/s3/$S3_BUCKET/tiny.clip" || die "pushed object differs from $W/tiny.clip"
+"$CLIPCTL" extract --archive "s3://$S3_BUCKET/tiny.clip" --output "$W/tiny-out"
+cmp <(listing "$W/tiny-out") <(listing "$CLIP_TESTBED/unpacked/tiny/rootfs") || die "tiny round trip differs"
+
+step "15/15 clipctl mount --archive s3://$S3_BUCKET/python.clip --cid $CID + import numpy in runc (lazy range reads)"
+sync; echo 3 > /proc/sys/vm/drop_caches
+ROOTFS="$("$CLIPCTL" mount --archive "s3://$S3_BUCKET/python.clip" --cid "$CID" "${NODE_ARGS[@]}")"
+MOUNTED=1
+run_numpy "$ROOTFS"
+"$CLIPCTL" ps
+"$CLIPCTL" metrics --cid "$CID" --format text | grep -E "^ *(bytes|network)"
+"$CLIPCTL" umount --cid "$CID"
+MOUNTED=0
+stop_s3
 # mountinfo: "... MOUNTPOINT ... - FSTYPE SOURCE ..." ; nothing under /run/clip, no fuse mount of clip
 LEFT="$(awk '{ sep=0; for (i=1; i<=NF; i++) if ($i == "-") { sep=i; break }
               fs=$(sep+1); src=$(sep+2)

@@ -44,3 +44,29 @@ with_registry() {
 stop_registry() {
   if [ -n "$STARTED_REGISTRY" ]; then "$CLIP_ROOT/scripts/registry-down.sh" "$STARTED_REGISTRY" || true; fi
 }
+
+# start_s3 PORT DIR: the S3-compatible test server (s3s-fs, scripts/install-deps.sh) on
+# 127.0.0.1:PORT keeping its objects under DIR, with bucket "clip" and test credentials,
+# exported as AWS_* for clipctl. stop_s3 stops it (call it from the EXIT trap).
+S3_PID=""
+S3_BUCKET=clip
+start_s3() {
+  local port="$1" dir="$2" i
+  [ -d "$HOME/.cargo/bin" ] && PATH="$HOME/.cargo/bin:$PATH"
+  command -v s3s-fs >/dev/null 2>&1 || die "s3s-fs not found: run scripts/install-deps.sh"
+  mkdir -p "$dir/$S3_BUCKET"
+  s3s-fs --host 127.0.0.1 --port "$port" --access-key clip-local --secret-key clip-local-secret \
+    "$dir" > "$dir.log" 2>&1 &
+  S3_PID=$!
+  export AWS_ACCESS_KEY_ID=clip-local AWS_SECRET_ACCESS_KEY=clip-local-secret
+  export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
+  for i in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    kill -0 "$S3_PID" 2>/dev/null || die "s3s-fs exited at start (see $dir.log)"
+    sleep 0.1
+  done
+  die "s3s-fs did not listen on 127.0.0.1:$port within 10 s"
+}
+stop_s3() {
+  if [ -n "$S3_PID" ]; then kill "$S3_PID" 2>/dev/null || true; wait "$S3_PID" 2>/dev/null || true; S3_PID=""; fi
+}

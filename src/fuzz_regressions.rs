@@ -5,6 +5,8 @@
 
 use crate as clip;
 
+#[path = "../fuzz/src/archive_invariants.rs"]
+mod archive_invariants;
 #[path = "../fuzz/src/invariants.rs"]
 #[allow(dead_code)]
 mod invariants;
@@ -48,4 +50,9 @@ fn tar_entries_regressions() {
 #[test]
 fn gzip_index_regressions() {
     replay("gzip_index", invariants::gzip_index);
+}
+
+#[test]
+fn archive_open_regressions() {
+    replay("archive_open", archive_invariants::archive_open);
 }

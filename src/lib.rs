@@ -13,6 +13,7 @@
 //! [`metrics`] records latencies and counters on every hop. [`cli`] is the
 //! only place that prints or uses `anyhow`.
 
+pub mod archive;
 pub mod cache;
 pub mod cli;
 pub mod digest;
@@ -25,7 +26,9 @@ pub mod index;
 pub mod metrics;
 pub mod mount;
 pub mod node;
+pub mod object;
 pub mod oci;
+pub mod s3;
 pub mod source;
 mod sync;
 pub mod tar;

@@ -1,4 +1,6 @@
 //! The one integration-test binary (see tests/common for helpers).
+mod archive;
+mod archive_mount;
 mod cli;
 mod common;
 mod differential;

@@ -2,4 +2,5 @@
 
 extern crate clip;
 
+pub mod archive_invariants;
 pub mod invariants;

@@ -1,34 +1,64 @@
 //! `clipctl inspect`: a summary of a .clip index (image, layers,
-//! checkpoints, sizes), as text or JSON.
+//! checkpoints, sizes), or of the index inside a .clip archive (local or in
+//! S3) with the archive's layout, as text or JSON.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
+use crate::archive::{sniff, Archive, FileKind};
 use crate::format::{Index, NodeKind};
 
+use super::archive_io::S3Args;
 use super::util::human;
 
 /// Arguments of `clipctl inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The .clip index file.
-    pub file: PathBuf,
+    /// The .clip index or archive: a file, or s3://BUCKET/KEY (archives).
+    pub file: String,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
-/// Opens the index `file` (shared with `ls`).
-pub(super) fn open(file: &std::path::Path) -> Result<Index> {
-    Index::open(file).with_context(|| format!("opening {}", file.display()))
+/// The index to show, and the archive holding it if it is one (shared
+/// with `ls`).
+pub(super) fn open(file: &str, s3: &S3Args) -> Result<(Arc<Index>, Option<Archive>)> {
+    let object = s3.open_object(file)?;
+    let mut magic = [0u8; 8];
+    let n = object.read_at(0, &mut magic)?;
+    if sniff(&magic[..n]) == FileKind::Archive {
+        let archive = Archive::open(object).with_context(|| file.to_string())?;
+        return Ok((archive.index().clone(), Some(archive)));
+    }
+    let index =
+        Index::open(std::path::Path::new(file)).with_context(|| format!("opening {file}"))?;
+    Ok((Arc::new(index), None))
+}
+
+/// JSON summary of an archive's layout.
+fn archive_json(a: &Archive) -> Result<serde_json::Value> {
+    let layer = a.index().layer(0)?;
+    Ok(json!({
+        "archive_size": a.object().len(),
+        "index_bytes": a.index_range().end - a.index_range().start,
+        "data_offset": a.data_range().start,
+        "stored_bytes": layer.compressed_size(),
+        "file_bytes": layer.uncompressed_size(),
+        "frames": layer.checkpoint_count(),
+        "chunks": layer.chunk_count(),
+    }))
 }
 
 /// Runs `clipctl inspect`.
 pub fn run(args: InspectArgs) -> Result<()> {
-    let idx = open(&args.file)?;
+    let (idx, archive) = open(&args.file, &args.s3)?;
+    let archive = archive.as_ref().map(archive_json).transpose()?;
     let meta = idx.meta();
     let mut layers = Vec::new();
     for i in 0..idx.layer_count() {
@@ -89,6 +119,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
             "other": other,
             "file_bytes": bytes,
             "layers": layers,
+            "archive": archive,
             "profile": idx.profile().map(|p| json!({
                 "ranges": p.ranges.len(),
                 "bytes": p.bytes(),
@@ -97,6 +128,17 @@ pub fn run(args: InspectArgs) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
+    }
+    if let Some(a) = &archive {
+        let n = |k: &str| a[k].as_u64().unwrap_or(0);
+        println!(
+            "archive:         {}: index {}, data {} in {} frames ({} of file data)",
+            human(n("archive_size")),
+            human(n("index_bytes")),
+            human(n("stored_bytes")),
+            n("frames"),
+            human(n("file_bytes")),
+        );
     }
     println!("source:          {source}");
     if let Some(p) = &meta.pinned_reference {

@@ -1,23 +1,26 @@
-//! `clipctl ls`: the merged file tree of a .clip index, like `ls -l`.
-
-use std::path::PathBuf;
+//! `clipctl ls`: the merged file tree of a .clip index, or the tree of a
+//! .clip archive (local or in S3), like `ls -l`.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::format::{Index, InodeView, NodeKind};
 
+use super::archive_io::S3Args;
+
 /// Arguments of `clipctl ls`.
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// The .clip index file.
-    pub file: PathBuf,
+    /// The .clip index or archive: a file, or s3://BUCKET/KEY (archives).
+    pub file: String,
     /// Path inside the image (default: /).
     #[arg(default_value = "/")]
     pub path: String,
     /// List subdirectories recursively.
     #[arg(short = 'R', long)]
     pub recursive: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 /// `drwxr-xr-x` for a mode.
@@ -122,7 +125,7 @@ fn list_dir(idx: &Index, ino: u64, path: &str, recursive: bool, depth: usize) ->
 
 /// Runs `clipctl ls`.
 pub fn run(args: LsArgs) -> Result<()> {
-    let idx = super::inspect::open(&args.file)?;
+    let (idx, _) = super::inspect::open(&args.file, &args.s3)?;
     let ino = idx
         .resolve(args.path.as_bytes())?
         .with_context(|| format!("{}: no such file or directory in the image", args.path))?;

@@ -5,7 +5,10 @@
 //! Exit codes: 0 success, 1 error, 2 usage error (clap), 3 the named thing
 //! (container id, daemon) does not exist.
 
+mod archive_io;
+mod create;
 mod daemon;
+mod extract;
 mod index;
 mod inspect;
 mod ls;
@@ -13,6 +16,7 @@ mod metrics;
 mod mount;
 mod profile;
 mod ps;
+mod push;
 mod umount;
 mod util;
 
@@ -35,9 +39,15 @@ pub struct Cli {
 enum Command {
     /// Build a metadata-only .clip index of an OCI image (registry or layout).
     Index(index::IndexArgs),
-    /// Summarise a .clip index: image, layers, checkpoints, sizes.
+    /// Write a .clip archive (tree and file data) of a directory or an image, locally or to S3.
+    Create(create::CreateArgs),
+    /// Restore a .clip archive (local or in S3) into an empty directory.
+    Extract(extract::ExtractArgs),
+    /// Upload a .clip archive to S3.
+    Push(push::PushArgs),
+    /// Summarise a .clip index or archive: image, layers, checkpoints, sizes.
     Inspect(inspect::InspectArgs),
-    /// List the merged file tree of a .clip index, like `ls -l`.
+    /// List the file tree of a .clip index or archive, like `ls -l`.
     Ls(ls::LsArgs),
     /// Mount an image: a per-container overlay rootfs, or the read-only tree alone.
     Mount(mount::MountArgs),
@@ -70,6 +80,9 @@ pub fn main() -> ExitCode {
     util::init_logging(matches!(cli.command, Command::Daemon(_)));
     let result = match cli.command {
         Command::Index(a) => index::run(a),
+        Command::Create(a) => create::run(a),
+        Command::Extract(a) => extract::run(a),
+        Command::Push(a) => push::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Ls(a) => ls::run(a),
         Command::Mount(a) => mount::run(a),

@@ -10,10 +10,11 @@ use crate::format::Index;
 use crate::fuse::WarmConfig;
 use crate::mount::{self, FuseTransport};
 use crate::node::{
-    self, DiskTier, IndexPolicy, MountPlan, Prepared, ProfileMode, SourceChoice, StackSpec, Tuning,
-    DEFAULT_READ_AHEAD_KB,
+    self, ArchiveLocation, DiskTier, IndexPolicy, MountPlan, Prepared, ProfileMode, SourceChoice,
+    StackSpec, Tuning, DEFAULT_READ_AHEAD_KB,
 };
 
+use super::archive_io::S3Args;
 use super::util::{parse_duration, parse_platform, parse_size};
 
 /// Arguments of `clipctl mount`.
@@ -35,6 +36,13 @@ pub struct MountArgs {
     /// are read from there instead of where the image was indexed.
     #[arg(long)]
     pub clip: Option<PathBuf>,
+    /// A .clip archive to mount: a file, or s3://BUCKET/KEY. Its embedded
+    /// index is read with one range read of its head and saved on the node;
+    /// file data is fetched lazily, by range, through the same cache.
+    #[arg(long, value_name = "F.clip|s3://BUCKET/KEY", conflicts_with_all = ["image", "clip", "layout"])]
+    pub archive: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// OCI layout DIR[:TAG] holding the image's blobs (with --clip).
     #[arg(long, requires = "clip", conflicts_with = "image")]
     pub layout: Option<String>,
@@ -121,8 +129,11 @@ pub fn run(args: MountArgs) -> Result<()> {
     if let Some(cid) = &args.cid {
         mount::validate_cid(cid)?;
     }
-    if args.clip.is_none() && args.image.is_none() {
-        bail!("give --image REF or --clip FILE");
+    if args.clip.is_none() && args.image.is_none() && args.archive.is_none() {
+        bail!("give --image REF, --clip FILE or --archive F.clip|s3://BUCKET/KEY");
+    }
+    if args.profile_push && args.archive.is_some() {
+        bail!("--profile-push publishes to an image's registry; an archive has none");
     }
     if args.profile_push && args.profile != "auto" {
         bail!(
@@ -130,24 +141,36 @@ pub fn run(args: MountArgs) -> Result<()> {
             args.profile
         );
     }
-    let platform = parse_platform(args.platform.as_deref())?;
-    let prepared = node::prepare_mount(&MountPlan {
-        node_dir: &args.node_dir,
-        clip: args.clip.as_deref(),
-        image: args.image.as_deref(),
-        platform: platform.as_ref(),
-        insecure: &args.insecure_registry,
-        index: args.index,
-        profile: args.profile == "auto",
-    })?;
+    let (prepared, archive) = match &args.archive {
+        Some(location) => {
+            let location = ArchiveLocation::new(location, args.s3.s3_endpoint.clone())?;
+            let archive = node::prepare_archive(&args.node_dir, &location)?;
+            (archive.prepared.clone(), Some((location, archive)))
+        }
+        None => {
+            let platform = parse_platform(args.platform.as_deref())?;
+            let prepared = node::prepare_mount(&MountPlan {
+                node_dir: &args.node_dir,
+                clip: args.clip.as_deref(),
+                image: args.image.as_deref(),
+                platform: platform.as_ref(),
+                insecure: &args.insecure_registry,
+                index: args.index,
+                profile: args.profile == "auto",
+            })?;
+            (prepared, None)
+        }
+    };
     let clip = prepared.clip.clone();
-    let stack = stack_spec(&args, prepared)?;
+    let stack = stack_spec(&args, prepared, archive.as_ref().map(|a| a.0.clone()))?;
     if let Some(mnt) = &args.mount_point {
         let served = node::mount_at(&clip, mnt, &stack.source, &stack.tuning)
             .with_context(|| format!("mounting at {}", mnt.display()))?;
         eprintln!(
             "clipctl: serving {} at {} over {} (unmount with `umount {}`)",
-            clip.display(),
+            args.archive
+                .clone()
+                .unwrap_or_else(|| clip.display().to_string()),
             mnt.display(),
             served.transport().map_or("?", |t| t.name()),
             mnt.display()
@@ -159,13 +182,11 @@ pub fn run(args: MountArgs) -> Result<()> {
         .cid
         .clone()
         .context("give --cid ID (a container rootfs) or --mount-point DIR")?;
-    let req = node::mount_request(
-        cid,
-        clip,
-        args.run_dir.clone(),
-        args.node_dir.clone(),
-        stack,
-    );
+    let (run_dir, node_dir) = (args.run_dir.clone(), args.node_dir.clone());
+    let req = match archive {
+        Some((_, archive)) => node::archive_mount_request(cid, archive, run_dir, node_dir, stack),
+        None => node::mount_request(cid, clip, run_dir, node_dir, stack),
+    };
     let rootfs = mount::attach_container(&req).map_err(super::coded)?;
     println!("{}", rootfs.display());
     Ok(())
@@ -197,19 +218,28 @@ fn warm_config(spec: &str) -> Result<Option<WarmConfig>> {
     Ok(Some(c))
 }
 
-/// The source, tuning and provenance of a prepared mount.
-fn stack_spec(args: &MountArgs, prepared: Prepared) -> Result<StackSpec> {
+/// The source, tuning and provenance of a prepared mount (of an archive
+/// when `archive` is given).
+fn stack_spec(
+    args: &MountArgs,
+    prepared: Prepared,
+    archive: Option<ArchiveLocation>,
+) -> Result<StackSpec> {
     let clip = &prepared.clip;
-    let source = SourceChoice {
-        image: prepared.source_image,
-        layout: args.layout.clone(),
-        insecure: args.insecure_registry.clone(),
-    };
     let profile = if args.profile == "off" {
         ProfileMode::Off
     } else {
         let index = Index::open(clip).with_context(|| format!("opening {}", clip.display()))?;
-        ProfileMode::resolve(&args.profile, &args.node_dir, &index)?
+        match &archive {
+            Some(_) => node::archive_profile(&args.profile, &args.node_dir, &index)?,
+            None => ProfileMode::resolve(&args.profile, &args.node_dir, &index)?,
+        }
+    };
+    let source = SourceChoice {
+        image: prepared.source_image,
+        layout: args.layout.clone(),
+        insecure: args.insecure_registry.clone(),
+        archive,
     };
     let budget = parse_size(&args.disk_cache).context("--disk-cache")?;
     let tuning = Tuning {

@@ -58,6 +58,7 @@ pub fn run(args: PsArgs) -> Result<()> {
             Some(IndexOrigin::Given { .. }) => "given",
             Some(IndexOrigin::Built) => "built",
             Some(IndexOrigin::Pulled { .. }) => "pulled",
+            Some(IndexOrigin::Archive { .. }) => "archive",
             None => "-",
         };
         let profile = match p.and_then(|p| p.profile_pulled) {

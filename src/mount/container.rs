@@ -34,6 +34,10 @@ pub struct MountRequest<S> {
     pub ready_timeout: Duration,
     /// What a newly started daemon serves (a running one is reused as is).
     pub stack: S,
+    /// Names the image's run dir and daemon instead of the index's manifest
+    /// digest (hex digits, truncated to 24): for content that must not share
+    /// a daemon with the image it was made from (an archive of an image).
+    pub image_key: Option<String>,
 }
 
 impl<S: Default> MountRequest<S> {
@@ -48,6 +52,7 @@ impl<S: Default> MountRequest<S> {
             launcher: Launcher::default(),
             ready_timeout: Duration::from_secs(60),
             stack: S::default(),
+            image_key: None,
         }
     }
 }
@@ -239,7 +244,13 @@ pub fn attach_container<S: StackPart>(req: &MountRequest<S>) -> Result<PathBuf, 
         path: req.clip_path.clone(),
         source,
     })?;
-    let image = image_key(&index, &req.clip_path);
+    let image = match &req.image_key {
+        Some(k) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            k[..k.len().min(IMAGE_KEY_LEN)].to_ascii_lowercase()
+        }
+        Some(k) => return Err(MountError::InvalidImageKey(k.clone())),
+        None => image_key(&index, &req.clip_path),
+    };
     drop(index);
     let _lock = lock_image(&req.run_dir, &image)?;
     match std::fs::create_dir(&cdir) {

@@ -73,6 +73,9 @@ pub enum MountError {
     /// The container id does not match `[A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}`.
     #[error("invalid container id {0:?}: must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}} and not be \"images\"")]
     InvalidCid(String),
+    /// A caller-given image key is not hex digits.
+    #[error("invalid image key {0:?}: want hex digits")]
+    InvalidImageKey(String),
     /// Something is already mounted there, or it cannot be unmounted.
     #[error("mount point {} is busy", .0.display())]
     MountBusy(PathBuf),

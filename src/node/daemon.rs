@@ -48,6 +48,22 @@ pub fn mount_request(
     }
 }
 
+/// [`mount_request`] for an archive prepared by
+/// [`super::prepare_archive`]: its own run dir and daemon, keyed by the
+/// archive's data digest.
+pub fn archive_mount_request(
+    cid: String,
+    archive: super::PreparedArchive,
+    run_dir: PathBuf,
+    node_dir: PathBuf,
+    stack: StackSpec,
+) -> MountRequest<StackSpec> {
+    MountRequest {
+        image_key: Some(archive.image_key),
+        ..mount_request(cid, archive.prepared.clip, run_dir, node_dir, stack)
+    }
+}
+
 /// Runs the daemon of `spec` in this process until its mount goes away
 /// (see [`mount::run_daemon`]), then saves the startup profile.
 pub fn run_daemon(spec: DaemonSpec) -> Result<(), NodeError> {

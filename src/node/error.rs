@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::archive::ArchiveError;
 use crate::digest::Digest;
 use crate::format::{FormatError, ProfileError};
 use crate::fuse::FsError;
@@ -166,6 +167,27 @@ pub enum NodeError {
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// An archive could not be opened or read.
+    #[error("{location}: {source}")]
+    Archive {
+        /// The archive: a path or `s3://BUCKET/KEY`.
+        location: String,
+        /// The error.
+        source: ArchiveError,
+    },
+    /// An archive's object could not be opened (the error names it).
+    #[error(transparent)]
+    ArchiveObject(SourceError),
+    /// The archive behind a mount is not the one it was mounted from.
+    #[error("{location} has changed since it was mounted (data {found}, the mount serves {wanted}); mount it again")]
+    ArchiveChanged {
+        /// The archive.
+        location: String,
+        /// Digest of its data section now.
+        found: Digest,
+        /// Digest of the data section the mount's index describes.
+        wanted: Digest,
     },
     /// Mounting, the daemon or its spec.
     #[error(transparent)]

@@ -75,6 +75,11 @@ pub enum IndexOrigin {
         /// Digest of the artifact's manifest.
         artifact: Digest,
     },
+    /// Embedded in a `.clip` archive, which also holds the data.
+    Archive {
+        /// The archive: a path or `s3://BUCKET/KEY`.
+        location: String,
+    },
 }
 
 impl std::fmt::Display for IndexOrigin {
@@ -83,6 +88,7 @@ impl std::fmt::Display for IndexOrigin {
             IndexOrigin::Given { path } => write!(f, "given ({})", path.display()),
             IndexOrigin::Built => f.write_str("built on this node"),
             IndexOrigin::Pulled { artifact } => write!(f, "pulled (artifact {artifact})"),
+            IndexOrigin::Archive { location } => write!(f, "archive ({location})"),
         }
     }
 }

@@ -24,12 +24,19 @@
 //!   the index) is replayed and recorded again, and replaced only when
 //!   under 90 % of what was read is in it or it is over twice what was
 //!   read; a profile file the user names is replayed, never overwritten;
+//! - archives ([`ArchiveLocation`], [`prepare_archive`]): a `.clip`
+//!   archive, local or in S3, mounts like an image: its embedded index is
+//!   saved on the node (`<node-dir>/archives/<data-hex>.clip`, one range
+//!   read of the archive's head) and its data section, read by range, is
+//!   the blob source ([`SourceChoice::archive`]);
 //! - the per-image daemon: [`DaemonSpec`] (written by `mount` as
 //!   `<image_dir>/daemon.json`) and [`run_daemon`], the `__daemon` entry.
 //!
 //! Imports `mount`, `cache`, `fuse`, `oci`, `format`, `index`, `metrics`,
-//! `source` and `digest`; nothing below imports `node`.
+//! `archive`, `object`, `s3`, `source` and `digest`; nothing below imports
+//! `node`.
 
+mod archive;
 mod daemon;
 mod error;
 mod fleet;
@@ -39,7 +46,10 @@ mod source;
 mod stack;
 mod tuning;
 
-pub use daemon::{mount_request, run_daemon, DaemonSpec, StackSpec};
+pub use archive::{
+    archive_profile, open_object, prepare_archive, s3_client, ArchiveLocation, PreparedArchive,
+};
+pub use daemon::{archive_mount_request, mount_request, run_daemon, DaemonSpec, StackSpec};
 pub use error::NodeError;
 pub use fleet::{
     prepare_mount, published, IndexOrigin, IndexPolicy, MountPlan, Prepared, Provenance,

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::NodeError;
+use super::archive::archive_source;
+use super::{ArchiveLocation, NodeError};
 use crate::format::{ImageMeta, Index};
 use crate::oci::{
     open_layout, ImageRef, Platform, RegistryOptions, RegistrySource, RequestObserver,
@@ -24,10 +25,14 @@ pub struct SourceChoice {
     pub layout: Option<String>,
     /// Registries (`host[:port]`) allowed over plain HTTP.
     pub insecure: Vec<String>,
+    /// A `.clip` archive whose data section holds the blobs (the index is
+    /// the archive's own, saved by [`super::prepare_archive`]); wins over
+    /// the fields above.
+    pub archive: Option<ArchiveLocation>,
 }
 
-/// Opens the blobs of an indexed image: the source chosen at mount time,
-/// else the registry it was indexed from (pinned by digest), else its OCI
+/// Opens the blobs of an indexed image: an archive's data section, else
+/// the source chosen at mount time, else the registry it was indexed from (pinned by digest), else its OCI
 /// layout. Probes the first layer so that an unreachable source fails the
 /// mount instead of every later read. `observer` hears about every HTTP
 /// exchange (metrics).
@@ -37,7 +42,9 @@ pub fn open_source(
     observer: Option<RequestObserver>,
 ) -> Result<Arc<dyn BlobSource>, NodeError> {
     let meta = index.meta();
-    let source: Arc<dyn BlobSource> = if let Some(spec) = choice.layout.as_ref().or(
+    let source: Arc<dyn BlobSource> = if let Some(archive) = &choice.archive {
+        archive_source(index, archive)?
+    } else if let Some(spec) = choice.layout.as_ref().or(
         // A layout recorded at indexing time, unless a registry is chosen.
         meta.layout
             .as_ref()

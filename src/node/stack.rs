@@ -105,6 +105,10 @@ fn publish_target(index: &Index, choice: &SourceChoice, tuning: &Tuning) -> Opti
     if !tuning.profile_push || !matches!(tuning.profile, ProfileMode::Auto(_)) {
         return None;
     }
+    if choice.archive.is_some() {
+        tracing::warn!("--profile-push: an archive has no registry; profiles stay on this node");
+        return None;
+    }
     let meta = index.meta();
     let reference = choice.image.clone().or_else(|| {
         meta.pinned_reference

@@ -2,6 +2,7 @@
 //! registry and test bed set up by `scripts/test.sh`, skip rules.
 
 pub mod proxy;
+pub mod s3;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

@@ -3,7 +3,8 @@
 //! Usage: `generate_corpus CORPUS [EXTRA]...` where each EXTRA is either a
 //! `.clip` index file (copied as a `format_open` seed) or an OCI layout
 //! directory (its gzip blobs become `gzip_index` seeds and their tars
-//! `tar_entries` seeds). Seeds are capped at 1 MiB (big ones are truncated,
+//! `tar_entries` seeds); `archive_open` gets archives made here by the
+//! library. Seeds are capped at 1 MiB (big ones are truncated,
 //! big `.clip` files skipped: a truncated index is only a header check).
 //! Run via `cargo run --features gen --bin generate_corpus` (see
 //! `scripts/fuzz-smoke.sh`). The sparse-file `tar_entries` seeds are
@@ -312,6 +313,46 @@ fn index_seeds(out: &mut Out) {
     }
 }
 
+/// Archives of a small tree (files, an empty file, a symlink, a hard link,
+/// xattr-free so any user can make it) in two frame/chunk geometries, and
+/// of an empty tree: `archive_open` seeds.
+fn archive_seeds(out: &mut Out) {
+    use clip::archive::{create, CreateOptions, CreateProgress, Input};
+    use clip::object::FileWriter;
+
+    let dir = std::env::temp_dir().join(format!("clip-archive-seeds-{}", std::process::id()));
+    let tree = dir.join("tree");
+    fs::create_dir_all(tree.join("a/b")).expect("seed tree");
+    fs::write(tree.join("a/hello.txt"), b"hello\n").unwrap();
+    fs::write(tree.join("a/b/text.txt"), text(40_000)).unwrap();
+    fs::write(tree.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("a/hello.txt", tree.join("link")).unwrap();
+    fs::hard_link(tree.join("a/hello.txt"), tree.join("hard")).unwrap();
+    let empty = dir.join("empty-tree");
+    fs::create_dir_all(&empty).unwrap();
+    let runs = [
+        ("f16k-c4k", &tree, 16 << 10, 4 << 10),
+        ("f64k-c16k", &tree, 64 << 10, 16 << 10),
+        ("empty", &empty, 16 << 10, 4 << 10),
+    ];
+    for (name, root, frame_size, chunk_size) in runs {
+        let opts = CreateOptions {
+            frame_size,
+            chunk_size,
+            threads: 1,
+            ..Default::default()
+        };
+        let input = Input::from_dir(root).expect("walk seed tree");
+        let path = dir.join(format!("{name}.clip"));
+        create(input, &opts, &CreateProgress::default(), |front| {
+            Ok(Box::new(FileWriter::create(&path, front)?))
+        })
+        .expect("create seed archive");
+        out.put(&format!("archive-{name}"), &fs::read(&path).unwrap());
+    }
+    fs::remove_dir_all(&dir).expect("remove seed dir");
+}
+
 fn main() {
     let mut args = std::env::args_os().skip(1).map(PathBuf::from);
     let corpus = args
@@ -320,6 +361,8 @@ fn main() {
     let mut fmt = Out::new(&corpus, "format_open");
     let mut tar = Out::new(&corpus, "tar_entries");
     let mut gz = Out::new(&corpus, "gzip_index");
+    let mut arc = Out::new(&corpus, "archive_open");
+    archive_seeds(&mut arc);
     index_seeds(&mut fmt);
     tar_seeds(&mut tar);
     sparse_tar_seeds(&mut tar);
