@@ -178,3 +178,60 @@ pub fn index_of_layers(layers: Vec<Layer>) -> Index {
     Index::from_bytes(write_index(&data, WriteOptions::default()).expect("writing an index"))
         .expect("reading back an index")
 }
+
+/// The environment variable that turns every test skip into a failure
+/// (`.ci/run` sets it to `1`): a CI run that lacks root, FUSE, the registry,
+/// promtool, prometheus, setpriv or runc fails instead of passing green.
+pub const REQUIRE_ENV: &str = "CLIP_REQUIRE_PRIVILEGED";
+
+/// Whether skipping is forbidden ([`REQUIRE_ENV`] is `1`).
+pub fn skips_forbidden() -> bool {
+    std::env::var_os(REQUIRE_ENV).is_some_and(|v| v == "1")
+}
+
+/// The one way a test gives up because a prerequisite is missing: prints
+/// `SKIP <test>: <why>`, or panics when [`REQUIRE_ENV`] is `1`. The test
+/// name is the thread's (libtest names each test's thread after it).
+pub fn skip(why: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    assert!(
+        !skips_forbidden(),
+        "{test}: cannot run ({why}) and {REQUIRE_ENV}=1 forbids skipping"
+    );
+    eprintln!("SKIP {test}: {why}");
+}
+
+#[cfg(test)]
+mod skip_tests {
+    use super::{skip, REQUIRE_ENV};
+
+    #[test]
+    #[ignore = "helper: run by a_skip_fails_when_skips_are_forbidden"]
+    fn skipping_child() {
+        skip("a prerequisite this test pretends is missing");
+    }
+
+    /// The test binary runs [`skipping_child`] with and without
+    /// `CLIP_REQUIRE_PRIVILEGED=1`: it must fail with it, pass without.
+    #[test]
+    fn a_skip_fails_when_skips_are_forbidden() {
+        let exe = std::env::current_exe().unwrap();
+        let run = |value: &str| {
+            std::process::Command::new(&exe)
+                .args(["--exact", "testutil::skip_tests::skipping_child"])
+                .args(["--ignored", "--test-threads=1"])
+                .env(REQUIRE_ENV, value)
+                .output()
+                .unwrap()
+        };
+        let forbidden = run("1");
+        let text = String::from_utf8_lossy(&forbidden.stdout);
+        assert!(!forbidden.status.success(), "{text}");
+        assert!(text.contains("1 failed"), "{text}");
+        let allowed = run("0");
+        let text = String::from_utf8_lossy(&allowed.stdout);
+        assert!(allowed.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "{text}");
+    }
+}

@@ -124,8 +124,8 @@ fn data_map(path: &Path) -> Vec<(u64, u64)> {
 
 #[test]
 fn privileged_sparse_image_matches_gnu_tar_extraction() {
-    if let Err(why) = common::privileged() {
-        return eprintln!("skipped: {why}");
+    if !common::can_run_privileged() {
+        return;
     }
     let mut d = Dirs::new();
     let work = d.tmp.path().to_path_buf();
@@ -237,8 +237,8 @@ fn tar_files(tar: &[u8]) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn privileged_index_rewritten_in_place_keeps_serving() {
-    if let Err(why) = common::privileged() {
-        return eprintln!("skipped: {why}");
+    if !common::can_run_privileged() {
+        return;
     }
     let mut d = Dirs::new();
     let work = d.tmp.path().to_path_buf();

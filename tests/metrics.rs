@@ -357,12 +357,8 @@ fn privileged_prometheus_scrapes_the_endpoint() {
     let Some(reg) = common::privileged_registry() else {
         return;
     };
-    if Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return eprintln!("skipped: no prometheus binary (apt-get install prometheus)");
+    if !common::have_program("prometheus", "prometheus") {
+        return;
     }
     let mut d = Dirs::new();
     let rootfs = mount_tiny(&mut d, &reg, "mprom");

@@ -335,8 +335,7 @@ fn promtool() -> Option<PathBuf> {
 
 fn promtool_check(text: &str) {
     let Some(tool) = promtool() else {
-        println!("SKIP promtool check: promtool not installed (apt-get install prometheus)");
-        return;
+        return crate::testutil::skip("promtool not installed (apt-get install prometheus)");
     };
     let mut child = std::process::Command::new(tool)
         .args(["check", "metrics"])

@@ -1,5 +1,6 @@
 //! `privileged_*` tests mount real FUSE filesystems and overlays; they skip
-//! (with a printed reason) unless running as root with `/dev/fuse`.
+//! (through [`crate::testutil::skip`], a failure under
+//! `CLIP_REQUIRE_PRIVILEGED=1`) unless running as root with `/dev/fuse`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -16,11 +17,11 @@ use crate::format::{
 };
 use crate::fuse::{ClipFs, FsConfig};
 
-pub(super) fn skip_unless_privileged(test: &str) -> bool {
+pub(super) fn skip_unless_privileged() -> bool {
     match check_privileges() {
         Ok(()) => false,
         Err(e) => {
-            eprintln!("SKIP {test}: {e}");
+            crate::testutil::skip(&e.to_string());
             true
         }
     }
@@ -337,7 +338,7 @@ fn daemon_spec_roundtrip() {
 
 #[test]
 fn privileged_fuse_metadata_reads_xattrs_dev() {
-    if skip_unless_privileged("privileged_fuse_metadata_reads_xattrs_dev") {
+    if skip_unless_privileged() {
         return;
     }
     fuse_metadata_reads_xattrs(FuseTransport::Dev);
@@ -345,7 +346,7 @@ fn privileged_fuse_metadata_reads_xattrs_dev() {
 
 #[test]
 fn privileged_fuse_metadata_reads_xattrs_uring() {
-    if skip_unless_privileged("privileged_fuse_metadata_reads_xattrs_uring") {
+    if skip_unless_privileged() {
         return;
     }
     fuse_metadata_reads_xattrs(FuseTransport::Uring);
@@ -510,7 +511,7 @@ fn fuse_metadata_reads_xattrs(transport: FuseTransport) {
 
 #[test]
 fn privileged_overlay_on_fuse_dev() {
-    if skip_unless_privileged("privileged_overlay_on_fuse_dev") {
+    if skip_unless_privileged() {
         return;
     }
     overlay_on_fuse(FuseTransport::Dev);
@@ -518,7 +519,7 @@ fn privileged_overlay_on_fuse_dev() {
 
 #[test]
 fn privileged_overlay_on_fuse_uring() {
-    if skip_unless_privileged("privileged_overlay_on_fuse_uring") {
+    if skip_unless_privileged() {
         return;
     }
     overlay_on_fuse(FuseTransport::Uring);
@@ -648,7 +649,7 @@ impl Drop for RunGuard {
 
 #[test]
 fn privileged_daemon_attach_reuse_detach() {
-    if skip_unless_privileged("privileged_daemon_attach_reuse_detach") {
+    if skip_unless_privileged() {
         return;
     }
     let _param = uring_param_shared();
@@ -765,7 +766,7 @@ fn daemon_child_entry() {
 
 #[test]
 fn privileged_killed_daemon_is_cleaned_up() {
-    if skip_unless_privileged("privileged_killed_daemon_is_cleaned_up") {
+    if skip_unless_privileged() {
         return;
     }
     let _param = uring_param_shared();
@@ -836,7 +837,7 @@ fn privileged_killed_daemon_is_cleaned_up() {
 /// directly or through an overlay.
 #[test]
 fn privileged_allow_other_is_needed() {
-    if skip_unless_privileged("privileged_allow_other_is_needed") {
+    if skip_unless_privileged() {
         return;
     }
     let _param = uring_param_shared();
@@ -845,8 +846,7 @@ fn privileged_allow_other_is_needed() {
         .output()
         .is_err()
     {
-        eprintln!("SKIP privileged_allow_other_is_needed: no setpriv");
-        return;
+        return crate::testutil::skip("no setpriv (util-linux)");
     }
     let tmp = tempfile::tempdir().unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -909,7 +909,7 @@ fn privileged_allow_other_is_needed() {
 #[test]
 #[ignore = "benchmark"]
 fn privileged_bench_read_throughput() {
-    if skip_unless_privileged("privileged_bench_read_throughput") {
+    if skip_unless_privileged() {
         return;
     }
     let _param = uring_param_shared();

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: the clipctl binary, the test
-//! registry and test bed set up by `scripts/test.sh`, skip rules.
+//! registry and test bed set up by `scripts/test.sh`, skip rules (every
+//! skip goes through [`skip`], a failure under `CLIP_REQUIRE_PRIVILEGED=1`).
 
 pub mod proxy;
 pub mod s3;
@@ -48,28 +49,58 @@ pub fn privileged() -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The test registry if privileged tests can run here; otherwise prints why
-/// the test is skipped (like `require!`).
+/// Gives up on the calling test because a prerequisite is missing: prints
+/// why, or fails the test under `CLIP_REQUIRE_PRIVILEGED=1` (`.ci/run`).
+pub fn skip(why: &str) {
+    clip::testutil::skip(why);
+}
+
+/// Whether privileged tests can run here; if not, the test is skipped
+/// ([`skip`]) and the caller returns.
+pub fn can_run_privileged() -> bool {
+    match privileged() {
+        Ok(()) => true,
+        Err(why) => {
+            skip(why);
+            false
+        }
+    }
+}
+
+/// The test registry if privileged tests can run here; otherwise the test
+/// is skipped ([`skip`]).
 pub fn privileged_registry() -> Option<String> {
-    if let Err(why) = privileged() {
-        eprintln!("skipped: {why}");
+    if !can_run_privileged() {
         return None;
     }
     let reg = registry();
     if reg.is_none() {
-        eprintln!("skipped: CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
+        skip("CLIP_TEST_REGISTRY not set (run scripts/test.sh)");
     }
     reg
 }
 
-/// Skips the calling test (with a printed reason) unless `$cond` is `Some`/`Ok`.
+/// Whether `program` runs (`program --version`); if not, the test is
+/// skipped ([`skip`]) and the caller returns.
+pub fn have_program(program: &str, package: &str) -> bool {
+    let ok = Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        skip(&format!("no {program} (apt-get install {package})"));
+    }
+    ok
+}
+
+/// Skips the calling test ([`skip`]) unless `$e` is `Some`.
 #[macro_export]
 macro_rules! require {
     ($e:expr, $why:expr) => {
         match $e {
             Some(v) => v,
             None => {
-                eprintln!("skipped: {}", $why);
+                $crate::common::skip($why);
                 return;
             }
         }

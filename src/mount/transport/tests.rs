@@ -167,7 +167,7 @@ fn mount_and_read(
 
 #[test]
 fn privileged_transport_follows_the_module_parameter() {
-    if skip_unless_privileged("privileged_transport_follows_the_module_parameter") {
+    if skip_unless_privileged() {
         return;
     }
     let Some(was_on) = uring_param() else {
