@@ -512,6 +512,11 @@ impl Drop for Dirs {
     }
 }
 
+/// Whether something is mounted at exactly `path` (this namespace).
+pub fn is_mounted_at(path: &Path) -> bool {
+    clip::mount::is_mounted(path)
+}
+
 /// `clipctl index --layout DIR:latest --out OUT (extra…)`; returns OUT.
 pub fn index_layout(layout: &Path, out: &Path, extra: &[&str]) -> PathBuf {
     let spec = format!("{}:latest", layout.display());
