@@ -10,10 +10,14 @@ use std::process::{Command, Output};
 
 use crate::common::{self, stderr, Dirs};
 
-/// `setpriv` as uid/gid 65534 running `args`.
+/// `args` run by a shell as uid/gid 65534. Through a shell: setpriv
+/// itself still has root's capabilities when it execs its argument, so
+/// only a process started by the unprivileged shell shows what a host
+/// user can do.
 fn as_nobody(args: &[&str]) -> Output {
     Command::new("setpriv")
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["/bin/sh", "-c", "exec \"$@\"", "sh"])
         .args(args)
         .output()
         .expect("setpriv")

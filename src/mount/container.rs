@@ -399,8 +399,12 @@ fn attach_locked<S: StackPart>(
         node_cdir.join("work"),
         rec.rootfs.clone(),
     );
-    for d in [&upper, &work, &rootfs] {
-        super::layout::create_private(d)?;
+    super::layout::create_private(node_cdir)?;
+    super::layout::create_private(&rootfs)?;
+    // 0755: the upper dir's root is the container's `/` (a 0700 one would
+    // shut every non-root container user out); node_cdir keeps host users out.
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d).map_err(MountError::io("create", d))?;
     }
     if is_mounted(&rootfs) {
         return Err(MountError::MountBusy(rootfs));
@@ -422,8 +426,8 @@ fn attach_locked<S: StackPart>(
 /// with the image's last container, stops the daemon (or cleans up after a
 /// dead one) and removes the image dir.
 ///
-/// A rootfs still in use (a process with a file, cwd or root in it, or a
-/// mount namespace holding a copy, as a running runc container does) is
+/// A rootfs still in use (a process with a file, cwd or root in it, as the
+/// processes of a running runc container have, in their namespace) is
 /// detached lazily and nothing is deleted under it: the container turns
 /// `draining` ([`DetachOutcome::still_used_by`] names the processes), its
 /// upper and work dirs and the image daemon stay, and a later `umount` or

@@ -1,21 +1,23 @@
 //! Who still uses an overlay that was unmounted from this namespace: a
 //! lazily detached mount lives on while a process has a file, its working
-//! directory or its root in it, and a copy of it lives in every mount
-//! namespace made while it was mounted (runc makes one per container and
-//! pivots into it). Scanned from `/proc`, like `fuser -m`: each mount
-//! namespace's mountinfo for the overlay's superblock device, and each
-//! process's fds, cwd, root and exe for the mount's id (`mnt_id` of
-//! fdinfo; cwd, root and exe are opened `O_PATH`, which never calls into
-//! the filesystem).
+//! directory or its root in it, and a container's processes (runc pivots
+//! them into a copy of the mount in their own namespace) have their root
+//! on it. Scanned from `/proc`, like `fuser -m`: each process's fds, cwd,
+//! root and exe by the mount's id (`mnt_id` of fdinfo; cwd, root and exe
+//! are opened `O_PATH`, which never calls into the filesystem), and its
+//! root and cwd by the overlay's device (the same in every namespace, so a
+//! container's copy counts). A namespace that merely holds a copy, with
+//! no process in it, does not count: nothing can be deleted under anyone
+//! there.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::mountinfo::{parse_line, MountIdentity};
+use super::mountinfo::MountIdentity;
 
 /// `mnt_id` of an fdinfo file's text.
 fn mnt_id_of(fdinfo: &str) -> Option<u64> {
@@ -56,26 +58,33 @@ fn holds_files_on(pid: &str, mount_id: u64) -> bool {
     })
 }
 
-/// Whether the mountinfo of `pid` (its namespace) holds a mount of the
-/// overlay's superblock.
-fn namespace_holds(pid: &str, id: &MountIdentity) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .map(|text| {
-            text.lines()
-                .filter_map(parse_line)
-                .any(|(m, _)| m.dev == id.dev && m.fstype == id.fstype)
-        })
-        .unwrap_or(false)
+/// The device of what `link` (a `/proc/<pid>/{cwd,root}` link) names.
+fn dev_of_link(link: &Path) -> Option<u64> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(link)
+        .ok()?;
+    Some(f.metadata().ok()?.dev())
 }
 
-/// Whether process `pid` uses the overlay `id` (`namespaces` caches the
-/// answer per mount namespace).
-fn uses(pid: &str, id: &MountIdentity, namespaces: &mut HashMap<PathBuf, bool>) -> bool {
-    let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap_or_default();
-    let in_ns = *namespaces
-        .entry(ns)
-        .or_insert_with(|| namespace_holds(pid, id));
-    in_ns || holds_files_on(pid, id.mount_id)
+/// `major:minor` as a device number.
+fn parse_dev(dev: &str) -> Option<u64> {
+    let (major, minor) = dev.split_once(':')?;
+    Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// Whether process `pid` has its root or cwd on device `dev` (a container
+/// in its own namespace, on its copy of the mount).
+fn root_or_cwd_on(pid: &str, dev: u64) -> bool {
+    ["root", "cwd"]
+        .iter()
+        .any(|l| dev_of_link(&Path::new("/proc").join(pid).join(l)) == Some(dev))
+}
+
+/// Whether process `pid` uses the overlay `id`.
+fn uses(pid: &str, id: &MountIdentity) -> bool {
+    holds_files_on(pid, id.mount_id) || parse_dev(&id.dev).is_some_and(|d| root_or_cwd_on(pid, d))
 }
 
 /// How long one process's `/proc` files may take: a process wedged in the
@@ -104,9 +113,8 @@ pub(super) fn overlay_users(id: &MountIdentity) -> Vec<u32> {
         let spawned = std::thread::Builder::new()
             .name("clip-users-scan".into())
             .spawn(move || {
-                let mut namespaces = HashMap::new();
                 for pid in batch {
-                    let used = uses(&pid, &id2, &mut namespaces);
+                    let used = uses(&pid, &id2);
                     if tx.send(used).is_err() {
                         return;
                     }
@@ -153,5 +161,8 @@ mod tests {
         assert_eq!(mnt_id_of("pos:\t0\n"), None);
         // This process's cwd is on some mount.
         assert!(mnt_id_of_link(Path::new("/proc/self/cwd")).is_some());
+        assert_eq!(parse_dev("0:42"), Some(libc::makedev(0, 42)));
+        let root = std::fs::metadata("/").unwrap().dev();
+        assert_eq!(dev_of_link(Path::new("/proc/self/root")), Some(root));
     }
 }
