@@ -4,7 +4,8 @@
 # Installs cargo-fuzz if missing, regenerates fuzz/corpus/ (git-ignored) from
 # library-built seeds, the tiny test image (if present) and fuzz/regressions/,
 # then runs each target on stable (no sanitizer). Fails on the first crash;
-# the reproducer is left in fuzz/artifacts/<target>/.
+# the reproducer is left in fuzz/artifacts/<target>/ and copied to
+# fuzz/regressions/<target>/ (commit it: `cargo test` replays it).
 set -euo pipefail
 
 secs=${1:-60}
@@ -33,7 +34,14 @@ for target in format_open tar_entries gzip_index archive_open; do
     mkdir -p "corpus/$target"
     cp -f regressions/"$target"/* "corpus/$target/" 2>/dev/null || true
     echo "== $target (${secs}s)"
-    cargo fuzz run --sanitizer none --release "$target" "corpus/$target" -- \
-        -max_total_time="$secs" -rss_limit_mb=2048 -max_len=1048576 -print_final_stats=1
+    if ! cargo fuzz run --sanitizer none --release "$target" "corpus/$target" -- \
+        -max_total_time="$secs" -rss_limit_mb=2048 -max_len=1048576 -print_final_stats=1; then
+        for f in artifacts/"$target"/*; do
+            [[ -f $f ]] || continue
+            cp -f "$f" "regressions/$target/"
+            echo "fuzz smoke: $target crashed; reproducer saved as fuzz/regressions/$target/$(basename "$f")"
+        done
+        exit 1
+    fi
 done
 echo "fuzz smoke: no crashes"

@@ -3,8 +3,10 @@
 # throw-away OCI bundle (runc spec; root.path=ROOTFS, not read-only, no terminal,
 # no network). stdio pass through; exit code is the process's.
 # Process: ARG... if given, else /bin/sh -c "$CONTAINER_CMD" (default: echo hello).
-# Env: CONTAINER_ENV="K=V K2=V2" extra environment, CONTAINER_CWD (default /).
+# Env: CONTAINER_ENV="K=V K2=V2" extra environment, CONTAINER_CWD (default /),
+# CONTAINER_USER=UID:GID the process's user (default 0:0).
 set -euo pipefail
+CONTAINER_USER="${CONTAINER_USER:-0:0}"
 HERE="$(dirname "$(readlink -f "$0")")"
 . "$HERE/lib.sh"
 
@@ -24,7 +26,8 @@ to_json() { local a='[]' x; for x in "$@"; do a="$(jq -cn --argjson a "$a" --arg
 read -r -a ENVS <<< "${CONTAINER_ENV:-}"
 jq --arg root "$ROOTFS" --argjson args "$(to_json "${ARGS[@]}")" \
    --argjson env "$(to_json ${ENVS[@]+"${ENVS[@]}"})" --arg cwd "${CONTAINER_CWD:-/}" \
-   '.root.path=$root | .root.readonly=false | .process.terminal=false
+   --argjson uid "${CONTAINER_USER%%:*}" --argjson gid "${CONTAINER_USER##*:}" \
+   '.root.path=$root | .process.user.uid=$uid | .process.user.gid=$gid | .root.readonly=false | .process.terminal=false
     | .process.args=$args | .process.cwd=$cwd | .process.env += $env
     | .hostname="clip"' "$BUNDLE/config.json" > "$BUNDLE/config.json.new"
 mv "$BUNDLE/config.json.new" "$BUNDLE/config.json"

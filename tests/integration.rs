@@ -6,6 +6,8 @@ mod common;
 mod differential;
 mod fleet;
 mod hardening;
+mod host_safety;
+mod lifecycle;
 mod metrics;
 mod mount;
 mod stall;

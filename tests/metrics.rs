@@ -151,7 +151,7 @@ fn daemon_pid(run_dir: &Path) -> String {
         .map(|e| e.path().join("daemon.pid"))
         .find(|p| p.exists())
         .expect("daemon.pid");
-    std::fs::read_to_string(pidfile).unwrap().trim().to_string()
+    common::pid_in(&pidfile).to_string()
 }
 
 /// Mounts the tiny image as `cid` in `d`; returns the rootfs.

@@ -453,7 +453,7 @@ fn killed_daemon_gives_eio_not_a_hang_and_umount_cleans_up(transport: &'static s
         .map(|e| e.path().join("daemon.pid"))
         .find(|p| p.exists())
         .unwrap();
-    let pid = std::fs::read_to_string(pidfile).unwrap().trim().to_string();
+    let pid = common::pid_in(&pidfile).to_string();
     assert!(Command::new("kill")
         .args(["-9", &pid])
         .status()

@@ -9,6 +9,7 @@ mod archive_io;
 mod create;
 mod daemon;
 mod extract;
+mod gc;
 mod index;
 mod inspect;
 mod ls;
@@ -57,6 +58,8 @@ enum Command {
     Profile(profile::ProfileArgs),
     /// List mounted images and containers.
     Ps(ps::PsArgs),
+    /// Repair what a killed clipctl left; finish draining containers.
+    Gc(gc::GcArgs),
     /// Show FUSE/fetch/cache latencies and counters of the running mount daemons.
     Metrics(metrics::MetricsArgs),
     /// Internal: the long-lived mount daemon (started by `mount`).
@@ -89,6 +92,7 @@ pub fn main() -> ExitCode {
         Command::Umount(a) => umount::run(a),
         Command::Profile(a) => profile::run(a),
         Command::Ps(a) => ps::run(a),
+        Command::Gc(a) => gc::run(a),
         Command::Metrics(a) => metrics::run(a),
         Command::Daemon(a) => daemon::run(a),
     };

@@ -48,10 +48,11 @@ pub fn run(args: PsArgs) -> Result<()> {
         "CID", "IMAGE", "PID", "STATE", "TRANSPORT", "INDEX", "PROFILE"
     );
     for c in list {
-        let state = match (c.mounted, c.daemon_alive) {
-            (true, true) => "running",
-            (_, false) => "dead",
-            (false, true) => "unmounted",
+        let state = match (c.state.as_str(), c.mounted, c.daemon_alive) {
+            ("attached", true, true) => "running",
+            ("attached", _, false) => "dead",
+            ("attached", false, true) => "unmounted",
+            (other, _, _) => other,
         };
         let p = provenance(&c);
         let index = match p.as_ref().map(|p| &p.index) {

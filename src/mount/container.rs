@@ -1,19 +1,25 @@
 //! Container bookkeeping on top of the per-image daemons: attach (start or
 //! reuse the image's daemon, add an overlay), detach (remove the overlay;
-//! the last container stops the daemon), list.
+//! the last container stops the daemon), list; each container's record
+//! (`container.json`) and its states. What a detach does with a rootfs
+//! still in use, and the repair of what a killed clipctl left, are in
+//! `lifecycle.rs`.
 
 use std::fs::File;
 use std::io::ErrorKind;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::control::control_request;
-use super::daemon::{CONTAINERS_FILE, PID_FILE, SOCK_FILE};
-use super::spawn::{start_daemon, Launcher};
-use super::spec::{DaemonSpec, StackPart};
-use super::{is_mounted, mount_overlay, unmount, validate_cid, MountError};
+use super::daemon::CONTAINERS_FILE;
+use super::lifecycle::{self, Released};
+use super::mountinfo::{mount_identity, MountIdentity};
+use super::process::{read_pid_file, DaemonProcess};
+use super::spawn::Launcher;
+use super::spec::StackPart;
+use super::{is_mounted, mount_overlay, validate_cid, MountError};
 use crate::format::Index;
 
 /// What the CLI asks for in `clipctl mount`; `S` is what a newly started
@@ -57,15 +63,143 @@ impl<S: Default> MountRequest<S> {
     }
 }
 
-/// `<run_dir>/<cid>/container.json`: what detach needs.
+/// Where a container is in its life (the `state` of its record).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum State {
+    /// Claimed by an attach still running (or killed before it finished).
+    Attaching,
+    /// Mounted and in the image's `containers` list.
+    #[default]
+    Attached,
+    /// A detach is running (or was killed before it finished).
+    Detaching,
+    /// Unmounted here, but processes still use the overlay: its upper and
+    /// work dirs and the image daemon stay until they are gone.
+    Draining,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Attaching => "attaching",
+            State::Attached => "attached",
+            State::Detaching => "detaching",
+            State::Draining => "draining",
+        }
+    }
+}
+
+/// The clipctl process working on a record (pid and start time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Owner {
+    pid: u32,
+    start: u64,
+}
+
+impl Owner {
+    fn this() -> Self {
+        let (pid, start) = super::process::this_process();
+        Owner { pid, start }
+    }
+}
+
+/// `<run_dir>/<cid>/container.json`: what detach and repair need. Written
+/// (state `attaching`) before anything is mounted, so that a clipctl
+/// killed at any step leaves a record naming what to undo.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    cid: String,
-    image: String,
-    clip_path: PathBuf,
-    rootfs: PathBuf,
-    node_container_dir: PathBuf,
-    created_unix: u64,
+pub(super) struct Record {
+    pub(super) cid: String,
+    pub(super) image: String,
+    pub(super) clip_path: PathBuf,
+    pub(super) rootfs: PathBuf,
+    pub(super) node_container_dir: PathBuf,
+    pub(super) created_unix: u64,
+    #[serde(default)]
+    pub(super) state: State,
+    /// The clipctl attaching or detaching it (none once attached).
+    #[serde(default)]
+    pub(super) owner: Option<Owner>,
+    /// The overlay, once mounted (to find its users after it is detached).
+    #[serde(default)]
+    pub(super) overlay: Option<MountIdentity>,
+}
+
+pub(super) const RECORD_FILE: &str = "container.json";
+
+impl Record {
+    /// Whether the clipctl named as owner still runs.
+    pub(super) fn owner_alive(&self) -> bool {
+        self.owner
+            .is_some_and(|o| super::process::alive_with_start(o.pid, o.start))
+    }
+
+    /// Whether this process owns it.
+    pub(super) fn owned_here(&self) -> bool {
+        self.owner == Some(Owner::this())
+    }
+
+    /// Marks it as worked on by this process in `state`.
+    pub(super) fn take(&mut self, state: State) {
+        self.state = state;
+        self.owner = Some(Owner::this());
+    }
+
+    /// Writes it to `<dir>/container.json` through a temp file and a rename.
+    pub(super) fn save(&self, dir: &Path) -> Result<(), MountError> {
+        let path = dir.join(RECORD_FILE);
+        let json = serde_json::to_vec_pretty(self).map_err(|source| MountError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
+        std::fs::write(&tmp, json).map_err(MountError::io("write", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(MountError::io("rename", &path))
+    }
+}
+
+/// The record in `cdir`, if readable.
+pub(super) fn read_record(cdir: &Path) -> Option<Record> {
+    serde_json::from_slice(&std::fs::read(cdir.join(RECORD_FILE)).ok()?).ok()
+}
+
+/// Puts `rec` in place as `<run_dir>/<cid>/container.json` in one step: it
+/// is written in a private `.claim-<pid>-<cid>` dir renamed to `<cid>`
+/// (`RENAME_NOREPLACE`), so a container dir never exists without its
+/// record and two attaches of one cid cannot both win.
+fn claim(run_dir: &Path, rec: &Record) -> Result<PathBuf, MountError> {
+    let cdir = run_dir.join(&rec.cid);
+    let tmp = run_dir.join(format!("{CLAIM_PREFIX}{}-{}", std::process::id(), rec.cid));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::DirBuilder::new()
+        .mode(super::layout::DIR_MODE)
+        .create(&tmp)
+        .map_err(MountError::io("create", &tmp))?;
+    let res = rec.save(&tmp).and_then(|()| {
+        super::sys::rename_noreplace(&tmp, &cdir).map_err(|e| match e.raw_os_error() {
+            Some(libc::EEXIST | libc::ENOTEMPTY) => MountError::CidInUse(rec.cid.clone()),
+            _ => MountError::io("rename", &cdir)(e),
+        })
+    });
+    if res.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    res.map(|()| cdir)
+}
+
+/// Name prefix of a claim being written (see [`claim`]).
+pub(super) const CLAIM_PREFIX: &str = ".claim-";
+
+/// Test hook: `CLIP_TEST_CRASH_AT=<point>` aborts the process at that point
+/// of attach (`after-record`, `after-daemon`, `after-overlay`,
+/// `after-containers`) or detach (`detach-after-unmount`,
+/// `detach-after-upper`), without unwinding or cleanup, as a SIGKILL would
+/// stop it; the crash tests check that the next command repairs the rest.
+pub(super) fn crash_point(point: &str) {
+    if std::env::var_os("CLIP_TEST_CRASH_AT").is_some_and(|v| v == point) {
+        eprintln!("clipctl: CLIP_TEST_CRASH_AT={point}: aborting");
+        std::process::abort();
+    }
 }
 
 /// One attached container, for `clipctl ps`.
@@ -81,11 +215,14 @@ pub struct ContainerInfo {
     pub rootfs: PathBuf,
     /// The image's run dir (holds the daemon's spec and log).
     pub image_dir: PathBuf,
+    /// `attaching`, `attached`, `detaching` or `draining` (unmounted, still
+    /// in use by processes; see `clipctl umount`).
+    pub state: String,
     /// Whether the overlay is mounted.
     pub mounted: bool,
     /// The image daemon's pid, if its pid file exists.
     pub daemon_pid: Option<u32>,
-    /// Whether that process is alive.
+    /// Whether that process is alive (and is the image's daemon).
     pub daemon_alive: bool,
     /// The FUSE transport the daemon serves with (`dev`, `uring`), if known.
     pub fuse_transport: Option<String>,
@@ -102,6 +239,11 @@ pub struct DetachOutcome {
     pub daemon_stopped: bool,
     /// The daemon had died; its dead FUSE mount was lazily unmounted.
     pub daemon_was_dead: bool,
+    /// Processes still using the rootfs (non-empty: the container is
+    /// draining: unmounted from the run dir, its upper and work dirs and
+    /// the image daemon kept until they exit; a later `umount` or `gc`
+    /// finishes).
+    pub still_used_by: Vec<u32>,
 }
 
 /// Hex digits of the manifest digest that name an image's run dir: 96 bits
@@ -123,50 +265,38 @@ fn image_key(index: &Index, clip_path: &Path) -> String {
     key
 }
 
-fn images_dir(run_dir: &Path) -> PathBuf {
+pub(super) fn images_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("images")
 }
 
-/// Holds the per-image flock until dropped.
-fn lock_image(run_dir: &Path, image: &str) -> Result<File, MountError> {
+fn open_image_lock(run_dir: &Path, image: &str) -> Result<File, MountError> {
     let dir = images_dir(run_dir);
-    std::fs::create_dir_all(&dir).map_err(MountError::io("create", &dir))?;
+    super::layout::create_private(&dir)?;
     let path = dir.join(format!("{image}.lock"));
-    let f = File::options()
+    File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(MountError::io("open", &path))?;
-    f.lock().map_err(MountError::io("lock", &path))?;
+        .map_err(MountError::io("open", &path))
+}
+
+/// Holds the per-image flock until dropped.
+pub(super) fn lock_image(run_dir: &Path, image: &str) -> Result<File, MountError> {
+    let f = open_image_lock(run_dir, image)?;
+    f.lock()
+        .map_err(MountError::io("lock", images_dir(run_dir).join(image)))?;
     Ok(f)
 }
 
-fn pid_of(image_dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(image_dir.join(PID_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// The per-image flock if no one else holds it (repair skips busy images).
+pub(super) fn try_lock_image(run_dir: &Path, image: &str) -> Option<File> {
+    let f = open_image_lock(run_dir, image).ok()?;
+    f.try_lock().ok()?;
+    Some(f)
 }
 
-/// Alive and not a zombie.
-fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(')')
-            .and_then(|(_, r)| r.trim_start().chars().next())
-            .is_some_and(|st| st != 'Z' && st != 'X'),
-        Err(_) => false,
-    }
-}
-
-fn daemon_answers(image_dir: &Path) -> bool {
-    control_request(&image_dir.join(SOCK_FILE), "ping", Duration::from_secs(2))
-        .is_ok_and(|r| r.0 == "pong")
-}
-
-fn read_containers(image_dir: &Path) -> Vec<String> {
+pub(super) fn read_containers(image_dir: &Path) -> Vec<String> {
     read_cids(&image_dir.join(CONTAINERS_FILE))
 }
 
@@ -180,7 +310,7 @@ pub(super) fn read_cids(containers_file: &Path) -> Vec<String> {
         .collect()
 }
 
-fn write_containers(image_dir: &Path, cids: &[String]) -> Result<(), MountError> {
+pub(super) fn write_containers(image_dir: &Path, cids: &[String]) -> Result<(), MountError> {
     let path = image_dir.join(CONTAINERS_FILE);
     let tmp = image_dir.join(format!("{CONTAINERS_FILE}.tmp"));
     let body: String = cids.iter().map(|c| format!("{c}\n")).collect();
@@ -188,42 +318,7 @@ fn write_containers(image_dir: &Path, cids: &[String]) -> Result<(), MountError>
     std::fs::rename(&tmp, &path).map_err(MountError::io("rename", &path))
 }
 
-/// Stops the image's daemon (politely via `shutdown`, else by cleaning up
-/// after it), unmounts its FUSE mount and removes the image dir. Returns
-/// whether the daemon was already dead.
-fn stop_image(image_dir: &Path) -> Result<bool, MountError> {
-    let mnt = image_dir.join("mnt");
-    let pid = pid_of(image_dir);
-    let mut was_dead = true;
-    if control_request(
-        &image_dir.join(SOCK_FILE),
-        "shutdown",
-        Duration::from_secs(5),
-    )
-    .is_ok_and(|r| r.0 == "ok")
-    {
-        was_dead = false;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while (is_mounted(&mnt) || pid.is_some_and(pid_alive)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    if let Some(p) = pid.filter(|&p| pid_alive(p) && p != std::process::id()) {
-        // Hung or deaf daemon: it no longer serves anyone.
-        tracing::warn!(pid = p, "daemon did not exit; killing it");
-        let _ = super::sys::kill(p as i32, libc::SIGKILL);
-    }
-    if is_mounted(&mnt) {
-        // A killed daemon leaves an ENOTCONN mount; a lazy unmount clears it.
-        unmount(&mnt, true)?;
-    }
-    std::fs::remove_dir_all(image_dir)
-        .or_else(ignore_missing)
-        .map_err(MountError::io("remove", image_dir))?;
-    Ok(was_dead)
-}
-
-fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
+pub(super) fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
     if e.kind() == ErrorKind::NotFound {
         Ok(())
     } else {
@@ -231,13 +326,26 @@ fn ignore_missing(e: std::io::Error) -> std::io::Result<()> {
     }
 }
 
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Attaches container `req.cid`: starts (or reuses) the image's daemon and
 /// mounts an overlay over its FUSE mount; returns the rootfs path.
+///
+/// Crash-safe: the record (state `attaching`, naming this process) is in
+/// place before anything is started or mounted, and turns `attached` last;
+/// whatever a killed attach leaves is undone by the next `mount`, `umount`,
+/// `ps` or `gc` ([`lifecycle::repair`]). A failed attach undoes itself.
 pub fn attach_container<S: StackPart>(req: &MountRequest<S>) -> Result<PathBuf, MountError> {
     validate_cid(&req.cid)?;
     super::check_privileges()?;
-    let cdir = req.run_dir.join(&req.cid);
-    if cdir.exists() {
+    let run_dir = super::layout::prepare_run_dir(&req.run_dir)?;
+    let node_dir = super::layout::prepare_node_dir(&req.node_dir)?;
+    lifecycle::repair(&run_dir);
+    if run_dir.join(&req.cid).exists() {
         return Err(MountError::CidInUse(req.cid.clone()));
     }
     let index = Index::open(&req.clip_path).map_err(|source| MountError::Index {
@@ -252,26 +360,26 @@ pub fn attach_container<S: StackPart>(req: &MountRequest<S>) -> Result<PathBuf, 
         None => image_key(&index, &req.clip_path),
     };
     drop(index);
-    let _lock = lock_image(&req.run_dir, &image)?;
-    match std::fs::create_dir(&cdir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-            return Err(MountError::CidInUse(req.cid.clone()))
-        }
-        Err(e) => return Err(MountError::io("create", &cdir)(e)),
-    }
-    let image_dir = images_dir(&req.run_dir).join(&image);
-    let node_cdir = req.node_dir.join("containers").join(&req.cid);
-    let res = attach_locked(req, &image, &image_dir, &cdir, &node_cdir);
-    if res.is_err() {
-        let rootfs = cdir.join("rootfs");
-        if is_mounted(&rootfs) {
-            let _ = unmount(&rootfs, true);
-        }
-        let _ = std::fs::remove_dir_all(&cdir);
-        let _ = std::fs::remove_dir_all(&node_cdir);
-        if read_containers(&image_dir).is_empty() && image_dir.exists() {
-            let _ = stop_image(&image_dir);
+    let _lock = lock_image(&run_dir, &image)?;
+    let mut rec = Record {
+        cid: req.cid.clone(),
+        image: image.clone(),
+        clip_path: req.clip_path.clone(),
+        rootfs: run_dir.join(&req.cid).join("rootfs"),
+        node_container_dir: node_dir.join("containers").join(&req.cid),
+        created_unix: now_unix(),
+        state: State::Attaching,
+        owner: Some(Owner::this()),
+        overlay: None,
+    };
+    let cdir = claim(&run_dir, &rec)?;
+    crash_point("after-record");
+    let image_dir = images_dir(&run_dir).join(&image);
+    let res = attach_locked(req, &mut rec, &image_dir, &cdir);
+    if let Err(e) = &res {
+        tracing::warn!(cid = %req.cid, error = %e, "attach failed; undoing it");
+        if let Err(e) = lifecycle::release(&run_dir, &mut rec) {
+            tracing::warn!(cid = %req.cid, error = %e, "undoing the attach");
         }
     }
     res
@@ -279,135 +387,134 @@ pub fn attach_container<S: StackPart>(req: &MountRequest<S>) -> Result<PathBuf, 
 
 fn attach_locked<S: StackPart>(
     req: &MountRequest<S>,
-    image: &str,
+    rec: &mut Record,
     image_dir: &Path,
     cdir: &Path,
-    node_cdir: &Path,
 ) -> Result<PathBuf, MountError> {
-    let mnt = image_dir.join("mnt");
-    if !(is_mounted(&mnt) && daemon_answers(image_dir)) {
-        if image_dir.exists() {
-            tracing::warn!(image_dir = %image_dir.display(), "stale image daemon state; cleaning up");
-            stop_image(image_dir)?;
-        }
-        let spec = DaemonSpec::new(
-            req.clip_path
-                .canonicalize()
-                .map_err(MountError::io("resolve", &req.clip_path))?,
-            image_dir.to_path_buf(),
-            req.stack.clone(),
-        );
-        start_daemon(&spec, &req.launcher, req.ready_timeout)?;
-    }
+    lifecycle::ensure_daemon(req, image_dir)?;
+    crash_point("after-daemon");
+    let node_cdir = &rec.node_container_dir;
     let (upper, work, rootfs) = (
         node_cdir.join("upper"),
         node_cdir.join("work"),
-        cdir.join("rootfs"),
+        rec.rootfs.clone(),
     );
-    for d in [&upper, &work, &rootfs] {
+    super::layout::create_private(node_cdir)?;
+    super::layout::create_private(&rootfs)?;
+    // 0755: the upper dir's root is the container's `/` (a 0700 one would
+    // shut every non-root container user out); node_cdir keeps host users out.
+    for d in [&upper, &work] {
         std::fs::create_dir_all(d).map_err(MountError::io("create", d))?;
     }
     if is_mounted(&rootfs) {
         return Err(MountError::MountBusy(rootfs));
     }
-    mount_overlay(&mnt, &upper, &work, &rootfs)?;
-    let rec = Record {
-        cid: req.cid.clone(),
-        image: image.to_string(),
-        clip_path: req.clip_path.clone(),
-        rootfs: rootfs.clone(),
-        node_container_dir: node_cdir.to_path_buf(),
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    };
-    let rec_path = cdir.join("container.json");
-    let json = serde_json::to_vec_pretty(&rec).map_err(|source| MountError::Json {
-        path: rec_path.clone(),
-        source,
-    })?;
-    std::fs::write(&rec_path, json).map_err(MountError::io("write", &rec_path))?;
+    mount_overlay(&image_dir.join("mnt"), &upper, &work, &rootfs)?;
+    crash_point("after-overlay");
+    rec.overlay = mount_identity(&rootfs);
     let mut cids = read_containers(image_dir);
     cids.push(req.cid.clone());
     write_containers(image_dir, &cids)?;
+    crash_point("after-containers");
+    rec.state = State::Attached;
+    rec.owner = None;
+    rec.save(cdir)?;
     Ok(rootfs)
-}
-
-fn read_record(cdir: &Path) -> Option<Record> {
-    serde_json::from_slice(&std::fs::read(cdir.join("container.json")).ok()?).ok()
 }
 
 /// Detaches container `cid`: unmounts its overlay and removes its dirs;
 /// with the image's last container, stops the daemon (or cleans up after a
-/// dead one) and removes the image dir. Re-running it after a partial
-/// detach finishes the job; a cid that left no trace is
-/// [`MountError::UnknownCid`].
+/// dead one) and removes the image dir.
+///
+/// A rootfs still in use (a process with a file, cwd or root in it, as the
+/// processes of a running runc container have, in their namespace) is
+/// detached lazily and nothing is deleted under it: the container turns
+/// `draining` ([`DetachOutcome::still_used_by`] names the processes), its
+/// upper and work dirs and the image daemon stay, and a later `umount` or
+/// `gc` finishes once they are gone. Re-running it after a partial detach
+/// finishes the job; a cid that left no trace is [`MountError::UnknownCid`].
 pub fn detach_container(cid: &str, run_dir: &Path) -> Result<DetachOutcome, MountError> {
     validate_cid(cid)?;
+    let run_dir = run_dir
+        .canonicalize()
+        .unwrap_or_else(|_| run_dir.to_path_buf());
     let cdir = run_dir.join(cid);
     if !cdir.exists() {
+        lifecycle::repair(&run_dir);
         return Err(MountError::UnknownCid(cid.to_string()));
     }
-    let rec = read_record(&cdir);
-    let rootfs = cdir.join("rootfs");
-    if is_mounted(&rootfs) {
-        match unmount(&rootfs, false) {
-            Err(MountError::MountBusy(_)) => {
-                tracing::warn!(rootfs = %rootfs.display(), "rootfs busy; detaching lazily");
-                unmount(&rootfs, true)?;
-            }
-            other => other?,
-        }
-    }
-    let mut out = DetachOutcome {
-        cid: cid.to_string(),
-        image: rec.as_ref().map(|r| r.image.clone()),
-        daemon_stopped: false,
-        daemon_was_dead: false,
+    let Some(mut rec) = read_record(&cdir) else {
+        // No record (a clipctl from before records were claimed whole).
+        lifecycle::remove_unrecorded(&cdir)?;
+        return Ok(DetachOutcome {
+            cid: cid.to_string(),
+            image: None,
+            daemon_stopped: false,
+            daemon_was_dead: false,
+            still_used_by: Vec::new(),
+        });
     };
-    if let Some(rec) = &rec {
-        std::fs::remove_dir_all(&rec.node_container_dir)
-            .or_else(ignore_missing)
-            .map_err(MountError::io("remove", &rec.node_container_dir))?;
+    let lock = lock_image(&run_dir, &rec.image)?;
+    // Re-read under the lock: an attach or detach may have moved it on.
+    rec = read_record(&cdir).ok_or_else(|| MountError::UnknownCid(cid.to_string()))?;
+    if matches!(rec.state, State::Attaching | State::Detaching)
+        && rec.owner_alive()
+        && !rec.owned_here()
+    {
+        return Err(MountError::CidBusy {
+            cid: cid.to_string(),
+            pid: rec.owner.map_or(0, |o| o.pid),
+        });
     }
-    std::fs::remove_dir_all(&cdir)
-        .or_else(ignore_missing)
-        .map_err(MountError::io("remove", &cdir))?;
-    if let Some(rec) = rec {
-        let _lock = lock_image(run_dir, &rec.image)?;
-        let image_dir = images_dir(run_dir).join(&rec.image);
-        let mut cids = read_containers(&image_dir);
-        cids.retain(|c| c != cid);
-        if cids.is_empty() {
-            if image_dir.exists() {
-                out.daemon_was_dead = stop_image(&image_dir)?;
-                out.daemon_stopped = true;
-            }
-        } else {
-            write_containers(&image_dir, &cids)?;
-        }
+    if rec.state != State::Draining {
+        rec.take(State::Detaching);
+        rec.save(&cdir)?;
     }
-    Ok(out)
+    let Released {
+        still_used_by,
+        daemon_stopped,
+        daemon_was_dead,
+    } = lifecycle::release(&run_dir, &mut rec)?;
+    drop(lock);
+    lifecycle::repair(&run_dir);
+    Ok(DetachOutcome {
+        cid: cid.to_string(),
+        image: Some(rec.image),
+        daemon_stopped,
+        daemon_was_dead,
+        still_used_by,
+    })
 }
 
-/// Every attached container under `run_dir`, sorted by cid.
-pub fn list(run_dir: &Path) -> Vec<ContainerInfo> {
+/// Every container record under `run_dir`, with its dir, sorted by cid.
+pub(super) fn records(run_dir: &Path) -> Vec<(PathBuf, Record)> {
     let Ok(rd) = std::fs::read_dir(run_dir) else {
         return Vec::new();
     };
-    let mut out: Vec<ContainerInfo> = rd
+    let mut out: Vec<(PathBuf, Record)> = rd
         .filter_map(Result::ok)
         .filter(|e| e.file_name() != "images")
-        .filter_map(|e| read_record(&e.path()))
-        .map(|r| {
+        .filter_map(|e| read_record(&e.path()).map(|r| (e.path(), r)))
+        .collect();
+    out.sort_by(|a, b| a.1.cid.cmp(&b.1.cid));
+    out
+}
+
+/// Every container under `run_dir`, sorted by cid (after repairing what a
+/// killed clipctl left, best effort).
+pub fn list(run_dir: &Path) -> Vec<ContainerInfo> {
+    lifecycle::repair(run_dir);
+    records(run_dir)
+        .into_iter()
+        .map(|(_, r)| {
             let image_dir = images_dir(run_dir).join(&r.image);
-            let pid = pid_of(&image_dir);
             let transport = std::fs::read_to_string(image_dir.join(super::daemon::TRANSPORT_FILE));
             ContainerInfo {
                 fuse_transport: transport.ok().map(|t| t.trim().to_string()),
+                state: r.state.name().to_string(),
                 mounted: is_mounted(&r.rootfs),
-                daemon_alive: pid.is_some_and(pid_alive),
-                daemon_pid: pid,
+                daemon_alive: DaemonProcess::find(&image_dir).is_some(),
+                daemon_pid: read_pid_file(&image_dir).map(|(pid, _)| pid),
                 image_dir,
                 cid: r.cid,
                 image: r.image,
@@ -415,7 +522,5 @@ pub fn list(run_dir: &Path) -> Vec<ContainerInfo> {
                 rootfs: r.rootfs,
             }
         })
-        .collect();
-    out.sort_by(|a, b| a.cid.cmp(&b.cid));
-    out
+        .collect()
 }

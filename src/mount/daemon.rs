@@ -158,9 +158,9 @@ impl Handler for DaemonHandler {
 /// file and the socket.
 pub fn run_daemon(config: DaemonConfig) -> Result<(), MountError> {
     let dir = &config.image_dir;
-    std::fs::create_dir_all(dir).map_err(MountError::io("create", dir))?;
+    super::layout::create_private(dir)?;
     let pid_path = dir.join(PID_FILE);
-    std::fs::write(&pid_path, format!("{}\n", std::process::id()))
+    std::fs::write(&pid_path, super::process::pid_file_line())
         .map_err(MountError::io("write", &pid_path))?;
     let sock = dir.join(SOCK_FILE);
     let cleanup = || {

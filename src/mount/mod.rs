@@ -4,39 +4,58 @@
 //! bookkeeping the CLI drives ([`attach_container`], [`detach_container`],
 //! [`list`]).
 //!
-//! Layout under the run dir (default `/run/clip`):
+//! Layout under the run dir (default `/run/clip`); every dir is root's and
+//! 0700 (`layout.rs`: no other host user reaches a rootfs or an image's
+//! FUSE mount; the overlay itself is mounted without `nosuid`, which runc's
+//! bind mount would carry into the container and break its setuid tools):
 //!
 //! ```text
+//! images/                              0700
+//! images/<manifest-hex>/               0700
 //! images/<manifest-hex>/mnt            shared read-only FUSE mount of the image
+//!                                      (nosuid,nodev,default_permissions,allow_other)
 //! images/<manifest-hex>/daemon.json    what the daemon serves (DaemonSpec, 0600)
-//! images/<manifest-hex>/daemon.pid     the daemon's pid
+//! images/<manifest-hex>/daemon.pid     the daemon's pid and start time
 //! images/<manifest-hex>/daemon.log     its stdout/stderr
 //! images/<manifest-hex>/containers     cids using the image, one per line
 //! images/<manifest-hex>/control.sock   line protocol: ping | stats | shutdown (0600)
 //! images/<manifest-hex>.lock           flock serialising attach/detach per image
+//! <cid>/                               0700
 //! <cid>/rootfs                         the container's overlay
-//! <cid>/container.json                 what detach needs to undo the attach
+//! <cid>/container.json                 its record: state (attaching, attached,
+//!                                      detaching, draining), owner, overlay
+//! .claim-<pid>-<cid>/                  a record being put in place
 //! ```
 //!
-//! and under the node dir (default `/var/lib/clip`):
-//! `containers/<cid>/{upper,work}`.
+//! and under the node dir (default `/var/lib/clip`, 0700):
+//! `containers/<cid>/{upper,work}` (0700).
+//!
+//! The lifecycle rules (when a daemon is reused, dead or left alone; what
+//! `umount` does with a rootfs still in use; how a killed clipctl's
+//! leftovers are repaired) are in `lifecycle.rs`; the pid checks in
+//! `process.rs`; who still uses a detached overlay in `users.rs`.
 //!
 //! The FUSE transports (`/dev/fuse` and io_uring) and the READ hand-off
 //! that keeps them off the network are in `transport/`.
 //!
-//! Unsafe lives in `sys.rs` (mount/umount/geteuid/kill), `spawn.rs`
+//! Unsafe lives in `sys.rs` (mount, umount, geteuid, pidfd, poll,
+//! renameat2), `spawn.rs`
 //! (`setsid` in `pre_exec`) and `transport/uring/sys.rs` (io_uring
 //! commands, eventfd, CPU pinning).
 
 mod container;
 mod control;
 mod daemon;
+mod layout;
+mod lifecycle;
 mod mountinfo;
+mod process;
 mod session;
 mod spawn;
 mod spec;
 mod sys;
 mod transport;
+mod users;
 
 use std::io;
 use std::path::PathBuf;
@@ -46,7 +65,8 @@ pub use container::{
 };
 pub use control::{control_request, ControlReply};
 pub use daemon::{run_daemon, ContentFactory, DaemonConfig, FsCounters, StatsReply};
-pub use mountinfo::{is_mounted, mount_fstype};
+pub use lifecycle::repair;
+pub use mountinfo::{is_mounted, mount_fstype, mount_identity, MountIdentity};
 pub use session::{serve, serve_with, MountHandle, ServeOptions};
 pub use spawn::{start_daemon, Launcher, GLIBC_TUNABLES};
 pub use spec::{DaemonSpec, StackPart, DAEMON_SPEC_VERSION, SPEC_FILE};
@@ -79,6 +99,31 @@ pub enum MountError {
     /// Something is already mounted there, or it cannot be unmounted.
     #[error("mount point {} is busy", .0.display())]
     MountBusy(PathBuf),
+    /// Another clipctl is attaching or detaching this container.
+    #[error("container {cid:?} is being attached or detached by clipctl pid {pid}")]
+    CidBusy {
+        /// Container id.
+        cid: String,
+        /// The other clipctl.
+        pid: u32,
+    },
+    /// The image's daemon is alive with a live mount and containers, but
+    /// did not answer: it is left alone (killing it would break them).
+    #[error("the image daemon (pid {pid}, {}) is alive but not answering; it serves running containers, so it was left alone: try again, or stop those containers", image_dir.display())]
+    DaemonUnresponsive {
+        /// The daemon.
+        pid: u32,
+        /// Its image dir.
+        image_dir: PathBuf,
+    },
+    /// A run or node dir that is not safe to use.
+    #[error("{}: {why}; it must be a directory owned by root (clipctl keeps it 0700)", path.display())]
+    UnsafeDir {
+        /// The dir.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// The daemon did not become ready.
     #[error("clip daemon failed to start: {reason}\n--- tail of {} ---\n{log_tail}", log.display())]
     DaemonFailed {

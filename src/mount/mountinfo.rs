@@ -29,12 +29,8 @@ fn mounts() -> Vec<(PathBuf, String)> {
         return Vec::new();
     };
     text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mp = left.split(' ').nth(4)?;
-            let fstype = right.split(' ').next()?;
-            Some((unescape(mp), fstype.to_string()))
-        })
+        .filter_map(parse_line)
+        .map(|(id, mp)| (mp, id.fstype))
         .collect()
 }
 
@@ -60,6 +56,48 @@ pub fn mount_fstype(path: &Path) -> Option<String> {
         .map(|(_, t)| t)
 }
 
+/// What names one mount: its id in this namespace (what `/proc/<pid>/fdinfo`
+/// shows as `mnt_id` for files opened through it) and its superblock's
+/// device (`major:minor`, the same in every namespace holding a copy).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MountIdentity {
+    /// Field 1 of mountinfo.
+    pub mount_id: u64,
+    /// Field 3 of mountinfo.
+    pub dev: String,
+    /// The filesystem type.
+    pub fstype: String,
+}
+
+/// Parses one mountinfo line: (identity, mount point).
+pub(super) fn parse_line(line: &str) -> Option<(MountIdentity, PathBuf)> {
+    let (left, right) = line.split_once(" - ")?;
+    let mut f = left.split(' ');
+    let mount_id = f.next()?.parse().ok()?;
+    let dev = f.nth(1)?.to_string();
+    let mp = unescape(f.nth(1)?);
+    let fstype = right.split(' ').next()?.to_string();
+    Some((
+        MountIdentity {
+            mount_id,
+            dev,
+            fstype,
+        },
+        mp,
+    ))
+}
+
+/// The identity of the topmost mount at exactly `path`, if any.
+pub fn mount_identity(path: &Path) -> Option<MountIdentity> {
+    let want = normal(path);
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let all: Vec<_> = text.lines().filter_map(parse_line).collect();
+    all.into_iter()
+        .rev()
+        .find(|(_, mp)| *mp == want)
+        .map(|(id, _)| id)
+}
+
 /// Whether something is mounted at exactly `path`.
 pub fn is_mounted(path: &Path) -> bool {
     mount_fstype(path).is_some()
@@ -74,6 +112,18 @@ mod tests {
         assert_eq!(unescape(r"/run/a\040b"), PathBuf::from("/run/a b"));
         assert_eq!(unescape(r"/x\134y"), PathBuf::from("/x\\y"));
         assert_eq!(unescape(r"/plain"), PathBuf::from("/plain"));
+    }
+
+    #[test]
+    fn parses_a_line() {
+        let line =
+            r"36 35 98:0 /mnt1 /mnt/a\040b rw,noatime master:1 - ext3 /dev/root rw,errors=continue";
+        let (id, mp) = parse_line(line).unwrap();
+        assert_eq!(id.mount_id, 36);
+        assert_eq!(id.dev, "98:0");
+        assert_eq!(id.fstype, "ext3");
+        assert_eq!(mp, PathBuf::from("/mnt/a b"));
+        assert_eq!(mount_identity(Path::new("/proc")).unwrap().fstype, "proc");
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub fn start_daemon<S: StackPart>(
     timeout: Duration,
 ) -> Result<(), MountError> {
     let dir = &spec.image_dir;
-    std::fs::create_dir_all(dir).map_err(MountError::io("create", dir))?;
+    super::layout::create_private(dir)?;
     let log = dir.join(LOG_FILE);
     let failed = |reason: String| MountError::DaemonFailed {
         reason,

@@ -1,11 +1,14 @@
 //! The unsafe room of `mount`: thin wrappers over mount(2), umount2(2),
-//! geteuid(2) and kill(2). Each returns `io::Result` and owns its CStrings.
+//! geteuid(2), pidfd_open(2), pidfd_send_signal(2), poll(2) and
+//! renameat2(2). Each returns `io::Result` and owns its CStrings and fds.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::Duration;
 
 use super::MountError;
 
@@ -110,7 +113,89 @@ pub(super) fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Sends `sig` to `pid`.
+/// A pidfd for `pid` (`pidfd_open(2)`): it keeps naming that process
+/// even after its pid is reused.
+pub(super) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    if pid <= 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: pidfd_open takes a pid and flags (0) and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `sig` (0: only checks the process exists) to the process of `pidfd`.
+pub(super) fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
+    // SAFETY: a valid pidfd we own, a signal number, no siginfo, flags 0.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether `fd` becomes readable within `timeout` (a pidfd is readable
+/// once its process has exited).
+pub(super) fn poll_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    loop {
+        // SAFETY: one pollfd on the stack, valid for the call.
+        let rc = unsafe { libc::poll(&mut p, 1, ms) };
+        if rc >= 0 {
+            return Ok(rc > 0 && p.revents & libc::POLLIN != 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Renames `from` to `to` unless `to` exists (`RENAME_NOREPLACE`: the
+/// check and the rename are one step, so two callers cannot both win).
+pub(super) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let (f, t) = (cpath(from)?, cpath(to)?);
+    // SAFETY: both paths are NUL-terminated CStrings alive for the call;
+    // AT_FDCWD resolves them like rename(2).
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sends `sig` to `pid` (tests: outside them, signals go through a
+/// checked pidfd, [`pidfd_send_signal`]).
+#[cfg(test)]
 pub(super) fn kill(pid: i32, sig: i32) -> io::Result<()> {
     if pid <= 0 {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));

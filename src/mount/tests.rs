@@ -758,9 +758,13 @@ fn daemon_child_entry() {
         .skip_while(|a| a != "--")
         .skip(1)
         .collect();
-    assert_eq!(args.len(), 2, "want --spec PATH after --: {args:?}");
-    assert_eq!(args[0], "--spec");
-    let spec = DaemonSpec::<()>::load(Path::new(&args[1])).unwrap();
+    assert_eq!(
+        args.len(),
+        3,
+        "want __daemon --spec PATH after --: {args:?}"
+    );
+    assert_eq!(args[1], "--spec");
+    let spec = DaemonSpec::<()>::load(Path::new(&args[2])).unwrap();
     run_daemon(DaemonConfig::new(&spec, mem_content())).unwrap();
 }
 
@@ -783,6 +787,8 @@ fn privileged_killed_daemon_is_cleaned_up() {
             "--nocapture",
             "--test-threads=1",
             "--",
+            // The daemon's verb: what the pid checks look for.
+            process::DAEMON_VERB,
         ]
         .map(Into::into)
         .to_vec(),
@@ -793,11 +799,7 @@ fn privileged_killed_daemon_is_cleaned_up() {
     let image_dir = run
         .join("images")
         .join(&crate::Digest::of(b"killed").hex()[..super::container::IMAGE_KEY_LEN]);
-    let pid: i32 = fs::read_to_string(image_dir.join("daemon.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = process::read_pid_file(&image_dir).unwrap().0 as i32;
     assert_ne!(pid as u32, std::process::id());
     // The daemon is in its own session.
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

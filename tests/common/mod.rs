@@ -512,6 +512,21 @@ impl Drop for Dirs {
     }
 }
 
+/// The pid in a daemon's pid file (`<pid> <start time>`).
+pub fn pid_in(pid_file: &Path) -> u32 {
+    std::fs::read_to_string(pid_file)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a pid")
+}
+
+/// Whether something is mounted at exactly `path` (this namespace).
+pub fn is_mounted_at(path: &Path) -> bool {
+    clip::mount::is_mounted(path)
+}
+
 /// `clipctl index --layout DIR:latest --out OUT (extra…)`; returns OUT.
 pub fn index_layout(layout: &Path, out: &Path, extra: &[&str]) -> PathBuf {
     let spec = format!("{}:latest", layout.display());
