@@ -16,8 +16,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use clip::format::{
-    write_index, AccessProfile, Checkpoint, Chunk, DataRef, ImageMeta, IndexData, Layer, LayerKind,
-    Node, NodeKind, ProfileRange, SparseSegment, Tree, WriteOptions, PROFILE_VERSION,
+    write_index, AccessProfile, Checkpoint, Chunk, DataRef, FileHint, ImageMeta, IndexData, Layer,
+    LayerKind, Node, NodeKind, ProfileRange, SparseSegment, Tree, WriteOptions, PROFILE_VERSION,
 };
 use clip::gzip::{IndexerConfig, ZranReader};
 use clip::Digest;
@@ -306,6 +306,12 @@ fn index_seeds(out: &mut Out) {
         }),
         layers: vec![layer, tar_layer],
         tree: Tree { nodes },
+        // A hints section (§3.10): dependencies and hot ranges of a file.
+        hints: vec![FileHint {
+            ino: 3,
+            dependencies: vec![4],
+            hot_ranges: vec![(0, 4096), (8192, 512)],
+        }],
     };
     for compress in [false, true] {
         let bytes = write_index(&data, WriteOptions { compress }).unwrap();
