@@ -28,6 +28,7 @@ use super::mountinfo::mount_identity;
 use super::process::DaemonProcess;
 use super::spawn::start_daemon;
 use super::spec::{DaemonSpec, StackPart};
+use super::sys::abort_fuse_connection;
 use super::users::overlay_users;
 use super::{is_mounted, unmount, MountError};
 
@@ -176,8 +177,20 @@ pub(super) fn stop_image(image_dir: &Path) -> Result<bool, MountError> {
             d.exited_within(Duration::from_secs(5));
         }
     }
-    if is_mounted(&mnt) {
-        // A killed daemon leaves an ENOTCONN mount; a lazy unmount clears it.
+    if let Some(id) = mount_identity(&mnt).filter(|id| id.fstype.starts_with("fuse")) {
+        // The daemon is gone: fail whatever still waits on its connection
+        // (a reader must never hang on a mount nobody serves), then a lazy
+        // unmount clears the ENOTCONN mount.
+        if daemon
+            .as_ref()
+            .is_none_or(|d| d.pid() != std::process::id())
+        {
+            if let Err(e) = abort_fuse_connection(&id.dev) {
+                tracing::debug!(error = %e, dev = %id.dev, "cannot abort the FUSE connection");
+            }
+        }
+        unmount(&mnt, true)?;
+    } else if is_mounted(&mnt) {
         unmount(&mnt, true)?;
     }
     std::fs::remove_dir_all(image_dir)

@@ -1,5 +1,5 @@
 //! The unsafe room of `mount`: thin wrappers over mount(2), umount2(2),
-//! geteuid(2), pidfd_open(2), pidfd_send_signal(2), poll(2) and
+//! the fusectl abort file, geteuid(2), pidfd_open(2), pidfd_send_signal(2), poll(2) and
 //! renameat2(2). Each returns `io::Result` and owns its CStrings and fds.
 #![allow(unsafe_code)]
 
@@ -96,6 +96,43 @@ pub fn unmount(path: &Path, lazy: bool) -> Result<(), MountError> {
             }
         }
     })
+}
+
+/// Where the kernel lists FUSE connections (the `fusectl` filesystem).
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// Aborts the FUSE connection of device `dev` (`major:minor` from
+/// mountinfo; a FUSE superblock's minor is its connection number): every
+/// request waiting on it fails with `ECONNABORTED` at once. For a mount
+/// whose daemon is gone: the kernel aborts the connection when the last
+/// `/dev/fuse` file closes, but a file kept open elsewhere (an io_uring
+/// teardown still in progress, a descriptor inherited across a fork) leaves
+/// readers waiting with no one to answer. Mounts `fusectl` when needed.
+pub(super) fn abort_fuse_connection(dev: &str) -> io::Result<()> {
+    let minor = dev
+        .split_once(':')
+        .and_then(|(_, m)| m.parse::<u32>().ok())
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let abort = Path::new(FUSECTL).join(minor.to_string()).join("abort");
+    if !abort.exists() && !Path::new(FUSECTL).join(minor.to_string()).exists() {
+        let src = CString::new("fusectl").expect("static");
+        let tgt = CString::new(FUSECTL).expect("static");
+        // SAFETY: all pointers are valid NUL-terminated strings for the call;
+        // data is null (fusectl takes no options). EBUSY: already mounted.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                tgt.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EBUSY) {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    std::fs::write(abort, b"1")
 }
 
 pub(super) fn umount2(path: &Path, flags: i32) -> io::Result<()> {
