@@ -301,10 +301,7 @@ fn registry_request(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
         Fault::Trickle => {
             let resp = forward(&lines, &shared.upstream)?;
-            let split = resp
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .map_or(resp.len(), |p| p + 4);
+            let split = head_len(&resp);
             (&conn).write_all(&resp[..split])?;
             for &b in &resp[split..] {
                 if shared.stop.load(Ordering::SeqCst) {
@@ -333,6 +330,13 @@ fn registry_request(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
     }
 }
 
+/// The length of an HTTP answer's head, up to and with its blank line.
+pub fn head_len(resp: &[u8]) -> usize {
+    resp.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(resp.len(), |p| p + 4)
+}
+
 /// Sends the request to the registry (`Connection: close`) and returns its
 /// whole answer, with `Connection: close`.
 fn forward(lines: &[String], upstream: &str) -> std::io::Result<Vec<u8>> {
@@ -353,10 +357,7 @@ fn forward(lines: &[String], upstream: &str) -> std::io::Result<Vec<u8>> {
     up.write_all(head.as_bytes())?;
     let mut resp = Vec::new();
     up.read_to_end(&mut resp)?;
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(resp.len(), |p| p + 4);
+    let split = head_len(&resp);
     let mut out = Vec::with_capacity(resp.len() + 24);
     for l in String::from_utf8_lossy(&resp[..split]).split("\r\n") {
         if !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:") {
