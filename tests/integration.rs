@@ -4,6 +4,7 @@ mod archive_mount;
 mod cli;
 mod common;
 mod differential;
+mod faults;
 mod fleet;
 mod hardening;
 mod host_safety;

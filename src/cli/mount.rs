@@ -70,9 +70,9 @@ pub struct MountArgs {
     #[arg(long, default_value = "auto", value_name = "auto|uring|dev")]
     pub fuse_transport: FuseTransport,
     /// Deadline of a READ waiting for bytes from the registry: after it the
-    /// reader gets EIO (the fetch goes on and fills the cache). E.g. 60s,
+    /// reader gets EIO (the fetch goes on and fills the cache). E.g. 30s,
     /// 500ms, 2m.
-    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
     pub read_timeout: Duration,
     /// Registry host[:port] allowed over plain HTTP (loopback always is). Repeatable.
     #[arg(long = "insecure-registry")]

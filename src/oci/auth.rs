@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use base64::Engine as _;
 use serde::Deserialize;
 
+use super::client::host_of;
 use super::reference::DOCKER_HUB_REGISTRY;
 use super::OciError;
 
@@ -326,6 +328,28 @@ pub(crate) fn query_escape(s: &str) -> String {
     out
 }
 
+/// Whether the password for `registry` may go to a token `realm` host: the
+/// same host, or a sibling under the registry's parent domain
+/// (`registry-1.docker.io` → `auth.docker.io`). Anywhere else a 401 could
+/// send the password to a host that never had it; the token is asked for
+/// anonymously there.
+pub(crate) fn realm_gets_credentials(registry: &str, realm: &str) -> bool {
+    let (reg, realm) = (
+        host_of(registry).to_ascii_lowercase(),
+        host_of(realm).to_ascii_lowercase(),
+    );
+    if reg == realm {
+        return true;
+    }
+    if reg.parse::<IpAddr>().is_ok() || realm.parse::<IpAddr>().is_ok() {
+        return false;
+    }
+    match reg.split_once('.') {
+        Some((_, parent)) if parent.contains('.') => realm.ends_with(&format!(".{parent}")),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,5 +389,27 @@ mod tests {
         };
         let err = decode_entry("r", &e).unwrap_err().to_string();
         assert!(!err.contains("!!!"));
+    }
+
+    #[test]
+    fn realm_credentials_stay_in_the_registry_domain() {
+        for (registry, realm, ok) in [
+            ("registry-1.docker.io", "auth.docker.io", true),
+            ("ghcr.io", "ghcr.io", true),
+            ("gitlab.example.com:5050", "gitlab.example.com", true),
+            ("reg.example.com", "auth.example.com:8443", true),
+            ("10.0.0.5:5000", "10.0.0.5:8080", true),
+            ("127.0.0.1:5000", "127.0.0.2:5000", false),
+            ("ghcr.io", "evil.io", false),
+            ("reg.example.com", "example.com.evil.net", false),
+            ("reg.example.com", "evil.com", false),
+            ("localhost:5000", "127.0.0.1:5000", false),
+        ] {
+            assert_eq!(
+                realm_gets_credentials(registry, realm),
+                ok,
+                "{registry} -> {realm}"
+            );
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -20,20 +20,66 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 
 use super::auth::{self, Credentials};
-use super::headers::content_length;
+pub(crate) use super::call::Call;
+use super::headers::{content_length, retry_after};
 use super::{OciError, RegistryOptions};
 
 const USER_AGENT: &str = concat!("clip/", env!("CARGO_PKG_VERSION"));
 const MAX_REDIRECTS: usize = 5;
 const MAX_TOKEN_BYTES: u64 = 1 << 20;
+/// The longest `Retry-After` honoured; a longer one gives up at once
+/// (nobody waits minutes for a file read).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The slowest average a body may keep up once the stall timeout has
+/// passed: below it a registry that trickles bytes (never stalling) would
+/// hold a fetch, and every reader waiting on it, for hours.
+pub(crate) const MIN_RATE: u64 = 4 << 10;
+
+/// A response body being read, with what [`Client::next_chunk`] needs to
+/// bound it: when it started and how much came.
+pub(crate) struct Body {
+    inner: Incoming,
+    start: Instant,
+    bytes: u64,
+}
+
+impl Body {
+    /// The body of `resp`, starting now.
+    pub fn of(resp: Response<Incoming>) -> Body {
+        Body {
+            inner: resp.into_body(),
+            start: Instant::now(),
+            bytes: 0,
+        }
+    }
+}
 
 /// A failed attempt: worth retrying or not.
 #[derive(Debug)]
 pub(crate) enum Failure {
     /// Transient: connect error, reset, stall, 5xx, short body.
     Retry(OciError),
+    /// Transient, and the server said when to come back (`Retry-After`
+    /// on a 429 or 503).
+    RetryAfter(OciError, Duration),
     /// Permanent: 404, auth refused, malformed data, …
     Fatal(OciError),
+}
+
+impl Failure {
+    /// The error, and how long to wait before attempt `attempt + 1`:
+    /// backoff, or the server's `Retry-After` up to [`MAX_RETRY_AFTER`];
+    /// `None` when no retry makes sense.
+    pub fn pause(self, attempt: u32) -> (OciError, Option<Duration>) {
+        match self {
+            Failure::Retry(e) => (e, Some(backoff(attempt))),
+            Failure::RetryAfter(e, after) if after <= MAX_RETRY_AFTER => {
+                (e, Some(after.max(backoff(attempt))))
+            }
+            Failure::RetryAfter(e, _) | Failure::Fatal(e) => (e, None),
+        }
+    }
 }
 
 impl From<OciError> for Failure {
@@ -43,58 +89,6 @@ impl From<OciError> for Failure {
 }
 
 type Http = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// One request: method, the headers that vary, and a body that is cheap to
-/// send again (after an auth challenge, a redirect or a retry).
-#[derive(Debug, Clone)]
-pub(crate) struct Call<'a> {
-    pub method: Method,
-    pub accept: Option<&'a str>,
-    pub range: Option<&'a str>,
-    /// Other headers: `Content-Type`, `Content-Range`, `If-Match`, ...
-    pub headers: Vec<(HeaderName, String)>,
-    pub body: Bytes,
-}
-
-impl<'a> Call<'a> {
-    /// A GET.
-    pub fn get(accept: Option<&'a str>, range: Option<&'a str>) -> Self {
-        Call {
-            method: Method::GET,
-            accept,
-            range,
-            headers: Vec::new(),
-            body: Bytes::new(),
-        }
-    }
-
-    /// A request without a body.
-    pub fn bare(method: Method) -> Self {
-        Call {
-            method,
-            ..Call::get(None, None)
-        }
-    }
-
-    /// The same with `body` of media type `content_type`.
-    pub fn with_body(mut self, content_type: &str, body: Bytes) -> Self {
-        self.headers
-            .push((header::CONTENT_TYPE, content_type.to_string()));
-        self.body = body;
-        self
-    }
-
-    /// The same with one more header.
-    pub fn with_header(mut self, name: HeaderName, value: String) -> Self {
-        self.headers.push((name, value));
-        self
-    }
-
-    /// Whether the request writes to the registry (the hint of a refusal).
-    fn writes(&self) -> bool {
-        !matches!(self.method, Method::GET | Method::HEAD)
-    }
-}
 
 /// The HTTP client for one repository on one registry.
 pub(crate) struct Client {
@@ -125,7 +119,7 @@ impl fmt::Debug for Client {
 }
 
 /// `host[:port]` → host without brackets or port.
-fn host_of(authority: &str) -> &str {
+pub(crate) fn host_of(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
@@ -168,6 +162,33 @@ fn chain(e: &dyn StdError) -> String {
 
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(2))
+}
+
+/// Why the TLS handshake refused the server (its certificate), if that is
+/// what `e` is. hyper-rustls wraps rustls' error in an `io::Error` twice,
+/// and an `io::Error`'s `source` skips what it wraps: follow `get_ref`.
+fn tls_refusal(e: &(dyn StdError + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        match err.downcast_ref::<rustls::Error>() {
+            Some(
+                t @ rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            ) => {
+                return Some(format!(
+                    "{t} (a private CA: point SSL_CERT_FILE at a bundle holding it)"
+                ))
+            }
+            Some(t @ (rustls::Error::InvalidCertificate(_) | rustls::Error::AlertReceived(_))) => {
+                return Some(t.to_string())
+            }
+            _ => {}
+        }
+        cur = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 #[derive(Deserialize)]
@@ -391,8 +412,12 @@ impl Client {
                     url = next;
                 }
                 s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                    let after = retry_after(resp.headers());
                     let e = self.status_error(resp, &url).await;
-                    return Err(Failure::Retry(e));
+                    return Err(match after {
+                        Some(wait) => Failure::RetryAfter(e, wait),
+                        None => Failure::Retry(e),
+                    });
                 }
                 _ => return Ok(resp),
             }
@@ -417,6 +442,10 @@ impl Client {
             })),
             Ok(Err(e)) => {
                 let msg = chain(&e);
+                if let Some(reason) = tls_refusal(&e) {
+                    // A certificate does not get better by asking again.
+                    return Err(Failure::Fatal(OciError::Tls { host, reason }));
+                }
                 let err = if e.is_connect() && msg.contains("dns error") {
                     OciError::UnknownRegistry { host, err: msg }
                 } else if e.is_connect() {
@@ -572,6 +601,17 @@ impl Client {
             }
         }
         let mut b = Request::get(uri.clone()).header(header::USER_AGENT, USER_AGENT);
+        let creds = creds.filter(|_| {
+            let ok = auth::realm_gets_credentials(&self.registry, &authority);
+            if !ok {
+                tracing::warn!(
+                    registry = %self.registry,
+                    realm = %authority,
+                    "the token realm is on another host; asking it for a token without the stored credentials"
+                );
+            }
+            ok
+        });
         if let Some(c) = creds {
             let mut v = HeaderValue::from_str(&c.basic_header())
                 .map_err(|_| unauthorized("credentials contain invalid characters".into()))?;
@@ -616,15 +656,13 @@ impl Client {
             .ok_or_else(|| unauthorized("the token service answered without a token".into()))
     }
 
-    /// The next non-empty body chunk, or `None` at the end; a stall longer
-    /// than the timeout is a retryable error.
-    pub async fn next_chunk(
-        &self,
-        body: &mut Incoming,
-        url: &Uri,
-    ) -> Result<Option<Bytes>, Failure> {
+    /// The next non-empty body chunk, or `None` at the end. A stall longer
+    /// than the timeout, or a body still slower than [`MIN_RATE`] on
+    /// average once the timeout has passed (a trickle that never stalls),
+    /// is a retryable error.
+    pub async fn next_chunk(&self, body: &mut Body, url: &Uri) -> Result<Option<Bytes>, Failure> {
         loop {
-            match tokio::time::timeout(self.timeout, body.frame()).await {
+            match tokio::time::timeout(self.timeout, body.inner.frame()).await {
                 Err(_) => {
                     return Err(Failure::Retry(OciError::Timeout {
                         url: show(url),
@@ -641,6 +679,17 @@ impl Client {
                 Ok(Some(Ok(frame))) => {
                     if let Ok(d) = frame.into_data() {
                         if !d.is_empty() {
+                            body.bytes += d.len() as u64;
+                            let elapsed = body.start.elapsed();
+                            if elapsed > self.timeout
+                                && (body.bytes as f64) < MIN_RATE as f64 * elapsed.as_secs_f64()
+                            {
+                                return Err(Failure::Retry(OciError::TooSlow {
+                                    url: show(url),
+                                    bytes: body.bytes,
+                                    elapsed,
+                                }));
+                            }
                             return Ok(Some(d));
                         }
                     }
@@ -668,7 +717,7 @@ impl Client {
             return Err(too_large());
         }
         let mut out = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
-        let mut body = resp.into_body();
+        let mut body = Body::of(resp);
         while let Some(chunk) = self.next_chunk(&mut body, url).await? {
             if out.len() as u64 + chunk.len() as u64 > limit {
                 return Err(too_large());
@@ -726,8 +775,9 @@ impl Client {
     }
 
     /// Runs `op` until it succeeds, fails fatally, or retries run out
-    /// (`retries` extra attempts, exponential backoff, overall deadline of
-    /// `timeout × (retries + 1)`).
+    /// (`retries` extra attempts, exponential backoff or the server's
+    /// `Retry-After` up to [`MAX_RETRY_AFTER`], overall deadline of
+    /// `timeout × (retries + 1)`; a wait that would pass it gives up now).
     pub async fn retry<T>(
         &self,
         mut op: impl AsyncFnMut() -> Result<T, Failure>,
@@ -738,9 +788,9 @@ impl Client {
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Retry(e)) => {
-                    let wait = backoff(attempt);
+                Err(f) => {
+                    let (e, wait) = f.pause(attempt);
+                    let Some(wait) = wait else { return Err(e) };
                     if attempt >= self.retries || start.elapsed().saturating_add(wait) > budget {
                         return Err(e);
                     }

@@ -1,5 +1,8 @@
 //! The response headers the registry client reads, parsed from their text:
-//! `Content-Length`, `Content-Range`, `Link` (the next page of a list).
+//! `Content-Length`, `Content-Range`, `Link` (the next page of a list),
+//! `Retry-After`.
+
+use std::time::Duration;
 
 use hyper::header::{self, HeaderMap};
 
@@ -66,9 +69,17 @@ pub(crate) fn next_link(h: &HeaderMap) -> Option<String> {
         })
 }
 
+/// `Retry-After` in delta-seconds (an HTTP-date is not worth a parser
+/// here: it falls back to the usual backoff).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderValue;
 
     #[test]
     fn content_ranges() {
@@ -100,5 +111,18 @@ mod tests {
         );
         h.insert(header::LINK, "<x>; rel=\"prev\"".parse().unwrap());
         assert_eq!(next_link(&h), None);
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static(" 3 "));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), None);
     }
 }

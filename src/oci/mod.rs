@@ -25,6 +25,7 @@
 
 mod artifact;
 mod auth;
+mod call;
 mod client;
 mod headers;
 mod layout;
@@ -245,6 +246,15 @@ pub enum OciError {
         /// What is wrong.
         reason: String,
     },
+    /// The TLS handshake refused the server's certificate (unknown issuer,
+    /// wrong name, expired, …): not retried.
+    #[error("TLS with {host}: {reason}")]
+    Tls {
+        /// `host[:port]`.
+        host: String,
+        /// What rustls said.
+        reason: String,
+    },
     /// No progress for the stall timeout.
     #[error("no progress for {after:?} from {url}")]
     Timeout {
@@ -252,6 +262,17 @@ pub enum OciError {
         url: String,
         /// The stall timeout.
         after: Duration,
+    },
+    /// A body kept coming, but slower than the client's floor once the
+    /// stall timeout had passed (a trickle).
+    #[error("{url} sends too slowly: {bytes} bytes in {elapsed:?}")]
+    TooSlow {
+        /// The URL (without query string).
+        url: String,
+        /// Bytes received.
+        bytes: u64,
+        /// Since the body started.
+        elapsed: Duration,
     },
     /// A document is bigger than [`MAX_DOCUMENT_BYTES`].
     #[error("{what} is larger than the {limit}-byte limit")]
@@ -308,8 +329,10 @@ impl OciError {
             OciError::Unauthorized { .. } | OciError::Credentials { .. } => {
                 RemoteKind::Unauthorized
             }
-            OciError::Timeout { .. } => RemoteKind::Timeout,
-            OciError::UnknownRegistry { .. } | OciError::Connect { .. } => RemoteKind::Unreachable,
+            OciError::Timeout { .. } | OciError::TooSlow { .. } => RemoteKind::Timeout,
+            OciError::UnknownRegistry { .. } | OciError::Connect { .. } | OciError::Tls { .. } => {
+                RemoteKind::Unreachable
+            }
             OciError::Http { status, .. } => match status {
                 401 | 403 => RemoteKind::Unauthorized,
                 404 => RemoteKind::NotFound,

@@ -245,7 +245,7 @@ async fn read_range(
             }
             let want = (last - first + 1) as usize;
             let mut got = 0usize;
-            let mut body = resp.into_body();
+            let mut body = client::Body::of(resp);
             while let Some(chunk) = client.next_chunk(&mut body, url).await? {
                 if got + chunk.len() > want {
                     return Err(Failure::Fatal(protocol(format!(
@@ -268,7 +268,7 @@ async fn read_range(
             let total = headers::content_length(resp.headers());
             let mut pos = 0u64;
             let mut got = 0usize;
-            let mut body = resp.into_body();
+            let mut body = client::Body::of(resp);
             while got < buf.len() {
                 let Some(chunk) = client.next_chunk(&mut body, url).await? else {
                     break;
@@ -392,24 +392,21 @@ async fn stream_task(client: Arc<Client>, url: Uri, digest: Digest, tx: mpsc::Se
                 let _ = tx.send(Msg::Done).await;
                 return;
             }
-            Err(Failure::Fatal(e)) => {
-                let _ = tx.send(Msg::Failed(e)).await;
-                return;
-            }
-            Err(Failure::Retry(e)) => {
+            Err(f) => {
                 if tx.is_closed() {
                     return;
                 }
                 if received > before {
                     attempt = 0;
                 }
-                if attempt >= client.retries() {
+                let (e, wait) = f.pause(attempt);
+                let Some(wait) = wait.filter(|_| attempt < client.retries()) else {
                     let _ = tx.send(Msg::Failed(e)).await;
                     return;
-                }
+                };
                 tracing::debug!(error = %e, received, "blob stream failed; resuming");
                 client.observe(crate::oci::RequestEvent::Retry);
-                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(4))).await;
+                tokio::time::sleep(wait).await;
                 attempt += 1;
             }
         }
@@ -457,7 +454,7 @@ async fn stream_once(
         tx.send(Msg::Started).await.map_err(|_| closed())?;
         *started = true;
     }
-    let mut body = resp.into_body();
+    let mut body = client::Body::of(resp);
     while let Some(mut chunk) = client.next_chunk(&mut body, url).await? {
         if skip > 0 {
             let s = skip.min(chunk.len() as u64) as usize;

@@ -2,6 +2,7 @@
 //! registry and test bed set up by `scripts/test.sh`, skip rules (every
 //! skip goes through [`skip`], a failure under `CLIP_REQUIRE_PRIVILEGED=1`).
 
+pub mod fault_proxy;
 pub mod proxy;
 pub mod s3;
 
@@ -396,6 +397,9 @@ pub struct Dirs {
     pub cids: Vec<String>,
     /// `--fuse-transport` of every mount (None: the default, auto).
     pub transport: Option<&'static str>,
+    /// Environment of every `clipctl mount` (and so of the daemons it
+    /// starts), e.g. `SSL_CERT_FILE`, `REGISTRY_AUTH_FILE`.
+    pub env: Vec<(String, String)>,
 }
 
 impl Dirs {
@@ -405,6 +409,7 @@ impl Dirs {
             tmp: tempdir(),
             cids: Vec::new(),
             transport: None,
+            env: Vec::new(),
         }
     }
 
@@ -446,7 +451,11 @@ impl Dirs {
             args.extend(["--fuse-transport", t]);
         }
         args.extend_from_slice(extra);
-        let o = run(&args);
+        let o = clipctl()
+            .args(&args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("spawn clipctl");
         if o.status.success() {
             self.cids.push(cid.to_string());
         }
@@ -490,6 +499,17 @@ impl Dirs {
             .get("fuse_transport")?
             .as_str()
             .map(str::to_string)
+    }
+
+    /// The FUSE mountpoint of the (one) image this test mounted.
+    pub fn image_mnt(&self) -> PathBuf {
+        std::fs::read_dir(self.run_dir().join("images"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.is_dir())
+            .expect("an image dir")
+            .join("mnt")
     }
 
     /// Lines of /proc/self/mountinfo under this test's dirs.

@@ -115,10 +115,7 @@ fn one_request(client: TcpStream, upstream: &str, faults: &Faults) -> std::io::R
     up.write_all(&body)?;
     let mut resp = Vec::new();
     up.read_to_end(&mut resp)?;
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(resp.len(), |p| p + 4);
+    let split = super::fault_proxy::head_len(&resp);
     let (rhead, rbody) = resp.split_at_mut(split);
     let corrupt = faults
         .corrupt_blob

@@ -52,10 +52,11 @@ use handoff::Handoff;
 pub const ENABLE_URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 
 /// Default per-READ deadline (`--read-timeout`): a READ still waiting for
-/// its bytes after this long is answered with EIO. Long enough for a large
-/// fill through a slow registry (the source retries within its own
-/// budget), short enough that a program sees an error, not a hang.
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// its bytes after this long is answered with EIO. One registry stall
+/// timeout (30 s, after which the source retries): long enough for a
+/// chunk through a slow registry, short enough that a program sees an
+/// error, not a hang (docs/faults.md measures it).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long [`Engine::start`]'s caller waits for INIT to settle the
 /// transport.
