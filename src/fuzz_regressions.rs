@@ -10,6 +10,9 @@ mod archive_invariants;
 #[path = "../fuzz/src/invariants.rs"]
 #[allow(dead_code)]
 mod invariants;
+#[path = "../fuzz/src/read_invariants.rs"]
+#[allow(dead_code)]
+mod read_invariants;
 
 use std::path::Path;
 
@@ -55,4 +58,9 @@ fn gzip_index_regressions() {
 #[test]
 fn archive_open_regressions() {
     replay("archive_open", archive_invariants::archive_open);
+}
+
+#[test]
+fn fuse_read_regressions() {
+    replay("fuse_read", read_invariants::fuse_read);
 }

@@ -4,3 +4,4 @@ extern crate clip;
 
 pub mod archive_invariants;
 pub mod invariants;
+pub mod read_invariants;

@@ -41,6 +41,12 @@ const STREAM_AFTER: u32 = 8;
 /// Largest read-ahead piece of a prefetch (one GET).
 const PREFETCH_PIECE: u64 = 4 << 20;
 
+/// Largest single fetch of compressed input, whatever the index says a
+/// span needs (a hostile or corrupt checkpoint can name a range of
+/// gigabytes; a whole-layer zstd decode asks for the whole blob): memory
+/// per decoder stays bounded, and a starving decoder fetches again.
+const MAX_FETCH: u64 = 64 << 20;
+
 /// A decoder with the compressed bytes already fetched for it:
 /// `input[consumed..]` starts at `dec.input_position()`.
 #[derive(Debug)]
@@ -791,7 +797,10 @@ impl ContentCache {
         } else {
             (self.config.min_refetch.max(4096) << refills.min(6)).min(MAX_REFETCH)
         };
-        let end = want_end.max(have + min_more).min(plan.compressed_size);
+        let end = want_end
+            .max(have + min_more)
+            .min(plan.compressed_size)
+            .min(have + MAX_FETCH);
         st.input.drain(..st.consumed);
         st.consumed = 0;
         let old = st.input.len();

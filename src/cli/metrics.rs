@@ -67,7 +67,7 @@ pub fn run(a: MetricsArgs) -> Result<()> {
         let render: Arc<RenderFn> = Arc::new(move || {
             metrics::prometheus_scrape(&run_dir, timeout).map_err(|e| e.to_string())
         });
-        server.run(render);
+        match server.run(render)? {}
     }
     let snaps = gather(&a, timeout)?;
     let out = match a.format {

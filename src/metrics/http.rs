@@ -1,37 +1,90 @@
-//! A deliberately tiny HTTP/1.1 server for `clipctl metrics --serve`:
-//! `GET /metrics` (the caller's render function, per scrape), `GET /healthz`
-//! (`ok`), 404 elsewhere, one short-lived thread per connection,
-//! `Connection: close`. No keep-alive, no chunking, no TLS: it is meant for
-//! loopback scrapes.
+//! The HTTP endpoint of `clipctl metrics --serve`, on hyper (HTTP/1.1 with
+//! keep-alive): `GET`/`HEAD` of `/metrics` (the caller's render function,
+//! per scrape, on a blocking thread), `/healthz` (`ok`), 404 elsewhere, 405
+//! for other methods. Bounded so that a hostile or broken client cannot
+//! tie it up ([`ServeLimits`]): at most `max_connections` at once (one more
+//! is answered 503 and closed), request heads over `max_header_bytes`
+//! answered 431, a head not complete within `header_timeout` (a client that
+//! connects and sends nothing, or trickles; also an idle keep-alive
+//! connection) closes the connection, and no connection lives longer than
+//! `max_connection_age`. No TLS: it is meant for loopback scrapes.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{MetricsError, PROMETHEUS_CONTENT_TYPE};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Longest request head accepted.
-const MAX_HEAD: usize = 8 << 10;
-/// A client that does not send its request in this time is dropped.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+use super::{MetricsError, PROMETHEUS_CONTENT_TYPE};
 
 /// The renderer called once per `/metrics` scrape: the body, or an error
 /// message (served as 500).
 pub type RenderFn = dyn Fn() -> Result<String, String> + Send + Sync;
 
+/// How much one client may hold of the endpoint.
+#[derive(Debug, Clone)]
+pub struct ServeLimits {
+    /// Connections served at once; more are answered 503 (default 16).
+    pub max_connections: usize,
+    /// Bytes of request line and headers; more are answered 431 (default 8 KiB).
+    pub max_header_bytes: usize,
+    /// Time to receive a whole request head, counted from the connection's
+    /// start or the previous response (default 10 s).
+    pub header_timeout: Duration,
+    /// A connection is closed after this long, gracefully between
+    /// requests (default 60 s): a client that never reads its response
+    /// cannot hold a connection slot forever.
+    pub max_connection_age: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: 16,
+            max_header_bytes: 8 << 10,
+            header_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The answer to a connection over the limit (the request is not read).
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+Content-Length: 21\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many connections\n";
+
 /// A bound, not yet serving, HTTP endpoint.
 #[derive(Debug)]
 pub struct MetricsServer {
     listener: TcpListener,
+    limits: ServeLimits,
 }
 
 impl MetricsServer {
-    /// Binds `addr` (port 0 picks a free port); a port in use is an error naming the address.
+    /// Binds `addr` (port 0 picks a free port) with the default limits; a
+    /// port in use is an error naming the address.
     pub fn bind(addr: SocketAddr) -> Result<Self, MetricsError> {
         let listener =
             TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
-        Ok(MetricsServer { listener })
+        Ok(MetricsServer {
+            listener,
+            limits: ServeLimits::default(),
+        })
+    }
+
+    /// Serves with `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: ServeLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The address actually bound.
@@ -41,101 +94,132 @@ impl MetricsServer {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until the process ends. `render` produces the `/metrics` body.
-    pub fn run(self, render: Arc<RenderFn>) -> ! {
-        loop {
-            match self.listener.accept() {
-                Ok((conn, _)) => {
-                    let r = render.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name("clip-metrics-http".into())
-                        .spawn(move || handle(conn, &*r));
-                    if let Err(e) = spawned {
-                        tracing::warn!(error = %e, "metrics endpoint: cannot spawn connection thread");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                    // EMFILE and friends: back off instead of spinning.
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+    /// Serves until the process ends (returns only if the runtime cannot
+    /// start). `render` produces the `/metrics` body.
+    pub fn run(self, render: Arc<RenderFn>) -> Result<Infallible, MetricsError> {
+        let limits = self.limits;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            // Renders run on blocking threads, one per connection at most.
+            .max_blocking_threads(limits.max_connections.max(1))
+            .thread_name("clip-metrics-http")
+            .build()
+            .map_err(MetricsError::Serve)?;
+        self.listener
+            .set_nonblocking(true)
+            .map_err(MetricsError::Serve)?;
+        let _guard = runtime.enter();
+        let listener =
+            tokio::net::TcpListener::from_std(self.listener).map_err(MetricsError::Serve)?;
+        runtime.block_on(accept_loop(listener, render, limits))
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    render: Arc<RenderFn>,
+    limits: ServeLimits,
+) -> Result<Infallible, MetricsError> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                // EMFILE and friends: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                tokio::spawn(serve_connection(conn, render.clone(), limits.clone(), slot));
+            }
+            Err(_) => {
+                tokio::spawn(refuse(conn));
             }
         }
     }
 }
 
-fn handle(mut conn: TcpStream, render: &RenderFn) {
-    let _ = conn.set_read_timeout(Some(CLIENT_TIMEOUT));
-    let _ = conn.set_write_timeout(Some(CLIENT_TIMEOUT));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+/// Serves one connection while it holds `_slot`.
+async fn serve_connection(
+    conn: TcpStream,
+    render: Arc<RenderFn>,
+    limits: ServeLimits,
+    _slot: OwnedSemaphorePermit,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(limits.max_header_bytes)
+        .max_headers(64)
+        .title_case_headers(true);
+    let service = service_fn(move |req| answer(req, render.clone()));
+    let conn = http.serve_connection(TokioIo::new(conn), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "metrics endpoint: connection ended");
+            }
         }
-        if head.len() > MAX_HEAD {
-            respond(
-                &mut conn,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "request head too large\n",
-                false,
-            );
-            return;
+        _ = tokio::time::sleep(limits.max_connection_age) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.header_timeout, conn).await;
         }
-    }
-    let text = String::from_utf8_lossy(&head);
-    let mut parts = text.lines().next().unwrap_or("").split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let head_only = method == "HEAD";
-    if method != "GET" && !head_only {
-        respond(
-            &mut conn,
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET\n",
-            false,
-        );
-        return;
-    }
-    match path {
-        "/metrics" => match render() {
-            Ok(body) => respond(
-                &mut conn,
-                "200 OK",
-                PROMETHEUS_CONTENT_TYPE,
-                &body,
-                head_only,
-            ),
-            Err(msg) => respond(
-                &mut conn,
-                "500 Internal Server Error",
-                "text/plain",
-                &format!("{msg}\n"),
-                head_only,
-            ),
-        },
-        "/healthz" => respond(&mut conn, "200 OK", "text/plain", "ok\n", head_only),
-        _ => respond(
-            &mut conn,
-            "404 Not Found",
-            "text/plain",
-            "not found: try /metrics or /healthz\n",
-            head_only,
-        ),
     }
 }
 
-fn respond(conn: &mut TcpStream, status: &str, ctype: &str, body: &str, head_only: bool) {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = conn.write_all(head.as_bytes());
-    if !head_only {
-        let _ = conn.write_all(body.as_bytes());
+/// Answers a connection over the limit with 503 and closes it.
+async fn refuse(mut conn: TcpStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        conn.write_all(BUSY).await?;
+        conn.shutdown().await?;
+        // Read what the client sent so that closing does not reset the
+        // connection before it reads the answer.
+        let mut sink = [0u8; 4096];
+        while conn.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    render: Arc<RenderFn>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Ok(r);
     }
-    let _ = conn.flush();
+    Ok(match req.uri().path() {
+        "/metrics" => match tokio::task::spawn_blocking(move || render()).await {
+            Ok(Ok(body)) => {
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),
+                );
+                r
+            }
+            Ok(Err(msg)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{msg}\n")),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("render: {e}\n")),
+        },
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics or /healthz\n".into(),
+        ),
+    })
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
 }

@@ -79,6 +79,8 @@ mod client;
 mod export;
 mod hook;
 mod http;
+#[cfg(test)]
+mod http_tests;
 mod recorder;
 mod snapshot;
 #[cfg(test)]
@@ -94,7 +96,7 @@ pub use export::{
     human_bytes, render_json, render_prometheus, render_text, PROMETHEUS_CONTENT_TYPE,
 };
 pub use hook::{op_for_opcode, FuseMetricsHook};
-pub use http::{MetricsServer, RenderFn};
+pub use http::{MetricsServer, RenderFn, ServeLimits};
 pub use recorder::{Counter, Metrics, OpTimer};
 pub use snapshot::{Counters, HistSnapshot, Labels, Snapshot, Timings, SCHEMA_VERSION};
 
@@ -245,4 +247,7 @@ pub enum MetricsError {
         /// The error.
         source: std::io::Error,
     },
+    /// The HTTP endpoint's runtime could not start.
+    #[error("cannot serve HTTP: {0}")]
+    Serve(std::io::Error),
 }

@@ -359,6 +359,34 @@ fn archive_seeds(out: &mut Out) {
     fs::remove_dir_all(&dir).expect("remove seed dir");
 }
 
+/// The `fuse_read` fixture's index, plain and zstd-packed, with an empty
+/// script and with scripts that read, look up and list on known inodes.
+fn read_seeds(out: &mut Out) {
+    use clip_fuzz::read_invariants::seed_input;
+    let scripts: [(&str, &[u8]); 3] = [
+        ("walk", b""),
+        // read (op 5) of known inode 3 at 4 KiB, 64 KiB; lookup (op 0) of
+        // "etc" in the root; readdirplus (op 4) of the root from cookie 2.
+        (
+            "ops",
+            b"\x05\x03\x02\x01\x00\x00\x01\x00\x00\x00\x01\x03etc\x04\x00\x02\x00\x00\x00\x00\x00\x00\x00\x10",
+        ),
+        // lseek (op 8), getxattr/listxattr (op 9), a read at a huge offset.
+        (
+            "edges",
+            b"\x08\x04\x00\x00\x10\x00\x00\x00\x00\x00\x00\x09\x02\x04user\x00\x01\x00\x00\x00\x00\x00\x00\x05\x05\x01\xff\xff\xff\xff\xff\xff\xff\x7f\x00\x10\x00\x00",
+        ),
+    ];
+    for compress in [false, true] {
+        for (name, script) in scripts {
+            out.put(
+                &format!("{name}-zstd{}", u8::from(compress)),
+                &seed_input(compress, script),
+            );
+        }
+    }
+}
+
 fn main() {
     let mut args = std::env::args_os().skip(1).map(PathBuf::from);
     let corpus = args
@@ -368,6 +396,8 @@ fn main() {
     let mut tar = Out::new(&corpus, "tar_entries");
     let mut gz = Out::new(&corpus, "gzip_index");
     let mut arc = Out::new(&corpus, "archive_open");
+    let mut read = Out::new(&corpus, "fuse_read");
+    read_seeds(&mut read);
     archive_seeds(&mut arc);
     index_seeds(&mut fmt);
     tar_seeds(&mut tar);
@@ -410,7 +440,7 @@ fn main() {
             tar.put(&format!("{stem}-{short}"), &t);
         }
     }
-    for o in [&fmt, &tar, &gz] {
+    for o in [&fmt, &tar, &gz, &arc, &read] {
         println!("{}: {} seeds", o.dir.display(), o.count);
     }
 }
