@@ -277,12 +277,12 @@ pub fn attach_container<S: StackPart>(req: &MountRequest<S>) -> Result<PathBuf, 
     res
 }
 
-fn attach_locked<S: StackPart>(
+/// Starts the image's daemon unless it is mounted and answers (stale
+/// state of a dead one is cleaned up first); returns its FUSE mount.
+/// Called under the image lock.
+fn ensure_daemon<S: StackPart>(
     req: &MountRequest<S>,
-    image: &str,
     image_dir: &Path,
-    cdir: &Path,
-    node_cdir: &Path,
 ) -> Result<PathBuf, MountError> {
     let mnt = image_dir.join("mnt");
     if !(is_mounted(&mnt) && daemon_answers(image_dir)) {
@@ -299,6 +299,17 @@ fn attach_locked<S: StackPart>(
         );
         start_daemon(&spec, &req.launcher, req.ready_timeout)?;
     }
+    Ok(mnt)
+}
+
+fn attach_locked<S: StackPart>(
+    req: &MountRequest<S>,
+    image: &str,
+    image_dir: &Path,
+    cdir: &Path,
+    node_cdir: &Path,
+) -> Result<PathBuf, MountError> {
+    let mnt = ensure_daemon(req, image_dir)?;
     let (upper, work, rootfs) = (
         node_cdir.join("upper"),
         node_cdir.join("work"),
@@ -374,18 +385,86 @@ pub fn detach_container(cid: &str, run_dir: &Path) -> Result<DetachOutcome, Moun
         .or_else(ignore_missing)
         .map_err(MountError::io("remove", &cdir))?;
     if let Some(rec) = rec {
-        let _lock = lock_image(run_dir, &rec.image)?;
-        let image_dir = images_dir(run_dir).join(&rec.image);
-        let mut cids = read_containers(&image_dir);
-        cids.retain(|c| c != cid);
-        if cids.is_empty() {
-            if image_dir.exists() {
-                out.daemon_was_dead = stop_image(&image_dir)?;
-                out.daemon_stopped = true;
-            }
-        } else {
-            write_containers(&image_dir, &cids)?;
+        let released = release_image(run_dir, &rec.image, cid)?;
+        out.daemon_stopped = released.daemon_stopped;
+        out.daemon_was_dead = released.daemon_was_dead;
+    }
+    Ok(out)
+}
+
+/// An image daemon held by [`hold_image`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldImage {
+    /// Image key: its dir is `<run-dir>/images/<key>`.
+    pub image: String,
+    /// The image's shared read-only FUSE mount, a lower dir for overlays.
+    pub mnt: PathBuf,
+}
+
+/// What [`release_image`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Released {
+    /// That was the image's last holder and its daemon was stopped.
+    pub daemon_stopped: bool,
+    /// The daemon had died; its dead FUSE mount was lazily unmounted.
+    pub daemon_was_dead: bool,
+}
+
+/// Holds the image daemon of `req.clip_path` for the holder `req.cid`
+/// (any name without a newline; names with a `:` never clash with a
+/// container id) without mounting an overlay: for callers that mount
+/// overlays themselves, like containerd over the snapshotter. Starts the
+/// daemon, or restarts a dead one; holding again is a no-op. The holder
+/// counts like a container: [`release_image`] of the last one stops the
+/// daemon. `req.node_dir` is not used.
+pub fn hold_image<S: StackPart>(req: &MountRequest<S>) -> Result<HeldImage, MountError> {
+    if req.cid.is_empty() || req.cid.contains('\n') {
+        return Err(MountError::InvalidCid(req.cid.clone()));
+    }
+    super::check_privileges()?;
+    let index = Index::open(&req.clip_path).map_err(|source| MountError::Index {
+        path: req.clip_path.clone(),
+        source,
+    })?;
+    let image = image_key(&index, &req.clip_path);
+    drop(index);
+    let _lock = lock_image(&req.run_dir, &image)?;
+    let image_dir = images_dir(&req.run_dir).join(&image);
+    let mut holders = read_containers(&image_dir);
+    let res = ensure_daemon(req, &image_dir).and_then(|mnt| {
+        if !holders.contains(&req.cid) {
+            holders.push(req.cid.clone());
+            write_containers(&image_dir, &holders)?;
         }
+        Ok(mnt)
+    });
+    match res {
+        Ok(mnt) => Ok(HeldImage { image, mnt }),
+        Err(e) => {
+            if read_containers(&image_dir).is_empty() && image_dir.exists() {
+                let _ = stop_image(&image_dir);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Drops `holder`'s hold on image `image` (a [`HeldImage::image`]); the
+/// last holder stops the daemon and removes the image dir. Releasing a
+/// holder that holds nothing is a no-op.
+pub fn release_image(run_dir: &Path, image: &str, holder: &str) -> Result<Released, MountError> {
+    let _lock = lock_image(run_dir, image)?;
+    let image_dir = images_dir(run_dir).join(image);
+    let mut holders = read_containers(&image_dir);
+    holders.retain(|c| c != holder);
+    let mut out = Released::default();
+    if holders.is_empty() {
+        if image_dir.exists() {
+            out.daemon_was_dead = stop_image(&image_dir)?;
+            out.daemon_stopped = true;
+        }
+    } else {
+        write_containers(&image_dir, &holders)?;
     }
     Ok(out)
 }
