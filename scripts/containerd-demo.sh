@@ -26,54 +26,17 @@ FALLBACK_IMAGE="${FALLBACK_IMAGE:-$REG/clip/tiny:latest}"
 command -v containerd >/dev/null && command -v ctr >/dev/null ||
   die "containerd/ctr missing: scripts/install-deps.sh"
 
+. "$HERE/containerd-lib.sh"
 W="$(mktemp -d /tmp/clip-containerd.XXXXXX)"
-SNAP_PID="" CTRD_PID=""
 cleanup() {
   set +e
-  [ -n "$CTRD_PID" ] && kill "$CTRD_PID" 2>/dev/null && wait "$CTRD_PID" 2>/dev/null
-  [ -n "$SNAP_PID" ] && kill "$SNAP_PID" 2>/dev/null && wait "$SNAP_PID" 2>/dev/null
-  # Anything left (a failed run): containers' mounts, then the image daemons' mounts.
-  grep -F " $W/" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do
-    umount -l "$m"
-  done
+  ctrd_down "$W"
   if [ "${KEEP:-0}" = 1 ]; then log "kept $W"; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
 
-cat > "$W/config.toml" <<TOML
-version = 2
-root = "$W/containerd/root"
-state = "$W/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$W/containerd.sock"
-[ttrpc]
-  address = "$W/containerd.sock.ttrpc"
-[plugins."io.containerd.gc.v1.scheduler"]
-  # collect right after deletions, so removing an image removes its snapshots
-  deletion_threshold = 1
-[proxy_plugins]
-  [proxy_plugins.clip]
-    type = "snapshot"
-    address = "$W/snapshotter.sock"
-TOML
-
-wait_for() { # wait_for WHAT CMD...: up to 20 s
-  local what="$1"; shift
-  for _ in $(seq 200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  die "$what not ready; logs in $W"
-}
-
 step "clip snapshotter and containerd in $W"
-RUST_LOG=info "$CLIPCTL" snapshotter --address "$W/snapshotter.sock" --root "$W/snapshotter" \
-  --run-dir "$W/run" --node-dir "$W/node" 2> "$W/snapshotter.log" &
-SNAP_PID=$!
-wait_for "clip snapshotter" test -S "$W/snapshotter.sock"
-containerd --config "$W/config.toml" > "$W/containerd.log" 2>&1 &
-CTRD_PID=$!
-CTR=(ctr --address "$W/containerd.sock")
-wait_for containerd "${CTR[@]}" version
-"${CTR[@]}" plugins ls | grep -E "snapshotter\.v1 +clip .*ok" >&2 || die "containerd has no clip snapshotter"
+ctrd_up "$W" "$CLIPCTL"
 
 step "publish the index (once per image, by whoever builds it)"
 "$CLIPCTL" index --image "$IMAGE" --push --out "$W/published.clip" >&2
@@ -99,6 +62,6 @@ left="$("${CTR[@]}" snapshots --snapshotter clip ls | tail -n +2)"
 [ -z "$left" ] || die "snapshots left: $left"
 mounts="$(grep -F " $W/" /proc/self/mountinfo || true)"
 [ -z "$mounts" ] || die "still mounted: $mounts"
-daemons="$(pgrep -f -- "__daemon --spec $W/" || true)"
+daemons="$(clip_daemons "$W")"
 [ -z "$daemons" ] || die "clip daemons still running: $daemons"
 echo "containerd demo ok: numpy $out over clip; clean after removal"

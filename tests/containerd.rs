@@ -163,20 +163,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         mounts_under(self.dir.path())
     }
 
-    /// Live clip image daemons of this node.
+    /// Live clip image daemons of this node, by their pid files (reading
+    /// other processes' cmdlines can block behind a stuck one).
     fn daemons(&self) -> Vec<String> {
-        let needle = format!("{}/", self.dir.path().display());
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("__daemon") && cmd.contains(&needle) {
-                out.push(cmd);
-            }
-        }
-        out
+        let Ok(rd) = std::fs::read_dir(self.path("run/images")) else {
+            return Vec::new();
+        };
+        rd.filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_to_string(e.path().join("daemon.pid")).ok())
+            .map(|pid| pid.trim().to_string())
+            .filter(|pid| Path::new("/proc").join(pid).exists())
+            .collect()
     }
 }
 
