@@ -123,6 +123,23 @@ fn image_key(index: &Index, clip_path: &Path) -> String {
     key
 }
 
+/// The image key of a request: its `image_key` if set, else the index's.
+fn image_key_of<S>(req: &MountRequest<S>) -> Result<String, MountError> {
+    match &req.image_key {
+        Some(k) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(k[..k.len().min(IMAGE_KEY_LEN)].to_ascii_lowercase())
+        }
+        Some(k) => Err(MountError::InvalidImageKey(k.clone())),
+        None => {
+            let index = Index::open(&req.clip_path).map_err(|source| MountError::Index {
+                path: req.clip_path.clone(),
+                source,
+            })?;
+            Ok(image_key(&index, &req.clip_path))
+        }
+    }
+}
+
 fn images_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("images")
 }
@@ -240,18 +257,7 @@ pub fn attach_container<S: StackPart>(req: &MountRequest<S>) -> Result<PathBuf, 
     if cdir.exists() {
         return Err(MountError::CidInUse(req.cid.clone()));
     }
-    let index = Index::open(&req.clip_path).map_err(|source| MountError::Index {
-        path: req.clip_path.clone(),
-        source,
-    })?;
-    let image = match &req.image_key {
-        Some(k) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            k[..k.len().min(IMAGE_KEY_LEN)].to_ascii_lowercase()
-        }
-        Some(k) => return Err(MountError::InvalidImageKey(k.clone())),
-        None => image_key(&index, &req.clip_path),
-    };
-    drop(index);
+    let image = image_key_of(req)?;
     let _lock = lock_image(&req.run_dir, &image)?;
     match std::fs::create_dir(&cdir) {
         Ok(()) => {}
@@ -422,12 +428,7 @@ pub fn hold_image<S: StackPart>(req: &MountRequest<S>) -> Result<HeldImage, Moun
         return Err(MountError::InvalidCid(req.cid.clone()));
     }
     super::check_privileges()?;
-    let index = Index::open(&req.clip_path).map_err(|source| MountError::Index {
-        path: req.clip_path.clone(),
-        source,
-    })?;
-    let image = image_key(&index, &req.clip_path);
-    drop(index);
+    let image = image_key_of(req)?;
     let _lock = lock_image(&req.run_dir, &image)?;
     let image_dir = images_dir(&req.run_dir).join(&image);
     let mut holders = read_containers(&image_dir);
