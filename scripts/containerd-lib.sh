@@ -53,6 +53,7 @@ snap_down() {
 # ctrd_down W: stop containerd and the snapshotter, lazily unmount anything left in W.
 ctrd_down() {
   local w="$1"
+  [ -n "$w" ] || die "ctrd_down: no dir"   # " /" would match every mount
   [ -n "${CTRD_PID:-}" ] && { kill "$CTRD_PID" 2>/dev/null; wait "$CTRD_PID" 2>/dev/null; }
   CTRD_PID=""
   snap_down

@@ -9,7 +9,7 @@ use crate::mount::{self, FuseTransport};
 use crate::node::{DiskTier, IndexPolicy, Tuning};
 use crate::snapshotter::{self, SnapshotterConfig};
 
-use super::util::parse_size;
+use super::util::{parse_size, warm_config};
 
 /// Arguments of `clipctl snapshotter`.
 #[derive(Debug, Args)]
@@ -39,6 +39,14 @@ pub struct SnapshotterArgs {
     /// FUSE transport of the image daemons (as `mount --fuse-transport`).
     #[arg(long, default_value = "auto", value_name = "auto|uring|dev")]
     pub fuse_transport: FuseTransport,
+    /// First-start warming of the image daemons (as `mount --warm`): `on`,
+    /// `off`, or `on` with changes (`whole-max=16M,dir-budget=8M,...`).
+    #[arg(long, default_value = "on", value_name = "on|off|KEY=VALUE,...")]
+    pub warm: String,
+    /// Background threads of each image daemon fetching ahead of readers
+    /// (warming, prefetch hints); 0 turns fetching ahead off.
+    #[arg(long)]
+    pub prefetch_threads: Option<usize>,
     /// Registry host[:port] allowed over plain HTTP (loopback always is).
     #[arg(long = "insecure-registry")]
     pub insecure_registry: Vec<String>,
@@ -50,6 +58,8 @@ pub fn run(args: SnapshotterArgs) -> Result<()> {
     let tuning = Tuning {
         disk_cache: DiskTier::in_node(&args.node_dir, budget).context("--node-dir")?,
         fuse_transport: args.fuse_transport,
+        warm: warm_config(&args.warm)?,
+        prefetch_threads: args.prefetch_threads,
         ..Tuning::default()
     };
     let cfg = SnapshotterConfig {
