@@ -8,20 +8,20 @@
 # and clip snapshotter (empty node dir: no chunk cache, no startup profile; the image's
 # index is published in the registry, as `clipctl index --push` leaves it, so the node
 # pulls it), page cache dropped, then the timed steps. Clip and overlay alternate.
-# Reported per D (registry D ms away each way through scripts/delay-proxy.py; D=0 is the
-# registry itself), medians of RUNS:
+# Reported per D (registry D ms away each way through scripts/delay-proxy.py), medians
+# of RUNS:
 #   *_pull_s    the pull step (rpull: manifest, config, index, layer snapshots recorded)
 #   *_total_s   from pull start to `import numpy` done (the target: clip <= 0.2x overlay)
 #   *_pull_MB   registry bytes sent by the end of the pull step, i.e. before the
 #               container runs (the target: clip <= 2 % of the image's layers)
 #   *_total_MB  registry bytes by the end of the run (clip: what the container read
 #               and first-start warming fetched)
-# Bytes are counted from the registry's own log (http.response.written of the requests
-# for this bench's private copy of the image), not from clip's metrics.
+# Bytes are what the registry sent, counted by scripts/delay-proxy.py (every pull goes
+# through it, also at D=0), not clip's own metrics.
 # Env: RUNS (3), DISTANCES ("0 10"), CLIPCTL (target/release/clipctl), IMAGE_NAME
 # (python). Needs root, containerd + ctr, skopeo, jq, python3 (scripts/install-deps.sh),
 # the registry of scripts/registry-up.sh with the images of make-images.sh.
-set -euo pipefail
+set -Eeuo pipefail
 HERE="$(dirname "$(readlink -f "$0")")"
 . "$HERE/lib.sh"
 . "$HERE/containerd-lib.sh"
@@ -31,7 +31,6 @@ RUNS="${RUNS:-3}"
 DISTANCES="${DISTANCES:-0 10}"
 IMG="${IMAGE_NAME:-python}"
 CLIPCTL="${CLIPCTL:-$CLIP_ROOT/target/release/clipctl}"
-REG_LOG="$(registry_state "${REG##*:}")/registry.log"
 NUMPY=(python3 -c 'import numpy; print(numpy.__version__)')
 
 [ "$(id -u)" = 0 ] || die "run as root (containerd, FUSE, overlayfs)"
@@ -40,9 +39,9 @@ for t in containerd ctr skopeo jq python3 curl; do
   command -v "$t" >/dev/null || die "$t not found (scripts/install-deps.sh)"
 done
 curl -fsS -o /dev/null "http://$REG/v2/" || die "no registry at $REG (scripts/registry-up.sh)"
-[ -f "$REG_LOG" ] || die "no registry log at $REG_LOG (start it with scripts/registry-up.sh)"
 
-W="$(mktemp -d /var/tmp/clip-bench-ctrd.XXXXXX)"
+W="$(mktemp -d /var/tmp/clip-ctrd.XXXXXX)"
+NRUN=0
 REPO="clip/$IMG-ctrd-$$"
 PROXY_PID=""
 cleanup() {
@@ -61,6 +60,7 @@ cleanup() {
 }
 RUN_W=""
 trap cleanup EXIT
+trap 'log "failed: line $LINENO: $BASH_COMMAND"' ERR
 trap 'exit 130' INT TERM
 
 now() { date +%s%N; }
@@ -74,15 +74,18 @@ declare -A S=() R=()
 add() { S[$1]="${S[$1]:-}${S[$1]:+ }$2"; printf '  %-22s %s\n' "$1" "$2" >&2; }
 fin() { R[$1]="$(tr ' ' '\n' <<< "${S[$1]:-}" | median)"; }
 
-# reg_mark: the registry log's current size; reg_mb MARK: MB the registry sent for
-# $REPO since MARK (GETs and HEADs of manifests, blobs, referrers)
-reg_mark() { stat -c %s "$REG_LOG"; }
-reg_mb() {
-  sleep 0.3   # the registry logs a request once its response is written
-  tail -c +"$(($1 + 1))" "$REG_LOG" | grep -F "vars.name=$REPO" |
-    sed -n 's/.*http\.response\.written=\([0-9]*\).*/\1/p' |
-    awk '{s += $1} END {printf "%.2f", s / 1e6}'
+# reg_bytes: bytes the registry sent through the proxy so far (its SIGUSR1 summary)
+reg_bytes() {
+  local n
+  n="$(grep -c '^delay-proxy:' "$W/proxy.log" || true)"
+  kill -USR1 "$PROXY_PID"
+  for _ in $(seq 100); do
+    [ "$(grep -c '^delay-proxy:' "$W/proxy.log" || true)" -gt "$n" ] && break
+    sleep 0.02
+  done
+  grep '^delay-proxy:' "$W/proxy.log" | tail -n1 | sed -n 's/.* \([0-9]*\) B down.*/\1/p'
 }
+mb_since() { awk -v a="$1" -v b="$(reg_bytes)" 'BEGIN{printf "%.2f", (b - a) / 1e6}'; }
 
 # kill_daemons DIR: clip image daemons left in DIR's run dir (a failed run)
 kill_daemons() {
@@ -136,32 +139,32 @@ proxy_down() { kill "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null || true; PROXY_P
 # pull and numpy run of KIND (clip|overlay); adds KEY_{pull_s,total_s,pull_MB,total_MB}
 one_run() {
   local kind="$1" key="$2" ref="$3" s p q e mark pull_mb out
-  RUN_W="$W/run-$key-$(date +%s%N)"; mkdir -p "$RUN_W"
+  NRUN=$((NRUN + 1)); RUN_W="$W/$NRUN"; mkdir -p "$RUN_W"   # short: unix socket paths
   ctrd_up "$RUN_W" "$CLIPCTL" 2>>"$W/bench.log"
   drop_caches
-  mark="$(reg_mark)"
+  mark="$(reg_bytes)"
   s=$(now)
   if [ "$kind" = clip ]; then
     "$CLIPCTL" rpull --address "$RUN_W/containerd.sock" "$ref" >>"$W/bench.log" ||
       die "clipctl rpull $ref failed"
-    p=$(now); pull_mb="$(reg_mb "$mark")"; q=$(now)
+    p=$(now); pull_mb="$(mb_since "$mark")"; q=$(now)
     out="$("${CTR[@]}" run --rm --snapshotter clip "$ref" "b-$key" "${NUMPY[@]}")"
   else
     "${CTR[@]}" image pull --plain-http "$ref" >>"$W/bench.log" || die "ctr image pull $ref failed"
-    p=$(now); pull_mb="$(reg_mb "$mark")"; q=$(now)
+    p=$(now); pull_mb="$(mb_since "$mark")"; q=$(now)
     out="$("${CTR[@]}" run --rm "$ref" "b-$key" "${NUMPY[@]}")"
   fi
   e=$(now)
   [ "$out" = 2.2.6 ] || die "$kind: expected numpy 2.2.6, got '$out'"
   add "${key}_pull_s" "$(secs $((p - s)))"
-  add "${key}_total_s" "$(secs $((e - s - (q - p))))"   # not the byte count between
+  add "${key}_total_s" "$(secs $((e - s - (q - p))))"   # without the byte count
   add "${key}_pull_MB" "$pull_mb"
-  add "${key}_total_MB" "$(reg_mb "$mark")"
+  add "${key}_total_MB" "$(mb_since "$mark")"
   if [ "$kind" = clip ]; then
     "${CTR[@]}" image rm --sync "$ref" >/dev/null
     [ -z "$(clip_daemons "$RUN_W")" ] || die "clip daemon left after ctr image rm"
   fi
-  ctrd_down "$RUN_W" 2>>"$W/bench.log"
+  ctrd_down "$RUN_W"
   [ -z "$(clip_daemons "$RUN_W")" ] || die "clip daemon left: $(clip_daemons "$RUN_W")"
   rm -rf "$RUN_W"; RUN_W=""
 }
@@ -172,7 +175,7 @@ log "image layers $IMAGE_MB MB (compressed), published index $INDEX_MB MB"
 LOAD0="$(load)"
 for d in $DISTANCES; do
   [[ "$d" =~ ^[0-9]+$ ]] || die "DISTANCES: '$d' is not a number of ms"
-  if [ "$d" = 0 ]; then PREG="$REG"; else proxy_up "$d"; fi
+  proxy_up "$d"
   ref="$PREG/$REPO:latest"
   step "D=$d ms: $ref, $RUNS runs each, alternating (load $(load))"
   for i in $(seq 1 "$RUNS"); do
@@ -182,7 +185,7 @@ for d in $DISTANCES; do
       one_run overlay "d${d}_overlay" "$ref"; one_run clip "d${d}_clip" "$ref"
     fi
   done
-  [ "$d" = 0 ] || proxy_down
+  proxy_down
   for k in clip overlay; do
     for m in pull_s total_s pull_MB total_MB; do fin "d${d}_${k}_$m"; done
   done

@@ -46,7 +46,8 @@ snap_up() {
 # snap_down: stop the snapshotter (SIGTERM; it removes its socket).
 snap_down() {
   [ -n "${SNAP_PID:-}" ] || return 0
-  kill "$SNAP_PID" 2>/dev/null; wait "$SNAP_PID" 2>/dev/null || true
+  kill "$SNAP_PID" 2>/dev/null || true
+  wait "$SNAP_PID" 2>/dev/null || true
   SNAP_PID=""
 }
 
@@ -54,12 +55,14 @@ snap_down() {
 ctrd_down() {
   local w="$1"
   [ -n "$w" ] || die "ctrd_down: no dir"   # " /" would match every mount
-  [ -n "${CTRD_PID:-}" ] && { kill "$CTRD_PID" 2>/dev/null; wait "$CTRD_PID" 2>/dev/null; }
+  if [ -n "${CTRD_PID:-}" ]; then
+    kill "$CTRD_PID" 2>/dev/null || true
+    wait "$CTRD_PID" 2>/dev/null || true   # set -e callers: its exit status is SIGTERM's
+  fi
   CTRD_PID=""
   snap_down
-  grep -F " $w/" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do
-    umount -l "$m"
-  done
+  awk -v p="$w/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | sort -r |
+    while read -r m; do umount -l "$m" || true; done
 }
 
 # wait_for WHAT CMD...: until CMD succeeds, up to 20 s.
