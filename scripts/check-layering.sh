@@ -20,6 +20,7 @@ declare -A allowed=(
   [node]="mount cache fuse oci format index metrics source archive object s3"
   [object]="source"               [s3]="object source"
   [archive]="format object source zstd_limits"
+  [snapshotter]="node mount oci format"
 )
 # Root re-exports and the module each stands for.
 declare -A root=([Digest]=digest [BlobSource]=source)

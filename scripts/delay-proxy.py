@@ -18,7 +18,8 @@ Model of the network (D = --delay, one way):
     side resets the other side D ms later (RST via SO_LINGER 0).
   * In-flight bytes are bounded per direction (--buffer): past it the proxy stops reading
     that side, so the sender's TCP sees backpressure.
-  * Runs until SIGTERM/SIGINT (then prints one summary line on stderr and exits 0).
+  * Runs until SIGTERM/SIGINT (then prints one summary line on stderr and exits 0);
+    SIGUSR1 prints the summary line so far (byte counts to date) and goes on.
     It keeps no timers of its own on connections, so SIGSTOP/SIGCONT is a clean way to
     stall the "network": nothing moves while stopped (the kernel still completes new
     handshakes into the listen backlog), everything resumes on SIGCONT, bytes held past
@@ -347,6 +348,8 @@ async def serve(cfg, listen_host, listen_port, ready_file):
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    loop.add_signal_handler(signal.SIGUSR1,
+                            lambda: print(server.summary(), file=sys.stderr, flush=True))
     await stop
     srv.close()
     print(server.summary(), file=sys.stderr, flush=True)

@@ -2,13 +2,15 @@
 # install-deps.sh: apt-get install everything clip's tests, e2e and benches need,
 # and `cargo install` the S3-compatible test server s3s-fs (idempotent; prints only
 # what it installs). Rust itself (stable via rustup) is not installed here, only its
-# C prerequisites (gcc, pkg-config).
+# C prerequisites (gcc, pkg-config) and protoc (build.rs
+# generates the containerd snapshots service). containerd and ctr: the snapshotter
+# test and scripts/containerd-demo.sh start their own containerd (own root and sockets).
 set -euo pipefail
 . "$(dirname "$(readlink -f "$0")")/lib.sh"
 
 PKGS=(docker-registry skopeo umoci runc mmdebstrap jq attr curl openssl fuse3 pigz gzip
       libdeflate-tools squashfs-tools squashfuse hyperfine strace prometheus ca-certificates
-      kmod python3 gcc libc6-dev pkg-config fio zstd)
+      kmod python3 gcc libc6-dev pkg-config fio zstd containerd protobuf-compiler)
 
 # s3s-fs: a real S3 server (SigV4-checked credentials, range GETs, multipart) on a
 # directory, for the archive tests and e2e. 0.14.1 is the newest that builds with

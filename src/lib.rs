@@ -29,6 +29,7 @@ pub mod node;
 pub mod object;
 pub mod oci;
 pub mod s3;
+pub mod snapshotter;
 pub mod source;
 mod sync;
 pub mod tar;

@@ -3,6 +3,7 @@ mod archive;
 mod archive_mount;
 mod cli;
 mod common;
+mod containerd;
 mod differential;
 mod faults;
 mod fleet;

@@ -18,6 +18,8 @@ mod mount;
 mod profile;
 mod ps;
 mod push;
+mod rpull;
+mod snapshotter;
 mod umount;
 mod util;
 
@@ -62,6 +64,10 @@ enum Command {
     Gc(gc::GcArgs),
     /// Show FUSE/fetch/cache latencies and counters of the running mount daemons.
     Metrics(metrics::MetricsArgs),
+    /// Serve containerd's snapshots API: clip images as lazy snapshots.
+    Snapshotter(snapshotter::SnapshotterArgs),
+    /// Record an image in containerd; the clip snapshotter serves its layers.
+    Rpull(rpull::RpullArgs),
     /// Internal: the long-lived mount daemon (started by `mount`).
     #[command(name = "__daemon", hide = true)]
     Daemon(daemon::DaemonArgs),
@@ -80,7 +86,10 @@ pub struct CodedError {
 /// Parses the process arguments, runs the command and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    util::init_logging(matches!(cli.command, Command::Daemon(_)));
+    util::init_logging(matches!(
+        cli.command,
+        Command::Daemon(_) | Command::Snapshotter(_)
+    ));
     let result = match cli.command {
         Command::Index(a) => index::run(a),
         Command::Create(a) => create::run(a),
@@ -94,6 +103,8 @@ pub fn main() -> ExitCode {
         Command::Ps(a) => ps::run(a),
         Command::Gc(a) => gc::run(a),
         Command::Metrics(a) => metrics::run(a),
+        Command::Snapshotter(a) => snapshotter::run(a),
+        Command::Rpull(a) => rpull::run(a),
         Command::Daemon(a) => daemon::run(a),
     };
     match result {

@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::format::Index;
-use crate::fuse::WarmConfig;
 use crate::mount::{self, FuseTransport};
 use crate::node::{
     self, ArchiveLocation, DiskTier, IndexPolicy, MountPlan, Prepared, ProfileMode, SourceChoice,
@@ -15,7 +14,7 @@ use crate::node::{
 };
 
 use super::archive_io::S3Args;
-use super::util::{parse_duration, parse_platform, parse_size};
+use super::util::{parse_duration, parse_platform, parse_size, warm_config};
 
 /// Arguments of `clipctl mount`.
 #[derive(Debug, Args)]
@@ -190,32 +189,6 @@ pub fn run(args: MountArgs) -> Result<()> {
     let rootfs = mount::attach_container(&req).map_err(super::coded)?;
     println!("{}", rootfs.display());
     Ok(())
-}
-
-/// `--warm` as a warming configuration (None: off).
-fn warm_config(spec: &str) -> Result<Option<WarmConfig>> {
-    let mut c = WarmConfig::default();
-    match spec {
-        "off" => return Ok(None),
-        "on" => return Ok(Some(c)),
-        _ => {}
-    }
-    for item in spec.split(',').filter(|i| !i.is_empty() && *i != "on") {
-        let (key, value) = item
-            .split_once('=')
-            .with_context(|| format!("--warm {item:?}: expected KEY=VALUE"))?;
-        let size = || parse_size(value).with_context(|| format!("--warm {key}"));
-        match key {
-            "whole-max" => c.whole_file_max = size()?,
-            "dir-budget" => c.dir_budget = size()?,
-            "small-max" => c.small_file_max = size()?,
-            "budget" => c.speculation_budget = size()?,
-            "dir-trigger" => c.dir_trigger = value.parse().context("--warm dir-trigger")?,
-            "deps" => c.dependencies = value == "on",
-            _ => bail!("--warm: unknown key {key:?} (whole-max, dir-budget, small-max, dir-trigger, deps, budget)"),
-        }
-    }
-    Ok(Some(c))
 }
 
 /// The source, tuning and provenance of a prepared mount (of an archive

@@ -1,8 +1,9 @@
-//! Helpers shared by the verbs: logging setup, size and duration parsing,
-//! size formatting.
+//! Helpers shared by the verbs: logging setup, size, duration and
+//! `--warm` parsing, size formatting.
 
 use anyhow::{bail, Context, Result};
 
+use crate::fuse::WarmConfig;
 use crate::oci::Platform;
 
 /// Logging: `RUST_LOG`-style filter (default `warn` for the CLI, `info` for
@@ -42,6 +43,32 @@ pub fn parse_size(s: &str) -> Result<u64> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| anyhow::anyhow!("size {s:?} is too large"))
+}
+
+/// `--warm` as a warming configuration (None: off).
+pub fn warm_config(spec: &str) -> Result<Option<WarmConfig>> {
+    let mut c = WarmConfig::default();
+    match spec {
+        "off" => return Ok(None),
+        "on" => return Ok(Some(c)),
+        _ => {}
+    }
+    for item in spec.split(',').filter(|i| !i.is_empty() && *i != "on") {
+        let (key, value) = item
+            .split_once('=')
+            .with_context(|| format!("--warm {item:?}: expected KEY=VALUE"))?;
+        let size = || parse_size(value).with_context(|| format!("--warm {key}"));
+        match key {
+            "whole-max" => c.whole_file_max = size()?,
+            "dir-budget" => c.dir_budget = size()?,
+            "small-max" => c.small_file_max = size()?,
+            "budget" => c.speculation_budget = size()?,
+            "dir-trigger" => c.dir_trigger = value.parse().context("--warm dir-trigger")?,
+            "deps" => c.dependencies = value == "on",
+            _ => bail!("--warm: unknown key {key:?} (whole-max, dir-budget, small-max, dir-trigger, deps, budget)"),
+        }
+    }
+    Ok(Some(c))
 }
 
 /// Parses `--platform` (`os/arch[/variant]`), if given.

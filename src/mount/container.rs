@@ -265,6 +265,23 @@ fn image_key(index: &Index, clip_path: &Path) -> String {
     key
 }
 
+/// The image key of a request: its `image_key` if set, else the index's.
+fn image_key_of<S>(req: &MountRequest<S>) -> Result<String, MountError> {
+    match &req.image_key {
+        Some(k) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(k[..k.len().min(IMAGE_KEY_LEN)].to_ascii_lowercase())
+        }
+        Some(k) => Err(MountError::InvalidImageKey(k.clone())),
+        None => {
+            let index = Index::open(&req.clip_path).map_err(|source| MountError::Index {
+                path: req.clip_path.clone(),
+                source,
+            })?;
+            Ok(image_key(&index, &req.clip_path))
+        }
+    }
+}
+
 pub(super) fn images_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("images")
 }
@@ -348,18 +365,7 @@ pub fn attach_container<S: StackPart>(req: &MountRequest<S>) -> Result<PathBuf, 
     if run_dir.join(&req.cid).exists() {
         return Err(MountError::CidInUse(req.cid.clone()));
     }
-    let index = Index::open(&req.clip_path).map_err(|source| MountError::Index {
-        path: req.clip_path.clone(),
-        source,
-    })?;
-    let image = match &req.image_key {
-        Some(k) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            k[..k.len().min(IMAGE_KEY_LEN)].to_ascii_lowercase()
-        }
-        Some(k) => return Err(MountError::InvalidImageKey(k.clone())),
-        None => image_key(&index, &req.clip_path),
-    };
-    drop(index);
+    let image = image_key_of(req)?;
     let _lock = lock_image(&run_dir, &image)?;
     let mut rec = Record {
         cid: req.cid.clone(),
@@ -484,6 +490,76 @@ pub fn detach_container(cid: &str, run_dir: &Path) -> Result<DetachOutcome, Moun
         daemon_was_dead,
         still_used_by,
     })
+}
+
+/// An image daemon held by [`hold_image`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldImage {
+    /// Image key: its dir is `<run-dir>/images/<key>`.
+    pub image: String,
+    /// The image's shared read-only FUSE mount, a lower dir for overlays.
+    pub mnt: PathBuf,
+}
+
+/// Whether an entry of an image's `containers` list is a [`hold_image`]
+/// holder rather than a container id (cids never hold a `:`).
+pub(super) fn is_holder(name: &str) -> bool {
+    name.contains(':')
+}
+
+/// Holds the image daemon of `req.clip_path` for the holder `req.cid`
+/// (a name with a `:`, so it never clashes with a container id) without
+/// mounting an overlay: for callers that mount overlays themselves, like
+/// containerd over the snapshotter. Starts the daemon, or restarts a dead
+/// one; holding again is a no-op. A holder counts like a container (repair
+/// keeps it: it has no record to lose): [`release_image`] of the last one
+/// stops the daemon. `req.node_dir` is not used.
+pub fn hold_image<S: StackPart>(req: &MountRequest<S>) -> Result<HeldImage, MountError> {
+    if !is_holder(&req.cid) || req.cid.contains(['\n', '/']) {
+        return Err(MountError::InvalidCid(req.cid.clone()));
+    }
+    super::check_privileges()?;
+    let run_dir = super::layout::prepare_run_dir(&req.run_dir)?;
+    let image = image_key_of(req)?;
+    let _lock = lock_image(&run_dir, &image)?;
+    let image_dir = images_dir(&run_dir).join(&image);
+    let res = lifecycle::ensure_daemon(req, &image_dir).and_then(|()| {
+        let mut holders = read_containers(&image_dir);
+        if !holders.contains(&req.cid) {
+            holders.push(req.cid.clone());
+            write_containers(&image_dir, &holders)?;
+        }
+        Ok(image_dir.join("mnt"))
+    });
+    match res {
+        Ok(mnt) => Ok(HeldImage { image, mnt }),
+        Err(e) => {
+            if read_containers(&image_dir).is_empty() && image_dir.exists() {
+                let _ = lifecycle::stop_image(&image_dir);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Drops `holder`'s hold on image `image` (a [`HeldImage::image`]); the
+/// last user (holder or container) stops the daemon and removes the image
+/// dir. Returns whether it did; releasing a holder that holds nothing is a
+/// no-op.
+pub fn release_image(run_dir: &Path, image: &str, holder: &str) -> Result<bool, MountError> {
+    let _lock = lock_image(run_dir, image)?;
+    let image_dir = images_dir(run_dir).join(image);
+    let mut holders = read_containers(&image_dir);
+    holders.retain(|c| c != holder);
+    if holders.is_empty() {
+        if image_dir.exists() {
+            lifecycle::stop_image(&image_dir)?;
+            return Ok(true);
+        }
+    } else {
+        write_containers(&image_dir, &holders)?;
+    }
+    Ok(false)
 }
 
 /// Every container record under `run_dir`, with its dir, sorted by cid.

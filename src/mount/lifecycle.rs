@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::container::{
-    ignore_missing, images_dir, read_containers, read_record, records, try_lock_image,
+    ignore_missing, images_dir, is_holder, read_containers, read_record, records, try_lock_image,
     write_containers, MountRequest, Record, State, CLAIM_PREFIX,
 };
 use super::control::control_request;
@@ -322,7 +322,7 @@ pub fn repair(run_dir: &Path) -> Vec<String> {
     done
 }
 
-/// Stops the daemons of images no record uses (an attach killed before its
+/// Stops the daemons of images no record or holder uses (an attach killed before its
 /// record, a detach killed before updating the image's list) and drops
 /// cids without a record from the lists.
 fn repair_images(run_dir: &Path, done: &mut Vec<String>) {
@@ -338,12 +338,14 @@ fn repair_images(run_dir: &Path, done: &mut Vec<String>) {
         let Some(_lock) = try_lock_image(run_dir, &image) else {
             continue;
         };
+        let listed = read_containers(&image_dir);
+        // Holders (`hold_image`) have no record: they stay until released.
         let used: Vec<String> = records(run_dir)
             .into_iter()
             .filter(|(_, r)| r.image == image)
             .map(|(_, r)| r.cid)
+            .chain(listed.iter().filter(|c| is_holder(c)).cloned())
             .collect();
-        let listed = read_containers(&image_dir);
         if used.is_empty() {
             match stop_image(&image_dir) {
                 Ok(_) => done.push(format!(

@@ -2,7 +2,9 @@
 //! per-container overlay rootfs ([`mount_overlay`]), the long-lived detached
 //! per-image daemon ([`run_daemon`], [`start_daemon`]) and the container
 //! bookkeeping the CLI drives ([`attach_container`], [`detach_container`],
-//! [`list`]).
+//! [`list`]), and holds on an image's daemon for callers that mount their
+//! own overlays over it ([`hold_image`], [`release_image`]: the containerd
+//! snapshotter).
 //!
 //! Layout under the run dir (default `/run/clip`); every dir is root's and
 //! 0700 (`layout.rs`: no other host user reaches a rootfs or an image's
@@ -61,7 +63,8 @@ use std::io;
 use std::path::PathBuf;
 
 pub use container::{
-    attach_container, detach_container, list, ContainerInfo, DetachOutcome, MountRequest,
+    attach_container, detach_container, hold_image, list, release_image, ContainerInfo,
+    DetachOutcome, HeldImage, MountRequest,
 };
 pub use control::{control_request, ControlReply};
 pub use daemon::{run_daemon, ContentFactory, DaemonConfig, FsCounters, StatsReply};
