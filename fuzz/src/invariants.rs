@@ -23,10 +23,10 @@ use sha2::Digest as _;
 
 /// A little byte cursor for structure-aware generators: reads past the end
 /// yield zeros, so every input maps to some structure.
-struct Bytes<'a>(&'a [u8]);
+pub(crate) struct Bytes<'a>(pub(crate) &'a [u8]);
 
 impl Bytes<'_> {
-    fn u8(&mut self) -> u8 {
+    pub(crate) fn u8(&mut self) -> u8 {
         match self.0.split_first() {
             Some((&b, rest)) => {
                 self.0 = rest;
@@ -35,14 +35,14 @@ impl Bytes<'_> {
             None => 0,
         }
     }
-    fn u32(&mut self) -> u32 {
+    pub(crate) fn u32(&mut self) -> u32 {
         u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
     }
-    fn u64(&mut self) -> u64 {
+    pub(crate) fn u64(&mut self) -> u64 {
         u64::from(self.u32()) | (u64::from(self.u32()) << 32)
     }
     /// Up to `max` bytes (length from one input byte).
-    fn bytes(&mut self, max: usize) -> Vec<u8> {
+    pub(crate) fn bytes(&mut self, max: usize) -> Vec<u8> {
         let n = (self.u8() as usize % (max + 1)).min(self.0.len());
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;

@@ -17,6 +17,7 @@
 
 use super::clip;
 use super::invariants::repair_index;
+use super::invariants::Bytes;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::CString;
@@ -407,7 +408,7 @@ impl Session<'_> {
 
     /// Operations from the script bytes, each an opcode and its arguments.
     fn run_script(&mut self, script: &[u8]) {
-        let mut b = Cursor(script);
+        let mut b = Bytes(script);
         while !b.0.is_empty() {
             let op = b.u8();
             let ino = self.pick_ino(&mut b);
@@ -470,35 +471,12 @@ impl Session<'_> {
     }
 
     /// Mostly an inode seen in a reply; sometimes any number at all.
-    fn pick_ino(&self, b: &mut Cursor<'_>) -> u64 {
+    fn pick_ino(&self, b: &mut Bytes<'_>) -> u64 {
         match b.u8() {
             0xff => b.u64(),
             0xfe => self.idx.inode_count() + u64::from(b.u8()),
             k => self.known[k as usize % self.known.len()],
         }
-    }
-}
-
-/// Script bytes; reads past the end yield zeros.
-struct Cursor<'a>(&'a [u8]);
-
-impl Cursor<'_> {
-    fn u8(&mut self) -> u8 {
-        let (&b, rest) = self.0.split_first().unwrap_or((&0, &[]));
-        self.0 = rest;
-        b
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from(self.u32()) | (u64::from(self.u32()) << 32)
-    }
-    fn bytes(&mut self, max: usize) -> Vec<u8> {
-        let n = (self.u8() as usize % (max + 1)).min(self.0.len());
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        head.to_vec()
     }
 }
 
