@@ -2,7 +2,8 @@
 # install-deps.sh: apt-get install everything clip's tests, e2e and benches need,
 # and `cargo install` the S3-compatible test server s3s-fs (idempotent; prints only
 # what it installs). Rust itself (stable via rustup) is not installed here, only its
-# C prerequisites (gcc, pkg-config) and protoc (build.rs
+# C prerequisites (gcc, pkg-config) and protoc with the well-known .proto files
+# (protobuf-compiler + libprotobuf-dev, not a recommends-only pull: build.rs
 # generates the containerd snapshots service). containerd and ctr: the snapshotter
 # test and scripts/containerd-demo.sh start their own containerd (own root and sockets).
 set -euo pipefail
@@ -10,7 +11,7 @@ set -euo pipefail
 
 PKGS=(docker-registry skopeo umoci runc mmdebstrap jq attr curl openssl fuse3 pigz gzip
       libdeflate-tools squashfs-tools squashfuse hyperfine strace prometheus ca-certificates
-      kmod python3 gcc libc6-dev pkg-config fio zstd containerd protobuf-compiler)
+      kmod python3 gcc libc6-dev pkg-config fio zstd containerd protobuf-compiler libprotobuf-dev)
 
 # s3s-fs: a real S3 server (SigV4-checked credentials, range GETs, multipart) on a
 # directory, for the archive tests and e2e. 0.14.1 is the newest that builds with
