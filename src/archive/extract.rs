@@ -177,6 +177,10 @@ fn plan_groups(
 ) -> Result<Vec<Group>, ArchiveError> {
     let frames = layer.checkpoint_count();
     let total = layer.uncompressed_size();
+    // Each frame's bytes are verified chunk by chunk.
+    if frames > 0 && layer.chunk_size() == 0 {
+        return Err(ArchiveError::Corrupt("chunk size is 0".into()));
+    }
     let mut out_offsets = Vec::with_capacity(frames as usize + 1);
     for f in 0..frames {
         out_offsets.push(layer.checkpoint(f)?.out_offset);
