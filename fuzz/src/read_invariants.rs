@@ -12,8 +12,11 @@
 //! the tree is walked (readdirplus, lookup, getattr, readlink, whole-file
 //! reads) and the script runs arbitrary operations on arbitrary inodes.
 //! Nothing may panic, and every byte a successful READ returns must be the
-//! layer's true uncompressed byte at the offset the index names (or a zero
-//! in a hole): a hostile index may make reads fail, never serve wrong bytes.
+//! true byte of the verified chunk the index lists at that offset (or a
+//! zero in a hole): a hostile index may make reads fail, never serve bytes
+//! that no chunk digest vouches for. (It may relabel where a verified chunk
+//! lies, by shifting a checkpoint's uncompressed offset, as it may move a
+//! file's data offset: the index's tree is trusted, docs/format.md 3.4.)
 
 use super::clip;
 use super::invariants::repair_index;
@@ -39,8 +42,9 @@ use fuse_backend_rs::file_traits::FileReadWriteVolatile;
 /// The in-memory image every input is served over.
 pub struct Fixture {
     source: Arc<MemSource>,
-    /// Blob digest → the layer's uncompressed bytes (the truth).
-    truth: HashMap<Digest, Vec<u8>>,
+    /// Chunk sha256 → the chunk's true bytes, cut as the real index cuts
+    /// every layer: what a verified chunk can hold.
+    chunks: HashMap<[u8; 32], Vec<u8>>,
     /// The real indexer's output for the image (seeds are made from it).
     pub index_data: clip::format::IndexData,
 }
@@ -188,10 +192,73 @@ fn build_fixture() -> Fixture {
     };
     let index_data =
         build(&image, &source, meta, &opts, &Progress::default()).expect("index the fixture");
+    let chunks = true_chunks(&index_data, &truth);
     Fixture {
         source: Arc::new(source),
-        truth,
+        chunks,
         index_data,
+    }
+}
+
+/// Every chunk of the real index, by digest, with its true bytes.
+fn true_chunks(
+    index_data: &clip::format::IndexData,
+    truth: &HashMap<Digest, Vec<u8>>,
+) -> HashMap<[u8; 32], Vec<u8>> {
+    let bytes = write_index(index_data, WriteOptions { compress: false }).unwrap();
+    let idx = Index::from_bytes(bytes).expect("the fixture's index opens");
+    let mut out = HashMap::new();
+    for l in 0..idx.layer_count() {
+        let layer = idx.layer(l).unwrap();
+        let tar = &truth[&layer.digest()];
+        let geometry = ChunkGeometry::of(&layer).expect("the real index's geometry");
+        for (no, range) in geometry.chunks.iter().enumerate() {
+            let data = &tar[range.start as usize..range.end as usize];
+            let chunk = layer
+                .chunk(no as u32)
+                .expect("the real index lists the chunk");
+            assert_eq!(
+                chunk.digest,
+                *Digest::of(data).as_bytes(),
+                "fixture chunk digest"
+            );
+            out.insert(chunk.digest, data.to_vec());
+        }
+    }
+    out
+}
+
+/// Where a layer's chunks lie by the index's checkpoints, as the content
+/// cache computes it (`cache/plan.rs`): spans from one checkpoint's
+/// uncompressed offset to the next, each cut into `chunk_size` pieces from
+/// its start. `None` where the cache refuses the layer.
+struct ChunkGeometry {
+    chunks: Vec<std::ops::Range<u64>>,
+}
+
+impl ChunkGeometry {
+    fn of(layer: &clip::format::LayerView<'_>) -> Option<Self> {
+        let size = layer.uncompressed_size();
+        let chunk_size = u64::from(layer.chunk_size());
+        let n = layer.checkpoint_count();
+        let spans: Vec<_> = if n == 0 {
+            vec![0..size]
+        } else {
+            (0..n).map(|i| layer.span_range(i)).collect::<Option<_>>()?
+        };
+        if spans.first()?.start != 0 || (chunk_size == 0 && size > 0) {
+            return None;
+        }
+        let mut chunks = Vec::new();
+        for span in spans {
+            let mut at = span.start;
+            while at < span.end {
+                let end = (at + chunk_size).min(span.end);
+                chunks.push(at..end);
+                at = end;
+            }
+        }
+        (chunks.len() == layer.chunk_count() as usize).then_some(ChunkGeometry { chunks })
     }
 }
 
@@ -371,30 +438,51 @@ impl Session<'_> {
         if got.is_empty() {
             return;
         }
-        let layer = node.data().map_or(0, |(l, _)| l);
-        let truth = self
-            .idx
-            .layer(layer)
-            .ok()
-            .and_then(|l| self.fx.truth.get(&l.digest()));
+        let layer_no = node.data().map_or(0, |(l, _)| l);
+        let layer = self.idx.layer(layer_no).ok();
+        let geometry = layer.as_ref().and_then(ChunkGeometry::of);
         let mut at = 0usize;
         for piece in node.pieces(offset, want).expect("pieces of a served read") {
             match piece {
                 Piece::Data { layer_offset, len } => {
-                    let truth = truth.expect("bytes served from a layer the source lacks");
-                    let want = layer_offset
-                        .checked_add(len)
-                        .and_then(|end| {
-                            truth.get(
-                                usize::try_from(layer_offset).ok()?..usize::try_from(end).ok()?,
-                            )
-                        })
-                        .expect("bytes served past the layer's end");
-                    assert!(
-                        got[at..at + len as usize] == *want,
-                        "ino {ino}: bytes at {offset} are not the layer's"
-                    );
-                    at += len as usize;
+                    // Each byte must be the true byte, at that position, of
+                    // the chunk the index lists there: a verified chunk. (A
+                    // hostile index may still move a verified chunk: a shifted
+                    // checkpoint offset relabels its span, which is no more
+                    // than moving a file's data offset; see docs/format.md.)
+                    let (layer, geometry) = (layer.as_ref(), geometry.as_ref());
+                    let (layer, geometry) = layer
+                        .zip(geometry)
+                        .expect("bytes served from a layer the cache refuses");
+                    let end = layer_offset + len;
+                    let mut pos = layer_offset;
+                    while pos < end {
+                        let no = geometry.chunks.partition_point(|r| r.end <= pos);
+                        let range = geometry
+                            .chunks
+                            .get(no)
+                            .filter(|r| r.start <= pos)
+                            .expect("bytes served past the layer's chunks");
+                        let digest = layer.chunk(no as u32).expect("a listed chunk").digest;
+                        let chunk = self
+                            .fx
+                            .chunks
+                            .get(&digest)
+                            .expect("bytes served from a chunk no true chunk matches");
+                        assert_eq!(
+                            chunk.len() as u64,
+                            range.end - range.start,
+                            "a chunk served at another length than its true one"
+                        );
+                        let take = (range.end.min(end) - pos) as usize;
+                        let from = (pos - range.start) as usize;
+                        assert!(
+                            got[at..at + take] == chunk[from..from + take],
+                            "ino {ino}: bytes at {offset} are not the layer's"
+                        );
+                        at += take;
+                        pos += take as u64;
+                    }
                 }
                 Piece::Hole { len } => {
                     let hole = &got[at..at + len as usize];
