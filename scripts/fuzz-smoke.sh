@@ -30,9 +30,7 @@ if [[ -d $layout/blobs ]]; then
 fi
 cargo run --quiet --features gen --bin generate_corpus -- corpus "${extra[@]}"
 
-# fuse_read is left out of the timed campaign while fuzz/open-findings/fuse_read
-# holds an input it fails (see fuzz/open-findings/README.md).
-for target in format_open tar_entries gzip_index archive_open; do
+for target in format_open tar_entries gzip_index archive_open fuse_read; do
     mkdir -p "corpus/$target"
     cp -f regressions/"$target"/* "corpus/$target/" 2>/dev/null || true
     echo "== $target (${secs}s)"
