@@ -119,9 +119,9 @@ run_numpy "$ROOTFS"
 "$CLIPCTL" umount --cid "$CID"
 MOUNTED=0
 stop_s3
-# mountinfo: "... MOUNTPOINT ... - FSTYPE SOURCE ..." ; nothing under /run/clip, no fuse mount of clip
-LEFT="$(awk '{ sep=0; for (i=1; i<=NF; i++) if ($i == "-") { sep=i; break }
-              fs=$(sep+1); src=$(sep+2)
-              if ($5 ~ /^\/run\/clip/ || (fs ~ /^fuse/ && (fs ~ /clip/ || src ~ /clip/))) print }' /proc/self/mountinfo)"
+# mountinfo field 5 is the mount point: nothing left under /run/clip, where this run's
+# FUSE mounts (images/<key>/mnt) and overlays (<cid>/rootfs) live. (Other clip mounts on
+# the host, e.g. a developer's own run dir, are not this run's.)
+LEFT="$(awk '$5 ~ /^\/run\/clip/' /proc/self/mountinfo)"
 [ -z "$LEFT" ] || die "mounts left after umount:"$'\n'"$LEFT"
 echo "no clip mount left"
