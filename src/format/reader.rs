@@ -232,6 +232,9 @@ impl Index {
             {
                 return Err(corrupt("layer record out of bounds"));
             }
+            if LayerKind::from_u8(l.kind).is_none() {
+                return Err(corrupt("unknown layer kind"));
+            }
         }
         for i in inodes {
             let layer = i.data_layer.get();
