@@ -1,6 +1,8 @@
 //! The FUSE session: mount, the transports serving it
 //! ([`super::transport`]), read-ahead, unmount.
 
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +57,12 @@ pub struct MountHandle {
     session: Option<FuseSession>,
     engine: Option<Engine>,
     mountpoint: PathBuf,
+    /// The connection was taken over from another process: the session was
+    /// made for a plain directory (not the mount point, whose stat would
+    /// wait on this very connection before it is served), so its own
+    /// unmount must never run; [`MountHandle::release_session`] unmounts
+    /// the real mount point instead.
+    adopted: bool,
 }
 
 /// Mounts `fs` at `mountpoint` (fsname and subtype "clip", read-only,
@@ -101,6 +109,7 @@ pub fn serve_with(
         session: Some(se),
         engine: None,
         mountpoint: mountpoint.to_path_buf(),
+        adopted: false,
     };
     handle.engine = Some(engine?);
     if let Some(e) = &handle.engine {
@@ -111,6 +120,41 @@ pub fn serve_with(
             tracing::warn!(error = %e, "could not raise read_ahead_kb; READs stay at 128 KiB");
         }
     }
+    Ok(handle)
+}
+
+/// Serves `fs` on the FUSE connection `fuse` of the mount at `mountpoint`,
+/// which another process mounted, initialised and handed over (a daemon
+/// takeover): the kernel's `init_request` is replayed, not answered again
+/// (see `Engine::adopt`). `session_dir` is any existing plain directory (the
+/// session needs one; the image dir), never the FUSE mount point.
+pub(super) fn adopt(
+    mountpoint: &Path,
+    session_dir: &Path,
+    fuse: OwnedFd,
+    fs: ClipFs,
+    opts: &ServeOptions,
+    init_request: &[u8],
+) -> Result<MountHandle, MountError> {
+    let mut se = FuseSession::new(session_dir, "clip", "clip", true)
+        .map_err(|e| MountError::Session(e.to_string()))?;
+    se.set_fuse_file(File::from(fuse));
+    let mut handle = MountHandle {
+        session: Some(se),
+        engine: None,
+        mountpoint: mountpoint.to_path_buf(),
+        adopted: true,
+    };
+    let se = handle.session.as_ref().expect("set above");
+    let engine = Engine::adopt(
+        se,
+        fs,
+        opts.threads,
+        &opts.transport,
+        opts.metrics.clone(),
+        init_request,
+    )?;
+    handle.engine = Some(engine);
     Ok(handle)
 }
 
@@ -153,9 +197,80 @@ impl MountHandle {
             e.join();
         }
         // Already unmounted by the kernel; just release the device fd.
-        if let Some(mut se) = self.session.take() {
-            let _ = se.umount();
+        self.release_session();
+    }
+
+    /// Whether the `/dev/fuse` workers have all ended (the mount went
+    /// away); [`MountHandle::wait`] then returns at once.
+    pub(super) fn workers_finished(&self) -> bool {
+        self.engine.as_ref().is_none_or(Engine::workers_finished)
+    }
+
+    /// Stops taking requests from the kernel, mount untouched (see
+    /// `Engine::pause`); then returns the connection's fd and the kernel's
+    /// INIT request, for a successor.
+    pub(super) fn pause(&mut self) -> Result<(BorrowedFd<'_>, Vec<u8>), MountError> {
+        let (Some(se), Some(engine)) = (self.session.as_ref(), self.engine.as_mut()) else {
+            return Err(MountError::Session("the mount is not served".into()));
+        };
+        engine.pause(se)?;
+        let init = engine
+            .init_request()
+            .ok_or_else(|| MountError::Session("no INIT recorded".into()))?;
+        let fd = se
+            .get_fuse_file()
+            .ok_or_else(|| MountError::Session("no /dev/fuse file".into()))?;
+        Ok((fd.as_fd(), init))
+    }
+
+    /// Serves again after [`MountHandle::pause`]; with `resend`, first
+    /// has the kernel queue again what a failed successor read and did not
+    /// answer (see `Engine::resend_unanswered`).
+    pub(super) fn resume(&mut self, resend: bool) -> Result<(), MountError> {
+        let (Some(se), Some(engine)) = (self.session.as_ref(), self.engine.as_mut()) else {
+            return Err(MountError::Session("the mount is not served".into()));
+        };
+        engine.resume(se)?;
+        if resend {
+            if let Err(e) = engine.resend_unanswered() {
+                tracing::warn!(error = %e, "FUSE_NOTIFY_RESEND refused; requests the successor took may hang");
+            }
         }
+        Ok(())
+    }
+
+    /// Ends this process's part after a successor took the connection over:
+    /// nothing is unmounted or aborted, the `/dev/fuse` fd stays open until
+    /// the process exits.
+    pub(super) fn leave_to_successor(mut self) {
+        if let Some(se) = self.session.take() {
+            // Its Drop would unmount; the successor serves the mount now.
+            std::mem::forget(se);
+        }
+        self.engine.take();
+    }
+
+    /// Closes the session. An adopted one (see the field) unmounts the real
+    /// mount point itself and is forgotten instead of dropped.
+    fn release_session(&mut self) {
+        let Some(mut se) = self.session.take() else {
+            return;
+        };
+        if self.adopted {
+            if super::is_mounted(&self.mountpoint) {
+                if let Err(e) = super::sys::umount2(&self.mountpoint, libc::MNT_DETACH) {
+                    tracing::warn!(error = %e, mountpoint = %self.mountpoint.display(), "FUSE unmount");
+                }
+            }
+            let _ = se.wake();
+            // Its own unmount would name the session dir, not the mount.
+            std::mem::forget(se);
+            return;
+        }
+        if let Err(e) = se.umount() {
+            tracing::warn!(error = %e, mountpoint = %self.mountpoint.display(), "FUSE unmount");
+        }
+        let _ = se.wake();
     }
 
     /// Unmounts (lazily, `MNT_DETACH`) and joins the workers.
@@ -165,12 +280,7 @@ impl MountHandle {
     }
 
     fn shutdown(&mut self) {
-        if let Some(mut se) = self.session.take() {
-            if let Err(e) = se.umount() {
-                tracing::warn!(error = %e, mountpoint = %self.mountpoint.display(), "FUSE unmount");
-            }
-            let _ = se.wake();
-        }
+        self.release_session();
         if let Some(mut e) = self.engine.take() {
             e.join();
         }
