@@ -55,8 +55,9 @@ fn alive(pid: u64) -> bool {
 }
 
 /// Reads all of `path` with O_DIRECT (every read a FUSE READ), `chunk`
-/// bytes at a time; returns the bytes and the longest single read.
-fn direct_read_all(path: &Path, chunk: usize) -> Result<(Vec<u8>, Duration), String> {
+/// bytes at a time; returns the bytes and when each read started and how
+/// long it took.
+fn direct_read_all(path: &Path, chunk: usize) -> Result<(Vec<u8>, Vec<Timed>), String> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
@@ -64,19 +65,22 @@ fn direct_read_all(path: &Path, chunk: usize) -> Result<(Vec<u8>, Duration), Str
         .map_err(|e| format!("open {}: {e}", path.display()))?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; chunk];
-    let mut longest = Duration::ZERO;
+    let mut reads = Vec::new();
     loop {
         let t = Instant::now();
         let n = f
             .read_at(&mut buf, out.len() as u64)
             .map_err(|e| format!("read {} at {}: {e}", path.display(), out.len()))?;
-        longest = longest.max(t.elapsed());
+        reads.push((t, t.elapsed()));
         if n == 0 {
-            return Ok((out, longest));
+            return Ok((out, reads));
         }
         out.extend_from_slice(&buf[..n]);
     }
 }
+
+/// When a read started and how long it took.
+type Timed = (Instant, Duration);
 
 /// What the reader loop saw.
 #[derive(Debug, Default)]
@@ -85,7 +89,26 @@ struct Seen {
     bytes: u64,
     errors: Vec<String>,
     wrong: Vec<String>,
-    longest: Duration,
+    reads: Vec<Timed>,
+}
+
+impl Seen {
+    /// The longest read that started in `[from, to)`, or overlapped it
+    /// with `overlap`.
+    fn longest(&self, from: Instant, to: Instant, overlap: bool) -> Duration {
+        self.reads
+            .iter()
+            .filter(|(t, d)| {
+                if overlap {
+                    *t < to && *t + *d > from
+                } else {
+                    *t >= from && *t + *d < to
+                }
+            })
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or_default()
+    }
 }
 
 /// Reads `files` (relative to `root`, compared with `truth`) round and
@@ -104,8 +127,8 @@ fn reader_loop(
                     break 'outer;
                 }
                 match direct_read_all(&root.join(f), 256 << 10) {
-                    Ok((bytes, longest)) => {
-                        seen.longest = seen.longest.max(longest);
+                    Ok((bytes, reads)) => {
+                        seen.reads.extend(reads);
                         seen.files += 1;
                         seen.bytes += bytes.len() as u64;
                         if bytes != std::fs::read(truth.join(f)).unwrap() {
@@ -142,7 +165,12 @@ fn some_files(truth: &Path, n: usize) -> Vec<PathBuf> {
     // The largest few and a spread of small ones.
     let step = (all.len() / n).max(1);
     let mut picked: Vec<PathBuf> = all.iter().take(n / 4).map(|(_, p)| p.clone()).collect();
-    picked.extend(all.iter().step_by(step).take(n - n / 4).map(|(_, p)| p.clone()));
+    picked.extend(
+        all.iter()
+            .step_by(step)
+            .take(n - n / 4)
+            .map(|(_, p)| p.clone()),
+    );
     picked.sort();
     picked.dedup();
     picked
@@ -165,29 +193,57 @@ fn privileged_restart_three_times_while_a_container_reads() {
     let (key, mut pid) = key_and_pid(&d, "reader");
     let files = some_files(&truth, 200);
     let stop = Arc::new(AtomicBool::new(false));
+    let began = Instant::now();
     let reader = reader_loop(rootfs.clone(), truth.clone(), files, stop.clone());
-    std::thread::sleep(Duration::from_secs(2));
+    // The baseline: the same loop with no restart.
+    std::thread::sleep(Duration::from_secs(3));
     let mut took = Vec::new();
+    let mut windows = Vec::new();
     for round in 0..3 {
+        let t = Instant::now();
         let o = restart(&d, &key[..12], &[]);
+        windows.push((t, Instant::now()));
         assert!(o.status.success(), "restart {round}: {}", stderr(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         took.push(v["elapsed_ms"].as_f64().unwrap());
         let (_, now) = key_and_pid(&d, "reader");
         assert_ne!(now, pid, "restart {round}: the daemon pid did not change");
         assert_eq!(v["new_pid"].as_u64(), Some(now));
-        assert!(!alive(pid), "restart {round}: the previous daemon {pid} still runs");
+        assert!(
+            !alive(pid),
+            "restart {round}: the previous daemon {pid} still runs"
+        );
         pid = now;
         std::thread::sleep(Duration::from_millis(700));
     }
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::SeqCst);
     let seen = reader.join().unwrap();
+    for (i, &(a, b)) in windows.iter().enumerate() {
+        assert!(
+            seen.reads.iter().any(|(t, d)| *t < b && *t + *d > a),
+            "restart {i}: no read overlapped it"
+        );
+    }
+    let baseline = seen.longest(began, windows[0].0, false);
+    let across = windows
+        .iter()
+        .map(|&(a, b)| seen.longest(a, b, true))
+        .max()
+        .unwrap();
+    let log = std::fs::read_to_string(d.run_dir().join("images").join(&key).join("daemon.log"))
+        .unwrap_or_default();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("took_ms") || l.contains("paused_ms"))
+    {
+        eprintln!("takeover: log: {l}");
+    }
     eprintln!(
-        "takeover: 3 restarts took {took:?} ms (command to previous daemon gone); reader: {} files, {} MiB, longest read {:.1?}",
+        "takeover: 3 restarts took {took:?} ms (command to previous daemon gone); reader: {} files, {} MiB, {} reads; longest read: {baseline:.1?} before the restarts, {across:.1?} across them",
         seen.files,
         seen.bytes >> 20,
-        seen.longest
+        seen.reads.len()
     );
     assert!(seen.errors.is_empty(), "read errors: {:?}", seen.errors);
     assert!(seen.wrong.is_empty(), "wrong bytes in: {:?}", seen.wrong);
@@ -274,7 +330,10 @@ fn privileged_restart_waits_for_a_read_on_the_network() {
         Ok::<bool, String>(buf == want)
     });
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!inflight.is_finished(), "the read did not wait on the network");
+    assert!(
+        !inflight.is_finished(),
+        "the read did not wait on the network"
+    );
     let run_dir = d.run_dir();
     let k = key.clone();
     let restarting = std::thread::spawn(move || {
@@ -286,7 +345,10 @@ fn privileged_restart_waits_for_a_read_on_the_network() {
     });
     std::thread::sleep(Duration::from_secs(2));
     // The previous daemon holds the connection until its READ is answered.
-    assert!(!restarting.is_finished(), "restart did not wait for the READ in flight");
+    assert!(
+        !restarting.is_finished(),
+        "restart did not wait for the READ in flight"
+    );
     proxy.set(Fault::Forward);
     assert_eq!(inflight.join().unwrap(), Ok(true), "the READ in flight");
     let o = restarting.join().unwrap();
@@ -315,24 +377,34 @@ fn privileged_a_failed_successor_leaves_the_daemon_serving() {
     let mut d = Dirs::over("dev");
     let clip = local_image(&d);
     let rootfs = d
-        .mount("keep", &["--clip", clip.to_str().unwrap(), "--profile", "off"])
+        .mount(
+            "keep",
+            &["--clip", clip.to_str().unwrap(), "--profile", "off"],
+        )
         .unwrap();
     let (key, pid) = key_and_pid(&d, "keep");
     let image_dir = d.run_dir().join("images").join(&key);
     let big = std::fs::read(rootfs.join("usr/lib/big.bin")).unwrap();
-    let reads_ok = || {
-        direct_read_all(&rootfs.join("usr/lib/big.bin"), 128 << 10)
-            .is_ok_and(|(b, _)| b == big)
-    };
+    let reads_ok =
+        || direct_read_all(&rootfs.join("usr/lib/big.bin"), 128 << 10).is_ok_and(|(b, _)| b == big);
     assert!(reads_ok());
     // Crashes at each step, and a spec whose index is missing.
     let spec_path = image_dir.join("daemon.json");
     let spec = std::fs::read_to_string(&spec_path).unwrap();
     let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
         ("missing index", vec![]),
-        ("crash before connect", vec![("CLIP_TEST_CRASH_AT", "takeover-before-connect")]),
-        ("crash after the fd", vec![("CLIP_TEST_CRASH_AT", "takeover-after-fd")]),
-        ("crash before serving", vec![("CLIP_TEST_CRASH_AT", "takeover-before-serve")]),
+        (
+            "crash before connect",
+            vec![("CLIP_TEST_CRASH_AT", "takeover-before-connect")],
+        ),
+        (
+            "crash after the fd",
+            vec![("CLIP_TEST_CRASH_AT", "takeover-after-fd")],
+        ),
+        (
+            "crash before serving",
+            vec![("CLIP_TEST_CRASH_AT", "takeover-before-serve")],
+        ),
     ];
     for (what, env) in cases {
         if what == "missing index" {
@@ -346,7 +418,11 @@ fn privileged_a_failed_successor_leaves_the_daemon_serving() {
         assert!(!o.status.success(), "{what}: restart succeeded");
         let err = stderr(&o);
         assert!(err.contains("still serves"), "{what}: {err}");
-        assert!(t.elapsed() < Duration::from_secs(20), "{what}: took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{what}: took {:?}",
+            t.elapsed()
+        );
         // The previous daemon serves, and is the one the run dir names.
         let t = Instant::now();
         while key_and_pid(&d, "keep").1 != pid && t.elapsed() < Duration::from_secs(5) {
@@ -384,7 +460,10 @@ fn privileged_restart_of_an_io_uring_mount_is_refused() {
     }
     let mut d = Dirs::over("uring");
     let clip = local_image(&d);
-    let rootfs = match d.mount("ring", &["--clip", clip.to_str().unwrap(), "--profile", "off"]) {
+    let rootfs = match d.mount(
+        "ring",
+        &["--clip", clip.to_str().unwrap(), "--profile", "off"],
+    ) {
         Ok(r) => r,
         Err(e) => {
             common::skip(&format!("cannot mount over io_uring here: {e}"));
@@ -396,5 +475,8 @@ fn privileged_restart_of_an_io_uring_mount_is_refused() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("io_uring"), "{}", stderr(&o));
     assert_eq!(key_and_pid(&d, "ring").1, pid);
-    assert_eq!(std::fs::read(rootfs.join("hello.txt")).unwrap(), b"hello world\n");
+    assert_eq!(
+        std::fs::read(rootfs.join("hello.txt")).unwrap(),
+        b"hello world\n"
+    );
 }

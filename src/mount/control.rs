@@ -100,8 +100,7 @@ pub(super) fn listen_replacing(
     // Short: a unix socket path is at most 107 bytes.
     let tmp = sock.with_file_name(format!(".c{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let listener =
-        UnixListener::bind(&tmp).map_err(MountError::io("bind control socket", &tmp))?;
+    let listener = UnixListener::bind(&tmp).map_err(MountError::io("bind control socket", &tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
         .map_err(MountError::io("chmod control socket", &tmp))?;
     std::fs::rename(&tmp, sock).map_err(MountError::io("rename control socket", sock))?;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::control::{self, Handler};
 use super::container::crash_point;
+use super::control::{self, Handler};
 use super::session::{serve_with, MountHandle, ServeOptions};
 use super::spec::DaemonSpec;
 use super::takeover::{self, HandOver};
@@ -390,14 +390,8 @@ fn take_over(
     control::listen_replacing(sock, handler)?;
     crash_point("takeover-before-serve");
     let mnt = config.image_dir.join("mnt");
-    let handle = super::session::adopt(
-        &mnt,
-        &config.image_dir,
-        fuse,
-        fs,
-        opts,
-        &state.init_request,
-    )?;
+    let handle =
+        super::session::adopt(&mnt, &config.image_dir, fuse, fs, opts, &state.init_request)?;
     conn.write_all(b"ready\n")
         .map_err(|e| fail(format!("telling the previous daemon: {e}")))?;
     tracing::info!(

@@ -78,9 +78,9 @@ pub use lifecycle::repair;
 pub use mountinfo::{is_mounted, mount_fstype, mount_identity, MountIdentity};
 pub use session::{serve, serve_with, MountHandle, ServeOptions};
 pub use spawn::{start_daemon, Launcher, GLIBC_TUNABLES};
-pub use takeover::{restart_daemon, Restarted};
 pub use spec::{DaemonSpec, StackPart, DAEMON_SPEC_VERSION, SPEC_FILE};
 pub use sys::{mount_overlay, unmount};
+pub use takeover::{restart_daemon, Restarted};
 pub use transport::{
     uring_param, FuseTransport, TransportKind, TransportOptions, DEFAULT_READ_TIMEOUT,
     ENABLE_URING_PARAM,

@@ -163,7 +163,12 @@ fn send_state(conn: &UnixStream, state: &TakeoverState, fd: BorrowedFd<'_>) -> s
         return Err(std::io::Error::other("control buffer too small"));
     }
     let bytes = line.as_bytes();
-    let n = rustix::net::sendmsg(conn, &[IoSlice::new(bytes)], &mut control, SendFlags::empty())?;
+    let n = rustix::net::sendmsg(
+        conn,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::empty(),
+    )?;
     // The fd went with the first byte; the rest is plain data.
     (&*conn).write_all(&bytes[n..])
 }
@@ -175,7 +180,8 @@ pub(super) fn request_connection(
     sock: &Path,
     wait: Duration,
 ) -> Result<(UnixStream, TakeoverState, OwnedFd), String> {
-    let mut conn = UnixStream::connect(sock).map_err(|e| format!("connect {}: {e}", sock.display()))?;
+    let mut conn =
+        UnixStream::connect(sock).map_err(|e| format!("connect {}: {e}", sock.display()))?;
     conn.set_read_timeout(Some(wait)).ok();
     conn.set_write_timeout(Some(wait)).ok();
     conn.write_all(b"takeover\n")
@@ -227,7 +233,10 @@ pub(super) fn request_connection(
         ));
     }
     if state.transport != "dev" {
-        return Err(format!("transport {:?} cannot be taken over", state.transport));
+        return Err(format!(
+            "transport {:?} cannot be taken over",
+            state.transport
+        ));
     }
     let fd = fd.ok_or("no /dev/fuse fd came with the state")?;
     Ok((conn, state, fd))
@@ -243,7 +252,10 @@ fn successor_env(old_pid: u32) -> Vec<(OsString, OsString)> {
         .filter_map(|kv| {
             let eq = kv.iter().position(|&b| b == b'=')?;
             let (k, v) = (&kv[..eq], &kv[eq + 1..]);
-            Some((OsStr::from_bytes(k).to_owned(), OsStr::from_bytes(v).to_owned()))
+            Some((
+                OsStr::from_bytes(k).to_owned(),
+                OsStr::from_bytes(v).to_owned(),
+            ))
         })
         .filter(|(k, _)| !k.as_bytes().starts_with(b"CLIP_TEST_"))
         .collect();
@@ -335,8 +347,16 @@ pub fn restart_daemon<S>(
     let spec_path = image_dir.join(SPEC_FILE);
     debug_assert!(args.iter().any(|a| a == DAEMON_VERB));
     let base = successor_env(old.pid());
-    let mut child = spawn_exec(exe, args, env, Some(&base), &spec_path, &[TAKEOVER_ARG], &log)
-        .map_err(|e| fail(format!("spawn {}: {e}", exe.display())))?;
+    let mut child = spawn_exec(
+        exe,
+        args,
+        env,
+        Some(&base),
+        &spec_path,
+        &[TAKEOVER_ARG],
+        &log,
+    )
+    .map_err(|e| fail(format!("spawn {}: {e}", exe.display())))?;
     let new_pid = child.id();
     let sock = image_dir.join(SOCK_FILE);
     let deadline = started + timeout;
@@ -426,7 +446,11 @@ mod tests {
         assert_eq!(got.pid, 42);
         assert_eq!(got.init_request, state(10_000).init_request);
         let received = std::fs::File::from(fd);
-        assert_eq!(received.metadata().unwrap().ino(), ino, "the same open file");
+        assert_eq!(
+            received.metadata().unwrap().ino(),
+            ino,
+            "the same open file"
+        );
     }
 
     #[test]
@@ -460,7 +484,10 @@ mod tests {
         let key = |s: &str| resolve_image(run, s).map(|(_, k)| k);
         assert_eq!(key("abc").unwrap(), "abc123");
         assert_eq!(key("abd456").unwrap(), "abd456");
-        assert!(matches!(key("ab"), Err(MountError::UnknownImage(_))), "ambiguous");
+        assert!(
+            matches!(key("ab"), Err(MountError::UnknownImage(_))),
+            "ambiguous"
+        );
         assert!(matches!(key("ff"), Err(MountError::UnknownImage(_))));
         assert!(matches!(key("../x"), Err(MountError::UnknownImage(_))));
         let dir = images_dir(run).join("abd456");

@@ -42,8 +42,8 @@ use std::io::Write;
 
 use fuse_backend_rs::abi::fuse_abi::OutHeader;
 use fuse_backend_rs::api::server::Server;
-use vm_memory::ByteValued;
 use fuse_backend_rs::transport::FuseSession;
+use vm_memory::ByteValued;
 
 use super::MountError;
 use crate::fuse::ClipFs;
@@ -331,7 +331,10 @@ impl Engine {
         dev::replay_init(&shared, init_request)
             .map_err(|e| MountError::Session(format!("replaying the taken-over INIT: {e}")))?;
         *lock(&shared.init_request) = Some(init_request.to_vec());
-        shared.settle(TransportKind::Dev, "/dev/fuse (taken over from the previous daemon)");
+        shared.settle(
+            TransportKind::Dev,
+            "/dev/fuse (taken over from the previous daemon)",
+        );
         let mut engine = Engine {
             shared,
             workers: Vec::new(),
