@@ -362,6 +362,112 @@ fn privileged_restart_waits_for_a_read_on_the_network() {
     assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
 }
 
+#[test]
+fn privileged_requests_a_dying_successor_took_are_resent() {
+    let registry = require!(common::privileged_registry(), "no registry");
+    let bed = require!(common::testbed(), "CLIP_TESTBED not set");
+    let truth = bed.join("unpacked/tiny/rootfs/random-3MiB.bin");
+    let dir = common::tempdir();
+    let clip = index_image(dir.path(), &image_ref(&registry, "tiny"));
+    let proxy = FaultProxy::start(&registry);
+    let mut d = Dirs::over("dev");
+    let image = image_ref(proxy.host(), "tiny");
+    d.mount(
+        "resend",
+        &[
+            "--clip",
+            clip.to_str().unwrap(),
+            "--image",
+            &image,
+            "--disk-cache",
+            "0",
+            "--profile",
+            "off",
+            "--warm",
+            "off",
+            "--prefetch-threads",
+            "0",
+            "--read-timeout",
+            "60s",
+        ],
+    )
+    .unwrap();
+    let mnt = d.image_mnt();
+    let (key, pid) = key_and_pid(&d, "resend");
+    let pid_file = d.run_dir().join("images").join(&key).join("daemon.pid");
+    // The successor will take a READ of bytes nobody has fetched, hand it
+    // to its pool (the network is blackholed by then) and die before
+    // `ready`.
+    let run_dir = d.run_dir();
+    let k = key.clone();
+    let restarting = std::thread::spawn(move || {
+        common::clipctl()
+            .args(["daemon", "restart", "--image", &k, "--run-dir"])
+            .arg(run_dir)
+            .env("CLIP_TEST_CRASH_AT", "takeover-before-ready")
+            .output()
+            .unwrap()
+    });
+    // The successor writes its pid just before it starts serving.
+    let t = Instant::now();
+    while common::pid_in(&pid_file) as u64 == pid {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the successor never took over"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Not before: the successor builds its source (which asks the
+    // registry) before it asks for the connection.
+    proxy.set(Fault::Blackhole);
+    std::thread::sleep(Duration::from_millis(300));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let m2 = mnt.clone();
+    std::thread::spawn(move || {
+        let got = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(m2.join("random-3MiB.bin"))
+            .and_then(|f| {
+                let mut buf = vec![0u8; 64 << 10];
+                let n = f.read_at(&mut buf, 2 << 20)?;
+                buf.truncate(n);
+                Ok(buf)
+            });
+        let _ = tx.send(got.map_err(|e| e.to_string()));
+    });
+    let o = restarting.join().unwrap();
+    assert!(!o.status.success(), "the successor was to die");
+    assert!(stderr(&o).contains("still serves"), "{}", stderr(&o));
+    // The READ went to the successor, which died holding it: the previous
+    // daemon serves again and has it back (FUSE_NOTIFY_RESEND).
+    std::thread::sleep(Duration::from_millis(500));
+    proxy.set(Fault::Forward);
+    let got = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(got) => got,
+        Err(_) => {
+            // Unstick the reader before failing.
+            if let Some(id) = clip::mount::mount_identity(&mnt) {
+                let minor = id.dev.rsplit(':').next().unwrap().to_string();
+                let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+            }
+            panic!("the READ the successor took was never answered");
+        }
+    };
+    let mut want = vec![0u8; 64 << 10];
+    let n = std::fs::File::open(&truth)
+        .unwrap()
+        .read_at(&mut want, 2 << 20)
+        .unwrap();
+    want.truncate(n);
+    assert_eq!(got.as_deref(), Ok(&want[..]));
+    assert_eq!(key_and_pid(&d, "resend").1, pid);
+    let o = d.umount("resend");
+    assert!(o.status.success(), "{}", stderr(&o));
+    d.cids.clear();
+    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+}
+
 /// A local image (no registry needed): its `.clip` index.
 fn local_image(d: &Dirs) -> PathBuf {
     let layout = d.tmp.path().join("layout");

@@ -194,7 +194,8 @@ pub(super) const CLAIM_PREFIX: &str = ".claim-";
 /// of attach (`after-record`, `after-daemon`, `after-overlay`,
 /// `after-containers`) or detach (`detach-after-unmount`,
 /// `detach-after-upper`) or of a successor daemon's takeover
-/// (`takeover-before-connect`, `takeover-after-fd`, `takeover-before-serve`),
+/// (`takeover-before-connect`, `takeover-after-fd`, `takeover-before-serve`,
+/// `takeover-before-ready`: 2 s after it started serving),
 /// without unwinding or cleanup, as a SIGKILL would
 /// stop it; the crash tests check that the next command repairs the rest.
 pub(super) fn crash_point(point: &str) {

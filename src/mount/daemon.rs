@@ -392,6 +392,12 @@ fn take_over(
     let mnt = config.image_dir.join("mnt");
     let handle =
         super::session::adopt(&mnt, &config.image_dir, fuse, fs, opts, &state.init_request)?;
+    if std::env::var_os("CLIP_TEST_CRASH_AT").is_some_and(|v| v == "takeover-before-ready") {
+        // Serving, not yet ready: long enough for a test to get a request
+        // read by this process before it dies (FUSE_NOTIFY_RESEND's case).
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    crash_point("takeover-before-ready");
     conn.write_all(b"ready\n")
         .map_err(|e| fail(format!("telling the previous daemon: {e}")))?;
     tracing::info!(
