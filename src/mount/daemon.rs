@@ -313,7 +313,7 @@ fn serve_until_unmounted(config: &DaemonConfig, sock: &Path) -> Result<Served, M
         match requests.recv_timeout(MOUNT_POLL) {
             Ok(conn) => match takeover::hand_over(&mut handle, conn) {
                 HandOver::Done => {
-                    handle.leave_to_successor();
+                    handle.leave_mounted();
                     return Ok(Served::HandedOver);
                 }
                 HandOver::Refused(why) => {
@@ -398,8 +398,16 @@ fn take_over(
         std::thread::sleep(Duration::from_secs(2));
     }
     crash_point("takeover-before-ready");
-    conn.write_all(b"ready\n")
-        .map_err(|e| fail(format!("telling the previous daemon: {e}")))?;
+    if let Err(e) = conn.write_all(b"ready\n") {
+        // The previous daemon gave up waiting and serves again: stop
+        // (answering what this one took), unmount nothing.
+        let mut handle = handle;
+        if let Err(p) = handle.pause() {
+            tracing::warn!(error = %p, "stopping after a failed takeover");
+        }
+        handle.leave_mounted();
+        return Err(fail(format!("telling the previous daemon: {e}")));
+    }
     tracing::info!(
         from_pid = state.pid,
         took_ms = started.elapsed().as_millis() as u64,

@@ -60,8 +60,10 @@ pub struct MountHandle {
     /// The connection was taken over from another process: the session was
     /// made for a plain directory (not the mount point, whose stat would
     /// wait on this very connection before it is served), so its own
-    /// unmount must never run; [`MountHandle::release_session`] unmounts
-    /// the real mount point instead.
+    /// unmount must never run. Such a handle never unmounts at all (the
+    /// daemon's `shutdown` does, from outside); dropped while mounted (an
+    /// error before its daemon was ready) it stops its workers and leaves
+    /// the mount to whoever serves it.
     adopted: bool,
 }
 
@@ -139,23 +141,28 @@ pub(super) fn adopt(
     let mut se = FuseSession::new(session_dir, "clip", "clip", true)
         .map_err(|e| MountError::Session(e.to_string()))?;
     se.set_fuse_file(File::from(fuse));
-    let mut handle = MountHandle {
-        session: Some(se),
-        engine: None,
-        mountpoint: mountpoint.to_path_buf(),
-        adopted: true,
-    };
-    let se = handle.session.as_ref().expect("set above");
     let engine = Engine::adopt(
-        se,
+        &se,
         fs,
         opts.threads,
         &opts.transport,
         opts.metrics.clone(),
         init_request,
-    )?;
-    handle.engine = Some(engine);
-    Ok(handle)
+    );
+    match engine {
+        Ok(engine) => Ok(MountHandle {
+            session: Some(se),
+            engine: Some(engine),
+            mountpoint: mountpoint.to_path_buf(),
+            adopted: true,
+        }),
+        Err(e) => {
+            // Never unmount what the previous daemon still serves.
+            let _ = se.wake();
+            std::mem::forget(se);
+            Err(e)
+        }
+    }
 }
 
 /// Writes `kb` to the bdi `read_ahead_kb` of the filesystem at `mountpoint`.
@@ -223,8 +230,8 @@ impl MountHandle {
         Ok((fd.as_fd(), init))
     }
 
-    /// Serves again after [`MountHandle::pause`]; with `resend`, first
-    /// has the kernel queue again what a failed successor read and did not
+    /// Serves again after [`MountHandle::pause`]; with `resend`, the new
+    /// workers also get back what a failed successor read and did not
     /// answer (see `Engine::resend_unanswered`).
     pub(super) fn resume(&mut self, resend: bool) -> Result<(), MountError> {
         let (Some(se), Some(engine)) = (self.session.as_ref(), self.engine.as_mut()) else {
@@ -239,10 +246,11 @@ impl MountHandle {
         Ok(())
     }
 
-    /// Ends this process's part after a successor took the connection over:
-    /// nothing is unmounted or aborted, the `/dev/fuse` fd stays open until
-    /// the process exits.
-    pub(super) fn leave_to_successor(mut self) {
+    /// Ends this process's part without unmounting (a successor took the
+    /// connection over, or the previous daemon serves it again): nothing is
+    /// unmounted or aborted, the `/dev/fuse` fd stays open until the
+    /// process exits. Call after [`MountHandle::pause`].
+    pub(super) fn leave_mounted(mut self) {
         if let Some(se) = self.session.take() {
             // Its Drop would unmount; the successor serves the mount now.
             std::mem::forget(se);
@@ -250,20 +258,14 @@ impl MountHandle {
         self.engine.take();
     }
 
-    /// Closes the session. An adopted one (see the field) unmounts the real
-    /// mount point itself and is forgotten instead of dropped.
+    /// Closes the session. An adopted one (see the field) is woken and
+    /// forgotten instead: its own unmount would name the session dir.
     fn release_session(&mut self) {
         let Some(mut se) = self.session.take() else {
             return;
         };
         if self.adopted {
-            if super::is_mounted(&self.mountpoint) {
-                if let Err(e) = super::sys::umount2(&self.mountpoint, libc::MNT_DETACH) {
-                    tracing::warn!(error = %e, mountpoint = %self.mountpoint.display(), "FUSE unmount");
-                }
-            }
             let _ = se.wake();
-            // Its own unmount would name the session dir, not the mount.
             std::mem::forget(se);
             return;
         }
