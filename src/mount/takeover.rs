@@ -276,21 +276,24 @@ pub struct Restarted {
     pub elapsed: Duration,
 }
 
-/// The image dir `image` names under `run_dir`: the dir itself (holding a
-/// daemon spec), a key under `images/`, or a unique prefix of one (as
-/// `clipctl ps` shows it).
-fn resolve_image(run_dir: &Path, image: &str) -> Result<(PathBuf, String), MountError> {
+/// The image `image` names: the image dir itself (holding a daemon spec,
+/// `<run_dir>/images/<key>`, whose run dir then wins over `run_dir`), a key
+/// under `<run_dir>/images/`, or a unique prefix of one (as `clipctl ps`
+/// shows it). Returns the run dir, the image dir and the key.
+fn resolve_image(run_dir: &Path, image: &str) -> Result<(PathBuf, PathBuf, String), MountError> {
     let given = Path::new(image);
     if given.join(SPEC_FILE).is_file() {
         let dir = given
             .canonicalize()
             .map_err(MountError::io("resolve", given))?;
-        let key = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_string)
-            .ok_or_else(|| MountError::UnknownImage(image.into()))?;
-        return Ok((dir, key));
+        let key = dir.file_name().and_then(|n| n.to_str()).map(str::to_string);
+        let images = dir
+            .parent()
+            .filter(|p| p.file_name() == Some("images".as_ref()));
+        let (Some(key), Some(run)) = (key, images.and_then(Path::parent)) else {
+            return Err(MountError::UnknownImage(image.into()));
+        };
+        return Ok((run.to_path_buf(), dir.clone(), key));
     }
     if image.is_empty() || !image.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(MountError::UnknownImage(image.into()));
@@ -306,7 +309,7 @@ fn resolve_image(run_dir: &Path, image: &str) -> Result<(PathBuf, String), Mount
         })
         .unwrap_or_default();
     match keys.as_slice() {
-        [key] => Ok((dir.join(key), key.clone())),
+        [key] => Ok((run_dir.to_path_buf(), dir.join(key), key.clone())),
         _ => Err(MountError::UnknownImage(image.into())),
     }
 }
@@ -323,7 +326,7 @@ pub fn restart_daemon<S>(
     launcher: &Launcher<S>,
     timeout: Duration,
 ) -> Result<Restarted, MountError> {
-    let (image_dir, key) = resolve_image(run_dir, image)?;
+    let (run_dir, image_dir, key) = resolve_image(run_dir, image)?;
     let fail = |message: String| MountError::Takeover {
         image_dir: image_dir.clone(),
         message,
@@ -331,7 +334,7 @@ pub fn restart_daemon<S>(
     let Launcher::Exec { exe, args, env } = launcher else {
         return Err(fail("an in-process daemon cannot be restarted".into()));
     };
-    let _lock = lock_image(run_dir, &key)?;
+    let _lock = lock_image(&run_dir, &key)?;
     let old = DaemonProcess::find(&image_dir)
         .ok_or_else(|| fail("no live daemon serves this image".into()))?;
     let transport = std::fs::read_to_string(image_dir.join(TRANSPORT_FILE)).unwrap_or_default();
@@ -481,7 +484,7 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join(SPEC_FILE), "{}").unwrap();
         }
-        let key = |s: &str| resolve_image(run, s).map(|(_, k)| k);
+        let key = |s: &str| resolve_image(run, s).map(|(_, _, k)| k);
         assert_eq!(key("abc").unwrap(), "abc123");
         assert_eq!(key("abd456").unwrap(), "abd456");
         assert!(
@@ -491,6 +494,9 @@ mod tests {
         assert!(matches!(key("ff"), Err(MountError::UnknownImage(_))));
         assert!(matches!(key("../x"), Err(MountError::UnknownImage(_))));
         let dir = images_dir(run).join("abd456");
-        assert_eq!(key(dir.to_str().unwrap()).unwrap(), "abd456");
+        let (r, d, k) = resolve_image(Path::new("/elsewhere"), dir.to_str().unwrap()).unwrap();
+        assert_eq!(k, "abd456");
+        assert_eq!(d, dir.canonicalize().unwrap());
+        assert_eq!(r, run.canonicalize().unwrap(), "the dir's own run dir");
     }
 }
