@@ -8,6 +8,7 @@
 mod archive_io;
 mod create;
 mod daemon;
+mod daemonctl;
 mod extract;
 mod gc;
 mod index;
@@ -68,6 +69,9 @@ enum Command {
     Snapshotter(snapshotter::SnapshotterArgs),
     /// Record an image in containerd; the clip snapshotter serves its layers.
     Rpull(rpull::RpullArgs),
+    /// Manage image daemons: `restart` one without breaking its containers.
+    #[command(name = "daemon")]
+    DaemonCtl(daemonctl::DaemonCtlArgs),
     /// Internal: the long-lived mount daemon (started by `mount`).
     #[command(name = "__daemon", hide = true)]
     Daemon(daemon::DaemonArgs),
@@ -106,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Snapshotter(a) => snapshotter::run(a),
         Command::Rpull(a) => rpull::run(a),
         Command::Daemon(a) => daemon::run(a),
+        Command::DaemonCtl(a) => daemonctl::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,14 +124,16 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Maps "no such container" to its documented exit code.
+/// Maps "no such container" (or image) to its documented exit code.
 fn coded(e: crate::mount::MountError) -> anyhow::Error {
     match e {
-        crate::mount::MountError::UnknownCid(_) => CodedError {
-            code: EXIT_NOT_FOUND,
-            message: e.to_string(),
+        crate::mount::MountError::UnknownCid(_) | crate::mount::MountError::UnknownImage(_) => {
+            CodedError {
+                code: EXIT_NOT_FOUND,
+                message: e.to_string(),
+            }
+            .into()
         }
-        .into(),
         other => other.into(),
     }
 }

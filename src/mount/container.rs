@@ -193,7 +193,10 @@ pub(super) const CLAIM_PREFIX: &str = ".claim-";
 /// Test hook: `CLIP_TEST_CRASH_AT=<point>` aborts the process at that point
 /// of attach (`after-record`, `after-daemon`, `after-overlay`,
 /// `after-containers`) or detach (`detach-after-unmount`,
-/// `detach-after-upper`), without unwinding or cleanup, as a SIGKILL would
+/// `detach-after-upper`) or of a successor daemon's takeover
+/// (`takeover-before-connect`, `takeover-after-fd`, `takeover-before-serve`,
+/// `takeover-before-ready`: 2 s after it started serving),
+/// without unwinding or cleanup, as a SIGKILL would
 /// stop it; the crash tests check that the next command repairs the rest.
 pub(super) fn crash_point(point: &str) {
     if std::env::var_os("CLIP_TEST_CRASH_AT").is_some_and(|v| v == point) {

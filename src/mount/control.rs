@@ -5,6 +5,9 @@
 //! | `ping`     | `pong`                                          |
 //! | `stats`    | one JSON object (see [`super::StatsFn`])        |
 //! | `shutdown` | `ok`, then the daemon unmounts and exits        |
+//! | `takeover` | a successor daemon asks for the FUSE connection |
+//! |            | (see `super::takeover`): `state {json}` with    |
+//! |            | the `/dev/fuse` fd attached, or `error …`       |
 //! | other      | `error unknown command`                         |
 //!
 //! Bounded: a request line longer than [`MAX_LINE`] gets `error line too
@@ -47,14 +50,17 @@ pub fn control_request(
     let mut s = UnixStream::connect(sock).map_err(|e| err(format!("connect: {e}")))?;
     s.set_read_timeout(Some(timeout)).ok();
     s.set_write_timeout(Some(timeout)).ok();
-    s.write_all(format!("{cmd}\n").as_bytes())
-        .map_err(|e| err(format!("send: {e}")))?;
+    // A server that refuses at once (`error busy`) may answer and close
+    // before the request is sent: its reply is still read.
+    let sent = s.write_all(format!("{cmd}\n").as_bytes());
     let mut line = String::new();
-    BufReader::new(&s)
-        .read_line(&mut line)
-        .map_err(|e| err(format!("receive: {e}")))?;
+    let received = BufReader::new(&s).read_line(&mut line);
     if line.is_empty() {
-        return Err(err("connection closed without a reply".into()));
+        return Err(match (sent, received) {
+            (Err(e), _) => err(format!("send: {e}")),
+            (_, Err(e)) => err(format!("receive: {e}")),
+            _ => err("connection closed without a reply".into()),
+        });
     }
     Ok(ControlReply(line.trim_end().to_string()))
 }
@@ -63,6 +69,11 @@ pub fn control_request(
 pub(super) trait Handler: Send + Sync + 'static {
     fn stats(&self) -> String;
     fn shutdown(&self);
+    /// A successor asks for the FUSE connection; the handler owns the
+    /// connection from here (it answers on it).
+    fn takeover(&self, mut conn: UnixStream) {
+        let _ = conn.write_all(b"error takeover not supported\n");
+    }
 }
 
 /// Binds `sock` (mode 0600) and serves it on a background thread.
@@ -74,6 +85,33 @@ pub(super) fn listen(
     let listener = UnixListener::bind(sock).map_err(MountError::io("bind control socket", sock))?;
     std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600))
         .map_err(MountError::io("chmod control socket", sock))?;
+    serve_listener(listener, sock, handler)?;
+    Ok(sock.to_path_buf())
+}
+
+/// [`listen`] without a moment where `sock` is missing or names nobody:
+/// binds a socket beside it and renames it over `sock` (a takeover: the
+/// successor's socket replaces the previous daemon's, whose listener keeps
+/// running unreachable until that process exits).
+pub(super) fn listen_replacing(
+    sock: &Path,
+    handler: std::sync::Arc<dyn Handler>,
+) -> Result<(), MountError> {
+    // Short: a unix socket path is at most 107 bytes.
+    let tmp = sock.with_file_name(format!(".c{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(MountError::io("bind control socket", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .map_err(MountError::io("chmod control socket", &tmp))?;
+    std::fs::rename(&tmp, sock).map_err(MountError::io("rename control socket", sock))?;
+    serve_listener(listener, sock, handler)
+}
+
+fn serve_listener(
+    listener: UnixListener,
+    sock: &Path,
+    handler: std::sync::Arc<dyn Handler>,
+) -> Result<(), MountError> {
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("clip-control".into())
@@ -101,7 +139,7 @@ pub(super) fn listen(
             }
         })
         .map_err(MountError::io("spawn control thread", sock))?;
-    Ok(sock.to_path_buf())
+    Ok(())
 }
 
 fn serve_conn(conn: UnixStream, h: &dyn Handler) {
@@ -132,6 +170,10 @@ fn serve_conn(conn: UnixStream, h: &dyn Handler) {
             "shutdown" => {
                 let _ = w.write_all(b"ok\n");
                 h.shutdown();
+                return;
+            }
+            "takeover" => {
+                h.takeover(w);
                 return;
             }
             _ => "error unknown command".to_string(),

@@ -1,15 +1,19 @@
 //! The per-image daemon: owns one FUSE mount shared by every container of
 //! the image, answers the control socket, exits when unmounted.
 
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::container::crash_point;
 use super::control::{self, Handler};
-use super::session::{serve_with, ServeOptions};
+use super::session::{serve_with, MountHandle, ServeOptions};
 use super::spec::DaemonSpec;
+use super::takeover::{self, HandOver};
 use super::MountError;
 use crate::cache::ContentReader;
 use crate::format::Index;
@@ -40,6 +44,30 @@ pub struct DaemonConfig {
     /// Where the FUSE requests, the filesystem and (when the factory
     /// shares it) the content reader record; the `stats` reply reads it.
     pub metrics: Arc<Metrics>,
+    /// Mount anew, or take the mount over from the running daemon.
+    pub start: StartMode,
+}
+
+/// How a daemon gets its FUSE mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartMode {
+    /// Mounts `<image_dir>/mnt`.
+    #[default]
+    Mount,
+    /// Takes the live mount over from the image's running daemon (a
+    /// restart; see `takeover.rs`). Fails, leaving that daemon serving, if
+    /// it cannot.
+    Takeover,
+}
+
+/// Why [`run_daemon`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonExit {
+    /// The mount went away.
+    Unmounted,
+    /// A successor serves the mount now; this process must exit without
+    /// touching it.
+    HandedOver,
 }
 
 impl DaemonConfig {
@@ -53,6 +81,7 @@ impl DaemonConfig {
             serve: ServeOptions::default(),
             fs: FsConfig::default(),
             metrics: Arc::new(Metrics::new()),
+            start: StartMode::Mount,
         }
     }
 }
@@ -64,6 +93,7 @@ impl std::fmt::Debug for DaemonConfig {
             .field("image_dir", &self.image_dir)
             .field("serve", &self.serve)
             .field("fs", &self.fs)
+            .field("start", &self.start)
             .finish_non_exhaustive()
     }
 }
@@ -106,6 +136,8 @@ pub struct FsCounters {
 }
 
 struct DaemonHandler {
+    /// Takeover requests go to the thread that owns the mount.
+    takeovers: Mutex<mpsc::Sender<UnixStream>>,
     mnt: PathBuf,
     metrics: Arc<Metrics>,
     /// Image and digest; the containers are read at each request.
@@ -150,18 +182,33 @@ impl Handler for DaemonHandler {
             tracing::warn!(error = %e, "unmount on shutdown");
         }
     }
+
+    fn takeover(&self, conn: UnixStream) {
+        let sent = self
+            .takeovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(conn);
+        if let Err(mpsc::SendError(mut conn)) = sent {
+            let _ = conn.write_all(b"error the daemon is exiting\n");
+        }
+    }
 }
 
 /// Runs the daemon in this process until the mount goes away: writes
 /// `daemon.pid`, opens the index, builds the reader, mounts at
-/// `<image_dir>/mnt`, serves `control.sock`, and on exit removes the pid
-/// file and the socket.
-pub fn run_daemon(config: DaemonConfig) -> Result<(), MountError> {
+/// `<image_dir>/mnt` (or, with [`StartMode::Takeover`], takes the mount over
+/// from the running daemon), serves `control.sock`, and on exit removes the
+/// pid file and the socket. A daemon that handed its mount to a successor
+/// leaves all of them to it.
+pub fn run_daemon(config: DaemonConfig) -> Result<DaemonExit, MountError> {
     let dir = &config.image_dir;
     super::layout::create_private(dir)?;
     let pid_path = dir.join(PID_FILE);
-    std::fs::write(&pid_path, super::process::pid_file_line())
-        .map_err(MountError::io("write", &pid_path))?;
+    if config.start == StartMode::Mount {
+        std::fs::write(&pid_path, super::process::pid_file_line())
+            .map_err(MountError::io("write", &pid_path))?;
+    }
     let sock = dir.join(SOCK_FILE);
     let cleanup = || {
         let _ = std::fs::remove_file(&sock);
@@ -169,11 +216,26 @@ pub fn run_daemon(config: DaemonConfig) -> Result<(), MountError> {
         let _ = std::fs::remove_file(dir.join(TRANSPORT_FILE));
     };
     let res = serve_until_unmounted(&config, &sock);
-    cleanup();
+    match &res {
+        Ok(Served::Unmounted) => cleanup(),
+        Ok(Served::HandedOver) => {}
+        // A successor that failed leaves the files to the daemon it did
+        // not replace (which writes them back as it resumes).
+        Err(_) if config.start == StartMode::Takeover => {}
+        Err(_) => cleanup(),
+    }
     if let Err(e) = &res {
         tracing::error!(error = %with_causes(e), "daemon failed");
     }
-    res
+    res.map(|s| match s {
+        Served::Unmounted => DaemonExit::Unmounted,
+        Served::HandedOver => DaemonExit::HandedOver,
+    })
+}
+
+enum Served {
+    Unmounted,
+    HandedOver,
 }
 
 /// `e` and its causes, each once (the log line is all a failed start shows).
@@ -191,7 +253,7 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn serve_until_unmounted(config: &DaemonConfig, sock: &Path) -> Result<(), MountError> {
+fn serve_until_unmounted(config: &DaemonConfig, sock: &Path) -> Result<Served, MountError> {
     let index = Arc::new(
         Index::open(&config.clip_path).map_err(|source| MountError::Index {
             path: config.clip_path.clone(),
@@ -215,30 +277,141 @@ fn serve_until_unmounted(config: &DaemonConfig, sock: &Path) -> Result<(), Mount
     let fs = ClipFs::new(index, content, config.fs.clone())
         .map_err(|e| MountError::Fs(Box::new(e)))?
         .with_metrics(config.metrics.clone());
-    fs.warm_start();
     let mnt = config.image_dir.join("mnt");
-    std::fs::create_dir_all(&mnt).map_err(MountError::io("create", &mnt))?;
     let opts = ServeOptions {
         metrics: Some(config.metrics.clone()),
         ..config.serve.clone()
     };
-    let handle = serve_with(&mnt, fs, &opts)?;
-    if let Some(t) = handle.transport() {
-        let path = config.image_dir.join(TRANSPORT_FILE);
-        if let Err(e) = std::fs::write(&path, t.name()) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot record the FUSE transport");
-        }
-    }
+    let (takeovers, requests) = mpsc::channel();
     let handler = Arc::new(DaemonHandler {
+        takeovers: Mutex::new(takeovers),
         mnt: mnt.clone(),
         metrics: config.metrics.clone(),
         labels,
         containers_file: config.image_dir.join(CONTAINERS_FILE),
         started: Instant::now(),
     });
-    control::listen(sock, handler)?;
+    let mut handle = match config.start {
+        StartMode::Mount => {
+            fs.warm_start();
+            std::fs::create_dir_all(&mnt).map_err(MountError::io("create", &mnt))?;
+            let handle = serve_with(&mnt, fs, &opts)?;
+            record_transport(config, &handle);
+            control::listen(sock, handler.clone())?;
+            handle
+        }
+        StartMode::Takeover => {
+            // No start warming: the containers of a running mount are past
+            // their start.
+            let handle = take_over(config, sock, fs, &opts, handler.clone())?;
+            record_transport(config, &handle);
+            handle
+        }
+    };
     tracing::info!(mnt = %mnt.display(), pid = std::process::id(), "clip daemon ready");
+    loop {
+        match requests.recv_timeout(MOUNT_POLL) {
+            Ok(conn) => match takeover::hand_over(&mut handle, conn) {
+                HandOver::Done => {
+                    handle.leave_mounted();
+                    return Ok(Served::HandedOver);
+                }
+                HandOver::Refused(why) => {
+                    tracing::warn!(reason = %why, "takeover refused");
+                }
+                HandOver::Resumed(why) => {
+                    tracing::info!(reason = %why, "serving again after a failed takeover");
+                    // The successor may have replaced them before it failed.
+                    let pid_path = config.image_dir.join(PID_FILE);
+                    if let Err(e) = std::fs::write(&pid_path, super::process::pid_file_line()) {
+                        tracing::error!(error = %e, "cannot write the pid file back");
+                    }
+                    record_transport(config, &handle);
+                    if let Err(e) = control::listen_replacing(sock, handler.clone()) {
+                        tracing::error!(error = %e, "cannot bind the control socket again");
+                    }
+                }
+            },
+            Err(mpsc::RecvTimeoutError::Timeout) if handle.workers_finished() => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // The handler holds the sender for the daemon's whole life.
+            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(MOUNT_POLL),
+        }
+    }
     handle.wait();
     tracing::info!(mnt = %mnt.display(), "unmounted; daemon exiting");
-    Ok(())
+    Ok(Served::Unmounted)
+}
+
+/// How often the daemon's main thread looks whether its workers ended
+/// (between takeover requests, which wake it at once).
+const MOUNT_POLL: Duration = Duration::from_millis(50);
+
+fn record_transport(config: &DaemonConfig, handle: &MountHandle) {
+    if let Some(t) = handle.transport() {
+        let path = config.image_dir.join(TRANSPORT_FILE);
+        if let Err(e) = std::fs::write(&path, t.name()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot record the FUSE transport");
+        }
+    }
+}
+
+/// The successor's side of a takeover (see `takeover.rs`): the index and
+/// the content reader are already open; asks the running daemon for the
+/// connection, publishes this process (pid file, control socket), serves
+/// the connection, and says `ready`. Any error before `ready` leaves the
+/// previous daemon serving.
+fn take_over(
+    config: &DaemonConfig,
+    sock: &Path,
+    fs: ClipFs,
+    opts: &ServeOptions,
+    handler: Arc<DaemonHandler>,
+) -> Result<MountHandle, MountError> {
+    let fail = |message: String| MountError::Takeover {
+        image_dir: config.image_dir.clone(),
+        message,
+    };
+    let started = Instant::now();
+    crash_point("takeover-before-connect");
+    // The previous daemon first answers every READ it holds: up to its
+    // read deadline.
+    let wait = opts.transport.read_timeout + Duration::from_secs(30);
+    let (mut conn, state, fuse) = takeover::request_connection(sock, wait).map_err(fail)?;
+    tracing::info!(
+        from_pid = state.pid,
+        paused_after_ms = started.elapsed().as_millis() as u64,
+        "received the FUSE connection"
+    );
+    crash_point("takeover-after-fd");
+    let pid_path = config.image_dir.join(PID_FILE);
+    std::fs::write(&pid_path, super::process::pid_file_line())
+        .map_err(MountError::io("write", &pid_path))?;
+    control::listen_replacing(sock, handler)?;
+    crash_point("takeover-before-serve");
+    let mnt = config.image_dir.join("mnt");
+    let handle =
+        super::session::adopt(&mnt, &config.image_dir, fuse, fs, opts, &state.init_request)?;
+    if std::env::var_os("CLIP_TEST_CRASH_AT").is_some_and(|v| v == "takeover-before-ready") {
+        // Serving, not yet ready: long enough for a test to get a request
+        // read by this process before it dies (FUSE_NOTIFY_RESEND's case).
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    crash_point("takeover-before-ready");
+    if let Err(e) = conn.write_all(b"ready\n") {
+        // The previous daemon gave up waiting and serves again: stop
+        // (answering what this one took), unmount nothing.
+        let mut handle = handle;
+        if let Err(p) = handle.pause() {
+            tracing::warn!(error = %p, "stopping after a failed takeover");
+        }
+        handle.leave_mounted();
+        return Err(fail(format!("telling the previous daemon: {e}")));
+    }
+    tracing::info!(
+        from_pid = state.pid,
+        took_ms = started.elapsed().as_millis() as u64,
+        "took the mount over"
+    );
+    Ok(handle)
 }

@@ -20,7 +20,7 @@
 //! images/<manifest-hex>/daemon.pid     the daemon's pid and start time
 //! images/<manifest-hex>/daemon.log     its stdout/stderr
 //! images/<manifest-hex>/containers     cids using the image, one per line
-//! images/<manifest-hex>/control.sock   line protocol: ping | stats | shutdown (0600)
+//! images/<manifest-hex>/control.sock   line protocol: ping | stats | shutdown | takeover (0600)
 //! images/<manifest-hex>.lock           flock serialising attach/detach per image
 //! <cid>/                               0700
 //! <cid>/rootfs                         the container's overlay
@@ -36,6 +36,9 @@
 //! `umount` does with a rootfs still in use; how a killed clipctl's
 //! leftovers are repaired) are in `lifecycle.rs`; the pid checks in
 //! `process.rs`; who still uses a detached overlay in `users.rs`.
+//!
+//! A daemon is restarted (or upgraded) in place by a successor process that
+//! takes its `/dev/fuse` connection over (`takeover.rs`, docs/takeover.md).
 //!
 //! The FUSE transports (`/dev/fuse` and io_uring) and the READ hand-off
 //! that keeps them off the network are in `transport/`.
@@ -56,6 +59,7 @@ mod session;
 mod spawn;
 mod spec;
 mod sys;
+mod takeover;
 mod transport;
 mod users;
 
@@ -67,13 +71,16 @@ pub use container::{
     DetachOutcome, HeldImage, MountRequest,
 };
 pub use control::{control_request, ControlReply};
-pub use daemon::{run_daemon, ContentFactory, DaemonConfig, FsCounters, StatsReply};
+pub use daemon::{
+    run_daemon, ContentFactory, DaemonConfig, DaemonExit, FsCounters, StartMode, StatsReply,
+};
 pub use lifecycle::repair;
 pub use mountinfo::{is_mounted, mount_fstype, mount_identity, MountIdentity};
 pub use session::{serve, serve_with, MountHandle, ServeOptions};
 pub use spawn::{start_daemon, Launcher, GLIBC_TUNABLES};
 pub use spec::{DaemonSpec, StackPart, DAEMON_SPEC_VERSION, SPEC_FILE};
 pub use sys::{mount_overlay, unmount};
+pub use takeover::{restart_daemon, Restarted};
 pub use transport::{
     uring_param, FuseTransport, TransportKind, TransportOptions, DEFAULT_READ_TIMEOUT,
     ENABLE_URING_PARAM,
@@ -191,6 +198,18 @@ pub enum MountError {
     Control {
         /// The socket.
         path: PathBuf,
+        /// What happened.
+        message: String,
+    },
+    /// No mounted image matches what `daemon restart` was given.
+    #[error("no mounted image {0:?} (give the IMAGE column of `clipctl ps`, a longer prefix of the key, or the image dir)")]
+    UnknownImage(String),
+    /// A daemon restart (takeover) failed; the previous daemon still
+    /// serves unless the message says otherwise.
+    #[error("restart of the daemon of {}: {message}", image_dir.display())]
+    Takeover {
+        /// The image dir.
+        image_dir: PathBuf,
         /// What happened.
         message: String,
     },

@@ -1,6 +1,8 @@
 //! The FUSE session: mount, the transports serving it
 //! ([`super::transport`]), read-ahead, unmount.
 
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +57,14 @@ pub struct MountHandle {
     session: Option<FuseSession>,
     engine: Option<Engine>,
     mountpoint: PathBuf,
+    /// The connection was taken over from another process: the session was
+    /// made for a plain directory (not the mount point, whose stat would
+    /// wait on this very connection before it is served), so its own
+    /// unmount must never run. Such a handle never unmounts at all (the
+    /// daemon's `shutdown` does, from outside); dropped while mounted (an
+    /// error before its daemon was ready) it stops its workers and leaves
+    /// the mount to whoever serves it.
+    adopted: bool,
 }
 
 /// Mounts `fs` at `mountpoint` (fsname and subtype "clip", read-only,
@@ -101,6 +111,7 @@ pub fn serve_with(
         session: Some(se),
         engine: None,
         mountpoint: mountpoint.to_path_buf(),
+        adopted: false,
     };
     handle.engine = Some(engine?);
     if let Some(e) = &handle.engine {
@@ -112,6 +123,46 @@ pub fn serve_with(
         }
     }
     Ok(handle)
+}
+
+/// Serves `fs` on the FUSE connection `fuse` of the mount at `mountpoint`,
+/// which another process mounted, initialised and handed over (a daemon
+/// takeover): the kernel's `init_request` is replayed, not answered again
+/// (see `Engine::adopt`). `session_dir` is any existing plain directory (the
+/// session needs one; the image dir), never the FUSE mount point.
+pub(super) fn adopt(
+    mountpoint: &Path,
+    session_dir: &Path,
+    fuse: OwnedFd,
+    fs: ClipFs,
+    opts: &ServeOptions,
+    init_request: &[u8],
+) -> Result<MountHandle, MountError> {
+    let mut se = FuseSession::new(session_dir, "clip", "clip", true)
+        .map_err(|e| MountError::Session(e.to_string()))?;
+    se.set_fuse_file(File::from(fuse));
+    let engine = Engine::adopt(
+        &se,
+        fs,
+        opts.threads,
+        &opts.transport,
+        opts.metrics.clone(),
+        init_request,
+    );
+    match engine {
+        Ok(engine) => Ok(MountHandle {
+            session: Some(se),
+            engine: Some(engine),
+            mountpoint: mountpoint.to_path_buf(),
+            adopted: true,
+        }),
+        Err(e) => {
+            // Never unmount what the previous daemon still serves.
+            let _ = se.wake();
+            std::mem::forget(se);
+            Err(e)
+        }
+    }
 }
 
 /// Writes `kb` to the bdi `read_ahead_kb` of the filesystem at `mountpoint`.
@@ -153,9 +204,75 @@ impl MountHandle {
             e.join();
         }
         // Already unmounted by the kernel; just release the device fd.
-        if let Some(mut se) = self.session.take() {
-            let _ = se.umount();
+        self.release_session();
+    }
+
+    /// Whether the `/dev/fuse` workers have all ended (the mount went
+    /// away); [`MountHandle::wait`] then returns at once.
+    pub(super) fn workers_finished(&self) -> bool {
+        self.engine.as_ref().is_none_or(Engine::workers_finished)
+    }
+
+    /// Stops taking requests from the kernel, mount untouched (see
+    /// `Engine::pause`); then returns the connection's fd and the kernel's
+    /// INIT request, for a successor.
+    pub(super) fn pause(&mut self) -> Result<(BorrowedFd<'_>, Vec<u8>), MountError> {
+        let (Some(se), Some(engine)) = (self.session.as_ref(), self.engine.as_mut()) else {
+            return Err(MountError::Session("the mount is not served".into()));
+        };
+        engine.pause(se)?;
+        let init = engine
+            .init_request()
+            .ok_or_else(|| MountError::Session("no INIT recorded".into()))?;
+        let fd = se
+            .get_fuse_file()
+            .ok_or_else(|| MountError::Session("no /dev/fuse file".into()))?;
+        Ok((fd.as_fd(), init))
+    }
+
+    /// Serves again after [`MountHandle::pause`]; with `resend`, the new
+    /// workers also get back what a failed successor read and did not
+    /// answer (see `Engine::resend_unanswered`).
+    pub(super) fn resume(&mut self, resend: bool) -> Result<(), MountError> {
+        let (Some(se), Some(engine)) = (self.session.as_ref(), self.engine.as_mut()) else {
+            return Err(MountError::Session("the mount is not served".into()));
+        };
+        engine.resume(se)?;
+        if resend {
+            if let Err(e) = engine.resend_unanswered() {
+                tracing::warn!(error = %e, "FUSE_NOTIFY_RESEND refused; requests the successor took may hang");
+            }
         }
+        Ok(())
+    }
+
+    /// Ends this process's part without unmounting (a successor took the
+    /// connection over, or the previous daemon serves it again): nothing is
+    /// unmounted or aborted, the `/dev/fuse` fd stays open until the
+    /// process exits. Call after [`MountHandle::pause`].
+    pub(super) fn leave_mounted(mut self) {
+        if let Some(se) = self.session.take() {
+            // Its Drop would unmount; the successor serves the mount now.
+            std::mem::forget(se);
+        }
+        self.engine.take();
+    }
+
+    /// Closes the session. An adopted one (see the field) is woken and
+    /// forgotten instead: its own unmount would name the session dir.
+    fn release_session(&mut self) {
+        let Some(mut se) = self.session.take() else {
+            return;
+        };
+        if self.adopted {
+            let _ = se.wake();
+            std::mem::forget(se);
+            return;
+        }
+        if let Err(e) = se.umount() {
+            tracing::warn!(error = %e, mountpoint = %self.mountpoint.display(), "FUSE unmount");
+        }
+        let _ = se.wake();
     }
 
     /// Unmounts (lazily, `MNT_DETACH`) and joins the workers.
@@ -165,12 +282,7 @@ impl MountHandle {
     }
 
     fn shutdown(&mut self) {
-        if let Some(mut se) = self.session.take() {
-            if let Err(e) = se.umount() {
-                tracing::warn!(error = %e, mountpoint = %self.mountpoint.display(), "FUSE unmount");
-            }
-            let _ = se.wake();
-        }
+        self.release_session();
         if let Some(mut e) = self.engine.take() {
             e.join();
         }

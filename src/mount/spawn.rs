@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,57 @@ pub(super) fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Runs `exe <pre…> --spec <spec_path> <extra…>` detached (a new session),
+/// stdin from /dev/null, stdout and stderr appended to `log`, with `env`
+/// (and [`GLIBC_TUNABLES`] unless the caller set it) over this process's
+/// environment, or over `base` instead when given.
+pub(super) fn spawn_exec(
+    exe: &Path,
+    pre: &[OsString],
+    env: &[(OsString, OsString)],
+    base: Option<&[(OsString, OsString)]>,
+    spec_path: &Path,
+    extra: &[&str],
+    log: &Path,
+) -> std::io::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(pre)
+        .arg("--spec")
+        .arg(spec_path)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .current_dir("/");
+    if let Some(base) = base {
+        cmd.env_clear().envs(base.iter().map(|(k, v)| (k, v)));
+    }
+    if std::env::var_os("GLIBC_TUNABLES").is_none() {
+        cmd.env("GLIBC_TUNABLES", GLIBC_TUNABLES);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // SAFETY: the closure runs in the forked child before exec and
+    // only calls setsid(2), which is async-signal-safe; it touches no
+    // memory of the parent. A new session detaches the daemon from
+    // the caller's terminal and process group (no SIGHUP/SIGINT).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
 /// Writes `spec` to `<image_dir>/daemon.json`, starts the daemon for it and
 /// waits (up to `timeout`) until its mount shows in `/proc/self/mountinfo`
 /// and its control socket answers `ping`.
@@ -105,45 +156,8 @@ pub fn start_daemon<S: StackPart>(
     let spec_path = spec.save()?;
     let mut child = None;
     match launcher {
-        Launcher::Exec {
-            exe,
-            args: pre,
-            env,
-        } => {
-            let out = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .map_err(MountError::io("open", &log))?;
-            let err = out.try_clone().map_err(MountError::io("dup", &log))?;
-            let mut cmd = Command::new(exe);
-            cmd.args(pre)
-                .arg("--spec")
-                .arg(&spec_path)
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .current_dir("/");
-            if std::env::var_os("GLIBC_TUNABLES").is_none() {
-                cmd.env("GLIBC_TUNABLES", GLIBC_TUNABLES);
-            }
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-            // SAFETY: the closure runs in the forked child before exec and
-            // only calls setsid(2), which is async-signal-safe; it touches no
-            // memory of the parent. A new session detaches the daemon from
-            // the caller's terminal and process group (no SIGHUP/SIGINT).
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::setsid() < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            let c = cmd
-                .spawn()
+        Launcher::Exec { exe, args, env } => {
+            let c = spawn_exec(exe, args, env, None, &spec_path, &[], &log)
                 .map_err(|e| failed(format!("spawn {}: {e}", exe.display())))?;
             child = Some(c);
         }

@@ -65,8 +65,11 @@ pub fn archive_mount_request(
 }
 
 /// Runs the daemon of `spec` in this process until its mount goes away
-/// (see [`mount::run_daemon`]), then saves the startup profile.
-pub fn run_daemon(spec: DaemonSpec) -> Result<(), NodeError> {
+/// (see [`mount::run_daemon`]), then saves the startup profile. With
+/// [`mount::StartMode::Takeover`] it takes the live mount over from the
+/// image's running daemon (`clipctl daemon restart`); a daemon that hands
+/// its mount to a successor leaves the profile to it.
+pub fn run_daemon(spec: DaemonSpec, start: mount::StartMode) -> Result<(), NodeError> {
     let StackSpec {
         source,
         tuning,
@@ -94,10 +97,13 @@ pub fn run_daemon(spec: DaemonSpec) -> Result<(), NodeError> {
         serve: tuning.serve_options(),
         fs: tuning.fs_config(),
         metrics,
+        start,
     };
-    let served = mount::run_daemon(config);
-    if let Some(stack) = slot.get() {
-        stack.finish();
+    let served = mount::run_daemon(config)?;
+    if served == mount::DaemonExit::Unmounted {
+        if let Some(stack) = slot.get() {
+            stack.finish();
+        }
     }
-    Ok(served?)
+    Ok(())
 }

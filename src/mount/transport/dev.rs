@@ -4,7 +4,7 @@
 //! goes over io_uring.
 
 use std::fs::File;
-use std::io::{IoSlice, Write};
+use std::io::{IoSlice, Read, Write};
 use std::mem::size_of;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use fuse_backend_rs::abi::fuse_abi::{
     InHeader, InitIn, InitIn2, InitOut, InterruptIn, OutHeader, ReadIn,
 };
-use fuse_backend_rs::transport::{FuseChannel, FuseDevWriter, Reader, Writer};
+use fuse_backend_rs::transport::{FuseBuf, FuseChannel, FuseDevWriter, Reader, Writer};
 use vm_memory::ByteValued;
 
 use super::dispatch::opcode;
@@ -78,6 +78,11 @@ fn serve(shared: &Shared, reader: Reader<'_>, writer: FuseDevWriter<'_>) {
 /// Answers INIT: the server's reply, plus `FUSE_OVER_IO_URING` when the
 /// kernel offered it and the mount wants it; then starts the rings.
 fn init(shared: &Shared, reader: Reader<'_>, peek: &mut Reader<'_>) {
+    // Kept byte for byte: a successor taking the connection over replays it.
+    let mut raw = Vec::with_capacity(reader.available_bytes());
+    if reader.clone().read_to_end(&mut raw).is_ok() {
+        *lock(&shared.init_request) = Some(raw);
+    }
     let offered = peek.read_obj::<InitIn>().is_ok_and(|i| {
         i.flags & INIT_EXT != 0
             && peek
@@ -154,6 +159,45 @@ fn init(shared: &Shared, reader: Reader<'_>, peek: &mut Reader<'_>) {
             shared.settle(TransportKind::Dev, "/dev/fuse (io_uring did not start)");
         }
     }
+}
+
+/// Replays the INIT request `request` (recorded by the daemon this one
+/// takes over from) into `shared`'s server and filesystem. The reply is
+/// staged in a buffer and dropped: the kernel got the real one long ago. A
+/// server that fails INIT writes its error reply itself, so the writer's fd
+/// is `/dev/null`, never `/dev/fuse`.
+pub(super) fn replay_init(shared: &Shared, request: &[u8]) -> Result<(), String> {
+    let mut req = request.to_vec();
+    let mut peek = Reader::<()>::from_fuse_buffer(FuseBuf::new(&mut req))
+        .map_err(|e| format!("request buffer: {e}"))?;
+    let ih = peek
+        .read_obj::<InHeader>()
+        .map_err(|e| format!("request header: {e}"))?;
+    if ih.opcode != opcode::INIT {
+        return Err(format!("opcode {} is not INIT", ih.opcode));
+    }
+    let mut req = request.to_vec();
+    let reader = Reader::<()>::from_fuse_buffer(FuseBuf::new(&mut req))
+        .map_err(|e| format!("request buffer: {e}"))?;
+    let sink = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("open /dev/null: {e}"))?;
+    let mut buf = vec![0u8; 4096];
+    let staged = FuseDevWriter::<()>::new(sink.as_raw_fd(), &mut buf)
+        .and_then(|mut w| w.split_at(0))
+        .map_err(|e| format!("staging the reply: {e}"))?;
+    shared.dispatch.serve(reader, Writer::FuseDev(staged));
+    let mut out = OutHeader::default();
+    out.as_mut_slice()
+        .copy_from_slice(&buf[..size_of::<OutHeader>()]);
+    if out.error != 0 || (out.len as usize) < size_of::<OutHeader>() + size_of::<InitOut>() {
+        return Err(format!(
+            "the server refused it (error {}, reply of {} bytes)",
+            out.error, out.len
+        ));
+    }
+    Ok(())
 }
 
 /// Replies to `/dev/fuse` from any thread (one `writev` per reply, which the

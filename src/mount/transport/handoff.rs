@@ -171,9 +171,29 @@ impl Handoff {
     }
 
     /// Reads waiting for an answer.
-    #[cfg(test)]
     pub(super) fn waiting(&self) -> usize {
         lock(&self.inner.table).waiting.len()
+    }
+
+    /// Waits (polling every 5 ms, up to `timeout`) until no read waits for
+    /// an answer; returns how many still do. A takeover calls it after the
+    /// queues stopped taking requests: every READ already taken is
+    /// answered before `/dev/fuse` changes hands. It converges: each read
+    /// is answered by its bytes or, at the latest, its deadline.
+    pub(super) fn drain(&self, timeout: Duration) -> usize {
+        let until = Instant::now() + timeout;
+        loop {
+            let n = self.waiting();
+            if n == 0 || Instant::now() >= until {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The per-READ deadline.
+    pub(super) fn timeout(&self) -> Duration {
+        self.inner.timeout
     }
 }
 

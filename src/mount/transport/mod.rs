@@ -38,8 +38,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::io::Write;
+
+use fuse_backend_rs::abi::fuse_abi::OutHeader;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::FuseSession;
+use vm_memory::ByteValued;
 
 use super::MountError;
 use crate::fuse::ClipFs;
@@ -250,6 +254,9 @@ struct Shared {
     /// The io_uring queues, once INIT started them.
     rings: Mutex<Option<uring::Rings>>,
     metrics: Option<Arc<Metrics>>,
+    /// The kernel's INIT request, byte for byte (a takeover hands it to
+    /// the successor, which replays it).
+    init_request: Mutex<Option<Vec<u8>>>,
 }
 
 impl Shared {
@@ -268,6 +275,8 @@ impl Shared {
 pub(super) struct Engine {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
+    /// `/dev/fuse` workers to run.
+    threads: usize,
 }
 
 impl fmt::Debug for Engine {
@@ -292,6 +301,56 @@ impl Engine {
         opts: &TransportOptions,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, MountError> {
+        let shared = Self::shared(se, fs, offer_uring, opts, metrics)?;
+        let mut engine = Engine {
+            shared,
+            workers: Vec::new(),
+            threads: threads.max(1),
+        };
+        engine.spawn_workers(se)?;
+        Ok(engine)
+    }
+
+    /// Serves `fs` on a connection another process initialised and handed
+    /// over (`se` holds its `/dev/fuse` fd, see `super::takeover`): the
+    /// kernel's INIT request, as that process received it, is replayed into
+    /// this engine's fuse-backend-rs `Server` and [`ClipFs`] so that both
+    /// negotiate what the kernel already agreed to (protocol minor,
+    /// no-open, max_write); the replayed reply goes to a buffer, never to
+    /// `/dev/fuse`. Then the workers start. `/dev/fuse` only: the io_uring
+    /// registration of a connection is not taken over.
+    pub(super) fn adopt(
+        se: &FuseSession,
+        fs: ClipFs,
+        threads: usize,
+        opts: &TransportOptions,
+        metrics: Option<Arc<Metrics>>,
+        init_request: &[u8],
+    ) -> Result<Self, MountError> {
+        let shared = Self::shared(se, fs, false, opts, metrics)?;
+        dev::replay_init(&shared, init_request)
+            .map_err(|e| MountError::Session(format!("replaying the taken-over INIT: {e}")))?;
+        *lock(&shared.init_request) = Some(init_request.to_vec());
+        shared.settle(
+            TransportKind::Dev,
+            "/dev/fuse (taken over from the previous daemon)",
+        );
+        let mut engine = Engine {
+            shared,
+            workers: Vec::new(),
+            threads: threads.max(1),
+        };
+        engine.spawn_workers(se)?;
+        Ok(engine)
+    }
+
+    fn shared(
+        se: &FuseSession,
+        fs: ClipFs,
+        offer_uring: bool,
+        opts: &TransportOptions,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Arc<Shared>, MountError> {
         let fuse = se
             .get_fuse_file()
             .ok_or_else(|| MountError::Session("no /dev/fuse file".into()))?
@@ -306,7 +365,7 @@ impl Engine {
             hook: metrics.clone().map(FuseMetricsHook::new),
             handoff,
         });
-        let shared = Arc::new(Shared {
+        Ok(Arc::new(Shared {
             dispatch,
             fuse: Arc::new(fuse),
             offer_uring,
@@ -314,17 +373,86 @@ impl Engine {
             settled: Settled::default(),
             rings: Mutex::new(None),
             metrics,
-        });
-        let mut workers = Vec::new();
-        for i in 0..threads.max(1) {
+            init_request: Mutex::new(None),
+        }))
+    }
+
+    /// Starts the `/dev/fuse` workers, each on its own channel (a dup of
+    /// the session's fd with its own waker).
+    fn spawn_workers(&mut self, se: &FuseSession) -> Result<(), MountError> {
+        for i in 0..self.threads {
             let ch = se
                 .new_channel()
                 .map_err(|e| MountError::Session(format!("channel: {e}")))?;
-            let w = dev::spawn_worker(i, ch, shared.clone())
+            let w = dev::spawn_worker(i, ch, self.shared.clone())
                 .map_err(|e| MountError::Session(format!("spawn worker: {e}")))?;
-            workers.push(w);
+            self.workers.push(w);
         }
-        Ok(Engine { shared, workers })
+        Ok(())
+    }
+
+    /// Stops taking requests from the kernel without unmounting, for a
+    /// takeover: the workers are woken and joined (each finishes the
+    /// request it holds), then every READ handed to the pool is answered
+    /// (the pool keeps running; its deadline bounds the wait). Requests the
+    /// kernel sends meanwhile queue in `/dev/fuse`. Refused for a mount
+    /// served over io_uring (its ring registration belongs to this process
+    /// and is not handed over; see docs/takeover.md).
+    pub(super) fn pause(&mut self, se: &FuseSession) -> Result<(), MountError> {
+        if self.kind() == Some(TransportKind::Uring) {
+            return Err(MountError::Session(
+                "this mount is served over FUSE io_uring, whose ring registration cannot be \
+                 handed to another process; restart needs a mount with --fuse-transport dev"
+                    .into(),
+            ));
+        }
+        if lock(&self.shared.init_request).is_none() {
+            return Err(MountError::Session(
+                "the kernel's INIT was not recorded; cannot hand the connection over".into(),
+            ));
+        }
+        se.wake()
+            .map_err(|e| MountError::Session(format!("waking the FUSE workers: {e}")))?;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        let handoff = &self.shared.dispatch.handoff;
+        let left = handoff.drain(handoff.timeout() + Duration::from_secs(5));
+        if left > 0 {
+            tracing::warn!(left, "READs still unanswered after their deadline");
+        }
+        Ok(())
+    }
+
+    /// Serves again after [`Engine::pause`] (the takeover failed).
+    pub(super) fn resume(&mut self, se: &FuseSession) -> Result<(), MountError> {
+        self.spawn_workers(se)
+    }
+
+    /// Asks the kernel to queue again every request some process read from
+    /// this connection and did not answer (`FUSE_NOTIFY_RESEND`, Linux
+    /// 6.9+): after a successor died holding requests, they come back to
+    /// this daemon's workers instead of waiting forever. This daemon holds
+    /// none then (it answered all before handing over).
+    pub(super) fn resend_unanswered(&self) -> std::io::Result<()> {
+        /// `FUSE_NOTIFY_RESEND` in `enum fuse_notify_code`.
+        const NOTIFY_RESEND: i32 = 7;
+        let out = OutHeader {
+            len: std::mem::size_of::<OutHeader>() as u32,
+            error: NOTIFY_RESEND,
+            unique: 0,
+        };
+        (&*self.shared.fuse).write_all(out.as_slice())
+    }
+
+    /// Whether every `/dev/fuse` worker has ended (the mount went away).
+    pub(super) fn workers_finished(&self) -> bool {
+        self.workers.iter().all(JoinHandle::is_finished)
+    }
+
+    /// The kernel's INIT request as received (what a successor replays).
+    pub(super) fn init_request(&self) -> Option<Vec<u8>> {
+        lock(&self.shared.init_request).clone()
     }
 
     /// Waits until INIT settled the transport. Fails if none within
