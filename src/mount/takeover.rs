@@ -365,8 +365,16 @@ pub fn restart_daemon<S>(
     let deadline = started + timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
+            // The previous daemon may still be taking its pid file and socket
+            // back: report (and release the image lock) once it has, so no
+            // `ps` or repair sees the image without its daemon.
+            let state = if previous_serves_again(old.pid(), &image_dir, &sock) {
+                "still serves"
+            } else {
+                "did not answer again within 35 s"
+            };
             return Err(fail(format!(
-                "the successor exited with {status}; the previous daemon (pid {}) still serves\n\
+                "the successor exited with {status}; the previous daemon (pid {}) {state}\n\
                  --- tail of {} ---\n{}",
                 old.pid(),
                 log.display(),
@@ -401,6 +409,22 @@ pub fn restart_daemon<S>(
         new_pid,
         elapsed: started.elapsed(),
     })
+}
+
+/// Waits until the previous daemon (`pid`) names itself in `daemon.pid`
+/// again and answers `ping` (it does so on its own once a successor is
+/// gone, at worst after [`READY_TIMEOUT`]).
+fn previous_serves_again(pid: u32, image_dir: &Path, sock: &Path) -> bool {
+    let deadline = Instant::now() + READY_TIMEOUT + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if read_pid_file(image_dir).is_some_and(|(p, _)| p == pid)
+            && control_request(sock, "ping", Duration::from_secs(2)).is_ok_and(|r| r.0 == "pong")
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 #[cfg(test)]
