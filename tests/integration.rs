@@ -13,3 +13,4 @@ mod lifecycle;
 mod metrics;
 mod mount;
 mod stall;
+mod store;

@@ -314,7 +314,7 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             &l,
             s.labels.cids.len() as f64,
         );
-        let counters: [(&'static str, &'static str, f64); 27] = [
+        let counters: [(&'static str, &'static str, f64); 28] = [
             (
                 "clip_bytes_served_total",
                 "Bytes returned to readers.",
@@ -432,7 +432,7 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             ),
             (
                 "clip_disk_damaged_total",
-                "Damaged chunk files found in the disk cache.",
+                "Damaged slots found in the disk cache.",
                 c.disk_damaged as f64,
             ),
             (
@@ -447,8 +447,13 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             ),
             (
                 "clip_disk_evictions_total",
-                "Chunk files deleted to keep the disk cache within its budget.",
+                "Chunks evicted to keep the disk cache within its budget.",
                 c.disk_evictions as f64,
+            ),
+            (
+                "clip_disk_errors_total",
+                "Disk cache I/O errors (chunks served from the network instead).",
+                c.disk_errors as f64,
             ),
         ];
         for (name, help, v) in counters {

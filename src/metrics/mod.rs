@@ -46,6 +46,7 @@
 //!     "prefetch_jobs": 0, "prefetch_errors": 0,
 //!     "fuse_reads": 0, "fuse_read_bytes": 0, "fuse_read_errors": 0, "fuse_lookups": 0,
 //!     "disk_damaged": 0, "disk_writes": 0, "disk_write_drops": 0, "disk_evictions": 0,
+//!     "disk_errors": 0,                     // disk cache I/O errors (served from the network)
 //!     "critical_path_gets": 0               // of fetch_count: GETs a reader waited for (its
 //!                                           // own, or a prefetch thread's on a span the
 //!                                           // reader then queued on; each counted once)

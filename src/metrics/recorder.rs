@@ -101,6 +101,8 @@ pub enum Counter {
     DiskWriteDrops,
     /// [`Counters::disk_evictions`].
     DiskEvictions,
+    /// [`Counters::disk_errors`].
+    DiskErrors,
     /// [`Counters::critical_path_gets`].
     CriticalPathGets,
 }
@@ -392,6 +394,7 @@ impl Metrics {
             disk_writes: c(Counter::DiskWrites),
             disk_write_drops: c(Counter::DiskWriteDrops),
             disk_evictions: c(Counter::DiskEvictions),
+            disk_errors: c(Counter::DiskErrors),
             critical_path_gets: c(Counter::CriticalPathGets),
         }
     }

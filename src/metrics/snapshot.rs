@@ -79,14 +79,18 @@ pub struct Counters {
     pub fuse_read_errors: u64,
     /// FUSE LOOKUP requests.
     pub fuse_lookups: u64,
-    /// Damaged chunk files the disk tier found (and deleted).
+    /// Damaged slots the disk cache found (a page failed its checksum;
+    /// the slot was freed).
     pub disk_damaged: u64,
-    /// Chunks the disk tier wrote.
+    /// Chunks the disk cache stored.
     pub disk_writes: u64,
-    /// Disk tier writes dropped (queue full) or failed.
+    /// Chunks the disk cache could not take (larger than a slot).
     pub disk_write_drops: u64,
-    /// Chunk files the disk tier deleted to stay within its budget.
+    /// Chunks the disk cache evicted (CLOCK) to store others.
     pub disk_evictions: u64,
+    /// Disk cache I/O errors (ENOSPC, EACCES, a read-only or damaged
+    /// store): those chunks were served from the network.
+    pub disk_errors: u64,
     /// Of `fetch_count`, the GETs a reader waited for: those made on a
     /// reader's thread, and a prefetch thread's GETs for a span a reader then
     /// queued on (counted once). The first start's round trips in series.
@@ -131,6 +135,7 @@ impl Counters {
             (&mut self.disk_writes, o.disk_writes),
             (&mut self.disk_write_drops, o.disk_write_drops),
             (&mut self.disk_evictions, o.disk_evictions),
+            (&mut self.disk_errors, o.disk_errors),
             (&mut self.critical_path_gets, o.critical_path_gets),
         ];
         for (d, s) in pairs {
