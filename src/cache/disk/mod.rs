@@ -573,7 +573,7 @@ fn read_header(file: &File) -> io::Result<Option<Header>> {
         && h.slot_bytes.get() as usize == SLOT_BYTES
         && (1..=64).contains(&ways)
         && (1..=MAX_SLOTS).contains(&slots)
-        && slots % ways == 0
+        && slots.is_multiple_of(ways)
         && slab_slots > 0
         && size >= table_bytes(slots) as u64;
     if !usable {

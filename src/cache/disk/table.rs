@@ -83,7 +83,7 @@ const _: () = {
     assert!(offset_of!(Record, digest) == 8);
     assert!(offset_of!(Record, referenced) == 40);
     assert!(offset_of!(Record, crc) == 48);
-    assert!(RECORD_BYTES % 8 == 0 && HEADER_BYTES % 8 == 0);
+    assert!(RECORD_BYTES.is_multiple_of(8) && HEADER_BYTES.is_multiple_of(8));
 };
 
 impl Record {

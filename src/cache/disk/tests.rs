@@ -94,7 +94,7 @@ fn stays_within_its_budget_and_evicts() {
         .iter()
         .filter(|(d, data)| s.contains(d, data.len()))
         .count();
-    assert!(held <= 12 && held >= 8, "{held}");
+    assert!((8..=12).contains(&held), "{held}");
     let c = m.snapshot(Default::default()).counters;
     assert_eq!(c.disk_writes, 60);
     assert!(c.disk_evictions >= 48, "{c:?}");
