@@ -198,6 +198,7 @@ fn privileged_two_daemons_share_a_small_store_under_damage() {
     eprintln!("a: {ca}\nb: {cb}");
     for c in [&ca, &cb] {
         assert!(c["disk_writes"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["rss_anon_bytes"].as_u64().unwrap() > 0, "{c}");
     }
     let evictions = ca["disk_evictions"].as_u64().unwrap() + cb["disk_evictions"].as_u64().unwrap();
     assert!(evictions > 0);

@@ -118,6 +118,12 @@ fn text_one(out: &mut String, s: &Snapshot) {
     );
     let _ = writeln!(
         out,
+        "  memory      rss {}  anonymous {}",
+        human_bytes(c.rss_bytes),
+        human_bytes(c.rss_anon_bytes)
+    );
+    let _ = writeln!(
+        out,
         "  network     blocked {}  retries {}  http {}",
         us(c.network_blocked_ns_total as f64 / 1e3),
         c.retries,
@@ -465,6 +471,20 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             "Bytes currently held by the cache.",
             &l,
             c.cache_bytes as f64,
+        );
+        f.sample(
+            "clip_rss_bytes",
+            "gauge",
+            "Resident memory of the serving process.",
+            &l,
+            c.rss_bytes as f64,
+        );
+        f.sample(
+            "clip_rss_anon_bytes",
+            "gauge",
+            "Anonymous resident memory of the serving process (RssAnon).",
+            &l,
+            c.rss_anon_bytes as f64,
         );
         if let Some(a) = s.read_amplification {
             f.sample(

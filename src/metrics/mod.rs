@@ -37,6 +37,7 @@
 //!     "bytes_served": 0, "bytes_fetched": 0, "fetch_count": 0, "inflate_bytes": 0,
 //!     "cache_hits": 0, "cache_misses": 0, "cache_evictions": 0,
 //!     "cache_bytes": 0,                     // gauge: bytes currently cached
+//!     "rss_bytes": 0, "rss_anon_bytes": 0,  // gauges: the daemon's VmRSS and RssAnon
 //!     "retries": 0, "network_blocked_ns_total": 0,
 //!     "prefetch_bytes": 0,                  // of bytes_fetched: fetched ahead of readers
 //!     "disk_hits": 0,                       // chunks from the node's disk cache

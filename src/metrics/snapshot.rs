@@ -28,7 +28,8 @@ pub struct Labels {
     pub cids: Vec<String>,
 }
 
-/// Plain counters. All are monotonic except `cache_bytes` (a gauge).
+/// Plain counters. All are monotonic except `cache_bytes`, `rss_bytes` and
+/// `rss_anon_bytes` (gauges).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Counters {
@@ -48,6 +49,11 @@ pub struct Counters {
     pub cache_evictions: u64,
     /// Gauge: bytes currently held by the cache.
     pub cache_bytes: u64,
+    /// Gauge: the serving process's resident memory (`VmRSS`), bytes.
+    pub rss_bytes: u64,
+    /// Gauge: of it, anonymous memory (`RssAnon`: heap, buffers; not the
+    /// page cache of the mapped chunk store), bytes.
+    pub rss_anon_bytes: u64,
     /// Fetch attempts retried.
     pub retries: u64,
     /// Total nanoseconds readers spent waiting on the network.
@@ -113,6 +119,8 @@ impl Counters {
             (&mut self.cache_misses, o.cache_misses),
             (&mut self.cache_evictions, o.cache_evictions),
             (&mut self.cache_bytes, o.cache_bytes),
+            (&mut self.rss_bytes, o.rss_bytes),
+            (&mut self.rss_anon_bytes, o.rss_anon_bytes),
             (&mut self.retries, o.retries),
             (
                 &mut self.network_blocked_ns_total,
