@@ -38,6 +38,13 @@ const MAX_REFETCH: u64 = 8 << 20;
 /// (276 GETs instead of 1255, 144 MB fetched for the 120 MB image).
 const STREAM_AFTER: u32 = 8;
 
+/// Reads from this size on hint the disk tier first (`MADV_WILLNEED` on
+/// their chunks' slots): the large reads of streams and kernel read-ahead,
+/// which after a restart or a page-cache eviction would otherwise fault
+/// their slots in piece after piece. Smaller (random) reads skip the
+/// system call.
+const WILL_NEED_FROM: u64 = 64 << 10;
+
 /// Largest read-ahead piece of a prefetch (one GET).
 const PREFETCH_PIECE: u64 = 4 << 20;
 
@@ -451,6 +458,9 @@ impl ContentCache {
             buf[dst..dst + (to - from)].copy_from_slice(&data[from..to]);
             *pos += (to - from) as u64;
         };
+        if end - offset >= WILL_NEED_FROM {
+            self.disk_will_need(plan, offset, end);
+        }
         while pos < end {
             let (s, c) = plan.chunk_at(pos);
             self.recorder.note(layer, c);
@@ -904,6 +914,27 @@ impl ContentCache {
         let data = disk.get(&Digest::from_bytes(want), (r.end - r.start) as usize)?;
         self.metrics.add_disk_hit();
         Some(Arc::from(data))
+    }
+
+    /// Hints the disk tier that the chunks of `[offset, end)` not in memory
+    /// are about to be read (their I/O overlaps instead of one page fault
+    /// after another when the page cache does not hold them).
+    fn disk_will_need(&self, plan: &LayerPlan, offset: u64, end: u64) {
+        let Some(disk) = &self.disk else { return };
+        let mut pos = offset;
+        while pos < end {
+            let (s, c) = plan.chunk_at(pos);
+            let r = plan.chunk_range(s, c);
+            if !self.mem.contains(key(plan.number, c)) {
+                if let Ok(chunk) = self.layer_chunk(plan, c) {
+                    disk.will_need(
+                        &Digest::from_bytes(chunk.digest),
+                        (r.end - r.start) as usize,
+                    );
+                }
+            }
+            pos = r.end;
+        }
     }
 
     /// Copies chunk `chunk`'s bytes from `from` on into `dst` (as many as

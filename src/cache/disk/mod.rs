@@ -342,6 +342,22 @@ impl DiskCache {
         true
     }
 
+    /// Starts reading chunk `digest` (`len` bytes) into the page cache if
+    /// the store holds it (`MADV_WILLNEED`: asynchronous, one I/O for the
+    /// slot), so the copies that follow wait on that I/O rather than fault
+    /// the slot in 128 KiB at a time, one after another.
+    pub fn will_need(&self, digest: &Digest, len: usize) {
+        if len > SLOT_BYTES || !self.healthy() {
+            return;
+        }
+        if let Some((slot, _)) = self.find(&digest_words(digest), len as u32) {
+            let (slab, off) = self.slab_of(slot);
+            let _ =
+                slab.map
+                    .advise_range(memmap2::Advice::WillNeed, off, len.next_multiple_of(PAGE));
+        }
+    }
+
     /// Chunk `digest` (`len` bytes) whole, verified page by page.
     pub fn get(&self, digest: &Digest, len: usize) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; len];
