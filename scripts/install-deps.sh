@@ -10,7 +10,8 @@ set -euo pipefail
 
 PKGS=(docker-registry skopeo umoci runc mmdebstrap jq attr curl openssl fuse3 pigz gzip
       libdeflate-tools squashfs-tools squashfuse hyperfine strace prometheus ca-certificates
-      kmod python3 gcc libc6-dev pkg-config fio zstd containerd protobuf-compiler)
+      kmod python3 gcc libc6-dev pkg-config fio zstd containerd protobuf-compiler
+      libprotobuf-dev)
 
 # s3s-fs: a real S3 server (SigV4-checked credentials, range GETs, multipart) on a
 # directory, for the archive tests and e2e. 0.14.1 is the newest that builds with

@@ -21,9 +21,10 @@ pub(super) const VERSION: u32 = 1;
 pub(super) const HEADER_BYTES: usize = 4096;
 /// Checksummed unit of a slot.
 pub(super) const PAGE: usize = 4096;
-/// Bytes of a slot: the index's default chunk size (larger chunks are not
-/// stored).
-pub(super) const SLOT_BYTES: usize = crate::index::DEFAULT_CHUNK as usize;
+/// Bytes of a slot: the index's default chunk size (`index::DEFAULT_CHUNK`,
+/// 256 KiB; larger chunks are not stored). The cache may not name the
+/// index builder (module layering), so the value is written out.
+pub(super) const SLOT_BYTES: usize = 256 << 10;
 /// Pages (and so page checksums) per slot.
 pub(super) const SLOT_PAGES: usize = SLOT_BYTES / PAGE;
 
