@@ -13,4 +13,5 @@ mod lifecycle;
 mod metrics;
 mod mount;
 mod stall;
+mod store;
 mod takeover;

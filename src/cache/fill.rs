@@ -38,6 +38,13 @@ const MAX_REFETCH: u64 = 8 << 20;
 /// (276 GETs instead of 1255, 144 MB fetched for the 120 MB image).
 const STREAM_AFTER: u32 = 8;
 
+/// Reads from this size on hint the disk tier first (`MADV_WILLNEED` on
+/// their chunks' slots): the large reads of streams and kernel read-ahead,
+/// which after a restart or a page-cache eviction would otherwise fault
+/// their slots in piece after piece. Smaller (random) reads skip the
+/// system call.
+const WILL_NEED_FROM: u64 = 64 << 10;
+
 /// Largest read-ahead piece of a prefetch (one GET).
 const PREFETCH_PIECE: u64 = 4 << 20;
 
@@ -343,12 +350,12 @@ impl ContentCache {
                 let last = plan.chunk_at(hi - 1).1;
                 let mut flight = lock(&plan.locks[plan.lock_for(s)]);
                 let gets = gets_on_this_thread();
-                for c in first..=last {
-                    if !self.mem.contains(key(plan.number, c)) {
-                        self.load_from_disk(plan, c);
-                    }
-                }
-                let missing = |c: &u32| !self.mem.contains(key(plan.number, *c));
+                let missing = |c: &u32| {
+                    !self.mem.contains(key(plan.number, *c))
+                        && !plan
+                            .chunk_range_of(*c)
+                            .is_some_and(|r| self.on_disk(plan, *c, r.end - r.start))
+                };
                 let filled = match (first..=last).find(missing) {
                     Some(first) => {
                         let last = (first..=last).rev().find(missing).unwrap_or(first);
@@ -444,24 +451,28 @@ impl ContentCache {
         let end = plan.size.min(offset.saturating_add(buf.len() as u64));
         let mut pos = offset;
         // Copies the overlap of chunk `data` (at `start`) into `buf`, advancing `pos`.
-        let mut copy = |pos: &mut u64, start: u64, data: &[u8]| {
+        let copy = |buf: &mut [u8], pos: &mut u64, start: u64, data: &[u8]| {
             let from = (*pos - start) as usize;
             let to = ((end - start) as usize).min(data.len());
             let dst = (*pos - offset) as usize;
             buf[dst..dst + (to - from)].copy_from_slice(&data[from..to]);
             *pos += (to - from) as u64;
         };
+        if end - offset >= WILL_NEED_FROM {
+            self.disk_will_need(plan, offset, end);
+        }
         while pos < end {
             let (s, c) = plan.chunk_at(pos);
             self.recorder.note(layer, c);
             let start = plan.chunk_range(s, c).start;
             if let Some(data) = self.mem.get(key(layer, c)) {
                 self.metrics.count(Counter::ChunkHits, 1);
-                copy(&mut pos, start, &data);
+                copy(buf, &mut pos, start, &data);
                 continue;
             }
-            if let Some(data) = self.load_from_disk(plan, c) {
-                copy(&mut pos, start, &data);
+            let dst = &mut buf[(pos - offset) as usize..(end - offset) as usize];
+            if let Some(n) = self.read_from_disk(plan, c, pos - start, dst) {
+                pos += n as u64;
                 continue;
             }
             self.metrics.count(Counter::ChunkMisses, 1);
@@ -485,7 +496,7 @@ impl ContentCache {
                     self.recorder.note(layer, c + i as u32);
                 }
                 let start = plan.chunk_range(s, c + i as u32).start;
-                copy(&mut pos, start, data);
+                copy(buf, &mut pos, start, data);
             }
         }
         let n = (end - offset) as usize;
@@ -503,6 +514,10 @@ impl ContentCache {
     ) -> Result<Vec<Arc<[u8]>>, CacheError> {
         let _flight = self.lock_span_as_reader(plan, s);
         if let Some(data) = self.mem.get(key(plan.number, first)) {
+            self.metrics.count(Counter::SharedFills, 1);
+            return Ok(vec![data]);
+        }
+        if let Some(data) = self.load_from_disk(plan, first) {
             self.metrics.count(Counter::SharedFills, 1);
             return Ok(vec![data]);
         }
@@ -870,10 +885,15 @@ impl ContentCache {
             });
         }
         let data: Arc<[u8]> = Arc::from(data);
-        if let Some(disk) = &self.disk {
-            disk.put(Digest::from_bytes(want), data.clone());
+        // Stored on disk, the chunk lives in the page cache (reclaimable);
+        // only what the store could not take stays in anonymous memory.
+        let stored = self
+            .disk
+            .as_ref()
+            .is_some_and(|disk| disk.put(&Digest::from_bytes(want), &data));
+        if !stored {
+            self.keep(plan, chunk, data.clone());
         }
-        self.keep(plan, chunk, data.clone());
         Ok(data)
     }
 
@@ -886,17 +906,58 @@ impl ContentCache {
             .is_ok_and(|c| disk.contains(&Digest::from_bytes(c.digest), len as usize))
     }
 
-    /// Chunk `chunk` from the disk tier, verified and kept in memory.
+    /// Chunk `chunk` whole from the disk tier (verified page by page).
     fn load_from_disk(&self, plan: &LayerPlan, chunk: u32) -> Option<Arc<[u8]>> {
         let disk = self.disk.as_ref()?;
         let want = self.layer_chunk(plan, chunk).ok()?.digest;
         let r = plan.chunk_range_of(chunk)?;
-        // Verified against the chunk digest inside.
         let data = disk.get(&Digest::from_bytes(want), (r.end - r.start) as usize)?;
         self.metrics.add_disk_hit();
-        let data: Arc<[u8]> = Arc::from(data);
-        self.keep(plan, chunk, data.clone());
-        Some(data)
+        Some(Arc::from(data))
+    }
+
+    /// Hints the disk tier that the chunks of `[offset, end)` not in memory
+    /// are about to be read (their I/O overlaps instead of one page fault
+    /// after another when the page cache does not hold them).
+    fn disk_will_need(&self, plan: &LayerPlan, offset: u64, end: u64) {
+        let Some(disk) = &self.disk else { return };
+        let mut pos = offset;
+        while pos < end {
+            let (s, c) = plan.chunk_at(pos);
+            let r = plan.chunk_range(s, c);
+            if !self.mem.contains(key(plan.number, c)) {
+                if let Ok(chunk) = self.layer_chunk(plan, c) {
+                    disk.will_need(
+                        &Digest::from_bytes(chunk.digest),
+                        (r.end - r.start) as usize,
+                    );
+                }
+            }
+            pos = r.end;
+        }
+    }
+
+    /// Copies chunk `chunk`'s bytes from `from` on into `dst` (as many as
+    /// fit) straight from the disk tier's mapping; the count, or `None` on
+    /// a miss.
+    fn read_from_disk(
+        &self,
+        plan: &LayerPlan,
+        chunk: u32,
+        from: u64,
+        dst: &mut [u8],
+    ) -> Option<usize> {
+        let disk = self.disk.as_ref()?;
+        let want = self.layer_chunk(plan, chunk).ok()?.digest;
+        let r = plan.chunk_range_of(chunk)?;
+        let len = (r.end - r.start) as usize;
+        let from = from as usize;
+        let n = dst.len().min(len.checked_sub(from)?);
+        if n == 0 || !disk.read_at(&Digest::from_bytes(want), len, from, &mut dst[..n]) {
+            return None;
+        }
+        self.metrics.add_disk_hit();
+        Some(n)
     }
 
     /// Puts a verified chunk in memory, counting evictions.

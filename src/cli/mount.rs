@@ -116,10 +116,15 @@ pub struct MountArgs {
     /// a mount only reads unless asked to write to a shared registry.
     #[arg(long)]
     pub profile_push: bool,
-    /// Budget of the node's on-disk chunk cache (<node-dir>/chunks, shared
-    /// by every image, kept across daemon restarts), e.g. 4G; 0 turns it off.
+    /// Budget of the node's on-disk chunk store (<node-dir>/store, mapped,
+    /// shared by every image, kept across daemon restarts; docs/store.md),
+    /// e.g. 4G; 0 turns it off.
     #[arg(long, default_value = "4G", value_name = "SIZE")]
     pub disk_cache: String,
+    /// Anonymous memory for chunks: those in flight and those the disk
+    /// store could not take. `auto`: 16M with a disk cache, 512M without.
+    #[arg(long, default_value = "auto", value_name = "SIZE|auto")]
+    pub memory_cache: String,
 }
 
 /// Runs `clipctl mount`.
@@ -225,6 +230,7 @@ fn stack_spec(
         profile_threads: args.profile_threads.max(1),
         profile_push: args.profile_push,
         disk_cache: DiskTier::in_node(&args.node_dir, budget).context("--node-dir")?,
+        memory_cache: memory_cache(&args.memory_cache)?,
         fuse_transport: args.fuse_transport,
         read_timeout_ms: args.read_timeout.as_millis().try_into().unwrap_or(u64::MAX),
     };
@@ -233,4 +239,12 @@ fn stack_spec(
         tuning,
         provenance: prepared.provenance,
     })
+}
+
+/// `--memory-cache`: `auto` (None) or a size.
+pub(crate) fn memory_cache(arg: &str) -> Result<Option<u64>> {
+    if arg == "auto" {
+        return Ok(None);
+    }
+    Ok(Some(parse_size(arg).context("--memory-cache")?))
 }

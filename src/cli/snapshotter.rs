@@ -33,9 +33,13 @@ pub struct SnapshotterArgs {
     /// profile (as `mount --profile auto`), `off` none.
     #[arg(long, default_value = "auto", value_parser = ["auto", "off"])]
     pub profile: String,
-    /// Budget of the node's on-disk chunk cache; 0 turns it off.
+    /// Budget of the node's on-disk chunk store; 0 turns it off.
     #[arg(long, default_value = "4G", value_name = "SIZE")]
     pub disk_cache: String,
+    /// Anonymous memory for chunks of each image daemon (as `mount
+    /// --memory-cache`): `auto` is 16M with a disk cache, 512M without.
+    #[arg(long, default_value = "auto", value_name = "SIZE|auto")]
+    pub memory_cache: String,
     /// FUSE transport of the image daemons (as `mount --fuse-transport`).
     #[arg(long, default_value = "auto", value_name = "auto|uring|dev")]
     pub fuse_transport: FuseTransport,
@@ -57,6 +61,7 @@ pub fn run(args: SnapshotterArgs) -> Result<()> {
     let budget = parse_size(&args.disk_cache).context("--disk-cache")?;
     let tuning = Tuning {
         disk_cache: DiskTier::in_node(&args.node_dir, budget).context("--node-dir")?,
+        memory_cache: super::mount::memory_cache(&args.memory_cache)?,
         fuse_transport: args.fuse_transport,
         warm: warm_config(&args.warm)?,
         prefetch_threads: args.prefetch_threads,

@@ -118,6 +118,12 @@ fn text_one(out: &mut String, s: &Snapshot) {
     );
     let _ = writeln!(
         out,
+        "  memory      rss {}  anonymous {}",
+        human_bytes(c.rss_bytes),
+        human_bytes(c.rss_anon_bytes)
+    );
+    let _ = writeln!(
+        out,
         "  network     blocked {}  retries {}  http {}",
         us(c.network_blocked_ns_total as f64 / 1e3),
         c.retries,
@@ -314,7 +320,7 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             &l,
             s.labels.cids.len() as f64,
         );
-        let counters: [(&'static str, &'static str, f64); 27] = [
+        let counters: [(&'static str, &'static str, f64); 28] = [
             (
                 "clip_bytes_served_total",
                 "Bytes returned to readers.",
@@ -432,7 +438,7 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             ),
             (
                 "clip_disk_damaged_total",
-                "Damaged chunk files found in the disk cache.",
+                "Damaged slots found in the disk cache.",
                 c.disk_damaged as f64,
             ),
             (
@@ -447,8 +453,13 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             ),
             (
                 "clip_disk_evictions_total",
-                "Chunk files deleted to keep the disk cache within its budget.",
+                "Chunks evicted to keep the disk cache within its budget.",
                 c.disk_evictions as f64,
+            ),
+            (
+                "clip_disk_errors_total",
+                "Disk cache I/O errors (chunks served from the network instead).",
+                c.disk_errors as f64,
             ),
         ];
         for (name, help, v) in counters {
@@ -460,6 +471,20 @@ pub fn render_prometheus(snaps: &[Snapshot], down: &[String]) -> Result<String, 
             "Bytes currently held by the cache.",
             &l,
             c.cache_bytes as f64,
+        );
+        f.sample(
+            "clip_rss_bytes",
+            "gauge",
+            "Resident memory of the serving process.",
+            &l,
+            c.rss_bytes as f64,
+        );
+        f.sample(
+            "clip_rss_anon_bytes",
+            "gauge",
+            "Anonymous resident memory of the serving process (RssAnon).",
+            &l,
+            c.rss_anon_bytes as f64,
         );
         if let Some(a) = s.read_amplification {
             f.sample(

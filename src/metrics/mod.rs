@@ -37,6 +37,7 @@
 //!     "bytes_served": 0, "bytes_fetched": 0, "fetch_count": 0, "inflate_bytes": 0,
 //!     "cache_hits": 0, "cache_misses": 0, "cache_evictions": 0,
 //!     "cache_bytes": 0,                     // gauge: bytes currently cached
+//!     "rss_bytes": 0, "rss_anon_bytes": 0,  // gauges: the daemon's VmRSS and RssAnon
 //!     "retries": 0, "network_blocked_ns_total": 0,
 //!     "prefetch_bytes": 0,                  // of bytes_fetched: fetched ahead of readers
 //!     "disk_hits": 0,                       // chunks from the node's disk cache
@@ -46,6 +47,7 @@
 //!     "prefetch_jobs": 0, "prefetch_errors": 0,
 //!     "fuse_reads": 0, "fuse_read_bytes": 0, "fuse_read_errors": 0, "fuse_lookups": 0,
 //!     "disk_damaged": 0, "disk_writes": 0, "disk_write_drops": 0, "disk_evictions": 0,
+//!     "disk_errors": 0,                     // disk cache I/O errors (served from the network)
 //!     "critical_path_gets": 0               // of fetch_count: GETs a reader waited for (its
 //!                                           // own, or a prefetch thread's on a span the
 //!                                           // reader then queued on; each counted once)

@@ -101,6 +101,8 @@ pub enum Counter {
     DiskWriteDrops,
     /// [`Counters::disk_evictions`].
     DiskEvictions,
+    /// [`Counters::disk_errors`].
+    DiskErrors,
     /// [`Counters::critical_path_gets`].
     CriticalPathGets,
 }
@@ -364,6 +366,7 @@ impl Metrics {
 
     fn counters_of(&self, ctr: &[u64; N_CTRS]) -> Counters {
         let c = |k: Counter| ctr[k as usize];
+        let memory = process_memory();
         Counters {
             bytes_served: c(Counter::BytesServed),
             bytes_fetched: c(Counter::BytesFetched),
@@ -373,6 +376,8 @@ impl Metrics {
             cache_misses: c(Counter::CacheMisses),
             cache_evictions: c(Counter::CacheEvictions),
             cache_bytes: self.cache_bytes.load(Ordering::Relaxed),
+            rss_bytes: memory.0,
+            rss_anon_bytes: memory.1,
             retries: c(Counter::Retries),
             network_blocked_ns_total: c(Counter::NetworkBlockedNs),
             prefetch_bytes: c(Counter::PrefetchBytes),
@@ -392,6 +397,7 @@ impl Metrics {
             disk_writes: c(Counter::DiskWrites),
             disk_write_drops: c(Counter::DiskWriteDrops),
             disk_evictions: c(Counter::DiskEvictions),
+            disk_errors: c(Counter::DiskErrors),
             critical_path_gets: c(Counter::CriticalPathGets),
         }
     }
@@ -494,4 +500,20 @@ impl Drop for OpTimer<'_> {
         self.metrics
             .record_fuse_op(self.op, self.start.elapsed(), self.error);
     }
+}
+
+/// This process's `(VmRSS, RssAnon)` in bytes, from /proc/self/status
+/// (zeros where it cannot be read).
+fn process_memory() -> (u64, u64) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return (0, 0);
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
 }

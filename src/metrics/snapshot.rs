@@ -28,7 +28,8 @@ pub struct Labels {
     pub cids: Vec<String>,
 }
 
-/// Plain counters. All are monotonic except `cache_bytes` (a gauge).
+/// Plain counters. All are monotonic except `cache_bytes`, `rss_bytes` and
+/// `rss_anon_bytes` (gauges).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Counters {
@@ -48,6 +49,11 @@ pub struct Counters {
     pub cache_evictions: u64,
     /// Gauge: bytes currently held by the cache.
     pub cache_bytes: u64,
+    /// Gauge: the serving process's resident memory (`VmRSS`), bytes.
+    pub rss_bytes: u64,
+    /// Gauge: of it, anonymous memory (`RssAnon`: heap, buffers; not the
+    /// page cache of the mapped chunk store), bytes.
+    pub rss_anon_bytes: u64,
     /// Fetch attempts retried.
     pub retries: u64,
     /// Total nanoseconds readers spent waiting on the network.
@@ -79,14 +85,18 @@ pub struct Counters {
     pub fuse_read_errors: u64,
     /// FUSE LOOKUP requests.
     pub fuse_lookups: u64,
-    /// Damaged chunk files the disk tier found (and deleted).
+    /// Damaged slots the disk cache found (a page failed its checksum;
+    /// the slot was freed).
     pub disk_damaged: u64,
-    /// Chunks the disk tier wrote.
+    /// Chunks the disk cache stored.
     pub disk_writes: u64,
-    /// Disk tier writes dropped (queue full) or failed.
+    /// Chunks the disk cache could not take (larger than a slot).
     pub disk_write_drops: u64,
-    /// Chunk files the disk tier deleted to stay within its budget.
+    /// Chunks the disk cache evicted (CLOCK) to store others.
     pub disk_evictions: u64,
+    /// Disk cache I/O errors (ENOSPC, EACCES, a read-only or damaged
+    /// store): those chunks were served from the network.
+    pub disk_errors: u64,
     /// Of `fetch_count`, the GETs a reader waited for: those made on a
     /// reader's thread, and a prefetch thread's GETs for a span a reader then
     /// queued on (counted once). The first start's round trips in series.
@@ -109,6 +119,8 @@ impl Counters {
             (&mut self.cache_misses, o.cache_misses),
             (&mut self.cache_evictions, o.cache_evictions),
             (&mut self.cache_bytes, o.cache_bytes),
+            (&mut self.rss_bytes, o.rss_bytes),
+            (&mut self.rss_anon_bytes, o.rss_anon_bytes),
             (&mut self.retries, o.retries),
             (
                 &mut self.network_blocked_ns_total,
@@ -131,6 +143,7 @@ impl Counters {
             (&mut self.disk_writes, o.disk_writes),
             (&mut self.disk_write_drops, o.disk_write_drops),
             (&mut self.disk_evictions, o.disk_evictions),
+            (&mut self.disk_errors, o.disk_errors),
             (&mut self.critical_path_gets, o.critical_path_gets),
         ];
         for (d, s) in pairs {

@@ -48,8 +48,11 @@ impl ImageStack {
         if let Some(tier) = &tuning.disk_cache {
             match DiskCache::open(&tier.dir, tier.budget, metrics.clone()) {
                 Ok(disk) => cache = cache.with_disk(Arc::new(disk)),
-                // Best effort: the mount works without it.
-                Err(e) => tracing::warn!(dir = %tier.dir.display(), error = %e, "no disk cache"),
+                // Best effort: the mount works without it (counted).
+                Err(e) => {
+                    metrics.count(crate::metrics::Counter::DiskErrors, 1);
+                    tracing::warn!(dir = %tier.dir.display(), error = %e, "no disk cache")
+                }
             }
         }
         let cache = Arc::new(cache);

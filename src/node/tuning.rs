@@ -18,11 +18,16 @@ use crate::mount::{FuseTransport, ServeOptions, TransportOptions, DEFAULT_READ_T
 /// mapped libraries. Sequential readers still get large requests.
 pub const DEFAULT_READ_AHEAD_KB: u32 = 512;
 
-/// The node's on-disk chunk tier: a directory shared by every image and
+/// Bytes of the anonymous memory tier when a disk cache holds the chunks
+/// (chunks the store could not take, and those in flight): the daemon's
+/// memory stays small, the page cache holds the rest.
+pub const MEMORY_CACHE_WITH_DISK: u64 = 16 << 20;
+
+/// The node's on-disk chunk store: a directory shared by every image and
 /// kept across daemon restarts, and its budget.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskTier {
-    /// The chunk directory (`<node-dir>/chunks`).
+    /// The store directory (`<node-dir>/store`, docs/store.md).
     pub dir: PathBuf,
     /// Bytes it may hold.
     pub budget: u64,
@@ -36,7 +41,7 @@ impl DiskTier {
             return Ok(None);
         }
         Ok(Some(DiskTier {
-            dir: std::path::absolute(node_dir.join("chunks"))?,
+            dir: std::path::absolute(node_dir.join("store"))?,
             budget,
         }))
     }
@@ -64,8 +69,11 @@ pub struct Tuning {
     /// Publish a recorded profile to the image's registry (`auto` profiles
     /// only, when the replace rules save one).
     pub profile_push: bool,
-    /// The node's chunk directory and its budget (None: off).
+    /// The node's chunk store and its budget (None: off).
     pub disk_cache: Option<DiskTier>,
+    /// Bytes of the anonymous memory tier (None: [`MEMORY_CACHE_WITH_DISK`]
+    /// with a disk cache, [`CacheConfig::default`]'s 512 MiB without).
+    pub memory_cache: Option<u64>,
     /// How FUSE requests reach the daemon.
     pub fuse_transport: FuseTransport,
     /// Deadline of a READ waiting on the network, in milliseconds.
@@ -84,6 +92,7 @@ impl Default for Tuning {
             profile_threads: 4,
             profile_push: false,
             disk_cache: None,
+            memory_cache: None,
             fuse_transport: FuseTransport::Auto,
             read_timeout_ms: DEFAULT_READ_TIMEOUT.as_millis() as u64,
         }
@@ -102,6 +111,11 @@ impl Tuning {
         if let Some(n) = self.prefetch_threads {
             c.prefetch_threads = n;
         }
+        c.memory_bytes = match (self.memory_cache, &self.disk_cache) {
+            (Some(bytes), _) => bytes,
+            (None, Some(_)) => MEMORY_CACHE_WITH_DISK,
+            (None, None) => c.memory_bytes,
+        };
         c
     }
 

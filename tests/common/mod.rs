@@ -400,6 +400,8 @@ pub struct Dirs {
     /// Environment of every `clipctl mount` (and so of the daemons it
     /// starts), e.g. `SSL_CERT_FILE`, `REGISTRY_AUTH_FILE`.
     pub env: Vec<(String, String)>,
+    /// `--node-dir` when not `tmp/node` ([`Dirs::sharing_node`]).
+    pub node: Option<PathBuf>,
 }
 
 impl Dirs {
@@ -410,7 +412,16 @@ impl Dirs {
             cids: Vec::new(),
             transport: None,
             env: Vec::new(),
+            node: None,
         }
+    }
+
+    /// Fresh run dirs on the node dir of `other`: mounts of the same image
+    /// get a daemon of their own, sharing the node's store with `other`'s.
+    pub fn sharing_node(other: &Dirs) -> Self {
+        let mut d = Dirs::new();
+        d.node = Some(other.node_dir());
+        d
     }
 
     /// Fresh dirs whose mounts use FUSE transport `t` (`dev`, `uring`).
@@ -425,7 +436,9 @@ impl Dirs {
     }
     /// `--node-dir` of this test.
     pub fn node_dir(&self) -> PathBuf {
-        self.tmp.path().join("node")
+        self.node
+            .clone()
+            .unwrap_or_else(|| self.tmp.path().join("node"))
     }
     /// `clipctl mount --cid` with this test's dirs; returns the rootfs.
     pub fn mount(&mut self, cid: &str, extra: &[&str]) -> Result<PathBuf, String> {
