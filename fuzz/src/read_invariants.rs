@@ -242,7 +242,7 @@ impl ChunkGeometry {
         let chunk_size = u64::from(layer.chunk_size());
         let n = layer.checkpoint_count();
         let spans: Vec<_> = if n == 0 {
-            vec![0..size]
+            std::iter::once(0..size).collect()
         } else {
             (0..n).map(|i| layer.span_range(i)).collect::<Option<_>>()?
         };
