@@ -69,20 +69,8 @@ impl Mounted {
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         let image = image_ref(source, "tiny");
-        let mut args = vec![
-            "--clip",
-            bed.clip.to_str().unwrap(),
-            "--image",
-            &image,
-            "--disk-cache",
-            "0",
-            "--profile",
-            "off",
-            "--warm",
-            "off",
-            "--prefetch-threads",
-            "0",
-        ];
+        let mut args = vec!["--clip", bed.clip.to_str().unwrap(), "--image", &image];
+        args.extend_from_slice(common::UNCACHED);
         args.extend_from_slice(extra);
         d.mount("faults", &args).unwrap();
         let mnt = d.image_mnt();

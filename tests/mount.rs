@@ -48,7 +48,7 @@ fn runc_imports_numpy_over(transport: &'static str) {
         .unwrap();
     assert_eq!(d.transport_of("numpy").as_deref(), Some(transport));
     import_numpy(&rootfs);
-    let m = metrics_json(&d, "numpy");
+    let m = d.metrics_json("numpy");
     assert_eq!(m["images"][0]["fuse_transport"], transport, "{m}");
     assert!(d.umount("numpy").status.success());
     d.cids.clear();
@@ -140,7 +140,7 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
     // serves the import mostly from disk.
     let rootfs = d.mount("numpy5", &["--image", &reference]).unwrap();
     import_numpy(&rootfs);
-    let m = metrics_json(&d, "numpy5");
+    let m = d.metrics_json("numpy5");
     let disk_hits = m["images"][0]["counters"]["disk_hits"].as_u64().unwrap();
     assert!(disk_hits > 20, "{m}");
     let o = d.umount("numpy5");
@@ -174,7 +174,7 @@ fn privileged_runc_imports_numpy_from_a_lazy_mount() {
 pub(crate) fn wait_for_replay(d: &Dirs, cid: &str) {
     let t = Instant::now();
     loop {
-        let m = metrics_json(d, cid);
+        let m = d.metrics_json(cid);
         if m["images"][0]["counters"]["prefetch_bytes"].as_u64() > Some(1 << 20) {
             return;
         }
@@ -197,21 +197,6 @@ pub(crate) fn import_numpy(rootfs: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2.2.6");
-}
-
-/// `clipctl metrics --cid CID --format json`.
-fn metrics_json(d: &Dirs, cid: &str) -> serde_json::Value {
-    let o = run(&[
-        "metrics",
-        "--cid",
-        cid,
-        "--format",
-        "json",
-        "--run-dir",
-        d.run_dir().to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "clipctl metrics: {}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 fn mount_matches_umoci(name: &str, transport: &'static str) {

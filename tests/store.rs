@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::common::{self, index_image, run, stderr, Dirs};
+use crate::common::{self, index_image, stderr, Dirs};
 use crate::require;
 
 /// Regular files under `root`, relative, sorted.
@@ -56,18 +56,7 @@ fn compare_all(mnt: &Path, want: &Path, files: &[PathBuf], seed: usize) -> usize
 }
 
 fn counters(d: &Dirs, cid: &str) -> serde_json::Value {
-    let o = run(&[
-        "metrics",
-        "--cid",
-        cid,
-        "--format",
-        "json",
-        "--run-dir",
-        d.run_dir().to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "clipctl metrics: {}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["images"][0]["counters"].clone()
+    d.metrics_json(cid)["images"][0]["counters"].clone()
 }
 
 /// Apparent bytes and allocated bytes of the store's slab files.
@@ -133,11 +122,8 @@ fn flipper(
 /// served and the slabs stay within the budget.
 #[test]
 fn privileged_two_daemons_share_a_small_store_under_damage() {
-    if !common::can_run_privileged() {
-        return;
-    }
     let reg = require!(
-        common::registry(),
+        common::privileged_registry(),
         "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
     );
     let testbed = require!(
@@ -217,11 +203,8 @@ fn privileged_two_daemons_share_a_small_store_under_damage() {
 /// store heals as it writes again.
 #[test]
 fn privileged_a_store_file_truncated_under_a_daemon() {
-    if !common::can_run_privileged() {
-        return;
-    }
     let reg = require!(
-        common::registry(),
+        common::privileged_registry(),
         "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
     );
     let testbed = require!(
@@ -297,11 +280,8 @@ impl Drop for Tmpfs {
 /// are counted.
 #[test]
 fn privileged_a_full_or_read_only_store_serves_from_the_network() {
-    if !common::can_run_privileged() {
-        return;
-    }
     let reg = require!(
-        common::registry(),
+        common::privileged_registry(),
         "CLIP_TEST_REGISTRY not set (run scripts/test.sh)"
     );
     let testbed = require!(

@@ -271,26 +271,7 @@ fn privileged_restart_waits_for_a_read_on_the_network() {
     let proxy = FaultProxy::start(&registry);
     let mut d = Dirs::over("dev");
     let image = image_ref(proxy.host(), "tiny");
-    d.mount(
-        "slow",
-        &[
-            "--clip",
-            clip.to_str().unwrap(),
-            "--image",
-            &image,
-            "--disk-cache",
-            "0",
-            "--profile",
-            "off",
-            "--warm",
-            "off",
-            "--prefetch-threads",
-            "0",
-            "--read-timeout",
-            "60s",
-        ],
-    )
-    .unwrap();
+    mount_uncached(&mut d, "slow", &clip, &image);
     let mnt = d.image_mnt();
     let (key, pid) = key_and_pid(&d, "slow");
     let region = |path: &str, off: u64, len: usize| {
@@ -372,26 +353,7 @@ fn privileged_requests_a_dying_successor_took_are_resent() {
     let proxy = FaultProxy::start(&registry);
     let mut d = Dirs::over("dev");
     let image = image_ref(proxy.host(), "tiny");
-    d.mount(
-        "resend",
-        &[
-            "--clip",
-            clip.to_str().unwrap(),
-            "--image",
-            &image,
-            "--disk-cache",
-            "0",
-            "--profile",
-            "off",
-            "--warm",
-            "off",
-            "--prefetch-threads",
-            "0",
-            "--read-timeout",
-            "60s",
-        ],
-    )
-    .unwrap();
+    mount_uncached(&mut d, "resend", &clip, &image);
     let mnt = d.image_mnt();
     let (key, pid) = key_and_pid(&d, "resend");
     let pid_file = d.run_dir().join("images").join(&key).join("daemon.pid");
@@ -466,6 +428,15 @@ fn privileged_requests_a_dying_successor_took_are_resent() {
     assert!(o.status.success(), "{}", stderr(&o));
     d.cids.clear();
     assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+}
+
+/// Mounts `clip` as container `cid`, blobs from `image` (a fault proxy),
+/// with every uncached READ going to the network ([`common::UNCACHED`]).
+fn mount_uncached(d: &mut Dirs, cid: &str, clip: &Path, image: &str) {
+    let mut args = vec!["--clip", clip.to_str().unwrap(), "--image", image];
+    args.extend_from_slice(common::UNCACHED);
+    args.extend_from_slice(&["--read-timeout", "60s"]);
+    d.mount(cid, &args).unwrap();
 }
 
 /// A local image (no registry needed): its `.clip` index.

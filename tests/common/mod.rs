@@ -108,6 +108,20 @@ macro_rules! require {
     };
 }
 
+/// Mount flags under which every READ of an uncached chunk goes to the
+/// registry when it is asked for: no disk tier, no profile, no warming, no
+/// prefetch.
+pub const UNCACHED: &[&str] = &[
+    "--disk-cache",
+    "0",
+    "--profile",
+    "off",
+    "--warm",
+    "off",
+    "--prefetch-threads",
+    "0",
+];
+
 /// Image reference of test image `name` in the test registry.
 pub fn image_ref(registry: &str, name: &str) -> String {
     format!("{registry}/clip/{name}:latest")
@@ -433,6 +447,21 @@ impl Dirs {
     /// `--run-dir` of this test.
     pub fn run_dir(&self) -> PathBuf {
         self.tmp.path().join("run")
+    }
+    /// `clipctl metrics --cid CID --format json` of this test's run dir.
+    pub fn metrics_json(&self, cid: &str) -> serde_json::Value {
+        let run_dir = self.run_dir();
+        let o = run(&[
+            "metrics",
+            "--cid",
+            cid,
+            "--format",
+            "json",
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "clipctl metrics: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
     }
     /// `--node-dir` of this test.
     pub fn node_dir(&self) -> PathBuf {

@@ -302,13 +302,7 @@ impl Engine {
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self, MountError> {
         let shared = Self::shared(se, fs, offer_uring, opts, metrics)?;
-        let mut engine = Engine {
-            shared,
-            workers: Vec::new(),
-            threads: threads.max(1),
-        };
-        engine.spawn_workers(se)?;
-        Ok(engine)
+        Self::serve(se, shared, threads)
     }
 
     /// Serves `fs` on a connection another process initialised and handed
@@ -335,6 +329,11 @@ impl Engine {
             TransportKind::Dev,
             "/dev/fuse (taken over from the previous daemon)",
         );
+        Self::serve(se, shared, threads)
+    }
+
+    /// An engine over `shared` with `threads` `/dev/fuse` workers started.
+    fn serve(se: &FuseSession, shared: Arc<Shared>, threads: usize) -> Result<Self, MountError> {
         let mut engine = Engine {
             shared,
             workers: Vec::new(),
