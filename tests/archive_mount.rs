@@ -57,7 +57,7 @@ fn umount_clean(d: &mut Dirs, cid: &str) {
     let o = d.umount(cid);
     assert!(o.status.success(), "{}", stderr(&o));
     d.cids.retain(|c| c != cid);
-    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+    assert!(d.mounts_left().is_empty(), "{}", d.explain());
     assert_eq!(d.ps().as_array().map(Vec::len), Some(0), "{}", d.ps());
 }
 
@@ -176,14 +176,14 @@ fn privileged_mount_archive_at_a_mount_point() {
     let o = Command::new("umount").arg(&mnt).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(child.wait().unwrap().success());
-    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+    assert!(d.mounts_left().is_empty(), "{}", d.explain());
 }
 
 /// A failed `mount --archive`: one line, non-zero, nothing mounted or left
 /// in the run dir.
 fn refused(d: &mut Dirs, o: &Output, what: &str) {
     one_line_error(o, what);
-    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+    assert!(d.mounts_left().is_empty(), "{}", d.explain());
     assert!(!d.run_dir().join("bad").exists(), "container dir left");
 }
 

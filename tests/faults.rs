@@ -716,7 +716,7 @@ fn privileged_tls_registry_with_a_test_ca() {
         assert!(!o.status.success(), "{what}: mounted");
         assert!(err.contains(needle) && err.contains("TLS"), "{what}: {err}");
         assert!(took < Duration::from_secs(10), "{what}: {took:?}");
-        assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+        assert!(d.mounts_left().is_empty(), "{}", d.explain());
         lines.push(Line {
             fault: what.into(),
             sees: format!(

@@ -72,7 +72,7 @@ fn unmount_all(d: &mut Dirs) {
         let o = d.umount(&cid);
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+    assert!(d.mounts_left().is_empty(), "{}", d.explain());
 }
 
 #[test]

@@ -217,7 +217,7 @@ fn privileged_sparse_image_matches_gnu_tar_extraction() {
     assert!(sparse_seen >= 4 * 5, "only {sparse_seen} sparse files");
     assert!(d.umount("sparse").status.success());
     d.cids.clear();
-    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+    assert!(d.mounts_left().is_empty(), "{}", d.explain());
 }
 
 /// The entries of a tar as (path, bytes) for regular files.
@@ -276,5 +276,5 @@ fn privileged_index_rewritten_in_place_keeps_serving() {
     }
     assert!(d.umount("rewrite").status.success());
     d.cids.clear();
-    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+    assert!(d.mounts_left().is_empty(), "{}", d.explain());
 }

@@ -9,14 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::common::{self, small_tar, stderr, tar_layer, Dirs};
-
-/// A local image (no registry needed): its `.clip` index.
-fn local_image(d: &Dirs) -> PathBuf {
-    let layout = d.tmp.path().join("layout");
-    common::write_layout(&layout, &[tar_layer(&small_tar())], None);
-    common::index_layout(&layout, &d.tmp.path().join("image.clip"), &[])
-}
+use crate::common::{self, stderr, Dirs};
 
 /// `clipctl <verb> --run-dir R [--node-dir N] args…` with `env`.
 fn clip_with(d: &Dirs, verb: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -115,7 +108,7 @@ fn privileged_a_killed_attach_or_detach_is_repaired_by_the_next_command() {
         return;
     }
     let d = Dirs::new();
-    let clip = local_image(&d);
+    let clip = d.local_image();
     for point in [
         "after-record",
         "after-daemon",
@@ -177,7 +170,7 @@ fn privileged_umount_of_a_busy_rootfs_deletes_nothing_under_its_users() {
         return;
     }
     let d = Dirs::new();
-    let clip = local_image(&d);
+    let clip = d.local_image();
     for open in [false, true] {
         let o = mount(&d, "busy", &clip, &[]);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -235,7 +228,7 @@ fn privileged_a_slow_daemon_with_containers_is_not_killed() {
         return;
     }
     let d = Dirs::new();
-    let clip = local_image(&d);
+    let clip = d.local_image();
     let o = mount(&d, "slow1", &clip, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let rootfs = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
@@ -273,7 +266,7 @@ fn privileged_a_stale_pid_file_never_kills_another_process() {
         return;
     }
     let d = Dirs::new();
-    let clip = local_image(&d);
+    let clip = d.local_image();
     let o = mount(&d, "stale", &clip, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let daemon = daemon_pids(&d)[0];

@@ -296,7 +296,7 @@ fn privileged_metrics_follow_a_known_workload() {
 
     assert!(d.umount(cid).status.success());
     d.cids.clear();
-    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+    assert!(d.mounts_left().is_empty(), "{}", d.explain());
 }
 
 #[test]
@@ -524,5 +524,5 @@ fn privileged_metrics_of_a_killed_daemon() {
     let o = d.umount(cid);
     assert!(o.status.success(), "{}", stderr(&o));
     d.cids.clear();
-    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+    assert!(d.mounts_left().is_empty(), "{}", d.explain());
 }

@@ -305,5 +305,5 @@ fn stalled_registry(transport: &'static str) {
     proxy.stall(false);
     assert!(d.umount("stall").status.success());
     d.cids.clear();
-    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+    assert!(d.mounts_left().is_empty(), "{}", d.explain());
 }

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::common::fault_proxy::{Fault, FaultProxy};
-use crate::common::{self, image_ref, index_image, small_tar, stderr, tar_layer, Dirs};
+use crate::common::{self, image_ref, index_image, stderr, Dirs};
 use crate::require;
 
 /// `clipctl daemon restart --image KEY --run-dir R --json` with `env`.
@@ -252,7 +252,7 @@ fn privileged_restart_three_times_while_a_container_reads() {
     let o = d.umount("reader");
     assert!(o.status.success(), "{}", stderr(&o));
     d.cids.clear();
-    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+    assert!(d.mounts_left().is_empty(), "{}", d.explain());
     let t = Instant::now();
     while alive(pid) && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
@@ -340,7 +340,7 @@ fn privileged_restart_waits_for_a_read_on_the_network() {
     let o = d.umount("slow");
     assert!(o.status.success(), "{}", stderr(&o));
     d.cids.clear();
-    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+    assert!(d.mounts_left().is_empty(), "{}", d.explain());
 }
 
 // Flaky, not yet diagnosed: 1 failure in about 8 runs (a clean-clone
@@ -432,7 +432,12 @@ fn privileged_requests_a_dying_successor_took_are_resent() {
     let o = d.umount("resend");
     assert!(o.status.success(), "{}", stderr(&o));
     d.cids.clear();
-    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+    assert!(
+        d.mounts_left().is_empty(),
+        "umount said: {}\n{}",
+        stderr(&o),
+        d.explain()
+    );
 }
 
 /// Mounts `clip` as container `cid`, blobs from `image` (a fault proxy),
@@ -444,20 +449,13 @@ fn mount_uncached(d: &mut Dirs, cid: &str, clip: &Path, image: &str) {
     d.mount(cid, &args).unwrap();
 }
 
-/// A local image (no registry needed): its `.clip` index.
-fn local_image(d: &Dirs) -> PathBuf {
-    let layout = d.tmp.path().join("layout");
-    common::write_layout(&layout, &[tar_layer(&small_tar())], None);
-    common::index_layout(&layout, &d.tmp.path().join("image.clip"), &[])
-}
-
 #[test]
 fn privileged_a_failed_successor_leaves_the_daemon_serving() {
     if !common::can_run_privileged() {
         return;
     }
     let mut d = Dirs::over("dev");
-    let clip = local_image(&d);
+    let clip = d.local_image();
     let rootfs = d
         .mount(
             "keep",
@@ -528,7 +526,7 @@ fn privileged_a_failed_successor_leaves_the_daemon_serving() {
     let o = d.umount("keep");
     assert!(o.status.success(), "{}", stderr(&o));
     d.cids.clear();
-    assert!(d.mounts_left().is_empty(), "{:?}", d.mounts_left());
+    assert!(d.mounts_left().is_empty(), "{}", d.explain());
 }
 
 #[test]
@@ -541,7 +539,7 @@ fn privileged_restart_of_an_io_uring_mount_is_refused() {
         return;
     }
     let mut d = Dirs::over("uring");
-    let clip = local_image(&d);
+    let clip = d.local_image();
     let rootfs = match d.mount(
         "ring",
         &["--clip", clip.to_str().unwrap(), "--profile", "off"],

@@ -554,6 +554,50 @@ impl Dirs {
             .join("mnt")
     }
 
+    /// A small local image (an OCI layout of [`small_tar`], no registry
+    /// needed) indexed into `tmp/image.clip`; returns that path.
+    pub fn local_image(&self) -> PathBuf {
+        let layout = self.tmp.path().join("layout");
+        write_layout(&layout, &[tar_layer(&small_tar())], None);
+        index_layout(&layout, &self.tmp.path().join("image.clip"), &[])
+    }
+
+    /// What a failed cleanup check needs to be diagnosed: the mounts left,
+    /// every path under the run dir (the FUSE mounts not entered), and the
+    /// tail of each daemon log with whether its pid still runs.
+    pub fn explain(&self) -> String {
+        let mounts = self.mounts_left();
+        let mut out = format!("mounts left: {mounts:#?}\nrun dir:\n");
+        let mut stack = vec![self.run_dir()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                let kind = e.file_type().map(|t| format!("{t:?}")).unwrap_or_default();
+                out.push_str(&format!("  {} {kind}\n", p.display()));
+                let name = p.to_string_lossy().into_owned();
+                let mounted = mounts.iter().any(|m| m.contains(&format!(" {name} ")));
+                if e.file_type().is_ok_and(|t| t.is_dir()) && !mounted {
+                    stack.push(p.clone());
+                }
+                if p.file_name().is_some_and(|n| n == "daemon.log") {
+                    let text = std::fs::read_to_string(&p).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+                    out.push_str(&format!("--- tail of {} ---\n{tail}\n", p.display()));
+                }
+                if p.file_name().is_some_and(|n| n == "daemon.pid") {
+                    let pid = pid_in(&p);
+                    let alive = Path::new(&format!("/proc/{pid}")).exists();
+                    out.push_str(&format!("  (pid {pid} alive: {alive})\n"));
+                }
+            }
+        }
+        out
+    }
+
     /// Lines of /proc/self/mountinfo under this test's dirs.
     pub fn mounts_left(&self) -> Vec<String> {
         let base = self.tmp.path().to_string_lossy().into_owned();

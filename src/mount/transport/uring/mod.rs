@@ -212,9 +212,8 @@ impl QueueSetup {
             return; // never registered: nothing of it is in the kernel
         };
         let registered = q.register();
-        let ok = registered.is_ok();
         let _ = done.send(registered);
-        if ok {
+        if q.has_entries() {
             q.serve();
         }
         q.finish();
@@ -275,6 +274,11 @@ struct Queue {
     handed_off: u16,
     /// The kernel tore the entries down (connection ended).
     gone: bool,
+    /// Completions that arrived while registering, for [`Queue::serve`]:
+    /// once every queue has an entry the kernel dispatches requests, so an
+    /// entry's REGISTER can complete with its first request before the
+    /// last registration of this queue was even submitted.
+    early: Vec<(u64, i32)>,
     done_tx: Sender<Completed>,
     done_rx: Receiver<Completed>,
     fd: RawFd,
@@ -305,6 +309,7 @@ impl Queue {
             in_kernel: 0,
             handed_off: 0,
             gone: false,
+            early: Vec::new(),
             done_tx,
             done_rx,
             fd: s.fuse.as_raw_fd(),
@@ -338,39 +343,54 @@ impl Queue {
         self.ring
             .submit()
             .map_err(|e| format!("io_uring_enter: {e}"))?;
-        let failed: Vec<i32> = self
-            .ring
-            .completion()
-            .filter(|c| c.user_data() != WAKE && c.result() < 0)
-            .map(|c| c.result())
-            .collect();
-        match failed.first() {
-            None => Ok(()),
-            Some(&res) => {
-                self.in_kernel -= failed.len();
-                Err(format!(
-                    "queue {}: FUSE_IO_URING_CMD_REGISTER: {}",
-                    self.qid,
-                    io::Error::from_raw_os_error(-res)
-                ))
+        // A failed REGISTER is reported here; every other completion (a
+        // request delivered to an entry, the wake poll) must be served:
+        // dropping one would leave a request, or a READ's answer, waiting
+        // forever.
+        let mut failed = None;
+        for c in self.ring.completion() {
+            let (user_data, res) = (c.user_data(), c.result());
+            if user_data != WAKE && res < 0 {
+                let e = user_data as u16;
+                self.in_kernel -= 1;
+                self.slots[usize::from(e)] = Slot::Serving;
+                failed.get_or_insert(res);
+            } else {
+                self.early.push((user_data, res));
             }
         }
+        match failed {
+            None => Ok(()),
+            Some(res) => Err(format!(
+                "queue {}: FUSE_IO_URING_CMD_REGISTER: {}",
+                self.qid,
+                io::Error::from_raw_os_error(-res)
+            )),
+        }
+    }
+
+    /// Whether the kernel holds any entry of this queue (after a partly
+    /// failed registration, those entries still get requests).
+    fn has_entries(&self) -> bool {
+        self.in_kernel > 0
     }
 
     /// Serves requests until the connection ends or the queue is stopped.
     fn serve(&mut self) {
-        let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(usize::from(self.entries.depth()) + 1);
+        let mut cqes = std::mem::take(&mut self.early);
+        cqes.reserve(usize::from(self.entries.depth()) + 1);
         loop {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!(qid = self.qid, error = %e, "io_uring_enter");
-                    return;
+            if cqes.is_empty() {
+                match self.ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::error!(qid = self.qid, error = %e, "io_uring_enter");
+                        return;
+                    }
                 }
+                cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             }
-            cqes.clear();
-            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             for &(user_data, res) in &cqes {
                 if user_data == WAKE {
                     self.wake.drain();
@@ -396,6 +416,7 @@ impl Queue {
                     self.serve_entry(e);
                 }
             }
+            cqes.clear();
             if self.gone && self.in_kernel == 0 {
                 return;
             }
