@@ -206,8 +206,7 @@ pub fn run_daemon(config: DaemonConfig) -> Result<DaemonExit, MountError> {
     super::layout::create_private(dir)?;
     let pid_path = dir.join(PID_FILE);
     if config.start == StartMode::Mount {
-        std::fs::write(&pid_path, super::process::pid_file_line())
-            .map_err(MountError::io("write", &pid_path))?;
+        super::process::write_pid_file(dir).map_err(MountError::io("write", &pid_path))?;
     }
     let sock = dir.join(SOCK_FILE);
     let cleanup = || {
@@ -322,8 +321,7 @@ fn serve_until_unmounted(config: &DaemonConfig, sock: &Path) -> Result<Served, M
                 HandOver::Resumed(why) => {
                     tracing::info!(reason = %why, "serving again after a failed takeover");
                     // The successor may have replaced them before it failed.
-                    let pid_path = config.image_dir.join(PID_FILE);
-                    if let Err(e) = std::fs::write(&pid_path, super::process::pid_file_line()) {
+                    if let Err(e) = super::process::write_pid_file(&config.image_dir) {
                         tracing::error!(error = %e, "cannot write the pid file back");
                     }
                     record_transport(config, &handle);
@@ -385,7 +383,7 @@ fn take_over(
     );
     crash_point("takeover-after-fd");
     let pid_path = config.image_dir.join(PID_FILE);
-    std::fs::write(&pid_path, super::process::pid_file_line())
+    super::process::write_pid_file(&config.image_dir)
         .map_err(MountError::io("write", &pid_path))?;
     control::listen_replacing(sock, handler)?;
     crash_point("takeover-before-serve");

@@ -40,12 +40,22 @@ fn stat_of(pid: u32) -> Option<(char, u64)> {
 }
 
 /// This process's line for a pid file: `<pid> <start time>`.
-pub(super) fn pid_file_line() -> String {
+fn pid_file_line() -> String {
     let pid = std::process::id();
     match stat_of(pid) {
         Some((_, start)) => format!("{pid} {start}\n"),
         None => format!("{pid}\n"),
     }
+}
+
+/// Names this process in `image_dir`'s pid file, through a temp file and a
+/// rename: a reader (a `ps`, a repair, a restart waiting for its successor)
+/// sees the previous daemon's line or this one, never an empty file.
+pub(super) fn write_pid_file(image_dir: &Path) -> std::io::Result<()> {
+    let path = image_dir.join(PID_FILE);
+    let tmp = image_dir.join(format!(".{PID_FILE}.{}", std::process::id()));
+    std::fs::write(&tmp, pid_file_line())?;
+    std::fs::rename(&tmp, &path)
 }
 
 /// The pid (and start time, when recorded) in an image dir's pid file.
@@ -152,7 +162,7 @@ mod tests {
         std::fs::write(tmp.path().join(PID_FILE), format!("{pid} {}\n", start + 7)).unwrap();
         assert!(DaemonProcess::find(tmp.path()).is_none());
         // This process with its start time: found (in-process daemon).
-        std::fs::write(tmp.path().join(PID_FILE), pid_file_line()).unwrap();
+        write_pid_file(tmp.path()).unwrap();
         let p = DaemonProcess::find(tmp.path()).unwrap();
         assert_eq!(p.pid(), pid);
         assert!(!p.exited_within(Duration::ZERO));
