@@ -14,7 +14,11 @@
 #   restart  the store left warm by the memory runs: drop caches, fresh daemon on the same
 #            node dir, whole-tree `tar -cf - . | cat`; and again (drop caches, fresh
 #            daemon) a cold `chroot MNT python3 -c "import numpy"`; vs squashfuse_ll of a
-#            squashfs of the unpacked rootfs (local, drop caches + fresh mount) the same
+#            squashfs of the unpacked rootfs (local, drop caches + fresh mount) the same;
+#            and the import once more with the startup profile on (`--profile auto`:
+#            a profile recorded once by an import on that node dir before the runs; the
+#            replay reads the store's slots of the profile's chunks in at daemon start,
+#            MADV_WILLNEED, all at once), against the same squashfuse_ll samples
 #
 # Env: RUNS (default 3), SECS (default 5), CLIPCTL (default target/release/clipctl),
 #      CLIP_BENCH_CACHE (default /var/tmp/clip-bench: the squashfs, shared with bench-e2e.sh).
@@ -57,9 +61,9 @@ if [ ! -s "$SQFS" ]; then
 fi
 MNT="$W/mnt"; mkdir -p "$MNT"
 
-clip_up() {   # NODE DISK
+clip_up() {   # NODE DISK [PROFILE]
   "$CLIPCTL" mount --clip "$CLIP" --mount-point "$MNT" --node-dir "$1" --disk-cache "$2" \
-    --profile off --warm off >>"$W/clip.log" 2>&1 &
+    --profile "${3:-off}" --warm off >>"$W/clip.log" 2>&1 &
   PID=$!; wait_mounted "$MNT"
 }
 clip_down() { umount "$MNT"; wait "$PID" 2>/dev/null || true; PID=""; }
@@ -95,23 +99,29 @@ done
 NODE="$W/node-store-$RUNS"
 du -sh "$NODE/store" >&2
 
+# The startup profile of `import numpy` on this node dir (saved at unmount).
+clip_up "$NODE" 4G auto; numpy > /dev/null; clip_down
+ls "$NODE"/profiles/*.json >/dev/null 2>&1 || die "no startup profile recorded"
+
 log "restart: tar and import numpy, store warm vs squashfuse_ll (RUNS=$RUNS, load $(load))"
 for r in $(seq "$RUNS"); do
   drop_caches; clip_up "$NODE" 4G; put clip_tar_s "$(tar_walk)"; clip_down
   drop_caches; sq_up; put sq_tar_s "$(tar_walk)"; umount "$MNT"; wait "$PID" 2>/dev/null || true; PID=""
   drop_caches; clip_up "$NODE" 4G; put clip_numpy_s "$(numpy)"; clip_down
   drop_caches; sq_up; put sq_numpy_s "$(numpy)"; umount "$MNT"; wait "$PID" 2>/dev/null || true; PID=""
+  drop_caches; clip_up "$NODE" 4G auto; put clipprof_numpy_s "$(numpy)"; clip_down
 done
 
 echo "== samples"; sort "$S" | awk '{a[$1]=a[$1]" "$2} END{for (k in a) print k":"a[k]}' | sort
 echo "== medians (load now $(load))"
 for k in store_fill_s mem_fill_s store_anon_mib mem_anon_mib store_rss_mib mem_rss_mib \
          store_anon_after_fio_mib mem_anon_after_fio_mib store_rand4k_iops mem_rand4k_iops \
-         clip_tar_s sq_tar_s clip_numpy_s sq_numpy_s; do
+         clip_tar_s sq_tar_s clip_numpy_s sq_numpy_s clipprof_numpy_s; do
   printf '%-26s %s\n' "$k" "$(med $k)"
 done
 awk -v a="$(med store_rand4k_iops)" -v b="$(med mem_rand4k_iops)" -v t="$(med clip_tar_s)" -v u="$(med sq_tar_s)" \
-    -v n="$(med clip_numpy_s)" -v q="$(med sq_numpy_s)" 'BEGIN{
+    -v n="$(med clip_numpy_s)" -v q="$(med sq_numpy_s)" -v p="$(med clipprof_numpy_s)" 'BEGIN{
   printf "rand4k store/memory tier: %.2fx (target >= 1.0)\n", a/b
   printf "restart tar: squashfuse_ll time / clip time = %.2fx (target >= 1.0)\n", u/t
-  printf "restart import numpy: clip/squashfuse_ll = %.2fx (target <= 0.5)\n", n/q }'
+  printf "restart import numpy: clip/squashfuse_ll = %.2fx (target <= 0.5)\n", n/q
+  printf "restart import numpy, startup profile on: clip/squashfuse_ll = %.2fx\n", p/q }'

@@ -3,6 +3,7 @@
 //! without touching checkpoint windows.
 
 use std::ops::Range;
+use std::sync::atomic::AtomicU32;
 use std::sync::Mutex;
 
 use crate::digest::Digest;
@@ -32,6 +33,11 @@ pub(crate) struct LayerPlan {
     pub locks: Vec<Mutex<u32>>,
     /// Why the layer cannot be served, if its index entry is inconsistent.
     pub broken: Option<String>,
+    /// Per chunk, the node store's slot where this process last found it
+    /// (slot + 1; 0: not known): the store's hit path probes that slot
+    /// first instead of the chunk's whole set. Only a hint: the slot is
+    /// checked (its digest, `gen`, every page's crc32) as on any lookup.
+    pub disk_slots: Box<[AtomicU32]>,
 }
 
 impl LayerPlan {
@@ -75,6 +81,10 @@ impl LayerPlan {
             broken = Some("uncompressed layer blob is shorter than its content".to_string());
         }
         let locks = (0..spans.len()).map(|_| Mutex::new(0)).collect();
+        let disk_slots = match broken {
+            None => (0..next_chunk).map(|_| AtomicU32::new(0)).collect(),
+            Some(_) => Box::default(),
+        };
         LayerPlan {
             number: l.number(),
             digest: l.digest(),
@@ -85,6 +95,7 @@ impl LayerPlan {
             spans,
             locks,
             broken,
+            disk_slots,
         }
     }
 
@@ -100,6 +111,7 @@ impl LayerPlan {
             spans: Vec::new(),
             locks: Vec::new(),
             broken: Some(why),
+            disk_slots: Box::default(),
         }
     }
 

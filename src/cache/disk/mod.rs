@@ -36,7 +36,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
@@ -254,6 +254,20 @@ impl DiskCache {
         }
     }
 
+    /// Feeds bytes `at` of slot `slot` to `h`, read from the mapping.
+    fn hash_mapped(&self, h: &mut crc32fast::Hasher, slot: usize, at: std::ops::Range<usize>) {
+        if at.is_empty() {
+            return;
+        }
+        let (slab, off) = self.slab_of(slot);
+        assert!(at.end <= SLOT_BYTES && off + SLOT_BYTES <= slab.map.len());
+        // In bounds (asserted) of a mapping that lives as long as `self`.
+        // Other processes may change these bytes meanwhile: they are only
+        // hashed, never served, so a change fails the check at worst; a
+        // page truncated away reads as zeros (the guard).
+        h.update(&slab.map[off + at.start..off + at.end]);
+    }
+
     /// Whether the store can be used; notices a table truncated under it.
     fn healthy(&self) -> bool {
         if self.broken.load(Ordering::Relaxed) {
@@ -304,23 +318,87 @@ impl DiskCache {
         })
     }
 
+    /// [`Self::find`], first trying the slot `hint` names (slot + 1; 0:
+    /// none) and, if `learn`, leaving there the slot found (or 0). The
+    /// hinted slot gets exactly the checks of a probe (even `gen`, the
+    /// digest and length), so a stale or damaged hint only costs the
+    /// probes it meant to save.
+    fn find_hinted(
+        &self,
+        words: &[u64; 4],
+        len: u32,
+        hint: Option<&AtomicU32>,
+        learn: bool,
+    ) -> Option<(usize, u32)> {
+        let Some(hint) = hint else {
+            return self.find(words, len);
+        };
+        let h = hint.load(Ordering::Relaxed) as usize;
+        if (1..=self.slots).contains(&h) {
+            let r = self.record(h - 1);
+            let gen = r.gen.load(Ordering::Acquire);
+            if gen & 1 == 0 && r.names(words, len) {
+                return Some((h - 1, gen));
+            }
+        }
+        let found = self.find(words, len);
+        if learn || h != 0 {
+            hint.store(found.map_or(0, |(s, _)| s as u32 + 1), Ordering::Relaxed);
+        }
+        found
+    }
+
     /// Whether chunk `digest` (`len` bytes) is stored (its pages are
     /// verified only when read).
     pub fn contains(&self, digest: &Digest, len: usize) -> bool {
-        self.healthy() && self.find(&digest_words(digest), len as u32).is_some()
+        self.contains_hinted(digest, len, None)
+    }
+
+    /// [`Self::contains`] probing the slot `hint` names first (see
+    /// [`Self::read_hinted`]); a hint of 0 is left for the first read.
+    pub fn contains_hinted(&self, digest: &Digest, len: usize, hint: Option<&AtomicU32>) -> bool {
+        self.healthy()
+            && self
+                .find_hinted(&digest_words(digest), len as u32, hint, false)
+                .is_some()
     }
 
     /// Copies bytes `[from, from + dst.len())` of chunk `digest` (`len`
     /// bytes) into `dst` if the store holds it and every page they touch
     /// passes its checksum; `false` (a miss) otherwise.
     pub fn read_at(&self, digest: &Digest, len: usize, from: usize, dst: &mut [u8]) -> bool {
+        self.read_hinted(digest, len, from, dst, None)
+    }
+
+    /// [`Self::read_at`] probing first the slot `hint` names (slot + 1, 0:
+    /// none; a per-process memory of where the chunk was found) and leaving
+    /// in it the slot found. Only the lookup is shortened: the bytes are
+    /// checked exactly as by `read_at`.
+    pub fn read_hinted(
+        &self,
+        digest: &Digest,
+        len: usize,
+        from: usize,
+        dst: &mut [u8],
+        hint: Option<&AtomicU32>,
+    ) -> bool {
         if from + dst.len() > len || len > SLOT_BYTES || !self.healthy() {
             return false;
         }
         let words = digest_words(digest);
-        let Some((slot, gen)) = self.find(&words, len as u32) else {
+        let first_touch = hint.is_some_and(|h| h.load(Ordering::Relaxed) == 0);
+        let Some((slot, gen)) = self.find_hinted(&words, len as u32, hint, true) else {
             return false;
         };
+        if first_touch {
+            // The first read of the chunk by this process: after a restart
+            // (or an eviction from the page cache) its pages are likely on
+            // disk only, and neighbouring bytes of the layer (the rest of
+            // the directory's files) are likely read next. One
+            // asynchronous I/O for the whole slot instead of page faults
+            // of 128 KiB, each waited for.
+            self.advise_slot(slot, len);
+        }
         let r = self.record(slot);
         let mut ok = self.copy_verified(r, slot, len, from, dst);
         if !ok && self.still(r, gen) {
@@ -346,16 +424,21 @@ impl DiskCache {
     /// the store holds it (`MADV_WILLNEED`: asynchronous, one I/O for the
     /// slot), so the copies that follow wait on that I/O rather than fault
     /// the slot in 128 KiB at a time, one after another.
-    pub fn will_need(&self, digest: &Digest, len: usize) {
+    pub fn will_need(&self, digest: &Digest, len: usize, hint: Option<&AtomicU32>) {
         if len > SLOT_BYTES || !self.healthy() {
             return;
         }
-        if let Some((slot, _)) = self.find(&digest_words(digest), len as u32) {
-            let (slab, off) = self.slab_of(slot);
-            let _ =
-                slab.map
-                    .advise_range(memmap2::Advice::WillNeed, off, len.next_multiple_of(PAGE));
+        if let Some((slot, _)) = self.find_hinted(&digest_words(digest), len as u32, hint, true) {
+            self.advise_slot(slot, len);
         }
+    }
+
+    /// `MADV_WILLNEED` on the first `len` bytes of slot `slot`.
+    fn advise_slot(&self, slot: usize, len: usize) {
+        let (slab, off) = self.slab_of(slot);
+        let _ = slab
+            .map
+            .advise_range(memmap2::Advice::WillNeed, off, len.next_multiple_of(PAGE));
     }
 
     /// Chunk `digest` (`len` bytes) whole, verified page by page.
@@ -388,16 +471,19 @@ impl DiskCache {
             let (ps, pe) = (page * PAGE, ((page + 1) * PAGE).min(len));
             let (a, b) = (ps.max(from), pe.min(end));
             let want = r.crc[page].load(Ordering::Relaxed);
+            let d = &mut dst[a - from..b - from];
+            self.copy_out(slot, a, d);
             let good = if (a, b) == (ps, pe) {
-                let d = &mut dst[a - from..b - from];
-                self.copy_out(slot, ps, d);
                 crc32fast::hash(d) == want
             } else {
-                let mut buf = [0u8; PAGE];
-                let whole = &mut buf[..pe - ps];
-                self.copy_out(slot, ps, whole);
-                dst[a - from..b - from].copy_from_slice(&whole[a - ps..b - ps]);
-                crc32fast::hash(whole) == want
+                // Only [a, b) is served: it is checked on the copy; the
+                // rest of the page is hashed where it lies (a change there
+                // can only fail the check, never reach the reader).
+                let mut h = crc32fast::Hasher::new();
+                self.hash_mapped(&mut h, slot, ps..a);
+                h.update(d);
+                self.hash_mapped(&mut h, slot, b..pe);
+                h.finalize() == want
             };
             if !good {
                 return false;
