@@ -21,6 +21,7 @@
 #            MADV_WILLNEED, all at once), against the same squashfuse_ll samples
 #
 # Env: RUNS (default 3), SECS (default 5), CLIPCTL (default target/release/clipctl),
+#      RESTART=0 skips the restart part (the memory + rand4k part alone),
 #      CLIP_BENCH_CACHE (default /var/tmp/clip-bench: the squashfs, shared with bench-e2e.sh).
 # Needs: root, fio, jq, squashfuse_ll, mksquashfs, the test bed and the image in REGISTRY
 # (make-images.sh). Drops the machine's page cache (echo 3 > drop_caches), as bench-e2e.sh.
@@ -98,6 +99,13 @@ for r in $(seq "$RUNS"); do
 done
 NODE="$W/node-store-$RUNS"
 du -sh "$NODE/store" >&2
+
+if [ "${RESTART:-1}" = 0 ]; then
+  echo "== samples"; sort "$S" | awk '{a[$1]=a[$1]" "$2} END{for (k in a) print k":"a[k]}' | sort
+  awk -v a="$(med store_rand4k_iops)" -v b="$(med mem_rand4k_iops)" \
+    'BEGIN{printf "rand4k store/memory tier: %.2fx (target >= 1.0)\n", a/b}'
+  exit 0
+fi
 
 # The startup profile of `import numpy` on this node dir (saved at unmount).
 clip_up "$NODE" 4G auto; numpy > /dev/null; clip_down

@@ -471,27 +471,23 @@ impl ContentCache {
             self.recorder.note(layer, c);
             let range = plan.chunk_range(s, c);
             let start = range.start;
-            // A chunk this process found in the store before is looked for
-            // there first (one probe); the others in memory first.
-            let hinted = self.disk_hinted(plan, c);
-            if hinted {
-                let dst = &mut buf[(pos - offset) as usize..(end - offset) as usize];
-                if let Some(n) = self.read_from_disk(plan, c, range.clone(), pos - start, dst) {
-                    pos += n as u64;
-                    continue;
-                }
+            // A chunk this process served from the store before, from a
+            // slot no one has changed since: straight from there (no
+            // lookup, the bytes checked as always).
+            let dst = &mut buf[(pos - offset) as usize..(end - offset) as usize];
+            if let Some(n) = self.read_by_hint(plan, c, range.clone(), pos - start, dst) {
+                pos += n as u64;
+                continue;
             }
             if let Some(data) = self.mem.get(key(layer, c)) {
                 self.metrics.count(Counter::ChunkHits, 1);
                 copy(buf, &mut pos, start, &data);
                 continue;
             }
-            if !hinted {
-                let dst = &mut buf[(pos - offset) as usize..(end - offset) as usize];
-                if let Some(n) = self.read_from_disk(plan, c, range, pos - start, dst) {
-                    pos += n as u64;
-                    continue;
-                }
+            let dst = &mut buf[(pos - offset) as usize..(end - offset) as usize];
+            if let Some(n) = self.read_from_disk(plan, c, range, pos - start, dst) {
+                pos += n as u64;
+                continue;
             }
             self.metrics.count(Counter::ChunkMisses, 1);
             *missed = true;
@@ -929,23 +925,39 @@ impl ContentCache {
         })
     }
 
-    /// Whether this process found chunk `chunk` in the disk tier before
-    /// (it is then looked for there first).
-    fn disk_hinted(&self, plan: &LayerPlan, chunk: u32) -> bool {
-        self.disk.is_some()
-            && plan
-                .disk_slots
-                .get(chunk as usize)
-                .is_some_and(|h| h.load(std::sync::atomic::Ordering::Relaxed) != 0)
-    }
-
     /// Whether chunk `chunk` (`len` bytes) is in memory or on local disk.
     fn is_local(&self, plan: &LayerPlan, chunk: u32, len: u64) -> bool {
-        if self.disk_hinted(plan, chunk) {
-            self.on_disk(plan, chunk, len) || self.mem.contains(key(plan.number, chunk))
-        } else {
-            self.mem.contains(key(plan.number, chunk)) || self.on_disk(plan, chunk, len)
+        let hinted = |d: &DiskCache| {
+            plan.disk_slots
+                .get(chunk as usize)
+                .is_some_and(|h| d.contains_by_hint(h))
+        };
+        self.disk.as_deref().is_some_and(hinted)
+            || self.mem.contains(key(plan.number, chunk))
+            || self.on_disk(plan, chunk, len)
+    }
+
+    /// [`Self::read_from_disk`] by the chunk's slot hint alone (see
+    /// [`DiskCache::read_by_hint`]); `None` when the hint does not hold or
+    /// the bytes failed their check.
+    fn read_by_hint(
+        &self,
+        plan: &LayerPlan,
+        chunk: u32,
+        r: std::ops::Range<u64>,
+        from: u64,
+        dst: &mut [u8],
+    ) -> Option<usize> {
+        let disk = self.disk.as_ref()?;
+        let hint = plan.disk_slots.get(chunk as usize)?;
+        let len = (r.end - r.start) as usize;
+        let from = from as usize;
+        let n = dst.len().min(len.checked_sub(from)?);
+        if n == 0 || disk.read_by_hint(len, from, &mut dst[..n], hint) != Some(true) {
+            return None;
         }
+        self.metrics.add_disk_hit();
+        Some(n)
     }
 
     /// Chunk `chunk` whole from the disk tier (verified page by page).
@@ -1025,7 +1037,7 @@ impl ContentCache {
             .layer(plan.number)
             .ok()
             .and_then(|l| l.chunk(chunk))
-            .ok_or(CacheError::NoSuchChunk {
+            .ok_or_else(|| CacheError::NoSuchChunk {
                 layer: plan.number,
                 chunk,
             })

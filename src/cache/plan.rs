@@ -3,9 +3,9 @@
 //! without touching checkpoint windows.
 
 use std::ops::Range;
-use std::sync::atomic::AtomicU32;
 use std::sync::Mutex;
 
+use super::disk::SlotHint;
 use crate::digest::Digest;
 use crate::format::{LayerKind, LayerView};
 
@@ -33,11 +33,11 @@ pub(crate) struct LayerPlan {
     pub locks: Vec<Mutex<u32>>,
     /// Why the layer cannot be served, if its index entry is inconsistent.
     pub broken: Option<String>,
-    /// Per chunk, the node store's slot where this process last found it
-    /// (slot + 1; 0: not known): the store's hit path probes that slot
-    /// first instead of the chunk's whole set. Only a hint: the slot is
-    /// checked (its digest, `gen`, every page's crc32) as on any lookup.
-    pub disk_slots: Box<[AtomicU32]>,
+    /// Per chunk, the node store's slot and `gen` where this process last
+    /// served it from (`disk::SlotHint`; 0: none): while that slot keeps
+    /// that `gen`, the store's hit path needs no lookup (and no digest).
+    /// The bytes are checked as on any read.
+    pub disk_slots: Box<[SlotHint]>,
 }
 
 impl LayerPlan {
@@ -82,7 +82,7 @@ impl LayerPlan {
         }
         let locks = (0..spans.len()).map(|_| Mutex::new(0)).collect();
         let disk_slots = match broken {
-            None => (0..next_chunk).map(|_| AtomicU32::new(0)).collect(),
+            None => (0..next_chunk).map(|_| SlotHint::new(0)).collect(),
             Some(_) => Box::default(),
         };
         LayerPlan {

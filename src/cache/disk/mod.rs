@@ -36,7 +36,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
@@ -49,6 +49,10 @@ use table::{digest_words, table_bytes, Header, Record, HEADER_BYTES, PAGE, RECOR
 use crate::digest::Digest;
 use crate::metrics::{Counter, Metrics};
 use crate::sync::lock;
+
+/// A per-process memory of where a chunk was last served from:
+/// `(gen << 32) | (slot + 1)`, 0 for none (see [`DiskCache::read_hinted`]).
+pub type SlotHint = AtomicU64;
 
 /// Slots per set (fewer when the store has fewer slots).
 const WAYS: usize = 8;
@@ -318,34 +322,26 @@ impl DiskCache {
         })
     }
 
-    /// [`Self::find`], first trying the slot `hint` names (slot + 1; 0:
-    /// none) and, if `learn`, leaving there the slot found (or 0). The
-    /// hinted slot gets exactly the checks of a probe (even `gen`, the
-    /// digest and length), so a stale or damaged hint only costs the
-    /// probes it meant to save.
+    /// The slot and `gen` `hint` names if that slot still has that `gen`:
+    /// nothing has changed the slot since this process served the chunk
+    /// from it (every change of a slot changes its `gen`).
+    fn hinted(&self, hint: &SlotHint) -> Option<(usize, u32)> {
+        let h = hint.load(Ordering::Relaxed);
+        let slot = (h as u32 as usize).checked_sub(1)?;
+        let gen = (h >> 32) as u32;
+        (slot < self.slots && self.record(slot).gen.load(Ordering::Acquire) == gen)
+            .then_some((slot, gen))
+    }
+
+    /// [`Self::find`], or the slot `hint` names while it holds.
     fn find_hinted(
         &self,
         words: &[u64; 4],
         len: u32,
-        hint: Option<&AtomicU32>,
-        learn: bool,
+        hint: Option<&SlotHint>,
     ) -> Option<(usize, u32)> {
-        let Some(hint) = hint else {
-            return self.find(words, len);
-        };
-        let h = hint.load(Ordering::Relaxed) as usize;
-        if (1..=self.slots).contains(&h) {
-            let r = self.record(h - 1);
-            let gen = r.gen.load(Ordering::Acquire);
-            if gen & 1 == 0 && r.names(words, len) {
-                return Some((h - 1, gen));
-            }
-        }
-        let found = self.find(words, len);
-        if learn || h != 0 {
-            hint.store(found.map_or(0, |(s, _)| s as u32 + 1), Ordering::Relaxed);
-        }
-        found
+        hint.and_then(|h| self.hinted(h))
+            .or_else(|| self.find(words, len))
     }
 
     /// Whether chunk `digest` (`len` bytes) is stored (its pages are
@@ -354,13 +350,19 @@ impl DiskCache {
         self.contains_hinted(digest, len, None)
     }
 
-    /// [`Self::contains`] probing the slot `hint` names first (see
-    /// [`Self::read_hinted`]); a hint of 0 is left for the first read.
-    pub fn contains_hinted(&self, digest: &Digest, len: usize, hint: Option<&AtomicU32>) -> bool {
+    /// [`Self::contains`], answered by `hint` alone while it holds (see
+    /// [`Self::read_hinted`]).
+    pub fn contains_hinted(&self, digest: &Digest, len: usize, hint: Option<&SlotHint>) -> bool {
         self.healthy()
             && self
-                .find_hinted(&digest_words(digest), len as u32, hint, false)
+                .find_hinted(&digest_words(digest), len as u32, hint)
                 .is_some()
+    }
+
+    /// Whether `hint` still names a slot holding its chunk (no digest
+    /// needed: see [`Self::read_by_hint`]).
+    pub fn contains_by_hint(&self, hint: &SlotHint) -> bool {
+        self.healthy() && self.hinted(hint).is_some()
     }
 
     /// Copies bytes `[from, from + dst.len())` of chunk `digest` (`len`
@@ -370,24 +372,32 @@ impl DiskCache {
         self.read_hinted(digest, len, from, dst, None)
     }
 
-    /// [`Self::read_at`] probing first the slot `hint` names (slot + 1, 0:
-    /// none; a per-process memory of where the chunk was found) and leaving
-    /// in it the slot found. Only the lookup is shortened: the bytes are
-    /// checked exactly as by `read_at`.
+    /// [`Self::read_at`] with a [`SlotHint`]: the per-process memory of
+    /// where (slot) and at which `gen` this chunk was last served. While
+    /// the slot still has that `gen`, it is used without a lookup;
+    /// otherwise the chunk is looked up. A read that serves leaves its slot
+    /// and `gen` in `hint`, one that does not leaves 0. Only the lookup is
+    /// shortened: the bytes are checked exactly as by `read_at`.
+    ///
+    /// The first read through a hint of 0 (the first by this process)
+    /// also starts reading the whole slot into the page cache
+    /// (`MADV_WILLNEED`).
     pub fn read_hinted(
         &self,
         digest: &Digest,
         len: usize,
         from: usize,
         dst: &mut [u8],
-        hint: Option<&AtomicU32>,
+        hint: Option<&SlotHint>,
     ) -> bool {
         if from + dst.len() > len || len > SLOT_BYTES || !self.healthy() {
             return false;
         }
-        let words = digest_words(digest);
         let first_touch = hint.is_some_and(|h| h.load(Ordering::Relaxed) == 0);
-        let Some((slot, gen)) = self.find_hinted(&words, len as u32, hint, true) else {
+        let Some((slot, gen)) = self.find_hinted(&digest_words(digest), len as u32, hint) else {
+            if let Some(h) = hint {
+                h.store(0, Ordering::Relaxed);
+            }
             return false;
         };
         if first_touch {
@@ -399,6 +409,49 @@ impl DiskCache {
             // of 128 KiB, each waited for.
             self.advise_slot(slot, len);
         }
+        let ok = self.serve(slot, gen, len, from, dst);
+        if let Some(h) = hint {
+            let v = if ok {
+                (u64::from(gen) << 32) | (slot as u64 + 1)
+            } else {
+                0
+            };
+            h.store(v, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// The hit path without a lookup: serves `[from, from + dst.len())` of
+    /// the chunk (`len` bytes) `hint` was learned for, if its slot still
+    /// has the `gen` it had when this process last served the chunk from
+    /// it (the digest was compared then, and no writer has touched the
+    /// slot since). The bytes are checked as always (every page's crc32 on
+    /// the copy, `gen` again after it). `None`: the hint does not hold
+    /// (use [`Self::read_hinted`]); `Some(false)`: the bytes failed their
+    /// check (the hint is dropped).
+    pub fn read_by_hint(
+        &self,
+        len: usize,
+        from: usize,
+        dst: &mut [u8],
+        hint: &SlotHint,
+    ) -> Option<bool> {
+        if from + dst.len() > len || len > SLOT_BYTES || !self.healthy() {
+            return None;
+        }
+        let (slot, gen) = self.hinted(hint)?;
+        let ok = self.serve(slot, gen, len, from, dst);
+        if !ok {
+            hint.store(0, Ordering::Relaxed);
+        }
+        Some(ok)
+    }
+
+    /// Copies `[from, from + dst.len())` of slot `slot`, found holding the
+    /// chunk (`len` bytes) at `gen`, into `dst`, checking every page it
+    /// touches; `false` if the slot changed meanwhile or failed its checks
+    /// (then counted and freed as damaged).
+    fn serve(&self, slot: usize, gen: u32, len: usize, from: usize, dst: &mut [u8]) -> bool {
         let r = self.record(slot);
         let mut ok = self.copy_verified(r, slot, len, from, dst);
         if !ok && self.still(r, gen) {
@@ -424,11 +477,11 @@ impl DiskCache {
     /// the store holds it (`MADV_WILLNEED`: asynchronous, one I/O for the
     /// slot), so the copies that follow wait on that I/O rather than fault
     /// the slot in 128 KiB at a time, one after another.
-    pub fn will_need(&self, digest: &Digest, len: usize, hint: Option<&AtomicU32>) {
+    pub fn will_need(&self, digest: &Digest, len: usize, hint: Option<&SlotHint>) {
         if len > SLOT_BYTES || !self.healthy() {
             return;
         }
-        if let Some((slot, _)) = self.find_hinted(&digest_words(digest), len as u32, hint, true) {
+        if let Some((slot, _)) = self.find_hinted(&digest_words(digest), len as u32, hint) {
             self.advise_slot(slot, len);
         }
     }

@@ -272,7 +272,7 @@ fn two_stores_share_a_directory_under_damage() {
             let served = &served;
             sc.spawn(move || {
                 // Two of the readers go through the hinted fast path.
-                let hints: Vec<AtomicU32> = (0..chunks.len()).map(|_| AtomicU32::new(0)).collect();
+                let hints: Vec<SlotHint> = (0..chunks.len()).map(|_| SlotHint::new(0)).collect();
                 let mut x = seed;
                 for _ in 0..3000 {
                     x = x
@@ -309,11 +309,12 @@ fn two_stores_share_a_directory_under_damage() {
     assert!(served.load(Ordering::Relaxed) > 0);
 }
 
-/// The hinted fast path (a per-process memory of the slot a chunk was found
-/// in) checks as much as a lookup: a slot rewritten by another store, bytes
-/// flipped in the file after the hint was learned (in the served part of a
-/// page or in the part of it that is not served), a hint naming another
-/// chunk's slot or no slot at all: never a wrong byte, the hint corrected.
+/// The hinted fast path (a per-process memory of the slot and `gen` a chunk
+/// was served from) checks as much as a lookup: a slot rewritten by another
+/// store, bytes flipped in the file after the hint was learned (in the
+/// served part of a page or in the part of it that is not served), a hint
+/// naming another chunk's slot or no slot at all: never a wrong byte, the
+/// hint dropped or corrected.
 #[test]
 fn hinted_reads_check_everything() {
     let tmp = tempfile::tempdir().unwrap();
@@ -324,30 +325,37 @@ fn hinted_reads_check_everything() {
     let (d1, one) = chunk(1, SLOT_BYTES);
     let (d2, two) = chunk(2, SLOT_BYTES - 3);
     assert!(a.put(&d1, &one));
-    let hint = AtomicU32::new(0);
-    // Not learned by a `contains`, learned by the first read.
+    let hint = SlotHint::new(0);
+    let mut buf = vec![0u8; 4096];
+    // Not learned by a `contains`: learned by the first read that serves.
     assert!(a.contains_hinted(&d1, one.len(), Some(&hint)));
     assert_eq!(hint.load(Ordering::Relaxed), 0);
-    let mut buf = vec![0u8; 4096];
+    assert_eq!(a.read_by_hint(one.len(), 512, &mut buf, &hint), None);
     assert!(a.read_hinted(&d1, one.len(), 512, &mut buf, Some(&hint)));
     assert_eq!(buf, one[512..4608]);
-    assert_eq!(hint.load(Ordering::Relaxed), 1);
-    assert!(a.contains_hinted(&d1, one.len(), Some(&hint)));
+    assert_eq!(hint.load(Ordering::Relaxed) as u32, 1);
+    assert!(a.contains_by_hint(&hint));
+    buf.fill(0);
+    assert_eq!(a.read_by_hint(one.len(), 512, &mut buf, &hint), Some(true));
+    assert_eq!(buf, one[512..4608]);
 
-    // Another daemon reuses the slot: the hinted read misses, the hint is
-    // dropped, the new chunk reads right through the same stale hint.
+    // Another daemon reuses the slot: the hint no longer holds, the read
+    // looks the chunk up and misses, the hint is dropped; the new chunk
+    // reads right through a stale hint.
     assert!(b.put(&d2, &two));
+    assert!(!a.contains_by_hint(&hint));
+    assert_eq!(a.read_by_hint(one.len(), 512, &mut buf, &hint), None);
     assert!(!a.read_hinted(&d1, one.len(), 512, &mut buf, Some(&hint)));
     assert!(!a.contains_hinted(&d1, one.len(), Some(&hint)));
     assert_eq!(hint.load(Ordering::Relaxed), 0);
-    let stale = AtomicU32::new(1);
+    let stale = SlotHint::new(1);
     assert!(a.read_hinted(&d2, two.len(), 100, &mut buf, Some(&stale)));
     assert_eq!(buf, two[100..4196]);
 
     // Bytes flipped after the hint was learned: in the served part of a
     // page, then in the part of a page a partial read does not serve.
     assert!(a.put(&d1, &one));
-    let hint = AtomicU32::new(0);
+    let hint = SlotHint::new(0);
     assert!(a.read_hinted(&d1, one.len(), 512, &mut buf, Some(&hint)));
     let slab = &slab_files(&dir)[0];
     let flip = |at: u64| {
@@ -362,20 +370,26 @@ fn hinted_reads_check_everything() {
         rustix::io::pwrite(&f, &byte, at).unwrap();
     };
     flip(1000);
-    assert!(!a.read_hinted(&d1, one.len(), 512, &mut buf, Some(&hint)));
+    assert_eq!(a.read_by_hint(one.len(), 512, &mut buf, &hint), Some(false));
+    assert_eq!(hint.load(Ordering::Relaxed), 0);
     assert!(!a.contains(&d1, one.len()), "a damaged slot is freed");
     assert!(a.put(&d1, &one));
     assert!(a.read_hinted(&d1, one.len(), 512, &mut buf, Some(&hint)));
     assert_eq!(buf, one[512..4608]);
     flip(8192 + 4000); // page 2, past what a read of [8192, 8192 + 100) serves
     let mut small = vec![0u8; 100];
+    assert_eq!(
+        a.read_by_hint(one.len(), 8192, &mut small, &hint),
+        Some(false)
+    );
     assert!(!a.read_hinted(&d1, one.len(), 8192, &mut small, Some(&hint)));
     assert!(ma.snapshot(Default::default()).counters.disk_damaged >= 2);
 
     // A hint naming no slot is ignored.
     assert!(a.put(&d1, &one));
-    let wild = AtomicU32::new(u32::MAX);
+    let wild = SlotHint::new(u64::MAX);
+    assert_eq!(a.read_by_hint(one.len(), 0, &mut buf, &wild), None);
     assert!(a.read_hinted(&d1, one.len(), 0, &mut buf, Some(&wild)));
     assert_eq!(buf, one[..4096]);
-    assert_eq!(wild.load(Ordering::Relaxed), 1);
+    assert_eq!(wild.load(Ordering::Relaxed) as u32, 1);
 }
