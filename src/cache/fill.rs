@@ -937,7 +937,7 @@ impl ContentCache {
             || self.on_disk(plan, chunk, len)
     }
 
-    /// [`Self::read_from_disk`] by the chunk's slot hint alone (see
+    /// [`Self::read_from_disk`] from the slot the chunk's hint names (see
     /// [`DiskCache::read_by_hint`]); `None` when the hint does not hold or
     /// the bytes failed their check.
     fn read_by_hint(
@@ -950,10 +950,14 @@ impl ContentCache {
     ) -> Option<usize> {
         let disk = self.disk.as_ref()?;
         let hint = plan.disk_slots.get(chunk as usize)?;
+        if hint.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let want = Digest::from_bytes(self.layer_chunk(plan, chunk).ok()?.digest);
         let len = (r.end - r.start) as usize;
         let from = from as usize;
         let n = dst.len().min(len.checked_sub(from)?);
-        if n == 0 || disk.read_by_hint(len, from, &mut dst[..n], hint) != Some(true) {
+        if n == 0 || disk.read_by_hint(&want, len, from, &mut dst[..n], hint) != Some(true) {
             return None;
         }
         self.metrics.add_disk_hit();

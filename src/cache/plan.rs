@@ -35,8 +35,8 @@ pub(crate) struct LayerPlan {
     pub broken: Option<String>,
     /// Per chunk, the node store's slot and `gen` where this process last
     /// served it from (`disk::SlotHint`; 0: none): while that slot keeps
-    /// that `gen`, the store's hit path needs no lookup (and no digest).
-    /// The bytes are checked as on any read.
+    /// that `gen` and names the chunk, the store's hit path probes no
+    /// other slot. The bytes are checked as on any read.
     pub disk_slots: Box<[SlotHint]>,
 }
 

@@ -322,15 +322,24 @@ impl DiskCache {
         })
     }
 
-    /// The slot and `gen` `hint` names if that slot still has that `gen`:
-    /// nothing has changed the slot since this process served the chunk
-    /// from it (every change of a slot changes its `gen`).
-    fn hinted(&self, hint: &SlotHint) -> Option<(usize, u32)> {
+    /// The slot and `gen` `hint` names if that slot still has that `gen`
+    /// (nothing has changed the slot since this process served a chunk
+    /// from it: every change of a slot changes its `gen`) and, given
+    /// `words`, still names chunk `words` of `len` bytes. Without `words`
+    /// the answer is only a guess: a table made afresh by another daemon
+    /// starts its `gen`s from 0 again, so the same `gen` can then hold
+    /// another chunk.
+    fn hinted(&self, hint: &SlotHint, words: Option<(&[u64; 4], u32)>) -> Option<(usize, u32)> {
         let h = hint.load(Ordering::Relaxed);
         let slot = (h as u32 as usize).checked_sub(1)?;
         let gen = (h >> 32) as u32;
-        (slot < self.slots && self.record(slot).gen.load(Ordering::Acquire) == gen)
-            .then_some((slot, gen))
+        if slot >= self.slots {
+            return None;
+        }
+        let r = self.record(slot);
+        let same = r.gen.load(Ordering::Acquire) == gen
+            && words.is_none_or(|(words, len)| r.names(words, len));
+        same.then_some((slot, gen))
     }
 
     /// [`Self::find`], or the slot `hint` names while it holds.
@@ -340,7 +349,7 @@ impl DiskCache {
         len: u32,
         hint: Option<&SlotHint>,
     ) -> Option<(usize, u32)> {
-        hint.and_then(|h| self.hinted(h))
+        hint.and_then(|h| self.hinted(h, Some((words, len))))
             .or_else(|| self.find(words, len))
     }
 
@@ -359,10 +368,11 @@ impl DiskCache {
                 .is_some()
     }
 
-    /// Whether `hint` still names a slot holding its chunk (no digest
-    /// needed: see [`Self::read_by_hint`]).
+    /// Whether `hint` still names a slot with the `gen` it was learned at:
+    /// a cheap guess that the store holds the hint's chunk, without its
+    /// digest (right unless another daemon made the table afresh since).
     pub fn contains_by_hint(&self, hint: &SlotHint) -> bool {
-        self.healthy() && self.hinted(hint).is_some()
+        self.healthy() && self.hinted(hint, None).is_some()
     }
 
     /// Copies bytes `[from, from + dst.len())` of chunk `digest` (`len`
@@ -422,15 +432,16 @@ impl DiskCache {
     }
 
     /// The hit path without a lookup: serves `[from, from + dst.len())` of
-    /// the chunk (`len` bytes) `hint` was learned for, if its slot still
-    /// has the `gen` it had when this process last served the chunk from
-    /// it (the digest was compared then, and no writer has touched the
-    /// slot since). The bytes are checked as always (every page's crc32 on
-    /// the copy, `gen` again after it). `None`: the hint does not hold
-    /// (use [`Self::read_hinted`]); `Some(false)`: the bytes failed their
-    /// check (the hint is dropped).
+    /// chunk `digest` (`len` bytes) from the slot `hint` names if that slot
+    /// still has the `gen` it had when this process last served the chunk
+    /// from it and still names the chunk (one record, no probing of the
+    /// set). The bytes are checked as always (every page's crc32 on the
+    /// copy, `gen` again after it). `None`: the hint does not hold (use
+    /// [`Self::read_hinted`]); `Some(false)`: the bytes failed their check
+    /// (the hint is dropped).
     pub fn read_by_hint(
         &self,
+        digest: &Digest,
         len: usize,
         from: usize,
         dst: &mut [u8],
@@ -439,7 +450,7 @@ impl DiskCache {
         if from + dst.len() > len || len > SLOT_BYTES || !self.healthy() {
             return None;
         }
-        let (slot, gen) = self.hinted(hint)?;
+        let (slot, gen) = self.hinted(hint, Some((&digest_words(digest), len as u32)))?;
         let ok = self.serve(slot, gen, len, from, dst);
         if !ok {
             hint.store(0, Ordering::Relaxed);

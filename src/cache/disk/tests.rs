@@ -330,13 +330,16 @@ fn hinted_reads_check_everything() {
     // Not learned by a `contains`: learned by the first read that serves.
     assert!(a.contains_hinted(&d1, one.len(), Some(&hint)));
     assert_eq!(hint.load(Ordering::Relaxed), 0);
-    assert_eq!(a.read_by_hint(one.len(), 512, &mut buf, &hint), None);
+    assert_eq!(a.read_by_hint(&d1, one.len(), 512, &mut buf, &hint), None);
     assert!(a.read_hinted(&d1, one.len(), 512, &mut buf, Some(&hint)));
     assert_eq!(buf, one[512..4608]);
     assert_eq!(hint.load(Ordering::Relaxed) as u32, 1);
     assert!(a.contains_by_hint(&hint));
     buf.fill(0);
-    assert_eq!(a.read_by_hint(one.len(), 512, &mut buf, &hint), Some(true));
+    assert_eq!(
+        a.read_by_hint(&d1, one.len(), 512, &mut buf, &hint),
+        Some(true)
+    );
     assert_eq!(buf, one[512..4608]);
 
     // Another daemon reuses the slot: the hint no longer holds, the read
@@ -344,7 +347,7 @@ fn hinted_reads_check_everything() {
     // reads right through a stale hint.
     assert!(b.put(&d2, &two));
     assert!(!a.contains_by_hint(&hint));
-    assert_eq!(a.read_by_hint(one.len(), 512, &mut buf, &hint), None);
+    assert_eq!(a.read_by_hint(&d1, one.len(), 512, &mut buf, &hint), None);
     assert!(!a.read_hinted(&d1, one.len(), 512, &mut buf, Some(&hint)));
     assert!(!a.contains_hinted(&d1, one.len(), Some(&hint)));
     assert_eq!(hint.load(Ordering::Relaxed), 0);
@@ -370,7 +373,10 @@ fn hinted_reads_check_everything() {
         rustix::io::pwrite(&f, &byte, at).unwrap();
     };
     flip(1000);
-    assert_eq!(a.read_by_hint(one.len(), 512, &mut buf, &hint), Some(false));
+    assert_eq!(
+        a.read_by_hint(&d1, one.len(), 512, &mut buf, &hint),
+        Some(false)
+    );
     assert_eq!(hint.load(Ordering::Relaxed), 0);
     assert!(!a.contains(&d1, one.len()), "a damaged slot is freed");
     assert!(a.put(&d1, &one));
@@ -379,7 +385,7 @@ fn hinted_reads_check_everything() {
     flip(8192 + 4000); // page 2, past what a read of [8192, 8192 + 100) serves
     let mut small = vec![0u8; 100];
     assert_eq!(
-        a.read_by_hint(one.len(), 8192, &mut small, &hint),
+        a.read_by_hint(&d1, one.len(), 8192, &mut small, &hint),
         Some(false)
     );
     assert!(!a.read_hinted(&d1, one.len(), 8192, &mut small, Some(&hint)));
@@ -388,8 +394,35 @@ fn hinted_reads_check_everything() {
     // A hint naming no slot is ignored.
     assert!(a.put(&d1, &one));
     let wild = SlotHint::new(u64::MAX);
-    assert_eq!(a.read_by_hint(one.len(), 0, &mut buf, &wild), None);
+    assert_eq!(a.read_by_hint(&d1, one.len(), 0, &mut buf, &wild), None);
     assert!(a.read_hinted(&d1, one.len(), 0, &mut buf, Some(&wild)));
     assert_eq!(buf, one[..4096]);
     assert_eq!(wild.load(Ordering::Relaxed) as u32, 1);
+
+    // Another daemon makes the table afresh (its header damaged): `gen`s
+    // start from 0 again, so the hinted slot comes to have the hint's `gen`
+    // while it holds another chunk. The digest is compared: no wrong byte.
+    let gen = (wild.load(Ordering::Relaxed) >> 32) as u32;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("table"))
+        .and_then(|f| rustix::io::pwrite(&f, b"NOTASTOR", 0).map_err(Into::into))
+        .unwrap();
+    let (c, _) = open(&dir, SLOT_BYTES as u64);
+    let (d3, three) = chunk(3, SLOT_BYTES);
+    for i in 0.. {
+        if c.record(0).gen.load(Ordering::Relaxed) >= gen {
+            break;
+        }
+        let (d, data) = if i % 2 == 0 {
+            (&d2, &two)
+        } else {
+            (&d3, &three)
+        };
+        assert!(c.put(d, data));
+    }
+    assert_eq!(c.record(0).gen.load(Ordering::Relaxed), gen);
+    assert_eq!(a.read_by_hint(&d1, one.len(), 0, &mut buf, &wild), None);
+    assert!(!a.read_hinted(&d1, one.len(), 0, &mut buf, Some(&wild)));
+    assert_eq!(wild.load(Ordering::Relaxed), 0);
 }
