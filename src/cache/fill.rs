@@ -333,6 +333,11 @@ impl ContentCache {
         if start >= end {
             return Ok(());
         }
+        // What the store holds of the range is read into the page cache
+        // now, asynchronously, all of it at once (a replayed startup
+        // profile after a restart: many I/Os in flight instead of one
+        // page fault after another as the workload reads).
+        self.disk_will_need(plan, start, end);
         // Compressed bytes up to the end of the range's last chunk.
         let ahead = match plan.kind {
             LayerKind::Tar => 0,
@@ -464,14 +469,23 @@ impl ContentCache {
         while pos < end {
             let (s, c) = plan.chunk_at(pos);
             self.recorder.note(layer, c);
-            let start = plan.chunk_range(s, c).start;
+            let range = plan.chunk_range(s, c);
+            let start = range.start;
+            // A chunk this process served from the store before, from a
+            // slot no one has changed since: straight from there (no
+            // lookup, the bytes checked as always).
+            let dst = &mut buf[(pos - offset) as usize..(end - offset) as usize];
+            if let Some(n) = self.read_by_hint(plan, c, range.clone(), pos - start, dst) {
+                pos += n as u64;
+                continue;
+            }
             if let Some(data) = self.mem.get(key(layer, c)) {
                 self.metrics.count(Counter::ChunkHits, 1);
                 copy(buf, &mut pos, start, &data);
                 continue;
             }
             let dst = &mut buf[(pos - offset) as usize..(end - offset) as usize];
-            if let Some(n) = self.read_from_disk(plan, c, pos - start, dst) {
+            if let Some(n) = self.read_from_disk(plan, c, range, pos - start, dst) {
                 pos += n as u64;
                 continue;
             }
@@ -902,8 +916,52 @@ impl ContentCache {
         let Some(disk) = &self.disk else {
             return false;
         };
-        self.layer_chunk(plan, chunk)
-            .is_ok_and(|c| disk.contains(&Digest::from_bytes(c.digest), len as usize))
+        self.layer_chunk(plan, chunk).is_ok_and(|c| {
+            disk.contains_hinted(
+                &Digest::from_bytes(c.digest),
+                len as usize,
+                plan.disk_slots.get(chunk as usize),
+            )
+        })
+    }
+
+    /// Whether chunk `chunk` (`len` bytes) is in memory or on local disk.
+    fn is_local(&self, plan: &LayerPlan, chunk: u32, len: u64) -> bool {
+        let hinted = |d: &DiskCache| {
+            plan.disk_slots
+                .get(chunk as usize)
+                .is_some_and(|h| d.contains_by_hint(h))
+        };
+        self.disk.as_deref().is_some_and(hinted)
+            || self.mem.contains(key(plan.number, chunk))
+            || self.on_disk(plan, chunk, len)
+    }
+
+    /// [`Self::read_from_disk`] from the slot the chunk's hint names (see
+    /// [`DiskCache::read_by_hint`]); `None` when the hint does not hold or
+    /// the bytes failed their check.
+    fn read_by_hint(
+        &self,
+        plan: &LayerPlan,
+        chunk: u32,
+        r: std::ops::Range<u64>,
+        from: u64,
+        dst: &mut [u8],
+    ) -> Option<usize> {
+        let disk = self.disk.as_ref()?;
+        let hint = plan.disk_slots.get(chunk as usize)?;
+        if hint.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let want = Digest::from_bytes(self.layer_chunk(plan, chunk).ok()?.digest);
+        let len = (r.end - r.start) as usize;
+        let from = from as usize;
+        let n = dst.len().min(len.checked_sub(from)?);
+        if n == 0 || disk.read_by_hint(&want, len, from, &mut dst[..n], hint) != Some(true) {
+            return None;
+        }
+        self.metrics.add_disk_hit();
+        Some(n)
     }
 
     /// Chunk `chunk` whole from the disk tier (verified page by page).
@@ -911,7 +969,12 @@ impl ContentCache {
         let disk = self.disk.as_ref()?;
         let want = self.layer_chunk(plan, chunk).ok()?.digest;
         let r = plan.chunk_range_of(chunk)?;
-        let data = disk.get(&Digest::from_bytes(want), (r.end - r.start) as usize)?;
+        let len = (r.end - r.start) as usize;
+        let mut data = vec![0u8; len];
+        let hint = plan.disk_slots.get(chunk as usize);
+        if !disk.read_hinted(&Digest::from_bytes(want), len, 0, &mut data, hint) {
+            return None;
+        }
         self.metrics.add_disk_hit();
         Some(Arc::from(data))
     }
@@ -930,6 +993,7 @@ impl ContentCache {
                     disk.will_need(
                         &Digest::from_bytes(chunk.digest),
                         (r.end - r.start) as usize,
+                        plan.disk_slots.get(c as usize),
                     );
                 }
             }
@@ -937,23 +1001,24 @@ impl ContentCache {
         }
     }
 
-    /// Copies chunk `chunk`'s bytes from `from` on into `dst` (as many as
-    /// fit) straight from the disk tier's mapping; the count, or `None` on
-    /// a miss.
+    /// Copies chunk `chunk`'s bytes (layer range `r`) from `from` on into
+    /// `dst` (as many as fit) straight from the disk tier's mapping; the
+    /// count, or `None` on a miss.
     fn read_from_disk(
         &self,
         plan: &LayerPlan,
         chunk: u32,
+        r: std::ops::Range<u64>,
         from: u64,
         dst: &mut [u8],
     ) -> Option<usize> {
         let disk = self.disk.as_ref()?;
         let want = self.layer_chunk(plan, chunk).ok()?.digest;
-        let r = plan.chunk_range_of(chunk)?;
         let len = (r.end - r.start) as usize;
         let from = from as usize;
         let n = dst.len().min(len.checked_sub(from)?);
-        if n == 0 || !disk.read_at(&Digest::from_bytes(want), len, from, &mut dst[..n]) {
+        let hint = plan.disk_slots.get(chunk as usize);
+        if n == 0 || !disk.read_hinted(&Digest::from_bytes(want), len, from, &mut dst[..n], hint) {
             return None;
         }
         self.metrics.add_disk_hit();
@@ -976,7 +1041,7 @@ impl ContentCache {
             .layer(plan.number)
             .ok()
             .and_then(|l| l.chunk(chunk))
-            .ok_or(CacheError::NoSuchChunk {
+            .ok_or_else(|| CacheError::NoSuchChunk {
                 layer: plan.number,
                 chunk,
             })
@@ -1026,7 +1091,7 @@ impl ContentReader for ContentCache {
         while pos < end {
             let (s, c) = plan.chunk_at(pos);
             let r = plan.chunk_range(s, c);
-            if !self.mem.contains(key(layer, c)) && !self.on_disk(plan, c, r.end - r.start) {
+            if !self.is_local(plan, c, r.end - r.start) {
                 return true;
             }
             pos = r.end;

@@ -26,7 +26,7 @@ mod profile;
 #[cfg(test)]
 mod tests;
 
-pub use disk::DiskCache;
+pub use disk::{DiskCache, SlotHint};
 pub use fill::ContentCache;
 
 /// Why layer bytes could not be served.

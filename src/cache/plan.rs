@@ -5,6 +5,7 @@
 use std::ops::Range;
 use std::sync::Mutex;
 
+use super::disk::SlotHint;
 use crate::digest::Digest;
 use crate::format::{LayerKind, LayerView};
 
@@ -32,6 +33,11 @@ pub(crate) struct LayerPlan {
     pub locks: Vec<Mutex<u32>>,
     /// Why the layer cannot be served, if its index entry is inconsistent.
     pub broken: Option<String>,
+    /// Per chunk, the node store's slot and `gen` where this process last
+    /// served it from (`disk::SlotHint`; 0: none): while that slot keeps
+    /// that `gen` and names the chunk, the store's hit path probes no
+    /// other slot. The bytes are checked as on any read.
+    pub disk_slots: Box<[SlotHint]>,
 }
 
 impl LayerPlan {
@@ -75,6 +81,10 @@ impl LayerPlan {
             broken = Some("uncompressed layer blob is shorter than its content".to_string());
         }
         let locks = (0..spans.len()).map(|_| Mutex::new(0)).collect();
+        let disk_slots = match broken {
+            None => (0..next_chunk).map(|_| SlotHint::new(0)).collect(),
+            Some(_) => Box::default(),
+        };
         LayerPlan {
             number: l.number(),
             digest: l.digest(),
@@ -85,6 +95,7 @@ impl LayerPlan {
             spans,
             locks,
             broken,
+            disk_slots,
         }
     }
 
@@ -100,6 +111,7 @@ impl LayerPlan {
             spans: Vec::new(),
             locks: Vec::new(),
             broken: Some(why),
+            disk_slots: Box::default(),
         }
     }
 

@@ -50,6 +50,10 @@ use crate::digest::Digest;
 use crate::metrics::{Counter, Metrics};
 use crate::sync::lock;
 
+/// A per-process memory of where a chunk was last served from:
+/// `(gen << 32) | (slot + 1)`, 0 for none (see [`DiskCache::read_hinted`]).
+pub type SlotHint = AtomicU64;
+
 /// Slots per set (fewer when the store has fewer slots).
 const WAYS: usize = 8;
 /// Slots per slab file: 32 MiB files, so a store stays within its budget
@@ -254,6 +258,20 @@ impl DiskCache {
         }
     }
 
+    /// Feeds bytes `at` of slot `slot` to `h`, read from the mapping.
+    fn hash_mapped(&self, h: &mut crc32fast::Hasher, slot: usize, at: std::ops::Range<usize>) {
+        if at.is_empty() {
+            return;
+        }
+        let (slab, off) = self.slab_of(slot);
+        assert!(at.end <= SLOT_BYTES && off + SLOT_BYTES <= slab.map.len());
+        // In bounds (asserted) of a mapping that lives as long as `self`.
+        // Other processes may change these bytes meanwhile: they are only
+        // hashed, never served, so a change fails the check at worst; a
+        // page truncated away reads as zeros (the guard).
+        h.update(&slab.map[off + at.start..off + at.end]);
+    }
+
     /// Whether the store can be used; notices a table truncated under it.
     fn healthy(&self) -> bool {
         if self.broken.load(Ordering::Relaxed) {
@@ -304,23 +322,147 @@ impl DiskCache {
         })
     }
 
+    /// The slot and `gen` `hint` names if that slot still has that `gen`
+    /// (nothing has changed the slot since this process served a chunk
+    /// from it: every change of a slot changes its `gen`) and, given
+    /// `words`, still names chunk `words` of `len` bytes. Without `words`
+    /// the answer is only a guess: a table made afresh by another daemon
+    /// starts its `gen`s from 0 again, so the same `gen` can then hold
+    /// another chunk.
+    fn hinted(&self, hint: &SlotHint, words: Option<(&[u64; 4], u32)>) -> Option<(usize, u32)> {
+        let h = hint.load(Ordering::Relaxed);
+        let slot = (h as u32 as usize).checked_sub(1)?;
+        let gen = (h >> 32) as u32;
+        if slot >= self.slots {
+            return None;
+        }
+        let r = self.record(slot);
+        let same = r.gen.load(Ordering::Acquire) == gen
+            && words.is_none_or(|(words, len)| r.names(words, len));
+        same.then_some((slot, gen))
+    }
+
+    /// [`Self::find`], or the slot `hint` names while it holds.
+    fn find_hinted(
+        &self,
+        words: &[u64; 4],
+        len: u32,
+        hint: Option<&SlotHint>,
+    ) -> Option<(usize, u32)> {
+        hint.and_then(|h| self.hinted(h, Some((words, len))))
+            .or_else(|| self.find(words, len))
+    }
+
     /// Whether chunk `digest` (`len` bytes) is stored (its pages are
     /// verified only when read).
     pub fn contains(&self, digest: &Digest, len: usize) -> bool {
-        self.healthy() && self.find(&digest_words(digest), len as u32).is_some()
+        self.contains_hinted(digest, len, None)
+    }
+
+    /// [`Self::contains`], answered by `hint` alone while it holds (see
+    /// [`Self::read_hinted`]).
+    pub fn contains_hinted(&self, digest: &Digest, len: usize, hint: Option<&SlotHint>) -> bool {
+        self.healthy()
+            && self
+                .find_hinted(&digest_words(digest), len as u32, hint)
+                .is_some()
+    }
+
+    /// Whether `hint` still names a slot with the `gen` it was learned at:
+    /// a cheap guess that the store holds the hint's chunk, without its
+    /// digest (right unless another daemon made the table afresh since).
+    pub fn contains_by_hint(&self, hint: &SlotHint) -> bool {
+        self.healthy() && self.hinted(hint, None).is_some()
     }
 
     /// Copies bytes `[from, from + dst.len())` of chunk `digest` (`len`
     /// bytes) into `dst` if the store holds it and every page they touch
     /// passes its checksum; `false` (a miss) otherwise.
     pub fn read_at(&self, digest: &Digest, len: usize, from: usize, dst: &mut [u8]) -> bool {
+        self.read_hinted(digest, len, from, dst, None)
+    }
+
+    /// [`Self::read_at`] with a [`SlotHint`]: the per-process memory of
+    /// where (slot) and at which `gen` this chunk was last served. While
+    /// the slot still has that `gen`, it is used without a lookup;
+    /// otherwise the chunk is looked up. A read that serves leaves its slot
+    /// and `gen` in `hint`, one that does not leaves 0. Only the lookup is
+    /// shortened: the bytes are checked exactly as by `read_at`.
+    ///
+    /// The first read through a hint of 0 (the first by this process)
+    /// also starts reading the whole slot into the page cache
+    /// (`MADV_WILLNEED`).
+    pub fn read_hinted(
+        &self,
+        digest: &Digest,
+        len: usize,
+        from: usize,
+        dst: &mut [u8],
+        hint: Option<&SlotHint>,
+    ) -> bool {
         if from + dst.len() > len || len > SLOT_BYTES || !self.healthy() {
             return false;
         }
-        let words = digest_words(digest);
-        let Some((slot, gen)) = self.find(&words, len as u32) else {
+        let first_touch = hint.is_some_and(|h| h.load(Ordering::Relaxed) == 0);
+        let Some((slot, gen)) = self.find_hinted(&digest_words(digest), len as u32, hint) else {
+            if let Some(h) = hint {
+                h.store(0, Ordering::Relaxed);
+            }
             return false;
         };
+        if first_touch {
+            // The first read of the chunk by this process: after a restart
+            // (or an eviction from the page cache) its pages are likely on
+            // disk only, and neighbouring bytes of the layer (the rest of
+            // the directory's files) are likely read next. One
+            // asynchronous I/O for the whole slot instead of page faults
+            // of 128 KiB, each waited for.
+            self.advise_slot(slot, len);
+        }
+        let ok = self.serve(slot, gen, len, from, dst);
+        if let Some(h) = hint {
+            let v = if ok {
+                (u64::from(gen) << 32) | (slot as u64 + 1)
+            } else {
+                0
+            };
+            h.store(v, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// The hit path without a lookup: serves `[from, from + dst.len())` of
+    /// chunk `digest` (`len` bytes) from the slot `hint` names if that slot
+    /// still has the `gen` it had when this process last served the chunk
+    /// from it and still names the chunk (one record, no probing of the
+    /// set). The bytes are checked as always (every page's crc32 on the
+    /// copy, `gen` again after it). `None`: the hint does not hold (use
+    /// [`Self::read_hinted`]); `Some(false)`: the bytes failed their check
+    /// (the hint is dropped).
+    pub fn read_by_hint(
+        &self,
+        digest: &Digest,
+        len: usize,
+        from: usize,
+        dst: &mut [u8],
+        hint: &SlotHint,
+    ) -> Option<bool> {
+        if from + dst.len() > len || len > SLOT_BYTES || !self.healthy() {
+            return None;
+        }
+        let (slot, gen) = self.hinted(hint, Some((&digest_words(digest), len as u32)))?;
+        let ok = self.serve(slot, gen, len, from, dst);
+        if !ok {
+            hint.store(0, Ordering::Relaxed);
+        }
+        Some(ok)
+    }
+
+    /// Copies `[from, from + dst.len())` of slot `slot`, found holding the
+    /// chunk (`len` bytes) at `gen`, into `dst`, checking every page it
+    /// touches; `false` if the slot changed meanwhile or failed its checks
+    /// (then counted and freed as damaged).
+    fn serve(&self, slot: usize, gen: u32, len: usize, from: usize, dst: &mut [u8]) -> bool {
         let r = self.record(slot);
         let mut ok = self.copy_verified(r, slot, len, from, dst);
         if !ok && self.still(r, gen) {
@@ -346,16 +488,21 @@ impl DiskCache {
     /// the store holds it (`MADV_WILLNEED`: asynchronous, one I/O for the
     /// slot), so the copies that follow wait on that I/O rather than fault
     /// the slot in 128 KiB at a time, one after another.
-    pub fn will_need(&self, digest: &Digest, len: usize) {
+    pub fn will_need(&self, digest: &Digest, len: usize, hint: Option<&SlotHint>) {
         if len > SLOT_BYTES || !self.healthy() {
             return;
         }
-        if let Some((slot, _)) = self.find(&digest_words(digest), len as u32) {
-            let (slab, off) = self.slab_of(slot);
-            let _ =
-                slab.map
-                    .advise_range(memmap2::Advice::WillNeed, off, len.next_multiple_of(PAGE));
+        if let Some((slot, _)) = self.find_hinted(&digest_words(digest), len as u32, hint) {
+            self.advise_slot(slot, len);
         }
+    }
+
+    /// `MADV_WILLNEED` on the first `len` bytes of slot `slot`.
+    fn advise_slot(&self, slot: usize, len: usize) {
+        let (slab, off) = self.slab_of(slot);
+        let _ = slab
+            .map
+            .advise_range(memmap2::Advice::WillNeed, off, len.next_multiple_of(PAGE));
     }
 
     /// Chunk `digest` (`len` bytes) whole, verified page by page.
@@ -388,16 +535,19 @@ impl DiskCache {
             let (ps, pe) = (page * PAGE, ((page + 1) * PAGE).min(len));
             let (a, b) = (ps.max(from), pe.min(end));
             let want = r.crc[page].load(Ordering::Relaxed);
+            let d = &mut dst[a - from..b - from];
+            self.copy_out(slot, a, d);
             let good = if (a, b) == (ps, pe) {
-                let d = &mut dst[a - from..b - from];
-                self.copy_out(slot, ps, d);
                 crc32fast::hash(d) == want
             } else {
-                let mut buf = [0u8; PAGE];
-                let whole = &mut buf[..pe - ps];
-                self.copy_out(slot, ps, whole);
-                dst[a - from..b - from].copy_from_slice(&whole[a - ps..b - ps]);
-                crc32fast::hash(whole) == want
+                // Only [a, b) is served: it is checked on the copy; the
+                // rest of the page is hashed where it lies (a change there
+                // can only fail the check, never reach the reader).
+                let mut h = crc32fast::Hasher::new();
+                self.hash_mapped(&mut h, slot, ps..a);
+                h.update(d);
+                self.hash_mapped(&mut h, slot, b..pe);
+                h.finalize() == want
             };
             if !good {
                 return false;

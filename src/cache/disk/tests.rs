@@ -271,16 +271,20 @@ fn two_stores_share_a_directory_under_damage() {
             let chunks = chunks.clone();
             let served = &served;
             sc.spawn(move || {
+                // Two of the readers go through the hinted fast path.
+                let hints: Vec<SlotHint> = (0..chunks.len()).map(|_| SlotHint::new(0)).collect();
                 let mut x = seed;
                 for _ in 0..3000 {
                     x = x
                         .wrapping_mul(6_364_136_223_846_793_005)
                         .wrapping_add(1_442_695_040_888_963_407);
-                    let (d, data) = &chunks[(x >> 33) as usize % chunks.len()];
+                    let i = (x >> 33) as usize % chunks.len();
+                    let (d, data) = &chunks[i];
                     let from = (x >> 13) as usize % data.len();
                     let n = (data.len() - from).min(4096 + (x as usize % 9000));
                     let mut buf = vec![0u8; n];
-                    if store.read_at(d, data.len(), from, &mut buf) {
+                    let hint = (seed <= 2).then_some(&hints[i]);
+                    if store.read_hinted(d, data.len(), from, &mut buf, hint) {
                         assert_eq!(buf, data[from..from + n], "wrong bytes served");
                         served.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -303,4 +307,122 @@ fn two_stores_share_a_directory_under_damage() {
     );
     assert!(ca.disk_evictions + cb.disk_evictions > 0);
     assert!(served.load(Ordering::Relaxed) > 0);
+}
+
+/// The hinted fast path (a per-process memory of the slot and `gen` a chunk
+/// was served from) checks as much as a lookup: a slot rewritten by another
+/// store, bytes flipped in the file after the hint was learned (in the
+/// served part of a page or in the part of it that is not served), a hint
+/// naming another chunk's slot or no slot at all: never a wrong byte, the
+/// hint dropped or corrected.
+#[test]
+fn hinted_reads_check_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    // One slot: every chunk goes into slot 0.
+    let (a, ma) = open(&dir, SLOT_BYTES as u64);
+    let (b, _) = open(&dir, SLOT_BYTES as u64);
+    let (d1, one) = chunk(1, SLOT_BYTES);
+    let (d2, two) = chunk(2, SLOT_BYTES - 3);
+    assert!(a.put(&d1, &one));
+    let hint = SlotHint::new(0);
+    let mut buf = vec![0u8; 4096];
+    // Not learned by a `contains`: learned by the first read that serves.
+    assert!(a.contains_hinted(&d1, one.len(), Some(&hint)));
+    assert_eq!(hint.load(Ordering::Relaxed), 0);
+    assert_eq!(a.read_by_hint(&d1, one.len(), 512, &mut buf, &hint), None);
+    assert!(a.read_hinted(&d1, one.len(), 512, &mut buf, Some(&hint)));
+    assert_eq!(buf, one[512..4608]);
+    assert_eq!(hint.load(Ordering::Relaxed) as u32, 1);
+    assert!(a.contains_by_hint(&hint));
+    buf.fill(0);
+    assert_eq!(
+        a.read_by_hint(&d1, one.len(), 512, &mut buf, &hint),
+        Some(true)
+    );
+    assert_eq!(buf, one[512..4608]);
+
+    // Another daemon reuses the slot: the hint no longer holds, the read
+    // looks the chunk up and misses, the hint is dropped; the new chunk
+    // reads right through a stale hint.
+    assert!(b.put(&d2, &two));
+    assert!(!a.contains_by_hint(&hint));
+    assert_eq!(a.read_by_hint(&d1, one.len(), 512, &mut buf, &hint), None);
+    assert!(!a.read_hinted(&d1, one.len(), 512, &mut buf, Some(&hint)));
+    assert!(!a.contains_hinted(&d1, one.len(), Some(&hint)));
+    assert_eq!(hint.load(Ordering::Relaxed), 0);
+    let stale = SlotHint::new(1);
+    assert!(a.read_hinted(&d2, two.len(), 100, &mut buf, Some(&stale)));
+    assert_eq!(buf, two[100..4196]);
+
+    // Bytes flipped after the hint was learned: in the served part of a
+    // page, then in the part of a page a partial read does not serve.
+    assert!(a.put(&d1, &one));
+    let hint = SlotHint::new(0);
+    assert!(a.read_hinted(&d1, one.len(), 512, &mut buf, Some(&hint)));
+    let slab = &slab_files(&dir)[0];
+    let flip = |at: u64| {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(slab)
+            .unwrap();
+        let mut byte = [0u8];
+        rustix::io::pread(&f, &mut byte, at).unwrap();
+        byte[0] ^= 0x10;
+        rustix::io::pwrite(&f, &byte, at).unwrap();
+    };
+    flip(1000);
+    assert_eq!(
+        a.read_by_hint(&d1, one.len(), 512, &mut buf, &hint),
+        Some(false)
+    );
+    assert_eq!(hint.load(Ordering::Relaxed), 0);
+    assert!(!a.contains(&d1, one.len()), "a damaged slot is freed");
+    assert!(a.put(&d1, &one));
+    assert!(a.read_hinted(&d1, one.len(), 512, &mut buf, Some(&hint)));
+    assert_eq!(buf, one[512..4608]);
+    flip(8192 + 4000); // page 2, past what a read of [8192, 8192 + 100) serves
+    let mut small = vec![0u8; 100];
+    assert_eq!(
+        a.read_by_hint(&d1, one.len(), 8192, &mut small, &hint),
+        Some(false)
+    );
+    assert!(!a.read_hinted(&d1, one.len(), 8192, &mut small, Some(&hint)));
+    assert!(ma.snapshot(Default::default()).counters.disk_damaged >= 2);
+
+    // A hint naming no slot is ignored.
+    assert!(a.put(&d1, &one));
+    let wild = SlotHint::new(u64::MAX);
+    assert_eq!(a.read_by_hint(&d1, one.len(), 0, &mut buf, &wild), None);
+    assert!(a.read_hinted(&d1, one.len(), 0, &mut buf, Some(&wild)));
+    assert_eq!(buf, one[..4096]);
+    assert_eq!(wild.load(Ordering::Relaxed) as u32, 1);
+
+    // Another daemon makes the table afresh (its header damaged): `gen`s
+    // start from 0 again, so the hinted slot comes to have the hint's `gen`
+    // while it holds another chunk. The digest is compared: no wrong byte.
+    let gen = (wild.load(Ordering::Relaxed) >> 32) as u32;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("table"))
+        .and_then(|f| rustix::io::pwrite(&f, b"NOTASTOR", 0).map_err(Into::into))
+        .unwrap();
+    let (c, _) = open(&dir, SLOT_BYTES as u64);
+    let (d3, three) = chunk(3, SLOT_BYTES);
+    for i in 0.. {
+        if c.record(0).gen.load(Ordering::Relaxed) >= gen {
+            break;
+        }
+        let (d, data) = if i % 2 == 0 {
+            (&d2, &two)
+        } else {
+            (&d3, &three)
+        };
+        assert!(c.put(d, data));
+    }
+    assert_eq!(c.record(0).gen.load(Ordering::Relaxed), gen);
+    assert_eq!(a.read_by_hint(&d1, one.len(), 0, &mut buf, &wild), None);
+    assert!(!a.read_hinted(&d1, one.len(), 0, &mut buf, Some(&wild)));
+    assert_eq!(wild.load(Ordering::Relaxed), 0);
 }
