@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use fuse_backend_rs::transport::FuseSession;
 
+use super::mountinfo::{mount_identity, MountIdentity};
 use super::transport::{self, Engine, TransportKind, TransportOptions};
 use super::MountError;
 use crate::fuse::ClipFs;
@@ -65,6 +66,10 @@ pub struct MountHandle {
     /// error before its daemon was ready) it stops its workers and leaves
     /// the mount to whoever serves it.
     adopted: bool,
+    /// The mount this handle made (None: adopted): its connection is
+    /// aborted at shutdown while it is still mounted, see
+    /// [`MountHandle::shutdown`].
+    mounted: Option<MountIdentity>,
 }
 
 /// Mounts `fs` at `mountpoint` (fsname and subtype "clip", read-only,
@@ -112,6 +117,7 @@ pub fn serve_with(
         engine: None,
         mountpoint: mountpoint.to_path_buf(),
         adopted: false,
+        mounted: mount_identity(mountpoint),
     };
     handle.engine = Some(engine?);
     if let Some(e) = &handle.engine {
@@ -155,6 +161,7 @@ pub(super) fn adopt(
             engine: Some(engine),
             mountpoint: mountpoint.to_path_buf(),
             adopted: true,
+            mounted: None,
         }),
         Err(e) => {
             // Never unmount what the previous daemon still serves.
@@ -281,7 +288,21 @@ impl MountHandle {
         Ok(())
     }
 
+    /// Stops serving: aborts the connection if this handle's mount is
+    /// still there, unmounts, joins the workers. The abort comes first, while
+    /// the mount (so the connection number) is surely still this one: a
+    /// lazily detached mount lives on while a file on it is open (also one a
+    /// forked child inherited for a moment), and with no worker left a
+    /// request on it (the FLUSH of that child's exec) would wait forever.
     fn shutdown(&mut self) {
+        if let Some(id) = self.mounted.take() {
+            let still = mount_identity(&self.mountpoint).is_some_and(|m| m.mount_id == id.mount_id);
+            if still && self.session.is_some() {
+                if let Err(e) = super::sys::abort_fuse_connection(&id.dev) {
+                    tracing::debug!(error = %e, dev = %id.dev, "cannot abort the FUSE connection");
+                }
+            }
+        }
         self.release_session();
         if let Some(mut e) = self.engine.take() {
             e.join();
