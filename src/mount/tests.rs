@@ -768,14 +768,7 @@ fn daemon_child_entry() {
     run_daemon(DaemonConfig::new(&spec, mem_content())).unwrap();
 }
 
-// Ignored in CI: on 2026-12-08 it hung in 4 of 5 full runs of the lib
-// tests (not when run alone): the daemon child it starts by re-executing the
-// test binary stayed asleep, single-threaded, between fork and exec, and the
-// test waited for it forever (holding the module-parameter lock, so
-// transport::tests::privileged_transport_follows_the_module_parameter waited
-// too). Not yet diagnosed; run by hand with `--ignored`.
 #[test]
-#[ignore = "hangs when run with the other lib tests: its daemon child stalls before exec; see the comment"]
 fn privileged_killed_daemon_is_cleaned_up() {
     if skip_unless_privileged() {
         return;
