@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -288,26 +288,42 @@ impl MountHandle {
         Ok(())
     }
 
-    /// Stops serving: aborts the connection if this handle's mount is
-    /// still there, unmounts, joins the workers. The abort comes first, while
-    /// the mount (so the connection number) is surely still this one: a
-    /// lazily detached mount lives on while a file on it is open (also one a
-    /// forked child inherited for a moment), and with no worker left a
-    /// request on it (the FLUSH of that child's exec) would wait forever.
+    /// Stops serving: unmounts, aborts the connection if this handle's
+    /// mount was still there, joins the workers. A lazily detached mount
+    /// lives on while a file on it is open (also one a forked child
+    /// inherited for a moment), and with no worker left a request on it
+    /// (the FLUSH of that child's exec) would wait forever. The mount root
+    /// is held open across the unmount so the connection number cannot pass
+    /// to a new mount before the abort.
     fn shutdown(&mut self) {
-        if let Some(id) = self.mounted.take() {
-            let still = mount_identity(&self.mountpoint).is_some_and(|m| m.mount_id == id.mount_id);
-            if still && self.session.is_some() {
-                if let Err(e) = super::sys::abort_fuse_connection(&id.dev) {
-                    tracing::debug!(error = %e, dev = %id.dev, "cannot abort the FUSE connection");
-                }
-            }
-        }
+        let pin = self
+            .mounted
+            .take()
+            .filter(|id| self.session.is_some() && still_mounted(&self.mountpoint, id))
+            .and_then(|id| {
+                let root = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH)
+                    .open(&self.mountpoint)
+                    .ok()?;
+                Some((root, id))
+            });
         self.release_session();
+        if let Some((root, id)) = pin {
+            if let Err(e) = super::sys::abort_fuse_connection(&id.dev) {
+                tracing::debug!(error = %e, dev = %id.dev, "cannot abort the FUSE connection");
+            }
+            drop(root);
+        }
         if let Some(mut e) = self.engine.take() {
             e.join();
         }
     }
+}
+
+/// Whether the mount `id` (by its mount id) is still the one at `path`.
+fn still_mounted(path: &Path, id: &MountIdentity) -> bool {
+    mount_identity(path).is_some_and(|m| m.mount_id == id.mount_id)
 }
 
 impl Drop for MountHandle {
